@@ -1,0 +1,1 @@
+"""bootstrap package (see its modules)."""

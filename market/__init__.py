@@ -1,0 +1,1 @@
+"""market package (see its modules)."""

@@ -1,0 +1,148 @@
+"""The market's signed records: Offer (provider), Proposal (buyer), Agreement (provider, then buyer).
+
+Money is integer micro-credits, time integer milliseconds (or seconds where a name says ``_s``),
+memory MiB, CPU in millicores. No floats anywhere (p2p.codec refuses them). The exact bytes of each
+record are in docs/PROTOCOL.md.
+
+Rule 1: an Agreement is the root of a receipt chain; its id is the SHA-256 of its canonical body, and
+it is binding once the buyer has countersigned the provider's signature (a firm bid before that,
+valid until ``accept_by_ms``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, ClassVar
+
+from p2p.records import Digest, MaxLen, PublicKey, Record, ShortText, Size, U64, record, struct
+
+ImageRef = Annotated[str, MaxLen(128)]
+Command = Annotated[tuple[Annotated[str, MaxLen(4096)], ...], MaxLen(256)]
+
+
+@struct
+@dataclass(frozen=True)
+class GpuSpec:
+    """One GPU as the provider advertises it (from NVML; a buyer should verify before trusting)."""
+
+    model: ShortText
+    memory_mib: U64
+    compute_capability: ShortText
+    driver_version: ShortText
+    cuda_version: ShortText
+
+
+@struct
+@dataclass(frozen=True)
+class Capacity:
+    """Resources: the machine's total on an offer, or what is free right now."""
+
+    gpus: Annotated[tuple[GpuSpec, ...], MaxLen(64)]
+    cpu_millis: U64
+    memory_mib: U64
+
+
+@struct
+@dataclass(frozen=True)
+class Prices:
+    """Micro-credits per second per unit: per GPU by model name, per CPU core, per GiB of memory."""
+
+    gpu_micros_per_s: Annotated[dict[str, U64], MaxLen(64)]
+    cpu_core_micros_per_s: U64
+    memory_gib_micros_per_s: U64
+
+
+@struct
+@dataclass(frozen=True)
+class Limits:
+    max_duration_s: U64
+    max_concurrent_jobs: U64
+    allowed_images: Annotated[tuple[ImageRef, ...], MaxLen(256)]  # empty: any image (pinned by digest)
+
+
+@struct
+@dataclass(frozen=True)
+class ReceiptTerms:
+    """How receipts flow: every ``interval_ms`` a receipt; the provider pauses the job when the buyer's
+    countersignature is ``countersign_timeout_ms`` late and stops it ``grace_ms`` later; it never runs
+    more than ``exposure_cap_micros`` ahead of the buyer's last countersigned amount."""
+
+    interval_ms: U64
+    countersign_timeout_ms: U64
+    grace_ms: U64
+    exposure_cap_micros: U64
+
+
+@record("offer", 1)
+@dataclass(frozen=True)
+class Offer(Record):
+    SIGNERS: ClassVar = (("provider", "provider"),)
+
+    provider: PublicKey
+    addrs: Annotated[tuple[Annotated[str, MaxLen(512)], ...], MaxLen(16)]
+    seq: U64
+    created_at_ms: U64
+    expires_at_ms: U64
+    capacity: Capacity
+    free: Capacity
+    prices: Prices
+    limits: Limits
+    terms: ReceiptTerms
+
+
+@struct
+@dataclass(frozen=True)
+class JobSpec:
+    """What runs: an image pinned by id (``sha256:<64 hex>``), never a tag."""
+
+    image: ImageRef
+    image_archive_sha256: Digest | None
+    command: Command
+    env: Annotated[dict[str, Annotated[str, MaxLen(4096)]], MaxLen(128)]
+    input_sha256: Digest | None
+
+
+@struct
+@dataclass(frozen=True)
+class ResourceRequest:
+    gpus: U64
+    gpu_model: ShortText | None
+    min_gpu_memory_mib: U64
+    cpu_millis: U64
+    memory_mib: U64
+
+
+@record("proposal", 1)
+@dataclass(frozen=True)
+class Proposal(Record):
+    SIGNERS: ClassVar = (("buyer", "buyer"),)
+
+    buyer: PublicKey
+    provider: PublicKey
+    offer_id: Digest
+    job: JobSpec
+    resources: ResourceRequest
+    max_price_micros_per_s: U64
+    max_duration_ms: U64
+    terms: ReceiptTerms
+    nonce: Annotated[bytes, Size(16)]
+    created_at_ms: U64
+    expires_at_ms: U64
+
+
+@record("agreement", 1)
+@dataclass(frozen=True)
+class Agreement(Record):
+    SIGNERS: ClassVar = (("provider", "provider"), ("buyer", "buyer"))
+
+    provider: PublicKey
+    buyer: PublicKey
+    offer_id: Digest
+    proposal_id: Digest
+    job: JobSpec
+    resources: ResourceRequest
+    price_micros_per_s: U64
+    max_duration_ms: U64
+    terms: ReceiptTerms
+    created_at_ms: U64
+    accept_by_ms: U64

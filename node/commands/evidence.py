@@ -1,0 +1,127 @@
+"""``suanli export``, ``suanli audit`` and ``suanli settle``: evidence out of a node, verified offline."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from node.cli import EXIT_FINDINGS, EXIT_OK
+from node.paths import default_key_path
+from p2p.errors import UnusableInputError
+from p2p.identity import load_key, peer_id_from_public
+from settlement.audit import ChainAudit, audit, read_inputs
+from settlement.bundle import encode_bundle
+from settlement.store import Store
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write a whole file or nothing: a temporary file in the same folder, fsync, rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    with Store(args.db, readonly=True) as store:
+        if args.agreement:
+            matches = store.find_agreements(args.agreement)
+            if not matches:
+                raise UnusableInputError(f"{args.db}: no agreement with id {args.agreement}")
+            if len(matches) > 1:
+                raise UnusableInputError(f"{args.db}: agreement id prefix {args.agreement} is ambiguous "
+                                         f"({len(matches)} agreements); give more digits")
+            ids = matches
+        else:
+            ids = store.agreement_ids()
+        chains = [store.load_chain(a) for a in ids]
+    write_atomically(Path(args.out), encode_bundle(chains))
+    receipts = sum(len(c.receipts) for c in chains)
+    print(f"wrote {args.out}: {len(chains)} agreement(s), {receipts} receipt(s)")
+    return EXIT_OK
+
+
+def _peer(public: bytes) -> str:
+    return peer_id_from_public(public) if any(public) else "?"
+
+
+def audit_json(result: ChainAudit) -> dict[str, Any]:
+    r = result.report
+    return {
+        "agreement_id": r.agreement_id.hex(), "provider": _peer(r.provider), "buyer": _peer(r.buyer),
+        "state": r.state, "billed_ms": r.billed_ms, "amount_micros": r.amount_micros,
+        "price_micros_per_s": r.price_micros_per_s, "receipts": r.receipts, "pending": r.pending,
+        "last_seq": r.last_seq, "sources": result.sources, "ok": r.ok,
+        "findings": [{"rule": f.rule, "seq": f.seq, "detail": f.detail,
+                      "receipt_id": f.receipt_id.hex() if f.receipt_id else None} for f in r.findings],
+    }
+
+
+def _print_text(results: list[ChainAudit]) -> None:
+    for result in results:
+        r = result.report
+        print(f"agreement {r.agreement_id.hex()[:16]}  provider {_peer(r.provider)}  buyer {_peer(r.buyer)}")
+        print(f"  state {r.state}  billed {r.billed_ms / 1000:.3f} s  amount {r.amount_micros} micro-credits  "
+              f"receipts {r.receipts} (pending {r.pending})  from {', '.join(result.sources)}")
+        if r.ok:
+            print("  ok")
+        for finding in r.findings:
+            print(f"  FINDING {finding.describe()}")
+    findings = sum(len(r.report.findings) for r in results)
+    verdict = "ok" if findings == 0 else f"{findings} finding(s)"
+    print(f"audited {len(results)} agreement(s): {verdict}")
+
+
+def _run_audit(args: argparse.Namespace) -> list[ChainAudit]:
+    if args.jobs < 1:
+        raise UnusableInputError("--jobs must be at least 1")
+    return audit(read_inputs(args.paths), jobs=args.jobs)
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    results = _run_audit(args)
+    findings = sum(len(r.report.findings) for r in results)
+    if args.json:
+        print(json.dumps({"ok": findings == 0, "findings": findings, "agreements": [audit_json(r) for r in results]},
+                         indent=1))
+    else:
+        _print_text(results)
+    return EXIT_OK if findings == 0 else EXIT_FINDINGS
+
+
+def cmd_settle(args: argparse.Namespace) -> int:
+    from p2p.envelope import sign_record
+    from settlement.statement import build_statement, net_balances
+
+    key = load_key(args.key or default_key_path())
+    results = _run_audit(args)
+    statement = build_statement((r.report for r in results), key.public, time.time_ns() // 1_000_000)
+    signed = sign_record(statement, key)
+    write_atomically(Path(args.out), signed.to_bytes())
+    balances = net_balances(statement)
+    findings = sum(e.findings for e in statement.entries)
+    if args.json:
+        print(json.dumps({
+            "statement": args.out, "statement_id": signed.record_id.hex(), "auditor": key.peer_id,
+            "agreements": len(statement.entries), "disputed": sum(1 for e in statement.entries if e.findings),
+            "balances": [{"payer": _peer(p), "payee": _peer(q), "amount_micros": a}
+                         for (p, q), a in sorted(balances.items())]}, indent=1))
+    else:
+        for (payer, payee), amount in sorted(balances.items()):
+            print(f"{_peer(payer)} owes {_peer(payee)} {amount} micro-credits")
+        disputed = sum(1 for e in statement.entries if e.findings)
+        print(f"statement {signed.record_id.hex()[:16]} signed by {key.peer_id}: {len(statement.entries)} "
+              f"agreement(s), {disputed} disputed (held back) -> {args.out}")
+    return EXIT_OK if findings == 0 else EXIT_FINDINGS

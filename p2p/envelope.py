@@ -1,0 +1,149 @@
+"""Signed envelopes: every promise one peer makes to another, checkable by anyone from bytes alone.
+
+A record class names its signers in order: ``SIGNERS = (("provider", "provider"), ("buyer", "buyer"))``
+is a list of (role, field holding that signer's 32-byte public key). Signature i covers
+
+    domain(role_i) || body || sig_0 || ... || sig_(i-1)
+    domain(role)  = "suanli/<tag>/<version>/<role>"   (UTF-8)
+
+so a signature for one kind of record, version or role can never be replayed as another, and a
+countersignature commits to the signature it counters (the buyer signs what the provider signed).
+
+Rule 1: signatures are verified over ``body`` exactly as it arrived, never over a re-encoding.
+Rule 2: an envelope holds a prefix of its signers' signatures: the first signer always, later ones
+as they countersign. ``is_complete`` says whether every signer has signed.
+
+Wire form: the canonical msgpack map ``{"body": bin, "sigs": [bin64, ...]}``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from p2p.codec import MAX_RECORD_BYTES, pack_sorted, unpack
+from p2p.errors import CodecError, LocalProtocolError, SignatureError
+from p2p.identity import NodeKey, peer_id_from_public, verify_signature
+from p2p.records import Record
+
+SIGNATURE_BYTES = 64
+# Room for the envelope map around a body of at most MAX_RECORD_BYTES with up to 4 signatures.
+_ENVELOPE_OVERHEAD = 32 + 4 * (SIGNATURE_BYTES + 2)
+
+R = TypeVar("R", bound=Record)
+
+
+def domain(cls: type[Record], role: str) -> bytes:
+    return f"suanli/{cls.TAG}/{cls.VERSION}/{role}".encode()
+
+
+def _signers(cls: type[Record]) -> tuple[tuple[str, str], ...]:
+    signers: tuple[tuple[str, str], ...] | None = getattr(cls, "SIGNERS", None)
+    if not signers:
+        raise LocalProtocolError(f"{cls.__name__} declares no SIGNERS")
+    return signers
+
+
+@dataclass(frozen=True)
+class Signed(Generic[R]):
+    """A record, its canonical body bytes as they arrived, and a prefix of its signatures."""
+
+    body: bytes
+    record: R
+    sigs: tuple[bytes, ...]
+
+    @property
+    def record_id(self) -> bytes:
+        """SHA-256 of the body: the record's id (signatures are not part of it)."""
+        import hashlib
+
+        return hashlib.sha256(self.body).digest()
+
+    @property
+    def is_complete(self) -> bool:
+        return len(self.sigs) == len(_signers(type(self.record)))
+
+    def roles(self) -> tuple[str, ...]:
+        return tuple(role for role, _ in _signers(type(self.record)))
+
+    def signer_public(self, index: int) -> bytes:
+        _, field = _signers(type(self.record))[index]
+        public: bytes = getattr(self.record, field)
+        return public
+
+    def signed_message(self, index: int) -> bytes:
+        role, _ = _signers(type(self.record))[index]
+        return domain(type(self.record), role) + self.body + b"".join(self.sigs[:index])
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"body": self.body, "sigs": list(self.sigs)}
+
+    def to_bytes(self) -> bytes:
+        return pack_sorted(self.to_wire())
+
+    def verify(self) -> None:
+        """Check every signature present (Rule 1); SignatureError names the first that fails."""
+        for index, sig in enumerate(self.sigs):
+            if not verify_signature(self.signer_public(index), self.signed_message(index), sig):
+                role = self.roles()[index]
+                raise SignatureError(
+                    f"{self.record.TAG} {self.record_id.hex()[:16]}: the {role} signature does not verify "
+                    f"(signer {peer_id_from_public(self.signer_public(index))})",
+                    role=role, record_id=self.record_id)
+
+
+def sign_record(record: R, key: NodeKey) -> Signed[R]:
+    """Sign ``record`` as its first signer; the key must be the one the record names."""
+    body = record.encode()
+    signed: Signed[R] = Signed(body=body, record=record, sigs=())
+    return _add_signature(signed, key)
+
+
+def countersign(signed: Signed[R], key: NodeKey) -> Signed[R]:
+    """Add the next signer's signature, after checking the ones already there."""
+    signed.verify()
+    return _add_signature(signed, key)
+
+
+def _add_signature(signed: Signed[R], key: NodeKey) -> Signed[R]:
+    index = len(signed.sigs)
+    signers = _signers(type(signed.record))
+    if index >= len(signers):
+        raise LocalProtocolError(f"{signed.record.TAG} is already signed by all of {[r for r, _ in signers]}")
+    if signed.signer_public(index) != key.public:
+        raise LocalProtocolError(
+            f"{signed.record.TAG}: this key ({key.peer_id}) is not the {signers[index][0]} the record names",
+            role=signers[index][0])
+    sig = key.sign(signed.signed_message(index))
+    return Signed(body=signed.body, record=signed.record, sigs=signed.sigs + (sig,))
+
+
+def signed_from_wire(obj: Any, cls: type[R], *, min_sigs: int = 1, verify: bool = True) -> Signed[R]:
+    """Decode an envelope already unpacked from canonical msgpack and (unless told not to) verify it.
+
+    ``verify=False`` is for callers that check signatures themselves, one by one, to report each
+    failure (settlement.chain); everything else about the envelope is still checked here.
+    """
+    if type(obj) is not dict or list(obj) != ["body", "sigs"]:
+        raise CodecError(f"not a signed {cls.TAG} envelope")
+    body, sigs = obj["body"], obj["sigs"]
+    if type(body) is not bytes or type(sigs) is not list:
+        raise CodecError(f"malformed signed {cls.TAG} envelope")
+    n_signers = len(_signers(cls))
+    if not min_sigs <= len(sigs) <= n_signers:
+        raise SignatureError(f"{cls.TAG}: {len(sigs)} signatures, expected {min_sigs} to {n_signers}",
+                             expected=min_sigs, actual=len(sigs))
+    for sig in sigs:
+        if type(sig) is not bytes or len(sig) != SIGNATURE_BYTES:
+            raise CodecError(f"{cls.TAG}: a signature is not {SIGNATURE_BYTES} bytes")
+    record = cls.decode(body)
+    signed = Signed(body=body, record=record, sigs=tuple(sigs))
+    if verify:
+        signed.verify()
+    return signed
+
+
+def open_signed(data: bytes, cls: type[R], *, min_sigs: int = 1) -> Signed[R]:
+    """Decode and verify envelope bytes from the network or a file."""
+    obj = unpack(data, getattr(cls, "MAX_BYTES", MAX_RECORD_BYTES) + _ENVELOPE_OVERHEAD)
+    return signed_from_wire(obj, cls, min_sigs=min_sigs)

@@ -1,0 +1,1 @@
+"""settlement package (see its modules)."""

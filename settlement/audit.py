@@ -1,0 +1,192 @@
+"""The offline audit: from bundles and node databases alone, verify every agreement and say who owes
+whom. Used by ``suanli audit`` and ``suanli settle``.
+
+Rule 1: inputs are hostile. A file that is not a bundle or a Suanli database is unusable (the caller
+exits 2); anything wrong inside a usable file is a Finding (exit 1), never an exception.
+Rule 2: the same agreement may come from several inputs (both parties' databases, bundles): its
+receipts are merged by body, so an identical receipt seen twice is one receipt, while a receipt
+repeated inside one input is a duplicate and two different receipts for one seq are equivocation.
+Rule 3: work is spread over processes by agreement; the result does not depend on ``jobs``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from market.records import Agreement, Offer, Proposal
+from p2p.envelope import Signed, signed_from_wire
+from p2p.errors import CodecError, SignatureError, UnusableInputError
+from settlement.bundle import decode_bundle
+from settlement.chain import ChainReport, Finding, verify_chain
+from settlement.records import Receipt
+from settlement.store import SQLITE_MAGIC, Store, StoredChain
+
+
+@dataclass
+class ChainJob:
+    """One agreement's evidence gathered from every input that holds it."""
+
+    agreement_id: bytes
+    agreements: list[dict[str, Any]] = field(default_factory=list)
+    offer: dict[str, Any] | None = None
+    proposal: dict[str, Any] | None = None
+    receipts: list[list[dict[str, Any]]] = field(default_factory=list)  # one list per input
+    sources: list[str] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return sum(len(r) for r in self.receipts) + 1
+
+
+@dataclass
+class ChainAudit:
+    report: ChainReport
+    sources: list[str]
+
+
+def read_inputs(paths: Iterable[str | Path]) -> list[ChainJob]:
+    """Load every input into per-agreement jobs; UnusableInputError for an unusable file."""
+    jobs: dict[bytes, ChainJob] = {}
+    for path in paths:
+        for chain in _read_one(Path(path)):
+            body = chain.agreement["body"]
+            ag_id = hashlib.sha256(body).digest()
+            job = jobs.get(ag_id)
+            if job is None:
+                job = jobs[ag_id] = ChainJob(ag_id)
+            job.agreements.append(chain.agreement)
+            job.offer = job.offer or chain.offer
+            job.proposal = job.proposal or chain.proposal
+            job.receipts.append(chain.receipts)
+            job.sources.append(str(path))
+    return list(jobs.values())
+
+
+def _read_one(path: Path) -> list[StoredChain]:
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(len(SQLITE_MAGIC))
+            if head == SQLITE_MAGIC:
+                fh.close()
+                with Store(path, readonly=True) as store:
+                    return [store.load_chain(a) for a in store.agreement_ids()]
+            data = head + fh.read()
+    except FileNotFoundError:
+        raise UnusableInputError(f"{path}: no such file", path=str(path)) from None
+    except IsADirectoryError:
+        raise UnusableInputError(f"{path}: is a directory, not a bundle or database", path=str(path)) from None
+    except OSError as exc:
+        raise UnusableInputError(f"{path}: {exc.strerror}", path=str(path)) from exc
+    if not data:
+        raise UnusableInputError(f"{path}: empty file", path=str(path))
+    return decode_bundle(data, str(path))
+
+
+def _decode(obj: dict[str, Any], cls: type[Any], what: str, min_sigs: int = 1) -> tuple[Signed[Any] | None,
+                                                                                        Finding | None]:
+    try:
+        return signed_from_wire(obj, cls, min_sigs=min_sigs, verify=False), None
+    except (CodecError, SignatureError) as exc:
+        return None, Finding("malformed", f"{what}: {exc}")
+
+
+def audit_chain(job: ChainJob) -> ChainAudit:
+    """Verify one agreement's evidence (runs in a worker process with ``jobs`` > 1)."""
+    pre: list[Finding] = []
+    agreement: Signed[Agreement] | None = None
+    for env in sorted(job.agreements, key=lambda e: -len(e["sigs"])):
+        agreement, problem = _decode(env, Agreement, "agreement")
+        if agreement is not None:
+            break
+        pre.append(problem)  # type: ignore[arg-type]
+    if agreement is None:
+        report = ChainReport(job.agreement_id, b"\0" * 32, b"\0" * 32, 0, state="unreadable", findings=pre)
+        return ChainAudit(report, job.sources)
+    ag = agreement.record
+    pre.extend(_check_origin(job, ag))
+
+    receipts: list[Signed[Receipt]] = []
+    multi = len(job.receipts) > 1
+    by_body: dict[bytes, int] = {}
+    for source_list in job.receipts:
+        local: set[bytes] = set()
+        last_seq = 0
+        for env in source_list:
+            signed, problem = _decode(env, Receipt, "receipt")
+            if signed is None:
+                pre.append(problem)  # type: ignore[arg-type]
+                continue
+            body = signed.body
+            if multi:
+                if signed.record.seq <= last_seq and body not in local:
+                    pre.append(Finding("out_of_order", f"seq {signed.record.seq} after seq {last_seq} in one input",
+                                       signed.record.seq))
+                last_seq = max(last_seq, signed.record.seq)
+                if body in by_body and body not in local:
+                    index = by_body[body]  # the same receipt from another input: keep the most signatures
+                    if len(signed.sigs) > len(receipts[index].sigs):
+                        receipts[index] = signed
+                    local.add(body)
+                    continue
+                local.add(body)
+                by_body.setdefault(body, len(receipts))
+            receipts.append(signed)
+    if multi:
+        receipts.sort(key=lambda s: s.record.seq)
+    report = verify_chain(agreement, receipts)
+    report.findings[:0] = pre
+    return ChainAudit(report, job.sources)
+
+
+def _check_origin(job: ChainJob, ag: Agreement) -> list[Finding]:
+    """The offer and proposal the agreement names, where the input carries them."""
+    out: list[Finding] = []
+    if job.offer is not None:
+        offer, problem = _decode(job.offer, Offer, "offer")
+        if offer is None:
+            out.append(problem)  # type: ignore[arg-type]
+        else:
+            if offer.record_id != ag.offer_id or offer.record.provider != ag.provider:
+                out.append(Finding("origin_mismatch", "the offer is not the one the agreement names"))
+            try:
+                offer.verify()
+            except SignatureError as exc:
+                out.append(Finding("offer_signature", str(exc)))
+    if job.proposal is not None:
+        proposal, problem = _decode(job.proposal, Proposal, "proposal")
+        if proposal is None:
+            out.append(problem)  # type: ignore[arg-type]
+        else:
+            p = proposal.record
+            if proposal.record_id != ag.proposal_id or p.buyer != ag.buyer or p.provider != ag.provider:
+                out.append(Finding("origin_mismatch", "the proposal is not the one the agreement names"))
+            elif ag.price_micros_per_s > p.max_price_micros_per_s:
+                out.append(Finding("origin_mismatch", f"agreed price {ag.price_micros_per_s} exceeds the "
+                                   f"buyer's maximum {p.max_price_micros_per_s}"))
+            try:
+                proposal.verify()
+            except SignatureError as exc:
+                out.append(Finding("proposal_signature", str(exc)))
+    return out
+
+
+def audit(jobs_in: Sequence[ChainJob], jobs: int = 1) -> list[ChainAudit]:
+    """Audit every chain, over ``jobs`` processes; results in input order."""
+    jobs = max(1, min(jobs, os.cpu_count() or 1, len(jobs_in) or 1))
+    if jobs == 1:
+        return [audit_chain(job) for job in jobs_in]
+    # Largest first so that one long chain does not finish last on its own; then restore the order.
+    order = sorted(range(len(jobs_in)), key=lambda i: -jobs_in[i].size)
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(jobs) as pool:
+        results = pool.map(audit_chain, [jobs_in[i] for i in order], chunksize=1)
+    out: list[ChainAudit | None] = [None] * len(jobs_in)
+    for i, result in zip(order, results, strict=True):
+        out[i] = result
+    return out  # type: ignore[return-value]

@@ -1,0 +1,234 @@
+"""Receipt-chain verification (pure): is this sequence of receipts a valid history of this agreement?
+
+Rules, each reported as a Finding with the rule's name (docs/PROTOCOL.md, "Receipt chains"):
+- agreement_signature / agreement_not_countersigned: the root must carry both valid signatures.
+- receipt_signature: every receipt carries a valid provider signature, then (except a pending tail)
+  a valid buyer countersignature over the provider's signature.
+- wrong_agreement / wrong_parties: a receipt names this agreement and its two parties.
+- seq_gap / out_of_order / duplicate / equivocation: ``seq`` runs 1, 2, 3 ... with no gaps; the same
+  receipt twice is a duplicate; two different signed receipts for one seq are equivocation.
+- broken_link: ``prev`` is the SHA-256 of the previous receipt's body (the agreement id for seq 1).
+- decreasing: issued_at, metered time, every usage counter and the amount never decrease.
+- wrong_amount: ``amount == amount_due(metered_ms, price)`` exactly (settlement.billing Rule 1).
+- metered_exceeds_wall / usage_exceeds_allocation / exceeds_max_duration: physical bounds
+  (settlement.billing Rule 2).
+- bad_state / after_final: a running receipt has no reason, exit code or digest; a final one has a
+  known reason, and ``completed`` has an exit code and an output digest; nothing follows a final one.
+- unsigned_final: a final receipt the buyer did not countersign is accepted only with reason
+  ``buyer_unresponsive`` and an amount at most the last countersigned amount plus the agreed exposure
+  cap, or (any reason) when it claims nothing beyond the last countersigned amount.
+
+What is owed is the amount of the last countersigned receipt (or of an accepted unsigned final).
+Provider-signed receipts after the last countersigned one are pending claims, never owed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from market.records import Agreement
+from p2p.envelope import Signed
+from p2p.identity import verify_signature
+from settlement.billing import amount_due, metered_bound, usage_bound
+from settlement.records import BUYER_UNRESPONSIVE, COMPLETED, FINAL, REASONS, RUNNING, Receipt
+
+
+@dataclass(frozen=True)
+class Finding:
+    rule: str
+    detail: str
+    seq: int | None = None
+    receipt_id: bytes | None = None
+
+    def describe(self) -> str:
+        where = f"receipt {self.seq}" if self.seq is not None else "agreement"
+        return f"{where}: {self.rule}: {self.detail}"
+
+
+@dataclass
+class ChainReport:
+    agreement_id: bytes
+    provider: bytes
+    buyer: bytes
+    price_micros_per_s: int
+    state: str = "empty"
+    billed_ms: int = 0
+    amount_micros: int = 0
+    last_seq: int = 0
+    last_receipt_id: bytes | None = None
+    receipts: int = 0
+    pending: int = 0
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+
+class ChainChecker:
+    """Checks receipts of one agreement one at a time, in order.
+
+    The buyer uses ``check_content`` live, before countersigning receipt n; the auditor folds a whole
+    chain with ``verify_chain``. Signatures are checked by the caller (``verify_chain`` does).
+    """
+
+    def __init__(self, agreement: Agreement, agreement_id: bytes) -> None:
+        self.agreement = agreement
+        self.agreement_id = agreement_id
+        self.last: Receipt | None = None
+        self.last_id = agreement_id
+        self.final = False
+        self._gpus_milli = agreement.resources.gpus * 1000
+        self._cpu_milli = agreement.resources.cpu_millis
+        self._max_metered = agreement.max_duration_ms + agreement.terms.interval_ms
+
+    def check_content(self, r: Receipt, receipt_id: bytes) -> list[Finding]:
+        """Every rule that needs only this receipt and the one before it."""
+        ag, prev, out = self.agreement, self.last, []
+        seq = r.seq
+
+        def bad(rule: str, detail: str) -> None:
+            out.append(Finding(rule, detail, seq, receipt_id))
+
+        if r.agreement_id != self.agreement_id:
+            bad("wrong_agreement", f"names agreement {r.agreement_id.hex()[:16]}")
+        if r.provider != ag.provider or r.buyer != ag.buyer:
+            bad("wrong_parties", "provider or buyer differs from the agreement's")
+        if self.final:
+            bad("after_final", "a receipt follows the final receipt")
+        expected_seq = 1 if prev is None else prev.seq + 1
+        if seq != expected_seq:
+            bad("seq_gap", f"seq {seq}, expected {expected_seq}")
+        elif r.prev != self.last_id:
+            bad("broken_link", "prev is not the hash of the previous receipt")
+        if prev is not None:
+            decreasing = [name for name, now, before in (
+                ("issued_at_ms", r.issued_at_ms, prev.issued_at_ms),
+                ("metered_ms", r.metered_ms, prev.metered_ms),
+                ("amount_micros", r.amount_micros, prev.amount_micros),
+                ("cpu_core_ms", r.usage.cpu_core_ms, prev.usage.cpu_core_ms),
+                ("mem_peak_bytes", r.usage.mem_peak_bytes, prev.usage.mem_peak_bytes),
+                ("gpu_ms", r.usage.gpu_ms, prev.usage.gpu_ms),
+                ("gpu_mem_peak_bytes", r.usage.gpu_mem_peak_bytes, prev.usage.gpu_mem_peak_bytes),
+                ("gpu_sm_pct_ms", r.usage.gpu_sm_pct_ms, prev.usage.gpu_sm_pct_ms),
+                ("energy_mj", r.usage.energy_mj, prev.usage.energy_mj),
+            ) if now < before]
+            if decreasing:
+                bad("decreasing", f"{', '.join(decreasing)} decreased")
+        due = amount_due(r.metered_ms, ag.price_micros_per_s)
+        if r.amount_micros != due:
+            bad("wrong_amount", f"amount {r.amount_micros} != {r.metered_ms} ms x {ag.price_micros_per_s}/s = {due}")
+        elapsed = r.issued_at_ms - ag.created_at_ms
+        if r.metered_ms > metered_bound(elapsed):
+            bad("metered_exceeds_wall", f"{r.metered_ms} ms metered only {elapsed} ms after the agreement")
+        if r.metered_ms > self._max_metered:
+            bad("exceeds_max_duration", f"{r.metered_ms} ms metered, agreed at most {ag.max_duration_ms} ms")
+        if r.usage.cpu_core_ms > usage_bound(r.metered_ms, self._cpu_milli):
+            bad("usage_exceeds_allocation",
+                f"{r.usage.cpu_core_ms} CPU core-ms in {r.metered_ms} ms with {self._cpu_milli} millicores")
+        if (r.usage.gpu_ms > usage_bound(r.metered_ms, self._gpus_milli) if self._gpus_milli
+                else r.usage.gpu_ms or r.usage.gpu_sm_pct_ms):
+            bad("usage_exceeds_allocation", f"{r.usage.gpu_ms} GPU-ms with {ag.resources.gpus} GPUs")
+        if r.state == RUNNING:
+            if r.reason is not None or r.exit_code is not None or r.output_digest is not None:
+                bad("bad_state", "a running receipt carries a reason, exit code or output digest")
+        elif r.state == FINAL:
+            if r.reason not in REASONS:
+                bad("bad_state", f"unknown final reason {r.reason!r}")
+            elif r.reason == COMPLETED and (r.exit_code is None or r.output_digest is None):
+                bad("bad_state", "a completed job's final receipt needs an exit code and an output digest")
+        else:
+            bad("bad_state", f"unknown state {r.state!r:.32}")
+        return out
+
+    def advance(self, r: Receipt, receipt_id: bytes) -> None:
+        self.last = r
+        self.last_id = receipt_id
+        self.final = self.final or r.state == FINAL
+
+
+def _sig_ok(signed: Signed[Receipt] | Signed[Agreement], index: int) -> bool:
+    return verify_signature(signed.signer_public(index), signed.signed_message(index), signed.sigs[index])
+
+
+def verify_chain(agreement: Signed[Agreement], receipts: Sequence[Signed[Receipt]]) -> ChainReport:
+    """Verify an agreement and its receipts, in the order given, and say what is owed."""
+    ag = agreement.record
+    ag_id = hashlib.sha256(agreement.body).digest()
+    report = ChainReport(ag_id, ag.provider, ag.buyer, ag.price_micros_per_s)
+    findings = report.findings
+    for index in range(len(agreement.sigs)):
+        if not _sig_ok(agreement, index):
+            findings.append(Finding("agreement_signature", f"the {agreement.roles()[index]} signature is invalid"))
+            return report  # nothing can be trusted below a forged root
+    if not agreement.is_complete:
+        findings.append(Finding("agreement_not_countersigned", "the buyer never countersigned the agreement"))
+
+    checker = ChainChecker(ag, ag_id)
+    cosigned: Receipt | None = None
+    cosigned_id: bytes | None = None
+    seen: dict[int, bytes] = {}
+    tail_unsigned: list[tuple[Receipt, bytes]] = []
+    for signed in receipts:
+        r = signed.record
+        rid = hashlib.sha256(signed.body).digest()
+        report.receipts += 1
+        if not _sig_ok(signed, 0):
+            findings.append(Finding("receipt_signature", "the provider signature is invalid", r.seq, rid))
+            continue
+        countersigned = len(signed.sigs) == 2
+        if countersigned and not _sig_ok(signed, 1):
+            findings.append(Finding("receipt_signature", "the buyer countersignature is invalid", r.seq, rid))
+            countersigned = False
+        if r.seq in seen:
+            if seen[r.seq] == rid:
+                findings.append(Finding("duplicate", "the same receipt appears twice", r.seq, rid))
+            else:
+                findings.append(Finding("equivocation", "two different signed receipts for this seq", r.seq, rid))
+            continue
+        if checker.last is not None and r.seq < checker.last.seq:
+            findings.append(Finding("out_of_order", f"seq {r.seq} after seq {checker.last.seq}", r.seq, rid))
+            seen[r.seq] = rid
+            continue
+        seen[r.seq] = rid
+        findings.extend(checker.check_content(r, rid))
+        checker.advance(r, rid)
+        if countersigned:
+            cosigned, cosigned_id = r, rid
+            tail_unsigned.clear()
+        else:
+            tail_unsigned.append((r, rid))
+
+    owed = cosigned
+    owed_id = cosigned_id
+    last_cosigned_amount = cosigned.amount_micros if cosigned is not None else 0
+    if tail_unsigned:
+        last, last_id = tail_unsigned[-1]
+        if last.state == FINAL:
+            cap = ag.terms.exposure_cap_micros
+            if last.amount_micros <= last_cosigned_amount:
+                owed, owed_id = last, last_id  # a closing record that claims nothing new
+            elif last.reason != BUYER_UNRESPONSIVE:
+                findings.append(Finding("unsigned_final", f"a final receipt with reason {last.reason!r} "
+                                        "claims more than the buyer countersigned", last.seq, last_id))
+            elif last.amount_micros > last_cosigned_amount + cap:
+                findings.append(Finding("unsigned_final", f"claims {last.amount_micros}, more than the last "
+                                        f"countersigned {last_cosigned_amount} plus the cap {cap}",
+                                        last.seq, last_id))
+            else:
+                owed, owed_id = last, last_id
+        report.pending = sum(1 for r, _ in tail_unsigned if r is not owed)
+    if owed is not None:
+        report.billed_ms = owed.metered_ms
+        report.amount_micros = owed.amount_micros
+        report.last_seq = owed.seq
+        report.last_receipt_id = owed_id
+    if checker.last is None:
+        report.state = "empty"
+    elif checker.final:
+        report.state = f"final:{checker.last.reason}"
+    else:
+        report.state = RUNNING
+    return report

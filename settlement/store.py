@@ -1,0 +1,247 @@
+"""The node's SQLite store: one file per node, the only module that imports sqlite.
+
+Rule 1 (durability): every write is its own transaction in WAL mode with ``synchronous=FULL``; a
+method returns only after its transaction is durable, so a receipt the node acknowledges after
+``append_receipt`` returned survives ``kill -9`` (and power loss, as far as the disk honours fsync).
+Rule 2 (append-only evidence): agreements and receipts are never deleted and their bodies never
+change; the only update is adding the buyer's countersignature where there was none. Triggers in
+the database enforce this, whatever code runs against the file.
+Rule 3: what comes out is what went in: bodies and signatures as they were signed, so an export is
+byte-for-byte the evidence.
+
+Schema and queries go through sqlite-utils; the connection is plain sqlite3 so that pragmas and
+transactions are explicit.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from p2p.envelope import Signed
+from p2p.errors import StoreError, UnusableInputError
+
+SCHEMA_VERSION = 1
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+_TRIGGERS = [
+    """CREATE TRIGGER IF NOT EXISTS receipts_no_delete BEFORE DELETE ON receipts
+       BEGIN SELECT RAISE(ABORT, 'receipts are append-only'); END""",
+    """CREATE TRIGGER IF NOT EXISTS receipts_no_rewrite BEFORE UPDATE ON receipts
+       WHEN OLD.body IS NOT NEW.body OR OLD.provider_sig IS NOT NEW.provider_sig OR OLD.id IS NOT NEW.id
+         OR OLD.agreement_id IS NOT NEW.agreement_id OR OLD.seq IS NOT NEW.seq
+         OR (OLD.buyer_sig IS NOT NULL AND OLD.buyer_sig IS NOT NEW.buyer_sig)
+       BEGIN SELECT RAISE(ABORT, 'receipts are append-only'); END""",
+    """CREATE TRIGGER IF NOT EXISTS agreements_no_delete BEFORE DELETE ON agreements
+       BEGIN SELECT RAISE(ABORT, 'agreements are append-only'); END""",
+    """CREATE TRIGGER IF NOT EXISTS agreements_no_rewrite BEFORE UPDATE ON agreements
+       WHEN OLD.body IS NOT NEW.body OR OLD.provider_sig IS NOT NEW.provider_sig OR OLD.id IS NOT NEW.id
+         OR (OLD.buyer_sig IS NOT NULL AND OLD.buyer_sig IS NOT NEW.buyer_sig)
+       BEGIN SELECT RAISE(ABORT, 'agreements are append-only'); END""",
+]
+
+
+@dataclass(frozen=True)
+class StoredChain:
+    """One agreement's evidence as stored: envelopes in wire form (``{"body", "sigs"}``)."""
+
+    agreement: dict[str, Any]
+    offer: dict[str, Any] | None
+    proposal: dict[str, Any] | None
+    receipts: list[dict[str, Any]]
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _envelope(body: bytes, *sigs: bytes | None) -> dict[str, Any]:
+    return {"body": body, "sigs": [s for s in sigs if s is not None]}
+
+
+class Store:
+    """A node's database. Not thread-safe: use one Store per thread (or the async wrapper)."""
+
+    def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
+        self.path = Path(path)
+        self.readonly = readonly
+        try:
+            if readonly:
+                self._check_is_store_file()
+                conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True,
+                                       isolation_level=None, check_same_thread=False)
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA busy_timeout=10000")
+            self.conn = conn
+            self.db = sqlite_utils.Database(conn)
+            if not readonly:
+                self._create_schema()
+            self._check_schema()
+        except sqlite3.DatabaseError as exc:
+            raise UnusableInputError(f"{self.path}: not a usable Suanli database ({exc})", path=str(path)) from exc
+
+    def _check_is_store_file(self) -> None:
+        try:
+            with open(self.path, "rb") as fh:
+                head = fh.read(len(SQLITE_MAGIC))
+        except OSError as exc:
+            raise UnusableInputError(f"{self.path}: {exc.strerror}", path=str(self.path)) from exc
+        if head != SQLITE_MAGIC:
+            raise UnusableInputError(f"{self.path}: not an SQLite database", path=str(self.path))
+
+    def _create_schema(self) -> None:
+        db = self.db
+        with self._transaction():
+            db["meta"].create({"key": str, "value": str}, pk="key", if_not_exists=True)
+            db["offers"].create({"id": bytes, "provider": bytes, "seq": int, "body": bytes, "sig": bytes},
+                                pk="id", not_null={"provider", "seq", "body", "sig"}, if_not_exists=True)
+            db["proposals"].create({"id": bytes, "buyer": bytes, "provider": bytes, "body": bytes, "sig": bytes},
+                                   pk="id", not_null={"body", "sig"}, if_not_exists=True)
+            db["agreements"].create(
+                {"id": bytes, "provider": bytes, "buyer": bytes, "offer_id": bytes, "proposal_id": bytes,
+                 "created_at_ms": int, "body": bytes, "provider_sig": bytes, "buyer_sig": bytes,
+                 "stored_at_ms": int},
+                pk="id", not_null={"provider", "buyer", "body", "provider_sig"}, if_not_exists=True)
+            db["receipts"].create(
+                {"agreement_id": bytes, "seq": int, "id": bytes, "body": bytes, "provider_sig": bytes,
+                 "buyer_sig": bytes, "stored_at_ms": int},
+                pk=("agreement_id", "seq"), not_null={"id", "body", "provider_sig"}, if_not_exists=True)
+            for trigger in _TRIGGERS:
+                self.conn.execute(trigger)
+            self.conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
+                              (str(SCHEMA_VERSION),))
+            self.conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('application', 'suanli')")
+
+    def _check_schema(self) -> None:
+        try:
+            rows = dict(self.conn.execute("SELECT key, value FROM meta").fetchall())
+        except sqlite3.DatabaseError as exc:
+            raise UnusableInputError(f"{self.path}: not a Suanli node database", path=str(self.path)) from exc
+        if rows.get("application") != "suanli":
+            raise UnusableInputError(f"{self.path}: not a Suanli node database", path=str(self.path))
+        if rows.get("schema_version") != str(SCHEMA_VERSION):
+            raise UnusableInputError(f"{self.path}: database schema {rows.get('schema_version')} is not "
+                                     f"supported (this build reads {SCHEMA_VERSION})", path=str(self.path))
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        else:
+            self.conn.execute("COMMIT")
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- writes (each one durable on return: Rule 1) --------------------------------------------
+
+    def put_offer(self, signed: Signed[Any]) -> None:
+        r = signed.record
+        self._write("INSERT OR IGNORE INTO offers(id, provider, seq, body, sig) VALUES (?, ?, ?, ?, ?)",
+                    (signed.record_id, r.provider, r.seq, signed.body, signed.sigs[0]))
+
+    def put_proposal(self, signed: Signed[Any]) -> None:
+        r = signed.record
+        self._write("INSERT OR IGNORE INTO proposals(id, buyer, provider, body, sig) VALUES (?, ?, ?, ?, ?)",
+                    (signed.record_id, r.buyer, r.provider, signed.body, signed.sigs[0]))
+
+    def put_agreement(self, signed: Signed[Any]) -> None:
+        """Store an agreement, or add the buyer's countersignature to the stored one."""
+        r = signed.record
+        buyer_sig = signed.sigs[1] if len(signed.sigs) > 1 else None
+        with self._transaction():
+            self.conn.execute(
+                "INSERT OR IGNORE INTO agreements(id, provider, buyer, offer_id, proposal_id, created_at_ms, body,"
+                " provider_sig, buyer_sig, stored_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (signed.record_id, r.provider, r.buyer, r.offer_id, r.proposal_id, r.created_at_ms, signed.body,
+                 signed.sigs[0], buyer_sig, _now_ms()))
+            if buyer_sig is not None:
+                self.conn.execute("UPDATE agreements SET buyer_sig = ? WHERE id = ? AND buyer_sig IS NULL",
+                                  (buyer_sig, signed.record_id))
+
+    def append_receipt(self, signed: Signed[Any]) -> None:
+        """Store receipt n, or add the buyer's countersignature to stored receipt n.
+
+        StoreError when a different receipt is already stored for the same (agreement, seq): the
+        store never holds two histories of one agreement.
+        """
+        r = signed.record
+        rid = signed.record_id
+        buyer_sig = signed.sigs[1] if len(signed.sigs) > 1 else None
+        with self._transaction():
+            row = self.conn.execute("SELECT id, buyer_sig FROM receipts WHERE agreement_id = ? AND seq = ?",
+                                    (r.agreement_id, r.seq)).fetchone()
+            if row is None:
+                self.conn.execute(
+                    "INSERT INTO receipts(agreement_id, seq, id, body, provider_sig, buyer_sig, stored_at_ms)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (r.agreement_id, r.seq, rid, signed.body, signed.sigs[0], buyer_sig, _now_ms()))
+            elif row[0] != rid:
+                raise StoreError(f"a different receipt {r.seq} is already stored for agreement "
+                                 f"{r.agreement_id.hex()[:16]}", agreement_id=r.agreement_id, seq=r.seq)
+            elif buyer_sig is not None and row[1] is None:
+                self.conn.execute("UPDATE receipts SET buyer_sig = ? WHERE agreement_id = ? AND seq = ?",
+                                  (buyer_sig, r.agreement_id, r.seq))
+
+    def _write(self, sql: str, params: tuple[Any, ...]) -> None:
+        try:
+            with self._transaction():
+                self.conn.execute(sql, params)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path}: {exc}") from exc
+
+    # -- reads ------------------------------------------------------------------------------------
+
+    def agreement_ids(self) -> list[bytes]:
+        return [row["id"] for row in self.db.query("SELECT id FROM agreements ORDER BY created_at_ms, id")]
+
+    def find_agreements(self, prefix_hex: str) -> list[bytes]:
+        prefix = prefix_hex.lower()
+        return [a for a in self.agreement_ids() if a.hex().startswith(prefix)]
+
+    def last_receipt(self, agreement_id: bytes) -> dict[str, Any] | None:
+        rows = list(self.db.query("SELECT body, provider_sig, buyer_sig FROM receipts WHERE agreement_id = ?"
+                                  " ORDER BY seq DESC LIMIT 1", [agreement_id]))
+        return _envelope(rows[0]["body"], rows[0]["provider_sig"], rows[0]["buyer_sig"]) if rows else None
+
+    def load_chain(self, agreement_id: bytes) -> StoredChain:
+        rows = list(self.db.query("SELECT * FROM agreements WHERE id = ?", [agreement_id]))
+        if not rows:
+            raise StoreError(f"no agreement {agreement_id.hex()} in {self.path}", agreement_id=agreement_id)
+        ag = rows[0]
+        offer = next(iter(self.db.query("SELECT body, sig FROM offers WHERE id = ?", [ag["offer_id"]])), None)
+        proposal = next(iter(self.db.query("SELECT body, sig FROM proposals WHERE id = ?", [ag["proposal_id"]])),
+                        None)
+        receipts = [_envelope(row[0], row[1], row[2]) for row in self.conn.execute(
+            "SELECT body, provider_sig, buyer_sig FROM receipts WHERE agreement_id = ? ORDER BY seq",
+            (agreement_id,))]
+        return StoredChain(
+            agreement=_envelope(ag["body"], ag["provider_sig"], ag["buyer_sig"]),
+            offer=_envelope(offer["body"], offer["sig"]) if offer else None,
+            proposal=_envelope(proposal["body"], proposal["sig"]) if proposal else None,
+            receipts=receipts)
+
+    def integrity_ok(self) -> bool:
+        return self.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+

@@ -1,0 +1,103 @@
+"""Build valid, fully signed evidence for tests and benchmarks (as trio.testing ships with trio).
+
+``make_chain`` plays both parties honestly: an offer, a proposal, an agreement signed by both, and
+``n`` receipts one ``interval_ms`` apart, each countersigned, the last one final. Tests then break
+one thing at a time; benchmarks generate many.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, replace
+
+from market.records import (Agreement, Capacity, JobSpec, Limits, Offer, Prices, Proposal, ReceiptTerms,
+                            ResourceRequest)
+from p2p.envelope import Signed, countersign, sign_record
+from p2p.identity import NodeKey
+from settlement.billing import amount_due
+from settlement.records import COMPLETED, FINAL, RUNNING, Receipt, Usage
+from settlement.store import StoredChain
+
+DEMO_IMAGE = "sha256:" + "ab" * 32
+TERMS = ReceiptTerms(interval_ms=1000, countersign_timeout_ms=3000, grace_ms=5000, exposure_cap_micros=5_000)
+
+
+def key_from_label(label: str) -> NodeKey:
+    """A deterministic key for tests and test vectors (never for real use)."""
+    return NodeKey.from_seed(hashlib.sha256(label.encode()).digest())
+
+
+@dataclass(frozen=True)
+class Evidence:
+    offer: Signed[Offer]
+    proposal: Signed[Proposal]
+    agreement: Signed[Agreement]
+    receipts: list[Signed[Receipt]]
+
+    def stored(self) -> StoredChain:
+        return StoredChain(agreement=self.agreement.to_wire(), offer=self.offer.to_wire(),
+                           proposal=self.proposal.to_wire(), receipts=[r.to_wire() for r in self.receipts])
+
+
+def make_offer(provider: NodeKey, now_ms: int = 1_800_000_000_000, seq: int = 1) -> Offer:
+    cap = Capacity(gpus=(), cpu_millis=2000, memory_mib=4096)
+    return Offer(provider=provider.public, addrs=("/ip4/127.0.0.1/tcp/4001",), seq=seq, created_at_ms=now_ms,
+                 expires_at_ms=now_ms + 60_000, capacity=cap, free=cap,
+                 prices=Prices(gpu_micros_per_s={}, cpu_core_micros_per_s=50, memory_gib_micros_per_s=10),
+                 limits=Limits(max_duration_s=3600, max_concurrent_jobs=4, allowed_images=()), terms=TERMS)
+
+
+def make_agreement(provider: NodeKey, buyer: NodeKey, now_ms: int = 1_800_000_000_000, price: int = 110,
+                   nonce: bytes = b"\x07" * 16) -> tuple[Signed[Offer], Signed[Proposal], Signed[Agreement]]:
+    offer = sign_record(make_offer(provider, now_ms), provider)
+    job = JobSpec(image=DEMO_IMAGE, image_archive_sha256=None, command=("sh", "-c", "echo hello"), env={},
+                  input_sha256=None)
+    resources = ResourceRequest(gpus=0, gpu_model=None, min_gpu_memory_mib=0, cpu_millis=1000, memory_mib=1024)
+    proposal = sign_record(Proposal(
+        buyer=buyer.public, provider=provider.public, offer_id=offer.record_id, job=job, resources=resources,
+        max_price_micros_per_s=price, max_duration_ms=600_000, terms=TERMS, nonce=nonce,
+        created_at_ms=now_ms + 10, expires_at_ms=now_ms + 10_010), buyer)
+    agreement = sign_record(Agreement(
+        provider=provider.public, buyer=buyer.public, offer_id=offer.record_id, proposal_id=proposal.record_id,
+        job=job, resources=resources, price_micros_per_s=price, max_duration_ms=600_000, terms=TERMS,
+        created_at_ms=now_ms + 20, accept_by_ms=now_ms + 5_020), provider)
+    return offer, proposal, countersign(agreement, buyer)
+
+
+def next_receipt(agreement: Signed[Agreement], prev: Receipt | None, prev_id: bytes, *, step_ms: int = 1000,
+                 final: bool = False, reason: str = COMPLETED, exit_code: int = 0) -> Receipt:
+    ag = agreement.record
+    seq = 1 if prev is None else prev.seq + 1
+    metered = (prev.metered_ms if prev else 0) + step_ms
+    issued = ag.created_at_ms + 200 + metered
+    usage = Usage(cpu_core_ms=metered * 9 // 10, mem_peak_bytes=32 << 20, gpu_ms=0, gpu_mem_peak_bytes=0,
+                  gpu_sm_pct_ms=0, energy_mj=0)
+    return Receipt(
+        agreement_id=agreement.record_id, provider=ag.provider, buyer=ag.buyer, seq=seq, prev=prev_id,
+        issued_at_ms=issued, metered_ms=metered, usage=usage, amount_micros=amount_due(metered, ag.price_micros_per_s),
+        state=FINAL if final else RUNNING, reason=reason if final else None,
+        exit_code=exit_code if final else None, output_digest=hashlib.sha256(b"out").digest() if final else None)
+
+
+def make_chain(provider: NodeKey, buyer: NodeKey, n: int, *, now_ms: int = 1_800_000_000_000, final: bool = True,
+               nonce: bytes = b"\x07" * 16) -> Evidence:
+    offer, proposal, agreement = make_agreement(provider, buyer, now_ms, nonce=nonce)
+    receipts: list[Signed[Receipt]] = []
+    prev: Receipt | None = None
+    prev_id = agreement.record_id
+    for i in range(n):
+        r = next_receipt(agreement, prev, prev_id, final=final and i == n - 1)
+        signed = countersign(sign_record(r, provider), buyer)
+        receipts.append(signed)
+        prev, prev_id = r, signed.record_id
+    return Evidence(offer, proposal, agreement, receipts)
+
+
+def resign(record: Receipt, provider: NodeKey, buyer: NodeKey | None) -> Signed[Receipt]:
+    """Sign a (possibly altered) receipt as a dishonest pair of parties would."""
+    signed = sign_record(record, provider)
+    return countersign(signed, buyer) if buyer is not None else signed
+
+
+__all__ = ["Evidence", "key_from_label", "make_agreement", "make_chain", "make_offer", "next_receipt", "replace",
+           "resign"]
