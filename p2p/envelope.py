@@ -18,6 +18,7 @@ Wire form: the canonical msgpack map ``{"body": bin, "sigs": [bin64, ...]}``.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -33,8 +34,14 @@ _ENVELOPE_OVERHEAD = 32 + 4 * (SIGNATURE_BYTES + 2)
 R = TypeVar("R", bound=Record)
 
 
+@functools.cache
 def domain(cls: type[Record], role: str) -> bytes:
     return f"suanli/{cls.TAG}/{cls.VERSION}/{role}".encode()
+
+
+@functools.cache
+def _domains(cls: type[Record]) -> tuple[bytes, ...]:
+    return tuple(domain(cls, role) for role, _ in _signers(cls))
 
 
 def _signers(cls: type[Record]) -> tuple[tuple[str, str], ...]:
@@ -72,8 +79,8 @@ class Signed(Generic[R]):
         return public
 
     def signed_message(self, index: int) -> bytes:
-        role, _ = _signers(type(self.record))[index]
-        return domain(type(self.record), role) + self.body + b"".join(self.sigs[:index])
+        prefix = _domains(type(self.record))[index]
+        return prefix + self.body + b"".join(self.sigs[:index]) if index else prefix + self.body
 
     def to_wire(self) -> dict[str, Any]:
         return {"body": self.body, "sigs": list(self.sigs)}

@@ -20,8 +20,9 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nacl.bindings import crypto_sign_open
 from nacl.exceptions import BadSignatureError
-from nacl.signing import SigningKey, VerifyKey
+from nacl.signing import SigningKey
 
 from p2p.errors import KeyFileError
 
@@ -105,27 +106,16 @@ def _signing_key(seed: bytes) -> SigningKey:
     return key
 
 
-_VERIFIERS: dict[bytes, VerifyKey] = {}
-
-
 def verify_signature(public: bytes, message: bytes, signature: bytes) -> bool:
-    """True when ``signature`` is a valid Ed25519 signature of ``message`` by ``public``."""
-    key = _VERIFIERS.get(public)
-    if key is None:
-        if len(public) != 32:
-            return False
-        try:
-            key = VerifyKey(public)
-        except Exception:  # a malformed point: never valid
-            return False
-        if len(_VERIFIERS) > 4096:
-            _VERIFIERS.clear()
-        _VERIFIERS[public] = key
-    if len(signature) != 64:
+    """True when ``signature`` is a valid Ed25519 signature of ``message`` by ``public``.
+
+    libsodium refuses non-canonical signatures and small-order keys, so no signature is malleable.
+    """
+    if len(public) != 32 or len(signature) != 64:
         return False
     try:
-        key.verify(message, signature)
-    except BadSignatureError:
+        crypto_sign_open(signature + message, public)
+    except (BadSignatureError, ValueError):
         return False
     return True
 

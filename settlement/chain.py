@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from market.records import Agreement
-from p2p.envelope import Signed
+from p2p.envelope import Signed, domain
 from p2p.identity import verify_signature
 from settlement.billing import amount_due, metered_bound, usage_bound
 from settlement.records import BUYER_UNRESPONSIVE, COMPLETED, FINAL, REASONS, RUNNING, Receipt
@@ -104,19 +104,13 @@ class ChainChecker:
         elif r.prev != self.last_id:
             bad("broken_link", "prev is not the hash of the previous receipt")
         if prev is not None:
-            decreasing = [name for name, now, before in (
-                ("issued_at_ms", r.issued_at_ms, prev.issued_at_ms),
-                ("metered_ms", r.metered_ms, prev.metered_ms),
-                ("amount_micros", r.amount_micros, prev.amount_micros),
-                ("cpu_core_ms", r.usage.cpu_core_ms, prev.usage.cpu_core_ms),
-                ("mem_peak_bytes", r.usage.mem_peak_bytes, prev.usage.mem_peak_bytes),
-                ("gpu_ms", r.usage.gpu_ms, prev.usage.gpu_ms),
-                ("gpu_mem_peak_bytes", r.usage.gpu_mem_peak_bytes, prev.usage.gpu_mem_peak_bytes),
-                ("gpu_sm_pct_ms", r.usage.gpu_sm_pct_ms, prev.usage.gpu_sm_pct_ms),
-                ("energy_mj", r.usage.energy_mj, prev.usage.energy_mj),
-            ) if now < before]
-            if decreasing:
-                bad("decreasing", f"{', '.join(decreasing)} decreased")
+            u, pu = r.usage, prev.usage
+            if not (r.issued_at_ms >= prev.issued_at_ms and r.metered_ms >= prev.metered_ms
+                    and r.amount_micros >= prev.amount_micros and u.cpu_core_ms >= pu.cpu_core_ms
+                    and u.mem_peak_bytes >= pu.mem_peak_bytes and u.gpu_ms >= pu.gpu_ms
+                    and u.gpu_mem_peak_bytes >= pu.gpu_mem_peak_bytes and u.gpu_sm_pct_ms >= pu.gpu_sm_pct_ms
+                    and u.energy_mj >= pu.energy_mj):
+                bad("decreasing", f"{', '.join(_decreased(r, prev))} decreased")
         due = amount_due(r.metered_ms, ag.price_micros_per_s)
         if r.amount_micros != due:
             bad("wrong_amount", f"amount {r.amount_micros} != {r.metered_ms} ms x {ag.price_micros_per_s}/s = {due}")
@@ -149,8 +143,20 @@ class ChainChecker:
         self.final = self.final or r.state == FINAL
 
 
+_COUNTERS = ("cpu_core_ms", "mem_peak_bytes", "gpu_ms", "gpu_mem_peak_bytes", "gpu_sm_pct_ms", "energy_mj")
+
+
+def _decreased(r: Receipt, prev: Receipt) -> list[str]:
+    names = [n for n in ("issued_at_ms", "metered_ms", "amount_micros") if getattr(r, n) < getattr(prev, n)]
+    return names + [n for n in _COUNTERS if getattr(r.usage, n) < getattr(prev.usage, n)]
+
+
 def _sig_ok(signed: Signed[Receipt] | Signed[Agreement], index: int) -> bool:
     return verify_signature(signed.signer_public(index), signed.signed_message(index), signed.sigs[index])
+
+
+# The audit's hot loop checks receipt signatures directly (same bytes as Signed.signed_message).
+_PROVIDER_DOMAIN, _BUYER_DOMAIN = domain(Receipt, "provider"), domain(Receipt, "buyer")
 
 
 def verify_chain(agreement: Signed[Agreement], receipts: Sequence[Signed[Receipt]]) -> ChainReport:
@@ -175,11 +181,12 @@ def verify_chain(agreement: Signed[Agreement], receipts: Sequence[Signed[Receipt
         r = signed.record
         rid = hashlib.sha256(signed.body).digest()
         report.receipts += 1
-        if not _sig_ok(signed, 0):
+        body, sigs = signed.body, signed.sigs
+        if not verify_signature(r.provider, _PROVIDER_DOMAIN + body, sigs[0]):
             findings.append(Finding("receipt_signature", "the provider signature is invalid", r.seq, rid))
             continue
-        countersigned = len(signed.sigs) == 2
-        if countersigned and not _sig_ok(signed, 1):
+        countersigned = len(sigs) == 2
+        if countersigned and not verify_signature(r.buyer, _BUYER_DOMAIN + body + sigs[0], sigs[1]):
             findings.append(Finding("receipt_signature", "the buyer countersignature is invalid", r.seq, rid))
             countersigned = False
         if r.seq in seen:

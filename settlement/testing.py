@@ -101,3 +101,27 @@ def resign(record: Receipt, provider: NodeKey, buyer: NodeKey | None) -> Signed[
 
 __all__ = ["Evidence", "key_from_label", "make_agreement", "make_chain", "make_offer", "next_receipt", "replace",
            "resign"]
+
+
+def protocol_vectors() -> dict[str, bytes]:
+    """The test vectors of docs/PROTOCOL.md: one instance of every record, as canonical bytes and as a
+    signed envelope. Keys come from ``key_from_label``; Ed25519 signing is deterministic."""
+    from settlement.records import Statement, StatementEntry
+
+    provider, buyer, auditor = key_from_label("provider"), key_from_label("buyer"), key_from_label("auditor")
+    ev = make_chain(provider, buyer, 2)
+    report_entry = StatementEntry(agreement_id=ev.agreement.record_id, payer=buyer.public, payee=provider.public,
+                                  amount_micros=ev.receipts[-1].record.amount_micros, billed_ms=2000, last_seq=2,
+                                  last_receipt_id=ev.receipts[-1].record_id, state="final:completed", findings=0)
+    statement = sign_record(Statement(auditor=auditor.public, created_at_ms=1_800_000_100_000,
+                                      entries=(report_entry,)), auditor)
+    out: dict[str, bytes] = {}
+    for name, signed in (("offer", ev.offer), ("proposal", ev.proposal), ("agreement", ev.agreement),
+                         ("receipt", ev.receipts[0]), ("final_receipt", ev.receipts[1]), ("statement", statement)):
+        out[f"{name}.body"] = signed.body
+        out[f"{name}.id"] = signed.record_id
+        out[f"{name}.envelope"] = signed.to_bytes()
+    for label, key in (("provider", provider), ("buyer", buyer), ("auditor", auditor)):
+        out[f"key.{label}.seed"] = key.seed
+        out[f"key.{label}.public"] = key.public
+    return out

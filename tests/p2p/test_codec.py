@@ -1,0 +1,74 @@
+"""Canonical msgpack: one byte string per value, strict and bounded decoding."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from p2p.codec import MAX_RECORD_BYTES, pack, unpack, unpack_canonical
+from p2p.errors import CodecError, RemoteProtocolError
+
+values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.text(max_size=20) | st.binary(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(values)
+def test_round_trip_and_one_byte_form(value):
+    data = pack(value)
+    assert unpack(data) == value
+    assert unpack_canonical(data) == value
+    assert pack(unpack(data)) == data
+
+
+@given(st.dictionaries(st.text(max_size=6), st.integers(0, 1000), min_size=2, max_size=6))
+def test_map_key_order_does_not_change_bytes(d):
+    reversed_dict = dict(reversed(list(d.items())))
+    assert pack(d) == pack(reversed_dict)
+
+
+def test_known_bytes():
+    assert pack({"b": 1, "a": [1, b"x"], "c": None}).hex() == "83a1619201c40178a16201a163c0"
+    assert pack(2**32) == b"\xcf\x00\x00\x00\x01\x00\x00\x00\x00"
+    assert pack("é") == b"\xa2\xc3\xa9"
+
+
+@pytest.mark.parametrize("data, why", [
+    (msgpack.packb({"b": 1, "a": 2}), "order"),
+    (b"\x82\xa1a\x01\xa1a\x02", "duplicated"),
+    (b"\xcc\x01", "canonical"),          # 1 as uint8 instead of a fixint
+    (b"\xd9\x01a", "canonical"),         # str8 for a 1-byte string
+    (msgpack.packb(1.5), "float"),
+    (b"\xd4\x01\x00", "ext"),
+    (b"\x01\x02", "trailing"),
+    (b"\xc1", "msgpack"),
+    (b"", "empty"),
+    (b"\x92\x01", "msgpack"),           # truncated array
+    (b"\x91" * 40 + b"\x01", "deep"),
+])
+def test_non_canonical_and_malformed_bytes_are_refused(data, why):
+    with pytest.raises(CodecError):
+        unpack(data)
+
+
+def test_oversize_is_refused_before_decoding():
+    data = pack(b"x" * (MAX_RECORD_BYTES + 1))
+    with pytest.raises(CodecError, match="exceeds the limit"):
+        unpack(data)
+    with pytest.raises(CodecError, match="exceeds the limit"):
+        unpack_canonical(data)
+    assert unpack(data, max_bytes=len(data)) == b"x" * (MAX_RECORD_BYTES + 1)
+
+
+@pytest.mark.parametrize("value", [1.5, {1: 2}, object(), 2**64, -(2**63) - 1, {"k": {1.0}}])
+def test_unencodable_values_are_refused(value):
+    with pytest.raises(CodecError):
+        pack(value)
+
+
+def test_codec_errors_are_remote_protocol_errors():
+    assert issubclass(CodecError, RemoteProtocolError)

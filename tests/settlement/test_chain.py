@@ -1,0 +1,205 @@
+"""Receipt-chain rules, one table row per rule (settlement.chain's docstring is the specification)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import replace
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from p2p.envelope import Signed, countersign, sign_record
+from settlement.billing import amount_due, usage_bound
+from settlement.chain import ChainChecker, verify_chain
+from settlement.records import BUYER_UNRESPONSIVE, FINAL, PROVIDER_RESTART, Usage
+from settlement.testing import TERMS, key_from_label, make_agreement, next_receipt
+
+P, B = key_from_label("provider"), key_from_label("buyer")
+OFFER, PROPOSAL, AGREEMENT = make_agreement(P, B)
+
+
+def honest(n=4, final=True):
+    out, prev, prev_id = [], None, AGREEMENT.record_id
+    for i in range(n):
+        r = next_receipt(AGREEMENT, prev, prev_id, final=final and i == n - 1)
+        out.append(r)
+        prev, prev_id = r, hashlib.sha256(r.encode()).digest()
+    return out
+
+
+def signed(records, cosign=None, relink=False):
+    """Sign records as given; ``cosign[i]`` False leaves receipt i provider-only; ``relink`` fixes prev."""
+    out, prev_id = [], AGREEMENT.record_id
+    for i, r in enumerate(records):
+        if relink:
+            r = replace(r, prev=prev_id)
+        s = sign_record(r, P)
+        if cosign is None or cosign[i]:
+            s = countersign(s, B)
+        out.append(s)
+        prev_id = s.record_id
+    return out
+
+
+def amount_fixed(r):
+    return replace(r, amount_micros=amount_due(r.metered_ms, AGREEMENT.record.price_micros_per_s))
+
+
+def rules(receipts, agreement=AGREEMENT):
+    return sorted({f.rule for f in verify_chain(agreement, receipts).findings})
+
+
+def test_honest_chain_verifies_and_bills_the_last_receipt():
+    report = verify_chain(AGREEMENT, signed(honest(4)))
+    assert report.ok, report.findings
+    assert (report.state, report.billed_ms, report.last_seq) == ("final:completed", 4000, 4)
+    assert report.amount_micros == amount_due(4000, AGREEMENT.record.price_micros_per_s)
+
+
+def _forge_sig(receipts, index, which):
+    s = receipts[index]
+    sigs = list(s.sigs)
+    sigs[which] = bytes(64)
+    receipts[index] = Signed(s.body, s.record, tuple(sigs))
+    return receipts
+
+
+def _swap(receipts, i, j):
+    receipts[i], receipts[j] = receipts[j], receipts[i]
+    return receipts
+
+
+def _equivocate(_):
+    rs = honest(4)
+    other = replace(rs[1], usage=replace(rs[1].usage, mem_peak_bytes=rs[1].usage.mem_peak_bytes + 1))
+    chain = signed(rs)
+    return chain[:2] + signed([other], relink=False) + chain[2:]
+
+
+CASES = {
+    "forged provider signature": (lambda rs: _forge_sig(signed(rs), 1, 0), ["receipt_signature", "seq_gap"]),
+    "forged buyer signature": (lambda rs: _forge_sig(signed(rs), 1, 1), ["receipt_signature"]),
+    "reordered": (lambda rs: _swap(signed(rs), 1, 2), ["out_of_order", "seq_gap"]),
+    "missing receipt": (lambda rs: (lambda c: c[:1] + c[2:])(signed(rs)), ["seq_gap"]),
+    "duplicated receipt": (lambda rs: (lambda c: c[:2] + c[1:])(signed(rs)), ["duplicate"]),
+    "equivocation": (_equivocate, ["equivocation"]),
+    "decreasing amount": (lambda rs: signed(rs[:2] + [amount_fixed(replace(rs[2], metered_ms=1500))] + rs[3:],
+                                              relink=True), ["decreasing", "usage_exceeds_allocation"]),
+    "wrong arithmetic": (lambda rs: signed(rs[:1] + [replace(rs[1], amount_micros=rs[1].amount_micros + 1)] + rs[2:],
+                                           relink=True), ["wrong_amount"]),
+    "broken link": (lambda rs: signed(rs[:2] + [replace(rs[2], prev=b"\1" * 32)] + rs[3:]), ["broken_link"]),
+    "wrong agreement": (lambda rs: signed([replace(rs[0], agreement_id=b"\2" * 32)] + rs[1:], relink=True),
+                        ["wrong_agreement"]),
+    "wrong parties": (lambda rs: [countersign(sign_record(replace(rs[0], buyer=key_from_label("x").public), P),
+                                              key_from_label("x"))] + signed(rs[1:]), ["broken_link", "wrong_parties"]),
+    "metered beyond wall time": (lambda rs: signed([amount_fixed(replace(rs[0], metered_ms=5000))] + rs[1:],
+                                                   relink=True), ["decreasing", "metered_exceeds_wall"]),
+    "cpu beyond allocation": (lambda rs: signed([replace(rs[0], usage=replace(rs[0].usage, cpu_core_ms=3000))]
+                                                + rs[1:], relink=True), ["decreasing", "usage_exceeds_allocation"]),
+    "gpu time without gpus": (lambda rs: signed(rs[:3] + [replace(rs[3], usage=replace(rs[3].usage, gpu_ms=1))],
+                                                relink=True), ["usage_exceeds_allocation"]),
+    "running with a reason": (lambda rs: signed([replace(rs[0], reason="completed")] + rs[1:], relink=True),
+                              ["bad_state"]),
+    "completed without digest": (lambda rs: signed(rs[:3] + [replace(rs[3], output_digest=None)], relink=True),
+                                 ["bad_state"]),
+    "unknown reason": (lambda rs: signed(rs[:3] + [replace(rs[3], reason="because")], relink=True),
+                       ["bad_state"]),
+    "unknown state": (lambda rs: signed(rs[:3] + [replace(rs[3], state="paused")], relink=True), ["bad_state"]),
+    "receipt after final": (lambda rs: signed(rs[:2] + [replace(rs[2], state=FINAL, reason="completed",
+                                                                exit_code=0, output_digest=b"\3" * 32)] + rs[3:],
+                                              relink=True), ["after_final"]),
+    "unsigned final over cap": (lambda rs: signed(rs[:3] + [amount_fixed(replace(
+        rs[3], reason=BUYER_UNRESPONSIVE, metered_ms=rs[2].metered_ms + 60_000, issued_at_ms=rs[3].issued_at_ms
+        + 60_000, exit_code=None, output_digest=None))], cosign=[1, 1, 1, 0], relink=True), ["unsigned_final"]),
+    "unsigned final with another reason claiming more": (
+        lambda rs: signed(rs, cosign=[1, 1, 1, 0]), ["unsigned_final"]),
+}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_each_rule_is_reported(name):
+    build, expected = CASES[name]
+    assert rules(build(honest(4))) == expected
+
+
+def test_unsigned_final_within_cap_is_owed():
+    rs = honest(4)
+    last = replace(rs[3], reason=BUYER_UNRESPONSIVE, exit_code=None, output_digest=None)
+    report = verify_chain(AGREEMENT, signed(rs[:3] + [last], cosign=[1, 1, 1, 0]))
+    assert report.ok, report.findings
+    assert report.amount_micros == last.amount_micros <= rs[2].amount_micros + TERMS.exposure_cap_micros
+    assert report.state == "final:buyer_unresponsive"
+
+
+def test_unsigned_closing_receipt_that_claims_nothing_new_is_accepted():
+    rs = honest(3, final=False)
+    closing = replace(rs[2], seq=4, state=FINAL, reason=PROVIDER_RESTART, issued_at_ms=rs[2].issued_at_ms + 500)
+    report = verify_chain(AGREEMENT, signed(rs + [closing], cosign=[1, 1, 1, 0], relink=True))
+    assert report.ok, report.findings
+    assert report.amount_micros == rs[2].amount_micros and report.state == "final:provider_restart"
+
+
+def test_pending_tail_is_never_owed():
+    report = verify_chain(AGREEMENT, signed(honest(4, final=False), cosign=[1, 1, 0, 0]))
+    assert report.ok and report.pending == 2
+    assert report.last_seq == 2 and report.state == "running"
+
+
+def test_agreement_without_countersignature_is_reported():
+    provider_only = Signed(AGREEMENT.body, AGREEMENT.record, AGREEMENT.sigs[:1])
+    assert rules(signed(honest(2)), provider_only) == ["agreement_not_countersigned"]
+
+
+def test_forged_agreement_stops_the_audit():
+    forged = Signed(AGREEMENT.body, AGREEMENT.record, (bytes(64), AGREEMENT.sigs[1]))
+    report = verify_chain(forged, signed(honest(2)))
+    assert [f.rule for f in report.findings] == ["agreement_signature"] and report.amount_micros == 0
+
+
+def test_empty_chain_owes_nothing():
+    report = verify_chain(AGREEMENT, [])
+    assert report.ok and report.state == "empty" and report.amount_micros == 0
+
+
+def test_exceeding_max_duration():
+    ag = replace(AGREEMENT.record, max_duration_ms=1000)
+    short = countersign(sign_record(ag, P), B)
+    rs, prev, prev_id = [], None, short.record_id
+    for _ in range(3):
+        r = next_receipt(short, prev, prev_id)
+        rs.append(r)
+        prev, prev_id = r, hashlib.sha256(r.encode()).digest()
+    report = verify_chain(short, signed(rs, relink=False))
+    assert {f.rule for f in report.findings} == {"exceeds_max_duration", "broken_link"} or \
+        "exceeds_max_duration" in {f.rule for f in report.findings}
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 5000), min_size=1, max_size=12), st.integers(1, 10_000))
+def test_property_amount_is_exact_and_cumulative(steps, price):
+    total = 0
+    for step in steps:
+        total += step
+        assert amount_due(total, price) == total * price // 1000
+    assert amount_due(total, price) >= sum(step * price // 1000 for step in steps)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(200, 3000), min_size=1, max_size=8))
+def test_property_honest_metering_always_verifies(steps):
+    checker = ChainChecker(AGREEMENT.record, AGREEMENT.record_id)
+    prev, prev_id = None, AGREEMENT.record_id
+    for step in steps:
+        r = next_receipt(AGREEMENT, prev, prev_id, step_ms=step)
+        rid = hashlib.sha256(r.encode()).digest()
+        assert checker.check_content(r, rid) == []
+        checker.advance(r, rid)
+        prev, prev_id = r, rid
+
+
+def test_usage_bound_tolerance_is_stated():
+    assert usage_bound(1000, 1000) == 1000 + 10 + 250
+    assert usage_bound(0, 2000) == 500
+    assert usage_bound(10_000, 500) == 5000 + 50 + 250
+    assert Usage(0, 0, 0, 0, 0, 0).gpu_ms == 0
