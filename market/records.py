@@ -105,9 +105,13 @@ class JobSpec:
 @struct
 @dataclass(frozen=True)
 class ResourceRequest:
+    """What a job needs. GPUs are whole devices: a model name, or a minimum memory and compute capability
+    (``"8.6"``); CPU in millicores, memory in MiB."""
+
     gpus: U64
     gpu_model: ShortText | None
     min_gpu_memory_mib: U64
+    min_compute_capability: ShortText | None
     cpu_millis: U64
     memory_mib: U64
 

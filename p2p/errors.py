@@ -26,12 +26,12 @@ from typing import Any
 class SuanliError(Exception):
     """Root of every error Suanli raises on purpose."""
 
-    def __init__(self, message: str, **fields: Any) -> None:
+    def __init__(self, message: str, /, **fields: Any) -> None:
         super().__init__(message)
-        self.message = message
         self.fields = fields
         for name, value in fields.items():
             setattr(self, name, value)
+        self.message = message
 
     def __str__(self) -> str:
         return self.message

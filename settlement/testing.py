@@ -52,7 +52,8 @@ def make_agreement(provider: NodeKey, buyer: NodeKey, now_ms: int = 1_800_000_00
     offer = sign_record(make_offer(provider, now_ms), provider)
     job = JobSpec(image=DEMO_IMAGE, image_archive_sha256=None, command=("sh", "-c", "echo hello"), env={},
                   input_sha256=None)
-    resources = ResourceRequest(gpus=0, gpu_model=None, min_gpu_memory_mib=0, cpu_millis=1000, memory_mib=1024)
+    resources = ResourceRequest(gpus=0, gpu_model=None, min_gpu_memory_mib=0, min_compute_capability=None,
+                                cpu_millis=1000, memory_mib=1024)
     proposal = sign_record(Proposal(
         buyer=buyer.public, provider=provider.public, offer_id=offer.record_id, job=job, resources=resources,
         max_price_micros_per_s=price, max_duration_ms=600_000, terms=TERMS, nonce=nonce,

@@ -1,0 +1,140 @@
+"""Negotiation (pure): the state machine of one deal, and the checks each side makes.
+
+One negotiation is one ``/suanli/negotiate/1.0.0`` stream. Messages (market.wire): the buyer sends
+``propose`` (a signed Proposal) and ``accept`` (the countersigned Agreement); the provider answers
+``agree`` (an Agreement it signed: a firm bid until ``accept_by_ms``), ``counter`` (its terms, for
+example its price), ``reject`` (a machine-readable reason) and finally ``confirm``.
+
+    buyer:    start -propose-> proposed -agree-> agreed -accept-> accepted -confirm-> done
+                               proposed -counter-> countered -propose-> proposed   (bounded rounds)
+                               proposed|accepted -reject-> closed
+    provider: start -propose-> deciding -agree-> offered -accept-> accepting -confirm-> done
+                               deciding -counter-> countered -propose-> deciding
+                               deciding|accepting -reject-> closed
+
+Rule 1: ``MOVES`` is the whole machine: (role, phase, direction, message) -> next phase. A move not in
+the table is LocalProtocolError when we try it (our bug) and RemoteProtocolError when the peer does.
+Rule 2: at most ``MAX_ROUNDS`` proposals per stream.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from market.records import Agreement, Offer, Proposal
+from p2p.errors import LocalProtocolError, RemoteProtocolError
+
+BUYER, PROVIDER = "buyer", "provider"
+SEND, RECV = "send", "recv"
+MAX_ROUNDS = 3
+
+MOVES: dict[tuple[str, str, str, str], str] = {
+    (BUYER, "start", SEND, "propose"): "proposed",
+    (BUYER, "proposed", RECV, "agree"): "agreed",
+    (BUYER, "proposed", RECV, "counter"): "countered",
+    (BUYER, "proposed", RECV, "reject"): "closed",
+    (BUYER, "countered", SEND, "propose"): "proposed",
+    (BUYER, "agreed", SEND, "accept"): "accepted",
+    (BUYER, "accepted", RECV, "confirm"): "done",
+    (BUYER, "accepted", RECV, "reject"): "closed",
+    (PROVIDER, "start", RECV, "propose"): "deciding",
+    (PROVIDER, "deciding", SEND, "agree"): "offered",
+    (PROVIDER, "deciding", SEND, "counter"): "countered",
+    (PROVIDER, "deciding", SEND, "reject"): "closed",
+    (PROVIDER, "countered", RECV, "propose"): "deciding",
+    (PROVIDER, "offered", RECV, "accept"): "accepting",
+    (PROVIDER, "accepting", SEND, "confirm"): "done",
+    (PROVIDER, "accepting", SEND, "reject"): "closed",
+}
+TERMINAL = frozenset({"done", "closed"})
+
+# Machine-readable reasons a provider gives in ``reject`` (and the buyer may log per candidate).
+NO_CAPACITY = "no_capacity"
+PRICE_TOO_LOW = "price_too_low"
+IMAGE_NOT_ALLOWED = "image_not_allowed"
+DURATION_TOO_LONG = "duration_too_long"
+EXPIRED_OFFER = "expired_offer"
+EXPIRED_PROPOSAL = "expired_proposal"
+BUSY = "busy"
+TERMS_UNACCEPTABLE = "terms_unacceptable"
+BAD_PROPOSAL = "bad_proposal"
+AGREEMENT_EXPIRED = "agreement_expired"
+REJECT_REASONS = frozenset({NO_CAPACITY, PRICE_TOO_LOW, IMAGE_NOT_ALLOWED, DURATION_TOO_LONG, EXPIRED_OFFER,
+                            EXPIRED_PROPOSAL, BUSY, TERMS_UNACCEPTABLE, BAD_PROPOSAL, AGREEMENT_EXPIRED})
+
+
+@dataclass
+class Negotiation:
+    role: str
+    phase: str = "start"
+    rounds: int = 0
+
+    def _move(self, direction: str, message: str) -> str:
+        nxt = MOVES.get((self.role, self.phase, direction, message))
+        if nxt is None:
+            if direction == SEND:
+                raise LocalProtocolError(f"{self.role} may not send {message!r} in phase {self.phase!r}",
+                                         phase=self.phase, msg_type=message)
+            raise RemoteProtocolError(f"peer sent {message!r} to the {self.role} in phase {self.phase!r}",
+                                      phase=self.phase, msg_type=message)
+        if message == "propose":
+            self.rounds += 1
+            if self.rounds > MAX_ROUNDS:
+                err = LocalProtocolError if direction == SEND else RemoteProtocolError
+                raise err(f"more than {MAX_ROUNDS} proposals in one negotiation", rounds=self.rounds)
+        self.phase = nxt
+        return nxt
+
+    def send(self, message: str) -> str:
+        return self._move(SEND, message)
+
+    def receive(self, message: str) -> str:
+        return self._move(RECV, message)
+
+    @property
+    def finished(self) -> bool:
+        return self.phase in TERMINAL
+
+
+def check_proposal(proposal: Proposal, offer: Offer, provider: bytes, now_ms: int) -> str | None:
+    """The provider's checks of a (signature-verified) proposal against its current offer, before
+    capacity and price: the reject reason, or None."""
+    if proposal.provider != provider:
+        return BAD_PROPOSAL
+    if proposal.expires_at_ms <= now_ms:
+        return EXPIRED_PROPOSAL
+    if offer.expires_at_ms <= now_ms:
+        return EXPIRED_OFFER
+    if not proposal.job.image.startswith("sha256:") or len(proposal.job.image) != 71:
+        return BAD_PROPOSAL
+    if offer.limits.allowed_images and proposal.job.image not in offer.limits.allowed_images:
+        return IMAGE_NOT_ALLOWED
+    if proposal.max_duration_ms > offer.limits.max_duration_s * 1000 or proposal.max_duration_ms == 0:
+        return DURATION_TOO_LONG
+    if proposal.terms != offer.terms:  # an offer states the receipt terms its provider accepts
+        return TERMS_UNACCEPTABLE
+    return None
+
+
+def check_agreement(agreement: Agreement, proposal: Proposal, proposal_id: bytes, now_ms: int) -> list[str]:
+    """The buyer's checks of a provider-signed agreement against what it proposed."""
+    problems = []
+    if agreement.proposal_id != proposal_id:
+        problems.append("names another proposal")
+    if agreement.provider != proposal.provider or agreement.buyer != proposal.buyer:
+        problems.append("names other parties")
+    if agreement.offer_id != proposal.offer_id:
+        problems.append("names another offer")
+    if agreement.job != proposal.job:
+        problems.append("changes the job")
+    if agreement.resources != proposal.resources:
+        problems.append("changes the resources")
+    if agreement.terms != proposal.terms:
+        problems.append("changes the receipt terms")
+    if agreement.price_micros_per_s > proposal.max_price_micros_per_s:
+        problems.append(f"price {agreement.price_micros_per_s} > max {proposal.max_price_micros_per_s}")
+    if agreement.max_duration_ms > proposal.max_duration_ms:
+        problems.append("extends the duration")
+    if agreement.accept_by_ms <= now_ms:
+        problems.append("already expired")
+    return problems
