@@ -71,5 +71,9 @@ class CapacityLedger:
             del self._holds[k]
         return gone
 
+    def held(self) -> int:
+        """Reservations held, confirmed or not."""
+        return len(self._holds)
+
     def running(self) -> int:
         return sum(1 for h in self._holds.values() if h.hold_until_ms is None)

@@ -1,0 +1,79 @@
+"""The provider's answer to a proposal (pure): reject, counter, or a firm bid with capacity held.
+
+Rule 1: a proposal is judged against the offer it names, if that offer is still live (the buyer may
+hold an offer one refresh old), and against the capacity free *now* (the ledger).
+Rule 2: a firm bid reserves its resources in the same step, so racing buyers can never be promised the
+same GPU; the hold lasts until ``accept_by_ms`` and is released if the buyer never countersigns.
+Rule 3: when the only problem is price, the answer is a counter with the provider's price.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from market.capacity import Allocation, CapacityLedger
+from market.matching import gpu_fits
+from market.negotiation import BUSY, EXPIRED_OFFER, NO_CAPACITY, PRICE_TOO_LOW, check_proposal
+from market.offers import OfferedGpu
+from market.pricing import price_per_s
+from market.records import Agreement, Offer, Proposal
+
+
+@dataclass(frozen=True)
+class Refuse:
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class CounterPrice:
+    price_micros_per_s: int
+    detail: str
+
+
+@dataclass(frozen=True)
+class Bid:
+    agreement: Agreement
+    allocation: Allocation
+
+
+Decision = Refuse | CounterPrice | Bid
+
+
+def decide(proposal: Proposal, proposal_id: bytes, provider: bytes, offers: Mapping[bytes, Offer],
+           gpus: Sequence[OfferedGpu], ledger: CapacityLedger, now_ms: int, hold_ms: int) -> Decision:
+    offer = offers.get(proposal.offer_id)
+    if offer is None or offer.expires_at_ms <= now_ms:
+        return Refuse(EXPIRED_OFFER, "that offer is gone; fetch the current one with /suanli/offer/1.0.0")
+    reason = check_proposal(proposal, offer, provider, now_ms)
+    if reason is not None:
+        return Refuse(reason, f"proposal refused: {reason}")
+    r = proposal.resources
+    ledger.expire(now_ms)
+    if ledger.held() >= ledger.max_jobs:
+        return Refuse(BUSY, f"{ledger.held()} jobs running or promised, the most this provider takes")
+    free = ledger.free()
+    free_uuids = set(free.gpu_uuids)
+    fitting = [g for g in gpus if g.uuid in free_uuids and gpu_fits(g.spec, r)]
+    if len(fitting) < r.gpus:
+        return Refuse(NO_CAPACITY, f"needs {r.gpus} GPU(s) that fit, {len(fitting)} free")
+    fitting.sort(key=lambda g: (offer.prices.gpu_micros_per_s.get(g.spec.model, 1 << 64), g.uuid))
+    chosen = fitting[: r.gpus]
+    if r.cpu_millis > free.cpu_millis or r.memory_mib > free.memory_mib:
+        return Refuse(NO_CAPACITY, f"free now: {free.cpu_millis} millicores, {free.memory_mib} MiB")
+    price = price_per_s(offer.prices, r, tuple(g.spec for g in chosen))
+    if price is None:
+        return Refuse(NO_CAPACITY, "no price set for that GPU model")
+    if price > proposal.max_price_micros_per_s:
+        return CounterPrice(price, f"{PRICE_TOO_LOW}: this allocation costs {price} micro-credits/s")
+    accept_by = min(now_ms + hold_ms, proposal.expires_at_ms + hold_ms)
+    agreement = Agreement(
+        provider=provider, buyer=proposal.buyer, offer_id=proposal.offer_id, proposal_id=proposal_id,
+        job=proposal.job, resources=r, price_micros_per_s=price, max_duration_ms=proposal.max_duration_ms,
+        terms=proposal.terms, created_at_ms=now_ms, accept_by_ms=accept_by)
+    allocation = ledger.reserve(agreement.record_id(), tuple(g.uuid for g in chosen), r.cpu_millis, r.memory_mib,
+                                hold_until_ms=accept_by)
+    if allocation is None:
+        return Refuse(NO_CAPACITY, "capacity was taken a moment ago")
+    return Bid(agreement, allocation)

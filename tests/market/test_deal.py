@@ -1,0 +1,63 @@
+"""The provider's decision on a proposal: refuse, counter, or bid with capacity held."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from market.capacity import CapacityLedger
+from market.deal import Bid, CounterPrice, Refuse, decide
+from market.negotiation import BUSY, EXPIRED_OFFER, IMAGE_NOT_ALLOWED, NO_CAPACITY
+from market.offers import OfferedGpu
+from market.records import Capacity, GpuSpec, Limits, Prices
+from settlement.testing import key_from_label, make_agreement
+
+P, B = key_from_label("provider"), key_from_label("buyer")
+OFFER, PROPOSAL, _ = make_agreement(P, B)
+NOW = PROPOSAL.record.created_at_ms + 5
+H200 = GpuSpec("NVIDIA H200", 143_771, "9.0", "580.159.04", "13.0")
+
+
+def ledger(gpus=(), cpu=2000, mem=4096, jobs=4):
+    return CapacityLedger(tuple(gpus), cpu, mem, jobs)
+
+
+def run(proposal=PROPOSAL.record, offer=OFFER.record, gpus=(), book=None):
+    return decide(proposal, PROPOSAL.record_id, P.public, {OFFER.record_id: offer}, gpus, book or ledger(), NOW,
+                  hold_ms=5000)
+
+
+def test_bid_reserves_and_prices_the_allocation():
+    book = ledger()
+    d = run(book=book)
+    assert isinstance(d, Bid)
+    assert d.agreement.price_micros_per_s == 50 + 10  # 1 core at 50/s + 1 GiB at 10/s
+    assert d.agreement.accept_by_ms == NOW + 5000 and book.free().cpu_millis == 1000
+
+
+def test_counter_when_only_the_price_is_wrong():
+    d = run(proposal=replace(PROPOSAL.record, max_price_micros_per_s=59))
+    assert d == CounterPrice(60, "price_too_low: this allocation costs 60 micro-credits/s")
+
+
+def test_refusals():
+    assert run(proposal=replace(PROPOSAL.record, offer_id=b"\0" * 32)).reason == EXPIRED_OFFER
+    assert run(offer=replace(OFFER.record, limits=Limits(3600, 4, ("sha256:" + "cd" * 32,)))).reason == \
+        IMAGE_NOT_ALLOWED
+    assert run(book=ledger(cpu=500)).reason == NO_CAPACITY
+    gpu_proposal = replace(PROPOSAL.record, resources=replace(PROPOSAL.record.resources, gpus=1))
+    assert run(proposal=gpu_proposal).reason == NO_CAPACITY
+    busy = ledger(jobs=1)
+    busy.reserve(b"x", (), 1, 1, NOW + 10_000)
+    assert run(book=busy).reason == BUSY
+
+
+def test_gpu_bid_holds_the_gpu_by_uuid():
+    offer = replace(OFFER.record, prices=Prices({"NVIDIA H200": 700}, 50, 10),
+                    free=Capacity((H200,), 2000, 4096))
+    proposal = replace(PROPOSAL.record, max_price_micros_per_s=1000,
+                       resources=replace(PROPOSAL.record.resources, gpus=1))
+    book = ledger(gpus=("GPU-1",))
+    d = run(proposal=proposal, offer=offer, gpus=[OfferedGpu("GPU-1", H200)], book=book)
+    assert isinstance(d, Bid) and d.allocation.gpu_uuids == ("GPU-1",) and d.agreement.price_micros_per_s == 760
+    again = run(proposal=replace(proposal, nonce=b"\1" * 16), offer=offer, gpus=[OfferedGpu("GPU-1", H200)], book=book)
+    assert isinstance(again, Refuse) and again.reason == NO_CAPACITY
