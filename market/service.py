@@ -1,0 +1,200 @@
+"""The trio shell of negotiation: ``/suanli/negotiate/1.0.0`` for providers and buyers.
+
+The provider's ``ProviderMarket.handle`` answers one stream: it reads the buyer's signed Proposal,
+asks the pure ``market.deal.decide`` what to do, signs a firm bid when there is capacity, and on the
+buyer's countersignature stores the agreement (durably, before confirming) and confirms. The buyer's
+``negotiate`` runs the other side and returns the countersigned agreement, or raises
+``NegotiationRefused`` with the provider's reason.
+
+Rule 1: every message from the peer is checked before it is believed: the proposal's buyer must be the
+stream's authenticated peer; the countersigned agreement must be byte-for-byte the bid, with a valid
+buyer signature.
+Rule 2: a bid's capacity is released the moment its stream ends without a countersignature (and by
+the ledger's hold timeout as a backstop).
+Rule 3: time budgets are the caller's (the buyer wraps ``negotiate`` in ``trio.fail_after``; the
+provider's handler runs under ``serve_framed``'s per-stream budget).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+import trio
+
+from market.capacity import Allocation, CapacityLedger
+from market.deal import Bid, CounterPrice, Refuse, decide
+from market.negotiation import AGREEMENT_EXPIRED, BUYER, PROVIDER, Negotiation, check_agreement
+from market.offers import OfferedGpu
+from market.records import Agreement, Offer, Proposal
+from market.wire import NAMES, PROTOCOL_ID, Accept, Agree, Confirm, Counter, Propose, Reject, decode_message
+from p2p.envelope import Signed, countersign, open_signed, sign_record
+from p2p.errors import RemoteProtocolError, SuanliError
+from p2p.framing import FramedStream
+from p2p.host import Node, PeerUnreachableError
+from p2p.identity import NodeKey, public_from_peer_id
+from p2p.records import Record
+
+log = logging.getLogger("suanli.market")
+
+OnAgreement = Callable[[Signed[Agreement], Signed[Proposal], Allocation], Awaitable[None]]
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class NegotiationRefused(SuanliError):
+    """The provider said no (``reason`` is machine-readable), or countered with ``price_micros_per_s``."""
+
+
+async def _receive(framed: FramedStream, n: Negotiation) -> Record:
+    payload = await framed.receive_frame()
+    if payload is None:
+        raise RemoteProtocolError(f"{framed.peer} closed the negotiation in phase {n.phase}", peer=framed.peer)
+    msg = decode_message(payload)
+    n.receive(NAMES[type(msg)])  # type: ignore[index]
+    return msg
+
+
+async def _send(framed: FramedStream, n: Negotiation, msg: Record) -> None:
+    n.send(NAMES[type(msg)])  # type: ignore[index]
+    await framed.send_frame(msg.encode())
+
+
+@dataclass
+class ProviderMarket:
+    key: NodeKey
+    ledger: CapacityLedger
+    gpus: Sequence[OfferedGpu]
+    on_agreement: OnAgreement
+    hold_ms: int = 10_000
+    clock: Callable[[], int] = now_ms
+    offers: dict[bytes, Offer] = field(default_factory=dict)  # live offers by id (the current one and recent)
+
+    def publish(self, signed: Signed[Offer]) -> None:
+        """Make an offer negotiable; forget offers that have expired."""
+        now = self.clock()
+        self.offers = {oid: o for oid, o in self.offers.items() if o.expires_at_ms > now}
+        self.offers[signed.record_id] = signed.record
+
+    async def handle(self, framed: FramedStream) -> None:
+        n = Negotiation(PROVIDER)
+        buyer_public = public_from_peer_id(framed.peer)
+        bid: tuple[Signed[Agreement], Signed[Proposal], Allocation] | None = None
+        confirmed = False
+        try:
+            while not n.finished:
+                msg = await _receive(framed, n)
+                if isinstance(msg, Propose):
+                    proposal = open_signed(msg.proposal, Proposal)
+                    if proposal.record.buyer != buyer_public:
+                        raise RemoteProtocolError("the proposal names another buyer than the stream's peer",
+                                                  peer=framed.peer)
+                    if bid is not None:  # a new proposal replaces an earlier bid on this stream
+                        self.ledger.release(bid[0].record_id)
+                        bid = None
+                    decision = decide(proposal.record, proposal.record_id, self.key.public, self.offers, self.gpus,
+                                      self.ledger, self.clock(), self.hold_ms)
+                    if isinstance(decision, Refuse):
+                        await _send(framed, n, Reject(decision.reason, decision.detail))
+                    elif isinstance(decision, CounterPrice):
+                        await _send(framed, n, Counter(decision.price_micros_per_s, decision.detail))
+                    elif isinstance(decision, Bid):
+                        signed = sign_record(decision.agreement, self.key)
+                        bid = (signed, proposal, decision.allocation)
+                        await _send(framed, n, Agree(signed.to_bytes()))
+                elif isinstance(msg, Accept) and bid is not None:  # the table allows accept only after agree
+                    ours, proposal, allocation = bid
+                    accepted = open_signed(msg.agreement, Agreement, min_sigs=2)
+                    if accepted.body != ours.body or accepted.sigs[0] != ours.sigs[0]:
+                        raise RemoteProtocolError("the countersigned agreement is not our bid", peer=framed.peer)
+                    if self.ledger.confirm(accepted.record_id, self.clock()) is None:
+                        await _send(framed, n, Reject(AGREEMENT_EXPIRED, "the bid expired before the countersignature"))
+                        continue
+                    try:
+                        await self.on_agreement(accepted, proposal, allocation)  # durable before we confirm
+                    except BaseException:
+                        self.ledger.release(accepted.record_id)
+                        raise
+                    confirmed = True
+                    await _send(framed, n, Confirm(accepted.record_id))
+        finally:
+            if bid is not None and not confirmed:
+                self.ledger.release(bid[0].record_id)
+
+
+@dataclass(frozen=True)
+class Deal:
+    agreement: Signed[Agreement]
+    proposal: Signed[Proposal]
+
+
+async def negotiate(framed: FramedStream, key: NodeKey, proposal: Signed[Proposal],
+                    clock: Callable[[], int] = now_ms) -> Deal:
+    """The buyer's side of one negotiation on an open stream; NegotiationRefused when refused."""
+    n = Negotiation(BUYER)
+    await _send(framed, n, Propose(proposal.to_bytes()))
+    msg = await _receive(framed, n)
+    if isinstance(msg, Reject):
+        raise NegotiationRefused(f"{framed.peer} refused: {msg.reason}: {msg.detail}", reason=msg.reason,
+                                 peer=framed.peer)
+    if isinstance(msg, Counter):
+        raise NegotiationRefused(f"{framed.peer} asks {msg.price_micros_per_s} micro-credits/s "
+                                 f"(your max is {proposal.record.max_price_micros_per_s})", reason="counter",
+                                 price_micros_per_s=msg.price_micros_per_s, peer=framed.peer)
+    if not isinstance(msg, Agree):
+        raise RemoteProtocolError(f"unexpected {type(msg).__name__}", peer=framed.peer)
+    bid = open_signed(msg.agreement, Agreement)
+    if bid.record.provider != public_from_peer_id(framed.peer):
+        raise RemoteProtocolError("the agreement is signed by another provider than the stream's peer",
+                                  peer=framed.peer)
+    problems = check_agreement(bid.record, proposal.record, proposal.record_id, clock())
+    if problems:
+        raise RemoteProtocolError(f"{framed.peer} sent an agreement that {'; '.join(problems)}", peer=framed.peer)
+    accepted = countersign(bid, key)
+    await _send(framed, n, Accept(accepted.to_bytes()))
+    msg = await _receive(framed, n)
+    if isinstance(msg, Reject):
+        raise NegotiationRefused(f"{framed.peer} refused: {msg.reason}: {msg.detail}", reason=msg.reason,
+                                 peer=framed.peer)
+    if not isinstance(msg, Confirm) or msg.agreement_id != accepted.record_id:
+        raise RemoteProtocolError("the provider confirmed another agreement", peer=framed.peer)
+    return Deal(accepted, proposal)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    provider: str
+    outcome: str
+
+
+async def negotiate_with(node: Node, provider: str, key: NodeKey, proposal: Signed[Proposal]) -> Deal:
+    """Open ``/suanli/negotiate/1.0.0`` to ``provider`` and negotiate on it."""
+    framed = FramedStream(await node.open_stream(provider, PROTOCOL_ID))
+    try:
+        return await negotiate(framed, key, proposal)
+    finally:
+        await framed.aclose()
+
+
+async def negotiate_first(node: Node, key: NodeKey, candidates: Sequence[tuple[str, Signed[Proposal]]],
+                          per_candidate_s: float) -> tuple[Deal | None, list[Attempt]]:
+    """Try candidates in order; a refusal, an error or silence costs at most ``per_candidate_s``."""
+    attempts: list[Attempt] = []
+    for provider, proposal in candidates:
+        try:
+            with trio.fail_after(per_candidate_s):
+                deal = await negotiate_with(node, provider, key, proposal)
+        except trio.TooSlowError:
+            attempts.append(Attempt(provider, f"no answer within {per_candidate_s:g} s"))
+        except NegotiationRefused as exc:
+            attempts.append(Attempt(provider, str(exc)))
+        except (RemoteProtocolError, PeerUnreachableError) as exc:
+            attempts.append(Attempt(provider, f"failed: {exc}"))
+        else:
+            attempts.append(Attempt(provider, "agreed"))
+            return deal, attempts
+    return None, attempts
