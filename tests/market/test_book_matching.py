@@ -165,3 +165,29 @@ def test_late_confirmation_is_refused():
     ledger = CapacityLedger((), cpu_millis=2000, memory_mib=2048, max_jobs=2)
     ledger.reserve(b"a", (), 1000, 1024, NOW + 10)
     assert ledger.confirm(b"a", NOW + 10) is None and ledger.free().cpu_millis == 2000
+
+
+def _brute_force(offers, req, now, limit):
+    scored = []
+    for o in offers:
+        price, gpus, reasons = evaluate(o, req, now)
+        if not reasons:
+            scored.append(((price, 0, 1 << 31, o.provider), o, price))
+    return [(o.provider, p) for _, o, p in sorted(scored, key=lambda s: s[0])[:limit]]
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_fast_ranking_agrees_with_evaluate(seed):
+    rng = random.Random(seed)
+    models = [H200, RTX, replace(RTX, model="NVIDIA A10", memory_mib=24_576, compute_capability="8.6")]
+    offers = []
+    for i in range(150):
+        gpus = tuple(rng.choice(models) for _ in range(rng.choice((0, 1, 2, 3))))
+        prices = Prices({m.model: rng.randint(50, 900) for m in models if rng.random() < 0.8}, rng.randint(1, 60),
+                        rng.randint(1, 10))
+        offers.append(offer(f"o{seed}-{i}", gpus=gpus, cpu=rng.choice((1000, 4000)), mem=rng.choice((1024, 8192)),
+                            prices=prices, ttl=rng.choice((0, 60_000)) or 1).record)
+    for req in (request(), request(gpus=1, gpu_mem=16_000, max_price=900), request(gpus=2, cc="8.6", max_price=3000),
+                request(gpus=1, model="NVIDIA A10", cpu=2000, max_price=700)):
+        fast = [(c.offer.provider, c.price_micros_per_s) for c in rank_offers(offers, req, NOW, limit=15)]
+        assert fast == _brute_force(offers, req, NOW, 15)
