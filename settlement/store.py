@@ -117,6 +117,8 @@ class Store:
                 {"agreement_id": bytes, "seq": int, "id": bytes, "body": bytes, "provider_sig": bytes,
                  "buyer_sig": bytes, "stored_at_ms": int},
                 pk=("agreement_id", "seq"), not_null={"id", "body", "provider_sig"}, if_not_exists=True)
+            db["outcomes"].create({"peer": bytes, "outcome": str, "agreement_id": bytes, "at_ms": int},
+                                  pk=("peer", "agreement_id", "outcome"), not_null={"at_ms"}, if_not_exists=True)
             for trigger in _TRIGGERS:
                 self.conn.execute(trigger)
             self.conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
@@ -203,6 +205,15 @@ class Store:
             elif buyer_sig is not None and row[1] is None:
                 self.conn.execute("UPDATE receipts SET buyer_sig = ? WHERE agreement_id = ? AND seq = ?",
                                   (buyer_sig, r.agreement_id, r.seq))
+
+    def record_outcome(self, peer: bytes, outcome: str, agreement_id: bytes, at_ms: int) -> None:
+        """What happened with a peer on one agreement (market.reputation); once per kind per agreement."""
+        self._write("INSERT OR IGNORE INTO outcomes(peer, outcome, agreement_id, at_ms) VALUES (?, ?, ?, ?)",
+                    (peer, outcome, agreement_id, at_ms))
+
+    def outcome_counts(self) -> list[tuple[bytes, str, int]]:
+        return [(row[0], row[1], row[2]) for row in self.conn.execute(
+            "SELECT peer, outcome, COUNT(*) FROM outcomes GROUP BY peer, outcome")]
 
     def _write(self, sql: str, params: tuple[Any, ...]) -> None:
         try:
