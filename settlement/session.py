@@ -1,0 +1,168 @@
+"""The live receipt loop of one job (pure): what the provider claims, when it must pause, what the buyer
+signs. The trio shells in node/ feed these with metering, clocks and messages.
+
+Provider side:
+- ``ReceiptIssuer`` turns cumulative metering into receipt n+1 of the chain. Rule 1: whatever the
+  meter says, an issued receipt never breaks a chain rule (settlement.chain): figures are made
+  monotonic, metered time is capped by the agreed duration, and the amount is ``amount_due``.
+- ``ExposureGuard`` enforces the agreed exposure cap. Rule 2: the job is paused when a countersignature
+  is ``countersign_timeout_ms`` late, or when the next interval would take the unsigned amount past
+  ``exposure_cap_micros``; it is stopped ``grace_ms`` after pausing if nothing arrives. Rule 3: a final
+  receipt the buyer never signed claims at most the last countersigned amount plus the cap
+  (``cap_metered_ms``), so what a buyer can owe without signing is bounded before the job starts.
+Buyer side:
+- ``ReceiptVerifier`` checks receipt n before countersigning: the provider's signature, every chain
+  rule, and metered time against the buyer's own clock (Rule 4: a provider cannot bill more time than
+  the buyer saw pass, within the stated tolerance).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, replace
+
+from market.records import Agreement
+from p2p.envelope import Signed
+from p2p.identity import verify_signature
+from settlement.billing import amount_due, metered_bound, usage_bound
+from settlement.chain import ChainChecker, Finding
+from settlement.records import FINAL, RUNNING, Receipt, Usage
+
+RUN, PAUSE, RESUME, STOP = "run", "pause", "resume", "stop"
+
+
+def cap_metered_ms(ceiling_micros: int, price_micros_per_s: int) -> int:
+    """The most metered milliseconds whose amount stays within ``ceiling_micros``."""
+    if price_micros_per_s <= 0:
+        return 1 << 62
+    return ((ceiling_micros + 1) * 1000 - 1) // price_micros_per_s
+
+
+class ReceiptIssuer:
+    def __init__(self, agreement: Signed[Agreement]) -> None:
+        self.agreement = agreement.record
+        self.agreement_id = agreement.record_id
+        self.last: Receipt | None = None
+        self.last_id = self.agreement_id
+        ag = self.agreement
+        self._max_metered = ag.max_duration_ms + ag.terms.interval_ms
+
+    def next(self, metered_ms: int, usage: Usage, now_ms: int, *, final: tuple[str, int | None, bytes | None] | None
+             = None, max_metered_ms: int | None = None) -> Receipt:
+        """Receipt n+1 from cumulative figures (Rule 1). ``final`` = (reason, exit code, output digest)."""
+        ag, prev = self.agreement, self.last
+        metered = min(metered_ms, self._max_metered)
+        if max_metered_ms is not None:
+            metered = min(metered, max_metered_ms)
+        issued = now_ms
+        if prev is not None:
+            metered = max(metered, prev.metered_ms)
+            issued = max(issued, prev.issued_at_ms)
+            p = prev.usage
+            usage = Usage(cpu_core_ms=max(usage.cpu_core_ms, p.cpu_core_ms),
+                          mem_peak_bytes=max(usage.mem_peak_bytes, p.mem_peak_bytes),
+                          gpu_ms=max(usage.gpu_ms, p.gpu_ms), gpu_mem_peak_bytes=max(usage.gpu_mem_peak_bytes,
+                                                                                     p.gpu_mem_peak_bytes),
+                          gpu_sm_pct_ms=max(usage.gpu_sm_pct_ms, p.gpu_sm_pct_ms),
+                          energy_mj=max(usage.energy_mj, p.energy_mj))
+        metered = min(metered, max(0, metered_bound(issued - ag.created_at_ms) - 1))
+        if prev is not None:
+            metered = max(metered, prev.metered_ms)
+        cpu_cap = usage_bound(metered, ag.resources.cpu_millis)
+        gpu_ms = metered * ag.resources.gpus
+        usage = replace(usage, cpu_core_ms=min(usage.cpu_core_ms, cpu_cap), gpu_ms=max(gpu_ms, usage.gpu_ms)
+                        if ag.resources.gpus else 0, gpu_sm_pct_ms=usage.gpu_sm_pct_ms if ag.resources.gpus else 0)
+        reason, exit_code, digest = final if final is not None else (None, None, None)
+        return Receipt(
+            agreement_id=self.agreement_id, provider=ag.provider, buyer=ag.buyer,
+            seq=1 if prev is None else prev.seq + 1, prev=self.last_id, issued_at_ms=issued, metered_ms=metered,
+            usage=usage, amount_micros=amount_due(metered, ag.price_micros_per_s),
+            state=FINAL if final is not None else RUNNING, reason=reason, exit_code=exit_code,
+            output_digest=digest)
+
+    def issued(self, receipt: Receipt, body: bytes) -> None:
+        self.last = receipt
+        self.last_id = hashlib.sha256(body).digest()
+
+
+@dataclass
+class ExposureGuard:
+    interval_ms: int
+    countersign_timeout_ms: int
+    grace_ms: int
+    exposure_cap_micros: int
+    price_micros_per_s: int
+    cosigned_amount: int = 0
+    cosigned_seq: int = 0
+    paused_since_ms: int | None = None
+
+    def __post_init__(self) -> None:
+        self._pending: dict[int, tuple[int, int]] = {}  # seq -> (sent at, amount)
+
+    @classmethod
+    def for_agreement(cls, agreement: Agreement) -> ExposureGuard:
+        t = agreement.terms
+        return cls(t.interval_ms, t.countersign_timeout_ms, t.grace_ms, t.exposure_cap_micros,
+                   agreement.price_micros_per_s)
+
+    def sent(self, seq: int, amount: int, now_ms: int) -> None:
+        self._pending[seq] = (now_ms, amount)
+
+    def countersigned(self, seq: int, amount: int) -> None:
+        if seq > self.cosigned_seq:
+            self.cosigned_seq, self.cosigned_amount = seq, amount
+        for s in [s for s in self._pending if s <= seq]:
+            del self._pending[s]
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def decide(self, now_ms: int, running_amount: int) -> str:
+        """What the job should do now (Rule 2): RUN, PAUSE, RESUME or STOP."""
+        oldest = min((sent for sent, _ in self._pending.values()), default=None)
+        late = oldest is not None and now_ms - oldest > self.countersign_timeout_ms
+        next_step = self.price_micros_per_s * self.interval_ms // 1000
+        over = running_amount + next_step - self.cosigned_amount > self.exposure_cap_micros
+        if self.paused_since_ms is None:
+            if late or over:
+                self.paused_since_ms = now_ms
+                return PAUSE
+            return RUN
+        if not late and not over:
+            self.paused_since_ms = None
+            return RESUME
+        if now_ms - self.paused_since_ms > self.grace_ms:
+            return STOP
+        return PAUSE
+
+    def unsigned_ceiling_ms(self) -> int:
+        """Rule 3: the most metered time a final receipt without the buyer's signature may claim."""
+        return cap_metered_ms(self.cosigned_amount + self.exposure_cap_micros, self.price_micros_per_s)
+
+
+class ReceiptVerifier:
+    """The buyer's checks before countersigning receipt n (Rule 4)."""
+
+    def __init__(self, agreement: Signed[Agreement], started_at_ms: int) -> None:
+        self.checker = ChainChecker(agreement.record, agreement.record_id)
+        self.started_at_ms = started_at_ms  # the buyer's clock when the agreement was confirmed
+
+    def check(self, signed: Signed[Receipt], now_ms: int) -> list[Finding]:
+        r = signed.record
+        rid = signed.record_id
+        if len(signed.sigs) < 1 or not verify_signature(r.provider, signed.signed_message(0), signed.sigs[0]):
+            return [Finding("receipt_signature", "the provider signature is invalid", r.seq, rid)]
+        findings = self.checker.check_content(r, rid)
+        seen = now_ms - self.started_at_ms
+        if r.metered_ms > metered_bound(seen):
+            findings.append(Finding("metered_exceeds_wall", f"{r.metered_ms} ms billed, the buyer saw {seen} ms pass",
+                                    r.seq, rid))
+        return findings
+
+    def accept(self, signed: Signed[Receipt]) -> None:
+        self.checker.advance(signed.record, signed.record_id)
+
+    @property
+    def last(self) -> Receipt | None:
+        return self.checker.last
