@@ -7,11 +7,9 @@ said on a Noise-authenticated stream, so the peer's identity is known without an
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated
 
-from p2p.codec import unpack_canonical
-from p2p.errors import CodecError
-from p2p.records import Digest, MaxLen, Record, ShortText, U64, record
+from p2p.records import Digest, MaxLen, Record, ShortText, U64, decode_one_of, record
 
 PROTOCOL_ID = "/suanli/negotiate/1.0.0"
 Envelope = Annotated[bytes, MaxLen(96 * 1024)]
@@ -62,9 +60,4 @@ NAMES = {Propose: "propose", Agree: "agree", Counter: "counter", Reject: "reject
 
 def decode_message(payload: bytes) -> Record:
     """One negotiation frame -> its message; CodecError for anything else."""
-    obj: Any = unpack_canonical(payload, 128 * 1024)
-    tag = obj.get("t") if type(obj) is dict else None
-    cls = MESSAGES.get(tag) if type(tag) is str else None
-    if cls is None:
-        raise CodecError(f"not a negotiation message (t={tag!r:.40})")
-    return cls._from_wire(obj)  # type: ignore[attr-defined, no-any-return]
+    return decode_one_of(payload, MESSAGES, 128 * 1024, "negotiation")

@@ -324,3 +324,13 @@ class Record:
     def record_id(self) -> bytes:
         """SHA-256 of the canonical bytes (Rule 2)."""
         return hashlib.sha256(self.encode()).digest()
+
+
+def decode_one_of(payload: bytes, messages: dict[str, type[Record]], max_bytes: int, what: str) -> Record:
+    """Decode a frame that may be any of ``messages`` (tag -> record class); CodecError otherwise."""
+    obj: Any = unpack_canonical(payload, max_bytes)
+    tag = obj.get("t") if type(obj) is dict else None
+    cls = messages.get(tag) if type(tag) is str else None
+    if cls is None:
+        raise CodecError(f"not a {what} message (t={tag!r:.40})")
+    return cls._from_wire(obj)  # type: ignore[no-any-return]

@@ -16,7 +16,9 @@ Rules, each reported as a Finding with the rule's name (docs/PROTOCOL.md, "Recei
   known reason, and ``completed`` has an exit code and an output digest; nothing follows a final one.
 - unsigned_final: a final receipt the buyer did not countersign is accepted only with reason
   ``buyer_unresponsive`` and an amount at most the last countersigned amount plus the agreed exposure
-  cap, or (any reason) when it claims nothing beyond the last countersigned amount.
+  cap, or (any reason) when it claims nothing beyond the last countersigned amount: such a *closing*
+  receipt ends the chain, withdraws the pending claims before it (so it is exempt from ``decreasing``)
+  and leaves what is owed at the last countersigned amount.
 
 What is owed is the amount of the last countersigned receipt (or of an accepted unsigned final).
 Provider-signed receipts after the last countersigned one are pending claims, never owed.
@@ -84,8 +86,12 @@ class ChainChecker:
         self._cpu_milli = agreement.resources.cpu_millis
         self._max_metered = agreement.max_duration_ms + agreement.terms.interval_ms
 
-    def check_content(self, r: Receipt, receipt_id: bytes) -> list[Finding]:
-        """Every rule that needs only this receipt and the one before it."""
+    def check_content(self, r: Receipt, receipt_id: bytes, *, monotonic: bool = True) -> list[Finding]:
+        """Every rule that needs only this receipt and the one before it.
+
+        ``monotonic=False`` is for a closing receipt (see ``verify_chain``): it claims nothing new, so
+        its figures need not keep up with pending claims it withdraws.
+        """
         ag, prev, out = self.agreement, self.last, []
         seq = r.seq
 
@@ -103,7 +109,7 @@ class ChainChecker:
             bad("seq_gap", f"seq {seq}, expected {expected_seq}")
         elif r.prev != self.last_id:
             bad("broken_link", "prev is not the hash of the previous receipt")
-        if prev is not None:
+        if prev is not None and monotonic:
             u, pu = r.usage, prev.usage
             if not (r.issued_at_ms >= prev.issued_at_ms and r.metered_ms >= prev.metered_ms
                     and r.amount_micros >= prev.amount_micros and u.cpu_core_ms >= pu.cpu_core_ms
@@ -200,7 +206,11 @@ def verify_chain(agreement: Signed[Agreement], receipts: Sequence[Signed[Receipt
             seen[r.seq] = rid
             continue
         seen[r.seq] = rid
-        findings.extend(checker.check_content(r, rid))
+        # A final receipt the buyer did not sign, claiming no more than the buyer signed, closes the
+        # chain and withdraws any pending claims before it (a provider restarting after a crash).
+        closing = (not countersigned and r.state == FINAL
+                   and r.amount_micros <= (cosigned.amount_micros if cosigned is not None else 0))
+        findings.extend(checker.check_content(r, rid, monotonic=not closing))
         checker.advance(r, rid)
         if countersigned:
             cosigned, cosigned_id = r, rid
@@ -216,7 +226,7 @@ def verify_chain(agreement: Signed[Agreement], receipts: Sequence[Signed[Receipt
         if last.state == FINAL:
             cap = ag.terms.exposure_cap_micros
             if last.amount_micros <= last_cosigned_amount:
-                owed, owed_id = last, last_id  # a closing record that claims nothing new
+                pass  # a closing receipt: what is owed stays the last countersigned amount
             elif last.reason != BUYER_UNRESPONSIVE:
                 findings.append(Finding("unsigned_final", f"a final receipt with reason {last.reason!r} "
                                         "claims more than the buyer countersigned", last.seq, last_id))

@@ -203,3 +203,17 @@ def test_usage_bound_tolerance_is_stated():
     assert usage_bound(0, 2000) == 500
     assert usage_bound(10_000, 500) == 5000 + 50 + 250
     assert Usage(0, 0, 0, 0, 0, 0).gpu_ms == 0
+
+
+def test_closing_receipt_withdraws_pending_claims_after_a_provider_restart():
+    rs = honest(3, final=False)
+    closing = replace(rs[1], seq=4, state=FINAL, reason=PROVIDER_RESTART, issued_at_ms=rs[2].issued_at_ms + 900)
+    provider_view = signed(rs + [closing], cosign=[1, 1, 0, 0], relink=True)
+    report = verify_chain(AGREEMENT, provider_view)
+    assert report.ok, report.findings
+    assert report.amount_micros == rs[1].amount_micros and report.pending == 1
+    # The buyer had countersigned receipt 3 before the crash: merged, the buyer owes what it signed.
+    merged = provider_view[:2] + [countersign(provider_view[2], B), provider_view[3]]
+    report = verify_chain(AGREEMENT, merged)
+    assert report.ok, report.findings
+    assert report.amount_micros == rs[2].amount_micros and report.state == "final:provider_restart"
