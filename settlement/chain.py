@@ -236,7 +236,7 @@ def verify_chain(agreement: Signed[Agreement], receipts: Sequence[Signed[Receipt
                                         last.seq, last_id))
             else:
                 owed, owed_id = last, last_id
-        report.pending = sum(1 for r, _ in tail_unsigned if r is not owed)
+        report.pending = sum(1 for r, _ in tail_unsigned if r.state == RUNNING)
     if owed is not None:
         report.billed_ms = owed.metered_ms
         report.amount_micros = owed.amount_micros
