@@ -166,3 +166,18 @@ class ReceiptVerifier:
     @property
     def last(self) -> Receipt | None:
         return self.checker.last
+
+
+def closing_receipt(agreement: Signed[Agreement], last: Receipt | None, last_id: bytes,
+                    cosigned: Receipt | None, reason: str, now_ms: int) -> Receipt:
+    """A final receipt that ends a chain claiming nothing beyond the last countersigned receipt
+    (settlement.chain: a closing receipt), e.g. for agreements left open by a provider crash."""
+    ag = agreement.record
+    base = cosigned
+    return Receipt(
+        agreement_id=agreement.record_id, provider=ag.provider, buyer=ag.buyer,
+        seq=1 if last is None else last.seq + 1, prev=last_id,
+        issued_at_ms=max(now_ms, last.issued_at_ms if last is not None else 0),
+        metered_ms=base.metered_ms if base else 0, usage=base.usage if base else Usage(0, 0, 0, 0, 0, 0),
+        amount_micros=base.amount_micros if base else 0, state=FINAL, reason=reason, exit_code=None,
+        output_digest=None)

@@ -27,6 +27,7 @@ import sqlite_utils
 
 from p2p.envelope import Signed
 from p2p.errors import StoreError, UnusableInputError
+from settlement.records import FINAL, Receipt
 
 SCHEMA_VERSION = 1
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -252,6 +253,16 @@ class Store:
             offer=_envelope(offer["body"], offer["sig"]) if offer else None,
             proposal=_envelope(proposal["body"], proposal["sig"]) if proposal else None,
             receipts=receipts)
+
+    def open_agreements(self, provider: bytes) -> list[StoredChain]:
+        """Agreements where ``provider`` is the provider and no final receipt is stored yet."""
+        out = []
+        for ag_id in [row[0] for row in self.conn.execute(
+                "SELECT id FROM agreements WHERE provider = ? AND buyer_sig IS NOT NULL", (provider,))]:
+            last = self.last_receipt(ag_id)
+            if last is None or Receipt.decode(last["body"]).state != FINAL:
+                out.append(self.load_chain(ag_id))
+        return out
 
     def integrity_ok(self) -> bool:
         return self.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

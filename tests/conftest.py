@@ -20,3 +20,29 @@ def buyer_key():
 @pytest.fixture
 def evidence(provider_key, buyer_key):
     return make_chain(provider_key, buyer_key, 4)
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    """A client for the local Docker engine. Skipped where none answers, except in CI
+    (SUANLI_REQUIRE_DOCKER=1), where a missing engine is a failure, never a silent skip."""
+    import os
+
+    from p2p.errors import SandboxError
+    from sandbox.engine import connect
+
+    try:
+        client = connect(timeout_s=120)
+    except SandboxError as exc:
+        if os.environ.get("SUANLI_REQUIRE_DOCKER") == "1":
+            pytest.fail(f"SUANLI_REQUIRE_DOCKER=1 but no Docker engine answers: {exc}")
+        pytest.skip(f"no Docker engine answers: {exc}")
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def demo_image(docker_client):
+    from sandbox.images import ensure_demo_image
+
+    return ensure_demo_image(docker_client)

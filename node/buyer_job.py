@@ -1,0 +1,194 @@
+"""The buyer's side of ``/suanli/job/1.0.0``: send the job's inputs, watch it, countersign what is right.
+
+Rule 1: a receipt is countersigned only after ``ReceiptVerifier`` found nothing wrong with it (provider
+signature, every chain rule, billed time against the buyer's own clock) and, for the final one, after
+the outputs received match its output digest. A receipt that breaks a rule is refused: the buyer
+cancels the job and reports why.
+Rule 2: a countersigned receipt is stored before the countersignature is sent (the buyer's own evidence).
+Rule 3: cancelling (Ctrl-C) sends ``cancel`` and still waits, within a bound, for the final receipt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import tarfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from market.service import Deal
+from node.jobwire import (CHUNK_BYTES, MAX_FRAME_BYTES, PROTOCOL_ID, Cancel, Chunk, Countersign, Done, End, Fail, Log, ReceiptMsg,
+                          Start, Status, decode_message)
+from node.provider_job import send_blob
+from p2p.envelope import Signed, countersign, open_signed
+from p2p.errors import CodecError, RemoteProtocolError, SignatureError, SuanliError
+from p2p.framing import FramedStream
+from p2p.host import Node
+from p2p.identity import NodeKey, peer_id_from_public
+from settlement.astore import AsyncStore
+from settlement.chain import Finding
+from settlement.records import FINAL, Receipt
+from settlement.session import ReceiptVerifier
+
+log = logging.getLogger("suanli.node.buyer")
+
+
+def wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class JobFailed(SuanliError):
+    """The job could not run, or the provider broke the rules, or vanished; ``reason`` says which."""
+
+
+def pack_dir(path: Path | None) -> bytes:
+    """A deterministic tar of a directory's regular files (empty bytes for no directory)."""
+    if path is None:
+        return b""
+    if not path.is_dir():
+        raise SuanliError(f"--input {path} is not a directory")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for file in sorted(p for p in path.rglob("*") if p.is_file() and not p.is_symlink()):
+            data = file.read_bytes()
+            info = tarfile.TarInfo(file.relative_to(path).as_posix())
+            info.size, info.mode, info.mtime = len(data), 0o644, 0
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+@dataclass
+class JobOutcome:
+    exit_code: int | None = None
+    reason: str | None = None
+    receipts: list[Signed[Receipt]] = field(default_factory=list)
+    outputs: bytes = b""
+    oom_killed: bool = False
+    started_at_ms: int | None = None
+
+    @property
+    def last(self) -> Receipt | None:
+        return self.receipts[-1].record if self.receipts else None
+
+
+@dataclass
+class BuyerHooks:
+    on_log: Callable[[str, bytes], None] = lambda stream, data: None
+    on_status: Callable[[str, str], None] = lambda phase, detail: None
+    on_receipt: Callable[[Signed[Receipt]], None] = lambda receipt: None
+    on_progress: Callable[[str, int, int], None] = lambda what, done, total: None
+
+
+async def run_job(node: Node, key: NodeKey, store: AsyncStore, deal: Deal, inputs: bytes,
+                  image_archive: bytes | None, hooks: BuyerHooks, cancel: trio.Event,
+                  confirmed_at_ms: int) -> JobOutcome:
+    peer = peer_id_from_public(deal.agreement.record.provider)
+    framed = FramedStream(await node.open_stream(peer, PROTOCOL_ID), max_frame_bytes=MAX_FRAME_BYTES)
+    outcome = JobOutcome()
+    verifier = ReceiptVerifier(deal.agreement, confirmed_at_ms)
+    failure: SuanliError | None = None
+    try:
+        await framed.send_frame(Start(deal.agreement.record_id, len(inputs),
+                                      len(image_archive) if image_archive else 0).encode())
+
+        async def send_cancel() -> None:
+            await cancel.wait()
+            try:
+                await framed.send_frame(Cancel("buyer_cancel").encode())
+            except RemoteProtocolError:
+                pass
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send_cancel)
+            try:
+                await _follow(framed, key, store, verifier, outcome, hooks, image_archive, inputs, peer)
+            except (JobFailed, RemoteProtocolError) as exc:  # raised here, not from the nursery: no group
+                failure = exc
+            nursery.cancel_scope.cancel()
+    finally:
+        await framed.aclose()
+    if isinstance(failure, RemoteProtocolError):
+        raise JobFailed(f"lost the provider {peer} mid-job: {failure}", reason="provider_lost") from failure
+    if failure is not None:
+        raise failure
+    return outcome
+
+
+async def _follow(framed: FramedStream, key: NodeKey, store: AsyncStore, verifier: ReceiptVerifier,
+                  outcome: JobOutcome, hooks: BuyerHooks, image_archive: bytes | None, inputs: bytes,
+                  peer: str) -> None:
+    """Handle the provider's messages until ``done``."""
+    out_buf = bytearray()
+    while True:
+        payload = await framed.receive_frame()
+        if payload is None:
+            raise JobFailed(f"provider {peer} closed the job stream before the job ended", reason="provider_lost")
+        msg = decode_message(payload)
+        if isinstance(msg, Status):
+            hooks.on_status(msg.phase, msg.detail)
+            if msg.phase == "running":
+                outcome.started_at_ms = msg.at_ms
+            if msg.phase == "need_image":
+                if image_archive is None:
+                    raise JobFailed("the provider lacks the image and no --image-archive was given",
+                                    reason="image_missing")
+                await _send_with_progress(framed, "image", image_archive, hooks)
+            elif msg.phase == "need_inputs":
+                await send_blob(framed, "inputs", inputs)
+        elif isinstance(msg, Log):
+            hooks.on_log(msg.stream, msg.data)
+        elif isinstance(msg, Chunk) and msg.kind == "outputs":
+            out_buf += msg.data
+            if len(out_buf) > 1 << 30:
+                raise JobFailed("outputs exceed 1 GiB", reason="outputs_too_large")
+        elif isinstance(msg, End) and msg.kind == "outputs":
+            if msg.sha256 != hashlib.sha256(out_buf).digest() or msg.total_bytes != len(out_buf):
+                raise JobFailed("the outputs do not match their digest", reason="outputs_corrupt")
+            outcome.outputs = bytes(out_buf)
+        elif isinstance(msg, ReceiptMsg):
+            await _countersign(framed, key, store, verifier, msg.receipt, outcome, hooks, bytes(out_buf))
+        elif isinstance(msg, Done):
+            outcome.exit_code = msg.exit_code
+            outcome.reason = msg.reason
+            outcome.oom_killed = msg.oom_killed
+            return
+        elif isinstance(msg, Fail):
+            raise JobFailed(f"the provider could not run the job: {msg.reason}: {msg.detail}",
+                            reason=msg.reason)
+
+
+async def _send_with_progress(framed: FramedStream, kind: str, data: bytes, hooks: BuyerHooks) -> None:
+    for offset in range(0, len(data), CHUNK_BYTES):
+        await framed.send_frame(Chunk(kind, data[offset:offset + CHUNK_BYTES]).encode())
+        hooks.on_progress(kind, min(offset + CHUNK_BYTES, len(data)), len(data))
+    await framed.send_frame(End(kind, len(data), hashlib.sha256(data).digest()).encode())
+
+
+async def _countersign(framed: FramedStream, key: NodeKey, store: AsyncStore, verifier: ReceiptVerifier,
+                       data: bytes, outcome: JobOutcome, hooks: BuyerHooks, outputs: bytes) -> None:
+    try:
+        signed = open_signed(data, Receipt)
+    except (CodecError, SignatureError) as exc:
+        raise JobFailed(f"the provider sent a receipt that does not verify: {exc}", reason="bad_receipt") from exc
+    findings = verifier.check(signed, wall_ms())
+    r = signed.record
+    if r.state == FINAL and r.output_digest is not None and r.output_digest != hashlib.sha256(outputs).digest():
+        findings.append(Finding("output_digest", "the final receipt's output digest is not what arrived", r.seq))
+    if findings:
+        detail = "; ".join(f.describe() for f in findings)
+        try:
+            await framed.send_frame(Cancel("receipt_refused").encode())
+        except RemoteProtocolError:
+            pass
+        raise JobFailed(f"refusing receipt {r.seq}: {detail}", reason="receipt_refused", findings=findings)
+    cosigned = countersign(signed, key)
+    await store.append_receipt(cosigned)  # Rule 2
+    verifier.accept(signed)
+    outcome.receipts.append(cosigned)
+    await framed.send_frame(Countersign(cosigned.to_bytes()).encode())
+    hooks.on_receipt(cosigned)

@@ -1,0 +1,284 @@
+"""The provider daemon's composition (``suanli provide``): one trio process that sells this machine.
+
+    open_provider(setup) -> ProviderRuntime
+      engine probe + reaper          orphaned containers of an earlier run are removed
+      store (SQLite)                 agreements left open by a crash are closed with closing receipts
+      inventory -> offer             NVML GPUs priced by the operator, CPU and memory
+      host: /suanli/negotiate, /suanli/job, /suanli/offer, the offers topic, the DHT
+      publisher                      re-signs and announces the offer on change and before expiry
+      control socket                 ``suanli status`` (node/control.py)
+
+Rule 1: graceful shutdown stops taking work, ends running jobs with a final receipt
+(``provider_shutdown``), then withdraws the offer; ``kill -9`` is handled at the next start (reaper
+and closing receipts), so the database always audits clean.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field, replace
+from functools import partial
+from pathlib import Path
+
+import trio
+
+from market.capacity import Allocation, CapacityLedger
+from market.offers import OfferedGpu, ProviderTerms, build_offer, needs_refresh
+from market.records import Agreement, GpuSpec, Offer, Proposal
+from market.reputation import COMPLETED, STOPPED_COUNTERSIGNING
+from market.service import ProviderMarket
+from market.wire import PROTOCOL_ID as NEGOTIATE_PROTOCOL
+from node import jobwire
+from node.provider_job import ActiveJob, JobServices, serve_job
+from p2p.envelope import Signed, sign_record
+from p2p.framing import serve_framed
+from p2p.host import HostConfig, Node, open_host
+from p2p.identity import NodeKey, peer_id_from_public
+from sandbox.engine import Engine, connect, probe_engine
+from sandbox.gpus import gpu_inventory
+from sandbox.reaper import reap_orphans
+from sandbox.spec import GpuInfo, ProviderPolicy
+from settlement.astore import AsyncStore, open_store
+from settlement.records import BUYER_UNRESPONSIVE, EXPIRED, PROVIDER_RESTART, PROVIDER_SHUTDOWN, Receipt
+from settlement.session import closing_receipt
+
+log = logging.getLogger("suanli.node.provider")
+
+Announce = Callable[[Node, Signed[Offer]], Awaitable[None]]
+
+
+def wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True)
+class ProviderSetup:
+    key: NodeKey
+    data_dir: Path
+    terms: ProviderTerms
+    listen: tuple[str, ...] = ("/ip4/0.0.0.0/tcp/0",)
+    bootstrap: tuple[str, ...] = ()
+    cpu_millis: int = 0  # 0: every core
+    memory_mib: int = 0  # 0: three quarters of the machine
+    policy: ProviderPolicy = field(default_factory=ProviderPolicy)
+    hold_ms: int = 10_000
+    start_timeout_s: float = 60.0  # a confirmed agreement whose job never starts is closed after this
+    shutdown_grace_s: float = 30.0
+
+
+def offered_gpus(infos: list[GpuInfo], terms: ProviderTerms) -> list[OfferedGpu]:
+    """NVML's GPUs as offer entries; a GPU whose model has no price is not offered."""
+    out = []
+    for g in infos:
+        if g.name is None or g.name not in terms.prices.gpu_micros_per_s or g.mig_mode == 1:
+            continue
+        cc = f"{g.compute_capability[0]}.{g.compute_capability[1]}" if g.compute_capability else ""
+        cuda = f"{g.cuda_driver_version // 1000}.{g.cuda_driver_version % 1000 // 10}" if g.cuda_driver_version else ""
+        out.append(OfferedGpu(g.uuid, GpuSpec(model=g.name, memory_mib=(g.memory_total_bytes or 0) >> 20,
+                                              compute_capability=cc, driver_version=g.driver_version or "",
+                                              cuda_version=cuda)))
+    return out
+
+
+def machine_cpu_millis() -> int:
+    return len(os.sched_getaffinity(0)) * 1000
+
+
+def machine_memory_mib() -> int:
+    with open("/proc/meminfo") as fh:
+        for line in fh:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) // 1024
+    return 1024
+
+
+@dataclass
+class ProviderRuntime:
+    setup: ProviderSetup
+    node: Node
+    store: AsyncStore
+    market: ProviderMarket
+    services: JobServices
+    ledger: CapacityLedger
+    gpus: list[OfferedGpu]
+    offer: Signed[Offer] | None = None
+    seq: int = 0
+    earned_micros: int = 0
+    errors: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=20))
+    accepting: bool = True
+    changed: trio.Event = field(default_factory=trio.Event)
+
+    def current_offer(self, now_ms: int) -> Offer:
+        free = self.ledger.free()
+        return build_offer(
+            self.setup.key.public, self.node.addrs(), self.setup.terms, self.gpus, self.ledger.cpu_millis,
+            self.ledger.memory_mib, free.gpu_uuids if self.accepting else (),
+            free.cpu_millis if self.accepting else 0, free.memory_mib if self.accepting else 0, self.seq + 1, now_ms)
+
+    async def publish_if_needed(self, announce: Announce | None, *, force: bool = False) -> None:
+        now = wall_ms()
+        candidate = self.current_offer(now)
+        if not force and not needs_refresh(self.offer.record if self.offer else None, candidate, now):
+            return
+        self.seq = candidate.seq
+        self.offer = sign_record(candidate, self.setup.key)
+        await self.store.put_offer(self.offer)
+        self.market.publish(self.offer)
+        if announce is not None:
+            try:
+                await announce(self.node, self.offer)
+            except Exception as exc:  # a failed announcement is retried at the next tick
+                log.warning("announcing offer seq %d failed: %s", self.seq, exc)
+                self.errors.append(f"announce: {exc}")
+
+    def status(self) -> dict[str, object]:
+        jobs = []
+        for ag_id, job in self.services.active.items():
+            ag = job.agreement.record
+            jobs.append({"agreement_id": ag_id.hex(), "buyer": peer_id_from_public(ag.buyer), "state": job.phase,
+                         "seconds": job.metered_ms / 1000, "amount_micros": job.amount_micros,
+                         "countersigned_micros": job.cosigned_micros})
+        offer = self.offer.record if self.offer else None
+        return {
+            "peer_id": self.setup.key.peer_id, "addrs": self.node.addrs(), "accepting": self.accepting,
+            "offer": None if offer is None else {
+                "seq": offer.seq, "expires_at_ms": offer.expires_at_ms, "gpus": [g.model for g in offer.capacity.gpus],
+                "free_gpus": len(offer.free.gpus), "cpu_millis": offer.capacity.cpu_millis,
+                "free_cpu_millis": offer.free.cpu_millis, "memory_mib": offer.capacity.memory_mib,
+                "prices": {"gpu_micros_per_s": dict(offer.prices.gpu_micros_per_s),
+                           "cpu_core_micros_per_s": offer.prices.cpu_core_micros_per_s,
+                           "memory_gib_micros_per_s": offer.prices.memory_gib_micros_per_s}},
+            "jobs": jobs, "earned_micros": self.earned_micros, "last_errors": list(self.errors),
+            "connected_peers": len(self.node.connected_peers()),
+        }
+
+
+async def close_open_agreements(store: AsyncStore, key: NodeKey) -> int:
+    """Rule 1: agreements a crash left open get a closing receipt (claims nothing new)."""
+    from market.records import Agreement as AgreementRecord
+    from p2p.envelope import signed_from_wire
+
+    closed = 0
+    for chain in await store.open_agreements(key.public):
+        agreement = signed_from_wire(chain.agreement, AgreementRecord)
+        receipts = [signed_from_wire(r, Receipt) for r in chain.receipts]
+        cosigned = next((r.record for r in reversed(receipts) if r.is_complete), None)
+        last = receipts[-1] if receipts else None
+        record = closing_receipt(agreement, last.record if last else None,
+                                 last.record_id if last else agreement.record_id, cosigned, PROVIDER_RESTART,
+                                 wall_ms())
+        await store.append_receipt(sign_record(record, key))
+        closed += 1
+    if closed:
+        log.warning("closed %d agreement(s) left open by an earlier run (reason %s)", closed, PROVIDER_RESTART)
+    return closed
+
+
+@asynccontextmanager
+async def open_provider(setup: ProviderSetup, *, handlers: dict[str, object] | None = None,
+                        topics: dict[str, object] | None = None, dht_mode: str = "server",
+                        announce: Announce | None = None) -> AsyncIterator[ProviderRuntime]:
+    key = setup.key
+    setup.data_dir.mkdir(parents=True, exist_ok=True)
+    client = await trio.to_thread.run_sync(connect)
+    engine = Engine(client)
+    facts = await engine.call(probe_engine, client, what="probe engine")
+    await reap_orphans(engine, key.peer_id)
+    inventory = await trio.to_thread.run_sync(gpu_inventory)
+    if not inventory.gpus:
+        log.info("no GPU offered: %s", inventory.reason)
+    gpus = offered_gpus(list(inventory.gpus), setup.terms)
+    cpu = setup.cpu_millis or machine_cpu_millis()
+    mem = setup.memory_mib or machine_memory_mib() * 3 // 4
+    ledger = CapacityLedger(tuple(g.uuid for g in gpus), cpu, mem, setup.terms.limits.max_concurrent_jobs)
+    policy = replace(setup.policy, max_cpus_millicores=cpu, max_memory_mib=mem,
+                     max_duration_ms=setup.terms.limits.max_duration_s * 1000)
+    async with AsyncExitStack() as stack:
+        store = await stack.enter_async_context(open_store(setup.data_dir / "node.db"))
+        await close_open_agreements(store, key)
+        runtime_box: list[ProviderRuntime] = []
+
+        async def on_agreement(agreement: Signed[Agreement], proposal: Signed[Proposal], allocation: Allocation) -> None:
+            await store.put_proposal(proposal)
+            await store.put_agreement(agreement)
+            job = services.active[agreement.record_id] = ActiveJob(agreement, proposal, allocation)
+            services_nursery.start_soon(_close_if_never_started, job, setup.start_timeout_s, EXPIRED)
+            if runtime_box:
+                runtime_box[0].changed.set()
+
+        async def _close_if_never_started(job: ActiveJob, after_s: float, reason: str) -> None:
+            with trio.move_on_after(after_s):
+                await job.stop_requested.wait()
+            if job.started or job.finished.is_set():
+                return
+            job.started = True  # no job stream may start it now
+            ag = job.agreement
+            record = closing_receipt(ag, None, ag.record_id, None, job.stop_reason or reason, wall_ms())
+            await store.append_receipt(sign_record(record, key))
+            job.finished.set()
+            on_finished(job, record, False)
+
+        def on_finished(job: ActiveJob, final: Receipt | None, final_cosigned: bool) -> None:
+            ag_id = job.agreement.record_id
+            services.active.pop(ag_id, None)
+            ledger.release(ag_id)
+            if runtime_box:
+                rt = runtime_box[0]
+                rt.earned_micros += final.amount_micros if final is not None and final_cosigned else job.cosigned_micros
+                rt.changed.set()
+            outcome = STOPPED_COUNTERSIGNING if final is not None and final.reason == BUYER_UNRESPONSIVE else COMPLETED
+            services_nursery.start_soon(store.record_outcome, job.agreement.record.buyer, outcome, ag_id, wall_ms())
+
+        market = ProviderMarket(key=key, ledger=ledger, gpus=gpus, on_agreement=on_agreement, hold_ms=setup.hold_ms)
+        services = JobServices(key=key, store=store, engine=engine, facts=facts, policy=policy,
+                               gpus={g.uuid: g for g in inventory.gpus}, node_id=key.peer_id, active={},
+                               on_finished=on_finished)
+        max_job_s = setup.terms.limits.max_duration_s + 600
+        all_handlers: dict[str, object] = {
+            NEGOTIATE_PROTOCOL: serve_framed(market.handle, protocol=NEGOTIATE_PROTOCOL, stream_budget_s=60),
+            jobwire.PROTOCOL_ID: serve_framed(partial(serve_job, services), protocol=jobwire.PROTOCOL_ID,
+                                              stream_budget_s=max_job_s, max_frame_bytes=jobwire.MAX_FRAME_BYTES),
+            **(handlers or {}),
+        }
+        config = HostConfig(key=key, listen=setup.listen, bootstrap=setup.bootstrap, dht_mode=dht_mode,  # type: ignore[arg-type]
+                            handlers=all_handlers, topics=topics or {}, require_bootstrap=False)  # type: ignore[arg-type]
+        node = await stack.enter_async_context(open_host(config))
+        services_nursery = await stack.enter_async_context(trio.open_nursery())
+        runtime = ProviderRuntime(setup, node, store, market, services, ledger, gpus)
+        runtime_box.append(runtime)
+        await runtime.publish_if_needed(announce, force=True)
+        services_nursery.start_soon(_publisher, runtime, announce)
+        try:
+            yield runtime
+        finally:
+            with trio.CancelScope(shield=True):
+                await _shutdown(runtime, announce)
+            services_nursery.cancel_scope.cancel()
+
+
+async def _publisher(runtime: ProviderRuntime, announce: Announce | None) -> None:
+    """Re-issue the offer when free capacity changes, and at half-life (market.offers Rule 2)."""
+    while True:
+        with trio.move_on_after(max(1.0, runtime.setup.terms.ttl_ms / 4000)):
+            await runtime.changed.wait()
+        runtime.changed = trio.Event()
+        await runtime.publish_if_needed(announce)
+
+
+async def _shutdown(runtime: ProviderRuntime, announce: Announce | None) -> None:
+    runtime.accepting = False
+    jobs = list(runtime.services.active.values())
+    for job in jobs:
+        job.request_stop(PROVIDER_SHUTDOWN)
+    with trio.move_on_after(runtime.setup.shutdown_grace_s):
+        for job in jobs:
+            await job.finished.wait()
+    with trio.move_on_after(5):
+        await runtime.publish_if_needed(announce, force=True)  # withdraw: nothing free
+    log.info("provider %s stopped", runtime.setup.key.peer_id)
+

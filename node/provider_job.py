@@ -1,0 +1,437 @@
+"""The provider's side of ``/suanli/job/1.0.0``: run one agreed job and bill it second by second.
+
+    start -> image (asked for only if missing) -> inputs -> container -> receipts + logs -> outputs
+    -> final receipt -> done
+
+Rule 1: nothing is acknowledged before it is durable: every receipt is stored (provider-signed) before
+it is sent, and every countersignature is stored before the guard counts it.
+Rule 2: a countersignature that does not decode, does not verify, or is not exactly the receipt we
+issued is treated as missing, never as valid (it is logged); the exposure guard does the rest.
+Rule 3: the job loop never blocks on the buyer: messages go through an Outbox.
+Rule 4: whatever happens (buyer gone, cancel, shutdown, an engine error), the chain ends with a final
+receipt whose reason says why, and the container and volume are removed (sandbox.runner).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import tarfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+
+import trio
+
+from market.capacity import Allocation
+from market.records import Agreement, Proposal
+from node.jobwire import (CHUNK_BYTES, Cancel, Chunk, Countersign, Done, End, Fail, Log, ReceiptMsg, Start, Status,
+                          decode_message)
+from node.outbox import Outbox
+from p2p.envelope import Signed, open_signed, sign_record
+from p2p.errors import CodecError, RemoteProtocolError, SignatureError, SuanliError
+from p2p.framing import FramedStream
+from p2p.identity import NodeKey, public_from_peer_id
+from p2p.records import Record
+from sandbox.engine import Engine
+from sandbox.images import image_env, load_image_archive, local_image_id
+from sandbox.jobio import safe_relpath
+from sandbox.meter import run_meter
+from sandbox.metering import MeterSample
+from sandbox.plan import plan_container
+from sandbox.runner import open_job
+from sandbox.spec import EngineFacts, GpuInfo, ProviderPolicy
+from sandbox.spec import JobSpec as SandboxJob
+from settlement.astore import AsyncStore
+from settlement.billing import amount_due
+from settlement.records import (BUYER_CANCEL, BUYER_UNRESPONSIVE, COMPLETED, DEADLINE, PROVIDER_FAULT, Receipt,
+                                Usage)
+from settlement.session import PAUSE, RESUME, RUN, STOP, ExposureGuard, ReceiptIssuer
+
+log = logging.getLogger("suanli.node.job")
+
+MAX_INPUT_BYTES = 256 << 20
+MAX_IMAGE_BYTES = 2 << 30
+MAX_WIRE_OUTPUT_BYTES = 256 << 20
+
+
+def wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass
+class ActiveJob:
+    """An agreement the provider has confirmed, from countersignature to final receipt."""
+
+    agreement: Signed[Agreement]
+    proposal: Signed[Proposal]
+    allocation: Allocation
+    started: bool = False
+    phase: str = "agreed"
+    metered_ms: int = 0
+    amount_micros: int = 0
+    cosigned_micros: int = 0
+    stop_reason: str | None = None
+    stop_requested: trio.Event = field(default_factory=trio.Event)
+    finished: trio.Event = field(default_factory=trio.Event)
+
+    def request_stop(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self.stop_requested.set()
+
+
+@dataclass
+class JobServices:
+    """What running a job needs from the daemon."""
+
+    key: NodeKey
+    store: AsyncStore
+    engine: Engine
+    facts: EngineFacts
+    policy: ProviderPolicy
+    gpus: dict[str, GpuInfo]
+    node_id: str
+    active: dict[bytes, ActiveJob]
+    on_finished: Callable[[ActiveJob, Receipt | None, bool], None]  # (job, final receipt, final countersigned)
+
+
+def usage_of(sample: MeterSample) -> Usage:
+    return Usage(cpu_core_ms=sample.cpu_core_ms, mem_peak_bytes=sample.mem_peak_bytes, gpu_ms=0,
+                 gpu_mem_peak_bytes=sample.gpu_mem_peak_bytes, gpu_sm_pct_ms=sample.gpu_sm_pct_ms,
+                 energy_mj=sample.energy_mj)
+
+
+def read_input_tar(data: bytes, max_files: int = 10_000) -> dict[str, bytes]:
+    """Regular files of the buyer's input tar, by safe relative path; anything else is refused."""
+    files: dict[str, bytes] = {}
+    if not data:
+        return files
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+            for member in tar:
+                if member.isdir():
+                    continue
+                if not member.isfile():
+                    raise RemoteProtocolError(f"the inputs hold a link or device ({member.name!r})")
+                extracted = tar.extractfile(member)
+                if extracted is None:
+                    continue
+                files[safe_relpath(member.name)] = extracted.read()
+                if len(files) > max_files:
+                    raise RemoteProtocolError("the inputs hold too many files", limit=max_files)
+    except tarfile.TarError as exc:
+        raise RemoteProtocolError(f"the inputs are not a readable tar: {exc}") from exc
+    return files
+
+
+async def _expect(framed: FramedStream, kinds: tuple[type[Record], ...]) -> Record:
+    payload = await framed.receive_frame()
+    if payload is None:
+        raise RemoteProtocolError("the buyer closed the job stream", peer=framed.peer)
+    msg = decode_message(payload)
+    if not isinstance(msg, kinds):
+        raise RemoteProtocolError(f"unexpected {type(msg).__name__} in the job stream", peer=framed.peer)
+    return msg
+
+
+async def receive_blob(framed: FramedStream, kind: str, declared: int, limit: int) -> bytes:
+    """Chunks of ``kind`` up to the End, exactly ``declared`` bytes with the stated sha256 (Rule 2 of jobwire)."""
+    if declared > limit:
+        raise RemoteProtocolError(f"{kind} of {declared} bytes exceed the limit of {limit}", limit=limit)
+    buf = bytearray()
+    digest = hashlib.sha256()
+    while True:
+        msg = await _expect(framed, (Chunk, End))
+        if msg.kind != kind:  # type: ignore[attr-defined]
+            raise RemoteProtocolError(f"expected {kind} data, got {msg.kind}")  # type: ignore[attr-defined]
+        if isinstance(msg, End):
+            if msg.total_bytes != len(buf) or msg.sha256 != digest.digest():
+                raise RemoteProtocolError(f"{kind} do not match their declared size or sha256")
+            return bytes(buf)
+        assert isinstance(msg, Chunk)
+        buf += msg.data
+        digest.update(msg.data)
+        if len(buf) > declared:
+            raise RemoteProtocolError(f"more {kind} than the {declared} bytes declared")
+
+
+async def send_blob(framed: FramedStream, kind: str, data: bytes) -> None:
+    for offset in range(0, len(data), CHUNK_BYTES):
+        await framed.send_frame(Chunk(kind, data[offset:offset + CHUNK_BYTES]).encode())
+    await framed.send_frame(End(kind, len(data), hashlib.sha256(data).digest()).encode())
+
+
+class JobRun:
+    """One job on one stream (see the module docstring)."""
+
+    def __init__(self, services: JobServices, active: ActiveJob, framed: FramedStream) -> None:
+        self.s = services
+        self.active = active
+        self.framed = framed
+        self.outbox = Outbox(framed)
+        ag = active.agreement.record
+        self.ag = ag
+        self.issuer = ReceiptIssuer(active.agreement)
+        self.guard = ExposureGuard.for_agreement(ag)
+        self.issued: dict[int, Signed[Receipt]] = {}
+        self.final_cosigned = trio.Event()
+        self.final_seq: int | None = None
+        self.garbage_frames = 0
+
+    def status(self, phase: str, detail: str = "") -> None:
+        self.active.phase = phase
+        self.outbox.control(Status(phase, wall_ms(), detail))
+
+    async def issue(self, metered_ms: int, usage: Usage, final: tuple[str, int | None, bytes | None] | None = None,
+                    max_metered_ms: int | None = None) -> Signed[Receipt]:
+        r = self.issuer.next(metered_ms, usage, wall_ms(), final=final, max_metered_ms=max_metered_ms)
+        signed = sign_record(r, self.s.key)
+        await self.s.store.append_receipt(signed)  # Rule 1: durable before it is sent
+        self.issuer.issued(r, signed.body)
+        self.issued[r.seq] = signed
+        self.guard.sent(r.seq, r.amount_micros, wall_ms())
+        self.active.metered_ms, self.active.amount_micros = r.metered_ms, r.amount_micros
+        self.outbox.control(ReceiptMsg(signed.to_bytes()))
+        return signed
+
+    async def read_buyer(self, job_stop: Callable[[], None]) -> None:
+        """Countersignatures and cancels from the buyer, until the stream ends."""
+        while True:
+            try:
+                payload = await self.framed.receive_frame()
+            except RemoteProtocolError as exc:
+                log.info("job %s: buyer stream broke: %s", self.ag_hex, exc)
+                return
+            if payload is None:
+                return
+            try:
+                msg = decode_message(payload)
+            except CodecError as exc:
+                self.garbage_frames += 1
+                log.info("job %s: undecodable frame from the buyer (treated as missing): %s", self.ag_hex, exc)
+                if self.garbage_frames > 64:
+                    return
+                continue
+            if isinstance(msg, Countersign):
+                await self.take_countersignature(msg.receipt)
+            elif isinstance(msg, Cancel):
+                log.info("job %s: the buyer cancelled (%s)", self.ag_hex, msg.reason)
+                self.active.request_stop(BUYER_CANCEL)
+                job_stop()
+            else:
+                log.info("job %s: ignoring %s from the buyer", self.ag_hex, type(msg).__name__)
+
+    async def take_countersignature(self, data: bytes) -> None:
+        try:
+            cosigned = open_signed(data, Receipt, min_sigs=2)
+        except (CodecError, SignatureError) as exc:
+            log.warning("job %s: a countersignature that does not verify (treated as missing): %s", self.ag_hex, exc)
+            return
+        mine = self.issued.get(cosigned.record.seq)
+        if mine is None or cosigned.body != mine.body or cosigned.sigs[0] != mine.sigs[0]:
+            log.warning("job %s: a countersignature for a receipt we did not issue (treated as missing)", self.ag_hex)
+            return
+        await self.s.store.append_receipt(cosigned)  # Rule 1
+        self.guard.countersigned(cosigned.record.seq, cosigned.record.amount_micros)
+        self.active.cosigned_micros = self.guard.cosigned_amount
+        if cosigned.record.seq == self.final_seq:
+            self.final_cosigned.set()
+
+    @property
+    def ag_hex(self) -> str:
+        return self.active.agreement.record_id.hex()[:12]
+
+    async def prepare(self, start: Start) -> tuple[str, dict[str, bytes]]:
+        """The pinned image (loading the buyer's archive if we lack it) and the inputs."""
+        job = self.ag.job
+        client = self.s.engine.client
+        image_id = await self.s.engine.call(local_image_id, client, frozenset({job.image}), what="find image")
+        if image_id is None:
+            if not start.image_archive_bytes or job.image_archive_sha256 is None:
+                raise SuanliError(f"image {job.image} is not on this provider and no archive was offered",
+                                  reason="image_missing")
+            self.status("need_image", f"send the archive of {job.image}")
+            await self.outbox.drained()
+            data = await receive_blob(self.framed, "image", start.image_archive_bytes, MAX_IMAGE_BYTES)
+            self.status("loading_image")
+            image_id = await self.s.engine.call(load_image_archive, client, data,
+                                                archive_sha256="sha256:" + job.image_archive_sha256.hex(),
+                                                image_id=job.image, what="load image")
+        self.status("need_inputs")
+        await self.outbox.drained()
+        inputs = await receive_blob(self.framed, "inputs", start.input_bytes, MAX_INPUT_BYTES)
+        if job.input_sha256 is not None and hashlib.sha256(inputs).digest() != job.input_sha256:
+            raise RemoteProtocolError("the inputs are not the ones agreed (sha256)", peer=self.framed.peer)
+        return image_id, read_input_tar(inputs)
+
+    def plan(self, image_id: str, env: list[str]):  # type: ignore[no-untyped-def]
+        ag, r = self.ag, self.ag.resources
+        spec = SandboxJob(image_id=image_id, command=tuple(ag.job.command), env=dict(ag.job.env),
+                          cpus_millicores=max(1, r.cpu_millis), memory_mib=max(1, r.memory_mib), gpus=r.gpus,
+                          gpu_model=r.gpu_model, max_duration_ms=ag.max_duration_ms)
+        gpus = [self.s.gpus[u] for u in self.active.allocation.gpu_uuids]
+        return plan_container(spec, self.s.policy, self.s.facts, image_env=env, free_gpus=gpus,
+                              node_id=self.s.node_id, agreement_id=self.active.agreement.record_id.hex(),
+                              job_key=os.urandom(4).hex())
+
+    async def run(self, start: Start) -> None:
+        final: Signed[Receipt] | None = None
+        async with trio.open_nursery() as outer:
+            outer.start_soon(self.outbox.run)
+            try:
+                final = await self._run(start, outer)
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(5):
+                    await self.outbox.drained()
+                outer.cancel_scope.cancel()
+        self.s.on_finished(self.active, final.record if final else None, self.final_cosigned.is_set())
+
+    async def _run(self, start: Start, outer: trio.Nursery) -> Signed[Receipt] | None:
+        try:
+            image_id, inputs = await self.prepare(start)
+            env = await self.s.engine.call(image_env, self.s.engine.client, image_id, what="inspect image")
+            plan = self.plan(image_id, env)
+        except (SuanliError, OSError) as exc:
+            reason = getattr(exc, "reason", None) or PROVIDER_FAULT
+            log.warning("job %s cannot start: %s", self.ag_hex, exc)
+            self.outbox.control(Fail(str(reason)[:256], str(exc)[:2048]))
+            # Close the (empty) chain: a final receipt that claims nothing (settlement.chain: closing).
+            return await self.issue(0, Usage(0, 0, 0, 0, 0, 0), final=(PROVIDER_FAULT, None, None))
+        self.status("starting")
+        result, last, outputs = None, None, b""
+        try:
+            async with open_job(self.s.engine, plan, inputs=inputs) as job:
+                try:
+                    await job.start()
+                    self.status("running", f"container {job.id[:12]}")
+                    last = await self._supervise(job, outer)
+                except SuanliError as exc:  # Rule 4: an engine error still ends the chain properly
+                    log.warning("job %s failed while running: %s", self.ag_hex, exc)
+                    self.active.request_stop(PROVIDER_FAULT)
+                    await _stop_quietly(job)
+                    last = job.meter.sample(job.now_ms())
+                result = job.result
+                if result is not None:
+                    try:
+                        outputs = await job.read_outputs(min(self.s.policy.output_max_bytes, MAX_WIRE_OUTPUT_BYTES))
+                    except SuanliError as exc:
+                        log.warning("job %s: outputs could not be read: %s", self.ag_hex, exc)
+        except SuanliError as exc:
+            log.warning("job %s: the container could not be created or removed: %s", self.ag_hex, exc)
+            if result is None:
+                self.active.request_stop(PROVIDER_FAULT)
+        return await self._finish(result, last, outputs)
+
+    async def _supervise(self, job, outer: trio.Nursery) -> MeterSample | None:  # type: ignore[no-untyped-def]
+        samples_send, samples = trio.open_memory_channel[MeterSample](16)
+        logs_send, logs = trio.open_memory_channel(256)
+        last: MeterSample | None = None
+
+        def stop_soon() -> None:
+            outer.start_soon(_stop_quietly, job)
+
+        async def forward_logs() -> None:
+            async with logs:
+                async for line in logs:
+                    self.outbox.log_line(Log(line.stream, line.text.encode("utf-8", "replace")[:CHUNK_BYTES]))
+
+        async def watch_stop() -> None:
+            await self.active.stop_requested.wait()
+            await _stop_quietly(job)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_wait_quietly, job)
+            nursery.start_soon(job.stream_logs, logs_send)
+            nursery.start_soon(forward_logs)
+            nursery.start_soon(self.read_buyer, stop_soon)
+            nursery.start_soon(watch_stop)
+            await nursery.start(partial(run_meter, job, samples_send, interval_s=self.ag.terms.interval_ms / 1000))
+            async with samples:
+                async for sample in samples:
+                    last = sample
+                    if job.exited.is_set():
+                        break
+                    await self._tick(job, sample)
+            # The job has exited: keep reading the buyer (the final countersignature comes later).
+            nursery.cancel_scope.cancel()
+        outer.start_soon(self.read_buyer, lambda: None)
+        return job.result.final if job.result is not None else last
+
+    async def _tick(self, job, sample: MeterSample) -> None:  # type: ignore[no-untyped-def]
+        action = self.guard.decide(wall_ms(), amount_due(sample.wall_ms, self.ag.price_micros_per_s))
+        if action == PAUSE and self.active.phase != "paused":
+            log.info("job %s: countersignature late; pausing", self.ag_hex)
+            await job.pause()
+            self.status("paused", "waiting for your countersignature")
+        elif action == RESUME:
+            await job.resume()
+            self.status("resumed")
+        elif action == STOP:
+            log.warning("job %s: buyer unresponsive past the grace; stopping", self.ag_hex)
+            self.active.request_stop(BUYER_UNRESPONSIVE)
+        if action in (RUN, RESUME) and (self.issuer.last is None or sample.wall_ms > self.issuer.last.metered_ms):
+            await self.issue(sample.wall_ms, usage_of(sample))
+
+    async def _finish(self, result, last: MeterSample | None, outputs: bytes) -> Signed[Receipt]:  # type: ignore[no-untyped-def]
+        reason = self.active.stop_reason or (DEADLINE if result is not None and result.timed_out else COMPLETED)
+        if result is None and self.active.stop_reason is None:
+            reason = PROVIDER_FAULT
+        digest = hashlib.sha256(outputs).digest()
+        if outputs and not self.outbox.broken.is_set():
+            await self.outbox.drained()
+            try:
+                await send_blob(self.framed, "outputs", outputs)
+            except RemoteProtocolError as exc:
+                log.info("job %s: outputs not delivered: %s", self.ag_hex, exc)
+        metered = last.wall_ms if last is not None else 0
+        usage = usage_of(last) if last is not None else Usage(0, 0, 0, 0, 0, 0)
+        ceiling = self.guard.unsigned_ceiling_ms() if reason == BUYER_UNRESPONSIVE else None
+        exit_code = result.exit_code if result is not None else None
+        final = await self.issue(metered, usage, final=(reason, exit_code, digest if result is not None else None),
+                                 max_metered_ms=ceiling)
+        self.final_seq = final.record.seq
+        if reason != BUYER_UNRESPONSIVE and not self.outbox.broken.is_set():
+            with trio.move_on_after((self.ag.terms.countersign_timeout_ms + self.ag.terms.grace_ms) / 1000):
+                await self.final_cosigned.wait()
+        self.active.phase = "done"
+        self.outbox.control(Done(exit_code if exit_code is not None else -1,
+                                 bool(result and result.oom_killed), bool(result and result.timed_out), reason,
+                                 len(outputs)))
+        return final
+
+
+async def _stop_quietly(job) -> None:  # type: ignore[no-untyped-def]
+    try:
+        await job.stop()
+    except SuanliError as exc:
+        log.info("stopping %s: %s", job.id[:12], exc)
+
+
+async def _wait_quietly(job) -> None:  # type: ignore[no-untyped-def]
+    try:
+        await job.wait()
+    except SuanliError as exc:
+        log.warning("waiting for %s failed: %s", job.id[:12], exc)
+        job.exited.set()
+
+
+async def serve_job(services: JobServices, framed: FramedStream) -> None:
+    """The ``/suanli/job/1.0.0`` handler (runs under serve_framed)."""
+    start = await _expect(framed, (Start,))
+    assert isinstance(start, Start)
+    active = services.active.get(start.agreement_id)
+    if active is None or active.agreement.record.buyer != public_from_peer_id(framed.peer):
+        await framed.send_frame(Fail("unknown_agreement", "no confirmed agreement of yours with that id").encode())
+        return
+    if active.started:
+        await framed.send_frame(Fail("already_started", "this agreement's job has already started").encode())
+        return
+    active.started = True
+    try:
+        await JobRun(services, active, framed).run(start)
+    finally:
+        active.finished.set()
