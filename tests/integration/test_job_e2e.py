@@ -4,45 +4,21 @@ databases audited."""
 from __future__ import annotations
 
 import io
-import os
 import tarfile
-from dataclasses import replace
 
 import pytest
 import trio
 
-from market.offers import ProviderTerms
-from market.records import JobSpec, Limits, Prices, Proposal, ReceiptTerms, ResourceRequest
 from market.service import negotiate_with, now_ms
 from node.buyer_job import BuyerHooks, JobFailed, pack_dir, run_job
-from node.provider import ProviderSetup, open_provider
-from p2p.envelope import sign_record
+from node.provider import open_provider
+from node.testing import local_setup, make_proposal
 from p2p.identity import generate_key
 from p2p.testing import loopback_config, open_host
 from settlement.astore import open_store
 from settlement.audit import audit, read_inputs
 
 pytestmark = pytest.mark.docker
-
-TERMS = ProviderTerms(Prices({}, cpu_core_micros_per_s=100, memory_gib_micros_per_s=10), Limits(600, 4, ()),
-                      ReceiptTerms(interval_ms=500, countersign_timeout_ms=1500, grace_ms=1500,
-                                   exposure_cap_micros=1000), ttl_ms=60_000)
-
-
-def setup_for(tmp_path, key):
-    return ProviderSetup(key=key, data_dir=tmp_path / "provider", terms=TERMS, listen=("/ip4/127.0.0.1/tcp/0",),
-                         cpu_millis=2000, memory_mib=2048, shutdown_grace_s=20)
-
-
-def proposal(buyer, offer_signed, image, command, terms=TERMS.receipts, duration_ms=60_000):
-    now = now_ms()
-    return sign_record(Proposal(
-        buyer=buyer.public, provider=offer_signed.record.provider, offer_id=offer_signed.record_id,
-        job=JobSpec(image, None, tuple(command), {"GREETING": "hello"}, None),
-        resources=ResourceRequest(0, None, 0, None, 1000, 256), max_price_micros_per_s=1000,
-        max_duration_ms=duration_ms, terms=terms, nonce=os.urandom(16), created_at_ms=now,
-        expires_at_ms=now + 10_000), buyer)
-
 
 async def test_a_job_runs_is_billed_and_both_databases_audit_clean(tmp_path, demo_image):
     provider_key, buyer = generate_key(), generate_key()
@@ -53,12 +29,12 @@ async def test_a_job_runs_is_billed_and_both_databases_audit_clean(tmp_path, dem
     hooks = BuyerHooks(on_log=lambda s, d: lines.append((s, d)), on_status=lambda p, d: statuses.append(p))
     command = ["sh", "-c", "echo $GREETING; wc -l < /io/in/x.txt; echo oops >&2; cp /io/in/x.txt /io/out/y.txt;"
                " sleep 2; echo bye"]
-    async with open_provider(setup_for(tmp_path, provider_key)) as runtime:
+    async with open_provider(local_setup(tmp_path / "provider", provider_key)) as runtime:
         async with open_host(loopback_config(buyer, bootstrap=(runtime.node.addrs()[0],))) as client, \
                 open_store(tmp_path / "buyer.db") as store:
             with trio.fail_after(60):
                 deal = await negotiate_with(client, provider_key.peer_id, buyer,
-                                            proposal(buyer, runtime.offer, demo_image, command))
+                                            make_proposal(buyer, runtime.offer, demo_image, command))
                 await store.put_agreement(deal.agreement)
                 outcome = await run_job(client, buyer, store, deal, pack_dir(inputs), None, hooks, trio.Event(),
                                         now_ms())
@@ -80,12 +56,12 @@ async def test_a_job_runs_is_billed_and_both_databases_audit_clean(tmp_path, dem
 
 async def test_unknown_image_fails_clearly_and_the_chain_closes(tmp_path, docker_client):
     provider_key, buyer = generate_key(), generate_key()
-    async with open_provider(setup_for(tmp_path, provider_key)) as runtime:
+    async with open_provider(local_setup(tmp_path / "provider", provider_key)) as runtime:
         async with open_host(loopback_config(buyer, bootstrap=(runtime.node.addrs()[0],))) as client, \
                 open_store(tmp_path / "buyer.db") as store:
             with trio.fail_after(60):
                 deal = await negotiate_with(client, provider_key.peer_id, buyer,
-                                            proposal(buyer, runtime.offer, "sha256:" + "0" * 64, ["true"]))
+                                            make_proposal(buyer, runtime.offer, "sha256:" + "0" * 64, ["true"]))
                 with pytest.raises(JobFailed, match="image"):
                     await run_job(client, buyer, store, deal, b"", None, BuyerHooks(), trio.Event(), now_ms())
     (result,) = audit(read_inputs([tmp_path / "provider" / "node.db"]))
