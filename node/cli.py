@@ -55,6 +55,77 @@ def _add_evidence(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
     settle.set_defaults(run="node.commands.evidence:cmd_settle")
 
 
+def _add_network(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    provide = sub.add_parser("provide", help="run the provider daemon: sell this machine's idle time")
+    provide.add_argument("--config", help="the provider's TOML configuration")
+    provide.add_argument("--init-config", metavar="PATH", help="write a commented example configuration and exit")
+    provide.add_argument("--json", action="store_true", help="print JSON event lines (ready, stopped)")
+    provide.add_argument("-v", "--verbose", action="store_true")
+    provide.set_defaults(run="node.commands.provide:cmd_provide")
+
+    status = sub.add_parser("status", help="what the local provider daemon is doing")
+    status.add_argument("--data-dir", help="the daemon's data directory (default: the usual one)")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(run="node.commands.provide:cmd_status")
+
+    run = sub.add_parser("run", help="run a job on the network, like docker run",
+                         usage="suanli run [options] -- COMMAND...")
+    run.add_argument("--bootstrap", action="append", metavar="MULTIADDR",
+                     help="a bootstrap peer (repeatable; default: $SUANLI_BOOTSTRAP, comma-separated)")
+    run.add_argument("--image", help="image id, pinned: sha256:<64 hex>")
+    run.add_argument("--image-archive", metavar="FILE", help="a docker save archive to ship if the provider lacks it")
+    run.add_argument("--gpus", type=int, default=0, metavar="N", help="whole GPUs (default 0)")
+    run.add_argument("--gpu-model", metavar="NAME", help="GPU model as NVML names it")
+    run.add_argument("--gpu-memory", type=int, metavar="MIB", help="minimum GPU memory per GPU")
+    run.add_argument("--cpus", type=float, default=1.0, metavar="N", help="CPU cores (default 1)")
+    run.add_argument("--memory", default="512m", metavar="SIZE", help="memory, e.g. 512m, 2g (default 512m)")
+    run.add_argument("--max-price", type=int, default=10_000, metavar="MICROS_PER_S",
+                     help="most micro-credits per second you pay (default 10000)")
+    run.add_argument("--max-duration", type=int, default=600, metavar="SECONDS", help="longest run (default 600)")
+    run.add_argument("--input", metavar="DIR", help="directory whose files appear in /io/in")
+    run.add_argument("--output", metavar="DIR", help="directory that receives /io/out")
+    run.add_argument("--env", action="append", metavar="K=V", help="environment variable (repeatable)")
+    run.add_argument("--wait", type=float, default=3.0, metavar="SECONDS", help="time to collect offers")
+    run.add_argument("--candidates", type=int, default=5, help="how many providers to try, best first")
+    run.add_argument("--negotiate-timeout", type=float, default=10.0, metavar="SECONDS",
+                     help="how long one provider may take to answer")
+    run.add_argument("--data-dir", help="where the buyer keeps its key and database")
+    run.add_argument("--key", help="the buyer's key file (default: <data dir>/node.key)")
+    run.add_argument("--local", action="store_true", help="listen on 127.0.0.1 only")
+    run.add_argument("--show-receipts", action="store_true", help="print each receipt as it is co-signed")
+    run.add_argument("--dry-run", action="store_true", help="show the candidates and the proposal; run nothing")
+    run.add_argument("--json", action="store_true", help="print one JSON summary at the end")
+    run.add_argument("-v", "--verbose", action="store_true")
+    run.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command and its arguments")
+    run.set_defaults(run="node.commands.run:cmd_run")
+
+    offers = sub.add_parser("offers", help="list the offers a buyer sees on the network")
+    offers.add_argument("--bootstrap", action="append", metavar="MULTIADDR", help="a bootstrap peer (repeatable)")
+    offers.add_argument("--wait", type=float, default=3.0, metavar="SECONDS", help="time to collect offers")
+    offers.add_argument("--json", action="store_true")
+    offers.add_argument("--local", action="store_true", help="listen on 127.0.0.1 only")
+    offers.add_argument("-v", "--verbose", action="store_true")
+    offers.set_defaults(run="node.commands.network:cmd_offers")
+
+    boot = sub.add_parser("bootstrap", help="run a bootstrap node: a stable entry point to the network")
+    boot.add_argument("--key", required=True, help="the node's key file (fixed identity)")
+    boot.add_argument("--listen", action="append", metavar="MULTIADDR",
+                      help="listen address (repeatable; default /ip4/0.0.0.0/tcp/4001)")
+    boot.add_argument("--peer", action="append", metavar="MULTIADDR", help="other bootstrap nodes to join")
+    boot.add_argument("--json", action="store_true", help="print JSON status lines")
+    boot.add_argument("-v", "--verbose", action="store_true")
+    boot.set_defaults(run="node.commands.network:cmd_bootstrap")
+
+    demo = sub.add_parser("demo", help="a local network, one real job in Docker, co-signed receipts, the audit",
+                          usage="suanli demo [--providers N] [--json] [-- COMMAND...]")
+    demo.add_argument("--providers", type=int, default=2, metavar="N", help="provider processes (default 2)")
+    demo.add_argument("--json", action="store_true", help="print one JSON summary")
+    demo.add_argument("--clean", action="store_true", help="delete the demo's files when it succeeds")
+    demo.add_argument("-v", "--verbose", action="store_true")
+    demo.add_argument("command", nargs=argparse.REMAINDER, help="-- then a command to run instead of the default")
+    demo.set_defaults(run="node.commands.demo:cmd_demo")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="suanli",
@@ -63,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_keys(sub)
     _add_evidence(sub)
+    _add_network(sub)
     return parser
 
 

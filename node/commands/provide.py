@@ -1,0 +1,103 @@
+"""``suanli provide``: the operator's daemon, and ``suanli status``: what it is doing."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import trio
+
+from node.config import load_config, write_example
+from node.control import SOCKET_NAME, query, serve_control
+from node.paths import data_dir
+
+log = logging.getLogger("suanli.provide")
+
+
+def cmd_provide(args: argparse.Namespace) -> int:
+    if args.init_config:
+        path = write_example(args.init_config)
+        print(f"wrote an example configuration to {path}; edit prices and limits, then run "
+              f"`suanli provide --config {path}`")
+        return 0
+    if not args.config:
+        print("suanli: error: give --config FILE (or --init-config FILE to write an example)", file=sys.stderr)
+        return 2
+    from node.logsetup import configure
+
+    configure(args.verbose)
+    config = load_config(args.config)
+    trio.run(_provide, config, args.json)
+    return 0
+
+
+async def _provide(config, as_json: bool) -> None:  # type: ignore[no-untyped-def]
+    from dataclasses import replace
+
+    from node.overlay import provider_overlay
+    from node.provider import ProviderSetup, open_provider
+    from p2p.identity import generate_key, load_key, save_key
+    from sandbox.spec import ProviderPolicy
+
+    if config.key_path.exists():
+        key = load_key(config.key_path)
+    else:
+        key = generate_key()
+        save_key(key, config.key_path)
+        log.info("created key %s (peer id %s)", config.key_path, key.peer_id)
+    setup = ProviderSetup(key=key, data_dir=config.data_dir, terms=config.terms, listen=config.listen,
+                          bootstrap=config.bootstrap, cpu_millis=config.cpu_millis, memory_mib=config.memory_mib,
+                          policy=replace(ProviderPolicy(), runtime=config.runtime, pids_limit=config.pids_limit))
+    overlay = provider_overlay()
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with open_provider(setup, handlers=overlay.handlers, topics=overlay.topics,
+                                 announce=overlay.announce) as runtime:
+            overlay.attach(runtime)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(serve_control, config.data_dir / SOCKET_NAME, runtime.status)
+                await nursery.start(overlay.serve, runtime)
+                ready = {"event": "ready", "peer_id": key.peer_id, "addrs": runtime.node.addrs(),
+                         "data_dir": str(config.data_dir), "gpus": len(runtime.gpus),
+                         "cpu_millis": runtime.ledger.cpu_millis, "memory_mib": runtime.ledger.memory_mib}
+                if as_json:
+                    print(json.dumps(ready), flush=True)
+                else:
+                    print(f"providing as {key.peer_id}", flush=True)
+                    for addr in runtime.node.addrs():
+                        print(f"  listening on {addr}", flush=True)
+                async for signum in signals:
+                    log.info("%s: finishing running jobs, then stopping", signal.Signals(signum).name)
+                    nursery.cancel_scope.cancel()
+                    break
+    if as_json:
+        print(json.dumps({"event": "stopped", "peer_id": key.peer_id}), flush=True)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    path = (Path(args.data_dir) if args.data_dir else data_dir()) / SOCKET_NAME
+    reply = query(path)
+    status = reply["status"]
+    if args.json:
+        print(json.dumps(status, indent=1))
+        return 0
+    print(f"peer id    {status['peer_id']}")
+    for addr in status["addrs"]:
+        print(f"address    {addr}")
+    offer = status.get("offer")
+    if offer:
+        gpus = ", ".join(offer["gpus"]) or "none"
+        print(f"offer      seq {offer['seq']}: GPUs {gpus} ({offer['free_gpus']} free), "
+              f"CPU {offer['free_cpu_millis'] / 1000:g}/{offer['cpu_millis'] / 1000:g} cores free, "
+              f"{offer['memory_mib']} MiB")
+    print(f"earned     {status['earned_micros']} micro-credits")
+    print(f"jobs       {len(status['jobs'])} running")
+    for job in status["jobs"]:
+        print(f"  {job['agreement_id'][:16]}  buyer {job['buyer']}  {job['state']}  {job['seconds']:.1f} s  "
+              f"{job['amount_micros']} micro-credits ({job['countersigned_micros']} countersigned)")
+    for err in status["last_errors"]:
+        print(f"error      {err}")
+    return 0

@@ -1,0 +1,277 @@
+"""``suanli run [options] -- COMMAND...``: the buyer's light client, deliberately like ``docker run``.
+
+Discover offers, rank them, negotiate (falling back to the next candidate on a refusal or silence), send
+the inputs (and the image, if the provider lacks it), print the job's output live, verify and
+countersign every receipt, write the outputs, keep agreement and receipts in the buyer's database, and
+exit with the job's exit code. Exit codes of its own: 2 for a usage error, 3 when no provider could
+take the job (with the reasons), 4 when the job failed for a reason that is not the job's own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import signal
+import sys
+import tarfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from p2p.errors import SuanliError
+
+log = logging.getLogger("suanli.run")
+EXIT_NO_PROVIDER = 3
+EXIT_JOB_FAILED = 4
+_SIZE = re.compile(r"^(\d+)([kKmMgG]?)(i?[bB])?$")
+
+
+def parse_memory_mib(text: str) -> int:
+    m = _SIZE.match(text.strip())
+    if not m:
+        raise SuanliError(f"--memory {text!r}: give a size such as 512m or 2g")
+    n, unit = int(m.group(1)), m.group(2).lower()
+    mib = {"": n / (1 << 20), "k": n / 1024, "m": n, "g": n * 1024}[unit]
+    if mib < 6:
+        raise SuanliError(f"--memory {text!r} is too small (at least 6m)")
+    return int(mib)
+
+
+def parse_env(items: list[str]) -> dict[str, str]:
+    env = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise SuanliError(f"--env {item!r}: expected NAME=VALUE")
+        env[name] = value
+    return env
+
+
+@dataclass(frozen=True)
+class ImageChoice:
+    image_id: str
+    archive: bytes | None
+    archive_sha256: bytes | None
+
+
+def choose_image(image: str | None, archive_path: str | None) -> ImageChoice:
+    from sandbox.archive import read_digests
+
+    if archive_path:
+        try:
+            data = Path(archive_path).read_bytes()
+        except OSError as exc:
+            raise SuanliError(f"--image-archive {archive_path}: {exc.strerror}") from exc
+        digests = read_digests(data)
+        ids = digests.image_ids()
+        if image and image not in ids:
+            raise SuanliError(f"--image {image} is not the image in {archive_path} ({', '.join(sorted(ids))})")
+        chosen = image or digests.config_digest
+        return ImageChoice(chosen, data, bytes.fromhex(digests.archive_sha256.split(":", 1)[1]))
+    if not image:
+        raise SuanliError("give --image sha256:<id> (an image the provider has) and/or --image-archive FILE")
+    if not re.fullmatch(r"sha256:[0-9a-f]{64}", image):
+        raise SuanliError(f"--image {image!r}: pin the image by its id (sha256:<64 hex>, see `docker images "
+                          "--no-trunc`); a tag could mean another image on the provider's machine")
+    return ImageChoice(image, None, None)
+
+
+def write_outputs(data: bytes, dest: Path) -> list[str]:
+    """Extract the outputs tar (regular files only, no path leaves ``dest``)."""
+    from sandbox.jobio import read_output_tar
+
+    files = read_output_tar(data) if data else {}
+    dest.mkdir(parents=True, exist_ok=True)
+    for name, content in files.items():
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(content)
+    return sorted(files)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        print("suanli: error: give the command to run after --, e.g. suanli run --image sha256:... -- echo hi",
+              file=sys.stderr)
+        return 2
+    from node.logsetup import configure
+
+    configure(args.verbose)
+    if not args.verbose:
+        logging.getLogger().setLevel(logging.WARNING)
+    return trio.run(_run, args, command)
+
+
+async def _run(args: argparse.Namespace, command: list[str]) -> int:
+    from market.matching import JobRequest, explain, rank_offers
+    from market.records import JobSpec, Proposal, ResourceRequest
+    from market.service import negotiate_first, now_ms
+    from node.buyer_job import BuyerHooks, JobFailed, pack_dir, run_job
+    from node.overlay import discover_offers
+    from node.paths import data_dir
+    from p2p.envelope import sign_record
+    from p2p.host import HostConfig, open_host
+    from p2p.identity import generate_key, load_key, peer_id_from_public, save_key
+    from settlement.astore import open_store
+
+    home = Path(args.data_dir) if args.data_dir else data_dir()
+    key_path = Path(args.key) if args.key else home / "node.key"
+    if key_path.exists():
+        key = load_key(key_path)
+    else:
+        key = generate_key()
+        save_key(key, key_path)
+    image = choose_image(args.image, args.image_archive)
+    inputs = pack_dir(Path(args.input)) if args.input else b""
+    env = parse_env(args.env or [])
+    resources = ResourceRequest(gpus=args.gpus, gpu_model=args.gpu_model, min_gpu_memory_mib=args.gpu_memory or 0,
+                                min_compute_capability=None, cpu_millis=int(args.cpus * 1000),
+                                memory_mib=parse_memory_mib(args.memory))
+    request = JobRequest(resources, args.max_price, args.max_duration * 1000, image.image_id)
+    bootstrap = tuple(args.bootstrap or []) or tuple(filter(None, os.environ.get("SUANLI_BOOTSTRAP", "").split(",")))
+    if not bootstrap:
+        raise SuanliError("give --bootstrap MULTIADDR (or set SUANLI_BOOTSTRAP) to join a network")
+    say = (lambda *a: None) if args.json else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    t0 = time.monotonic()
+    config = HostConfig(key=key, listen=("/ip4/127.0.0.1/tcp/0",) if args.local else ("/ip4/0.0.0.0/tcp/0",),
+                        bootstrap=bootstrap, dht_mode="client")
+    async with open_host(config) as node:
+        offers = await discover_offers(node, request, wait_s=args.wait)
+        now = now_ms()
+        ranked = rank_offers([o.record for o in offers], request, now, limit=args.candidates)
+        say(f"suanli: {len(offers)} offer(s) found in {time.monotonic() - t0:.1f} s; {len(ranked)} can run this job")
+        if not ranked:
+            for offer, reasons in explain([o.record for o in offers], request, now):
+                say(f"  {peer_id_from_public(offer.provider)}: {'; '.join(reasons)}")
+            if not offers:
+                say("  no offers at all: is any provider running on this network?")
+            if args.json:
+                print(json.dumps({"ok": False, "error": "no provider can run this job", "offers": len(offers)}))
+            return EXIT_NO_PROVIDER
+        signed_by_provider = {o.record.provider: o for o in offers}
+
+        def proposal_for(offer_provider: bytes) -> Any:
+            offer = signed_by_provider[offer_provider]
+            return sign_record(Proposal(
+                buyer=key.public, provider=offer_provider, offer_id=offer.record_id,
+                job=JobSpec(image.image_id, image.archive_sha256, tuple(command), env,
+                            hashlib.sha256(inputs).digest()),
+                resources=resources, max_price_micros_per_s=args.max_price, max_duration_ms=args.max_duration * 1000,
+                terms=offer.record.terms, nonce=os.urandom(16), created_at_ms=now_ms(),
+                expires_at_ms=now_ms() + 30_000), key)
+
+        candidates = [(peer_id_from_public(c.offer.provider), proposal_for(c.offer.provider)) for c in ranked]
+        if args.dry_run:
+            plan = [{"provider": p, "price_micros_per_s": c.price_micros_per_s, "reputation": c.reputation,
+                     "gpus": [g.model for g in c.gpus]} for (p, _), c in zip(candidates, ranked, strict=True)]
+            first = candidates[0][1].record
+            doc = {"dry_run": True, "candidates": plan, "would_propose": {
+                "provider": candidates[0][0], "image": first.job.image, "command": list(first.job.command),
+                "cpu_millis": first.resources.cpu_millis, "memory_mib": first.resources.memory_mib,
+                "gpus": first.resources.gpus, "max_price_micros_per_s": first.max_price_micros_per_s,
+                "max_duration_ms": first.max_duration_ms, "receipt_interval_ms": first.terms.interval_ms,
+                "exposure_cap_micros": first.terms.exposure_cap_micros}}
+            print(json.dumps(doc, indent=None if args.json else 1))
+            return 0
+        deal, attempts = await negotiate_first(node, key, candidates, per_candidate_s=args.negotiate_timeout)
+        for attempt in attempts:
+            if attempt.outcome != "agreed":
+                say(f"suanli: {attempt.provider}: {attempt.outcome}")
+        if deal is None:
+            if args.json:
+                print(json.dumps({"ok": False, "error": "every candidate refused",
+                                  "attempts": [a.__dict__ for a in attempts]}))
+            return EXIT_NO_PROVIDER
+        ag = deal.agreement.record
+        provider = peer_id_from_public(ag.provider)
+        say(f"suanli: agreed with {provider} at {ag.price_micros_per_s} micro-credits/s "
+            f"(agreement {deal.agreement.record_id.hex()[:16]})")
+        db_path = home / "buyer.db"
+        async with open_store(db_path) as store:
+            await store.put_proposal(deal.proposal)
+            await store.put_agreement(deal.agreement)
+            if signed_by_provider.get(ag.provider):
+                await store.put_offer(signed_by_provider[ag.provider])
+            cancel = trio.Event()
+            hooks = _hooks(args, say)
+            failure: JobFailed | None = None
+            outcome = None
+            with trio.open_signal_receiver(signal.SIGINT) as sigint:
+                async with trio.open_nursery() as nursery:
+                    async def on_interrupt() -> None:
+                        async for _ in sigint:
+                            if cancel.is_set():
+                                say("suanli: interrupted again; leaving without the final receipt")
+                                nursery.cancel_scope.cancel()
+                                return
+                            say("suanli: cancelling the job (Ctrl-C again to leave at once)")
+                            cancel.set()
+
+                    nursery.start_soon(on_interrupt)
+                    try:
+                        outcome = await run_job(node, key, store, deal, inputs, image.archive, hooks, cancel,
+                                                now_ms())
+                    except JobFailed as exc:
+                        failure = exc
+                    nursery.cancel_scope.cancel()
+    if failure is not None or outcome is None:
+        message = str(failure) if failure else "interrupted"
+        say(f"suanli: job failed: {message}")
+        if args.json:
+            print(json.dumps({"ok": False, "error": message, "agreement_id": deal.agreement.record_id.hex(),
+                              "provider": provider, "database": str(db_path)}))
+        return EXIT_JOB_FAILED
+    files = write_outputs(outcome.outputs, Path(args.output)) if args.output else []
+    last = outcome.last
+    summary = {
+        "ok": True, "agreement_id": deal.agreement.record_id.hex(), "provider": provider,
+        "exit_code": outcome.exit_code, "reason": outcome.reason, "billed_ms": last.metered_ms if last else 0,
+        "amount_micros": last.amount_micros if last else 0, "receipts": len(outcome.receipts),
+        "database": str(db_path), "outputs": files, "oom_killed": outcome.oom_killed,
+    }
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        say(f"suanli: exit code {outcome.exit_code} ({outcome.reason}); billed {summary['billed_ms'] / 1000:.3f} s, "
+            f"{summary['amount_micros']} micro-credits over {summary['receipts']} co-signed receipts; "
+            f"evidence in {db_path}")
+    code = outcome.exit_code if outcome.exit_code is not None else EXIT_JOB_FAILED
+    return code if 0 <= code <= 255 else EXIT_JOB_FAILED
+
+
+def _hooks(args: argparse.Namespace, say: Any) -> Any:
+    from node.buyer_job import BuyerHooks
+
+    def on_log(stream: str, data: bytes) -> None:
+        if args.json:
+            return
+        out = sys.stdout if stream == "stdout" else sys.stderr
+        out.buffer.write(data + b"\n")
+        out.flush()
+
+    def on_receipt(receipt: Any) -> None:
+        r = receipt.record
+        if args.show_receipts:
+            say(f"suanli: receipt {r.seq} co-signed: {r.metered_ms / 1000:.1f} s, {r.amount_micros} micro-credits"
+                + (f" (final: {r.reason})" if r.state == "final" else ""))
+
+    def on_status(phase: str, detail: str) -> None:
+        if phase in ("paused", "resumed", "loading_image") or args.verbose:
+            say(f"suanli: provider says {phase}" + (f": {detail}" if detail else ""))
+
+    def on_progress(kind: str, done: int, total: int) -> None:
+        if not args.json and (done == total or done % (4 << 20) < (128 << 10)):
+            say(f"suanli: sending {kind}: {done * 100 // max(total, 1)}% ({done >> 20}/{total >> 20} MiB)")
+
+    return BuyerHooks(on_log=on_log, on_status=on_status, on_receipt=on_receipt, on_progress=on_progress)
