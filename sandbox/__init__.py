@@ -1,0 +1,28 @@
+"""sandbox: run a stranger's job in a hardened Docker container, meter it, clean up after it.
+
+Pure cores (no docker, trio or pynvml import; `now` and data in, data out; table-driven tests):
+
+    spec.py      JobSpec, ProviderPolicy, EngineFacts, GpuInfo, labels; images only by pinned id
+    plan.py      spec + policy + engine facts + free GPUs → ContainerPlan (hardening, refusals, GPU gate)
+    metering.py  Meter: run-state clock (paused time excluded) + cumulative integer usage → MeterSample
+    nvml.py      NVML records → GPU inventory, per-job GPU readings (host PID → container id)
+    archive.py   deterministic docker-archive/OCI image archives; digests recomputed from any archive
+    jobio.py     the /io volume as tar bytes (inputs in, outputs out), log line splitting
+
+Readers without docker or trio (blocking, tiny):
+
+    cgroups.py   a container's cgroup v1/v2 counter files, located from its host PID, and parsed
+    gpus.py      the only pynvml import: NVML answers → records of the recorded-fixture shape
+
+Shells (docker SDK calls in worker threads behind a CapacityLimiter; trio):
+
+    engine.py    connect (API version negotiated), probe (runtimes, cgroups, NVIDIA toolkit), Engine.call
+    images.py    load a buyer's archive after checking it; build the busybox demo image
+                 (`python -m sandbox.images build-demo`)
+    runner.py    open_job: volume + container, start, logs, deadline, stop, pause/resume, outputs, removal
+    meter.py     run_meter: once a second per job, cgroup files (or the stats API) and NVML → samples
+    reaper.py    reap_orphans: remove this node's labelled containers and volumes left by a crash
+    run.py       prepare_job (all refusals before anything exists) and run_job (the whole life of a job)
+
+docs/SANDBOX.md gives the reasons: the hardening list, the metering sources, image pinning and GPU gating.
+"""

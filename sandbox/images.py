@@ -1,0 +1,170 @@
+"""Images without a registry: load a buyer's archive after checking it, build the demo image.
+
+Rule 1: nothing is ever pulled. An image is used only by its pinned id; an archive is loaded only if
+its sha256 is the agreed one, its recomputed digests contain the agreed image id, and the engine then
+reports that id (config digest on the classic store, manifest digest on the containerd store).
+Rule 2: the demo image is `FROM scratch` + a static busybox, written as a deterministic archive in
+pure Python, so its id is known before `docker load` and equal on every machine with the same busybox.
+
+    python -m sandbox.images build-demo [--busybox PATH]    # prints the image id
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import docker
+
+from p2p.errors import ImageError, SandboxError
+from sandbox.archive import NOBODY, ArchiveDigests, LayerEntry, image_archive, layer_tar, read_digests
+from sandbox.engine import FOREIGN, connect, translate
+from sandbox.spec import pinned_image_id
+
+DEFAULT_BUSYBOX = "/bin/busybox"
+DEMO_TAG = "suanli/demo:busybox"
+_ESSENTIAL_APPLETS = ("sh", "cat", "cp", "echo", "head", "id", "ls", "sleep", "touch", "tr", "yes")
+_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "riscv64": "riscv64"}
+
+
+def is_static_elf(data: bytes) -> bool:
+    """True for an ELF executable without a program interpreter (PT_INTERP), i.e. static."""
+    if data[:4] != b"\x7fELF":
+        return False
+    wide, endian = data[4] == 2, "<" if data[5] == 1 else ">"
+    if wide:
+        phoff, = struct.unpack_from(endian + "Q", data, 0x20)
+        phentsize, phnum = struct.unpack_from(endian + "HH", data, 0x36)
+    else:
+        phoff, = struct.unpack_from(endian + "I", data, 0x1C)
+        phentsize, phnum = struct.unpack_from(endian + "HH", data, 0x2A)
+    types = [struct.unpack_from(endian + "I", data, phoff + i * phentsize)[0] for i in range(phnum)]
+    return 3 not in types  # PT_INTERP
+
+
+def read_busybox(path: str = DEFAULT_BUSYBOX) -> bytes:
+    """The bytes of a static busybox, or ImageError with the one-line fix."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ImageError(f"static busybox not found at {path}: install it (`apt-get install "
+                         "busybox-static`) or pass --busybox PATH", path=path) from exc
+    if not is_static_elf(data):
+        raise ImageError(f"{path} is not a statically linked busybox: install `busybox-static` "
+                         "or pass --busybox PATH", path=path)
+    return data
+
+
+def busybox_applets(path: str) -> list[str]:
+    try:
+        out = subprocess.run([path, "--list"], capture_output=True, text=True, timeout=10,
+                             check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return list(_ESSENTIAL_APPLETS)
+    return sorted({a for a in out.split() if a.isidentifier() or a.replace("-", "").isalnum()}
+                  | set(_ESSENTIAL_APPLETS))
+
+
+def build_demo_archive(busybox_path: str = DEFAULT_BUSYBOX) -> tuple[bytes, ArchiveDigests]:
+    """The demo image archive: /bin/busybox, applet links, /io/{in,out} owned by 65534, /tmp."""
+    busybox = read_busybox(busybox_path)
+    entries = [LayerEntry("bin", "dir"), LayerEntry("bin/busybox", "file", 0o755, data=busybox),
+               LayerEntry("etc", "dir"),
+               LayerEntry("etc/passwd", "file", 0o644, data=b"root:x:0:0:root:/:/bin/sh\n"
+                          b"nobody:x:65534:65534:nobody:/io:/bin/sh\n"),
+               LayerEntry("etc/group", "file", 0o644, data=b"root:x:0:\nnogroup:x:65534:\n"),
+               LayerEntry("tmp", "dir", 0o1777)]
+    entries += [LayerEntry(d, "dir", 0o755, NOBODY, NOBODY) for d in ("io", "io/in", "io/out")]
+    entries += [LayerEntry(f"bin/{a}", "symlink", 0o777, target="busybox")
+                for a in busybox_applets(busybox_path) if a != "busybox"]
+    config = {"User": f"{NOBODY}:{NOBODY}", "WorkingDir": "/io", "Env": ["PATH=/bin"],
+              "Cmd": ["/bin/sh"], "Labels": {"org.opencontainers.image.title": "suanli demo busybox"}}
+    arch = _ARCH.get(platform.machine(), platform.machine())
+    return image_archive(layer_tar(entries), config, architecture=arch, repo_tag=DEMO_TAG)
+
+
+def local_image_id(client: docker.DockerClient, ids: frozenset[str]) -> str | None:
+    """The first of `ids` present on the engine (never pulled), or None."""
+    for image_id in sorted(ids):
+        try:
+            return str(client.api.inspect_image(image_id)["Id"])
+        except docker.errors.ImageNotFound:
+            continue
+        except FOREIGN as exc:
+            raise translate(exc, "inspect image") from exc
+    return None
+
+
+def load_image_archive(client: docker.DockerClient, data: bytes, *, archive_sha256: str,
+                       image_id: str) -> str:
+    """Load a buyer's archive after checking it (Rule 1); return the pinned image id."""
+    pinned_image_id(image_id)
+    digests = read_digests(data)
+    if digests.archive_sha256 != archive_sha256:
+        raise ImageError("the image archive's sha256 is not the agreed one; refusing to load it",
+                         expected=archive_sha256, actual=digests.archive_sha256)
+    if image_id not in digests.image_ids():
+        raise ImageError("the image archive does not hold the agreed image id; refusing to load it",
+                         expected=image_id, actual=sorted(digests.image_ids()))
+    if (present := local_image_id(client, frozenset({image_id}))) is not None:
+        return present
+    try:
+        client.api.load_image(data)
+    except FOREIGN as exc:
+        raise translate(exc, "docker load") from exc
+    loaded = local_image_id(client, digests.image_ids())
+    if loaded != image_id:
+        raise ImageError("after loading, the engine does not report the agreed image id",
+                         expected=image_id, actual=loaded)
+    return loaded
+
+
+def ensure_demo_image(client: docker.DockerClient, busybox_path: str = DEFAULT_BUSYBOX) -> str:
+    """Build (if needed) and load the demo image; return its pinned id."""
+    data, digests = build_demo_archive(busybox_path)
+    present = local_image_id(client, digests.image_ids())
+    if present is not None:
+        return present
+    expected = digests.config_digest
+    try:
+        return load_image_archive(client, data, archive_sha256=digests.archive_sha256, image_id=expected)
+    except ImageError:
+        if digests.manifest_digest is None:
+            raise
+        # A containerd image store names the image by its manifest digest instead.
+        return load_image_archive(client, data, archive_sha256=digests.archive_sha256,
+                                  image_id=digests.manifest_digest)
+
+
+def image_env(client: docker.DockerClient, image_id: str) -> list[str]:
+    """The image config's Env entries ("K=V"), read from the engine; ImageError if absent."""
+    try:
+        attrs = client.api.inspect_image(pinned_image_id(image_id))
+    except FOREIGN as exc:
+        raise translate(exc, f"inspect image {image_id}") from exc
+    if attrs.get("Id") != image_id and image_id not in (attrs.get("RepoDigests") or []):
+        raise ImageError("the engine resolved the image id to another image", expected=image_id,
+                         actual=attrs.get("Id"))
+    return list((attrs.get("Config") or {}).get("Env") or [])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sandbox.images")
+    sub = parser.add_subparsers(dest="command", required=True)
+    build = sub.add_parser("build-demo", help="build and load the busybox demo image; print its id")
+    build.add_argument("--busybox", default=DEFAULT_BUSYBOX, help="path of a static busybox")
+    args = parser.parse_args(argv)
+    try:
+        print(ensure_demo_image(connect(), args.busybox))
+    except SandboxError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""The /io volume's contents as tar bytes: inputs in, outputs out, and log lines (pure).
+
+Inputs go to /io/in and outputs come from /io/out of a per-job named volume: the archive API cannot
+write into a read-only root, and a tmpfs is invisible to it (moby#22020), so /io is a volume.
+
+Rule 1: every path is relative and stays inside its folder; absolute paths, `..`, links and devices
+are refused, both for the buyer's inputs and for the outputs a job hands back.
+Rule 2: the input tar creates /io/in and /io/out owned by 65534:65534 (the job's user), so any image
+works, not only ones that ship those folders.
+"""
+
+from __future__ import annotations
+
+import io
+import posixpath
+import tarfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+from p2p.errors import SandboxError, UnusableInputError
+from sandbox.archive import NOBODY
+
+
+@dataclass(frozen=True)
+class LogLine:
+    stream: str  # "stdout" | "stderr"
+    timestamp: str  # RFC 3339 with ns, as the engine's log driver stamped the line
+    text: str
+
+
+def safe_relpath(name: str) -> str:
+    """`name` normalised, or UnusableInputError if it could leave its folder (Rule 1)."""
+    norm = posixpath.normpath(name.replace("\\", "/"))
+    if not name or name.startswith("/") or norm == "." or norm.startswith("../") or norm == "..":
+        raise UnusableInputError("an input or output path must be relative and stay inside its folder",
+                                 actual=name)
+    return norm
+
+
+def _entry(name: str, *, is_dir: bool, size: int = 0, mode: int = 0o644) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name + ("/" if is_dir else ""))
+    info.type = tarfile.DIRTYPE if is_dir else tarfile.REGTYPE
+    info.size, info.mode, info.uid, info.gid, info.mtime = size, mode, NOBODY, NOBODY, 0
+    return info
+
+
+def input_tar(files: Mapping[str, bytes]) -> bytes:
+    """A tar to extract at /io: in/ and out/ (Rule 2) plus `files` under in/."""
+    buf = io.BytesIO()
+    seen_dirs = {"in", "out"}
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        tar.addfile(_entry("in", is_dir=True, mode=0o755))
+        tar.addfile(_entry("out", is_dir=True, mode=0o755))
+        for name in sorted(files):
+            rel = "in/" + safe_relpath(name)
+            parent = posixpath.dirname(rel)
+            missing = []
+            while parent not in seen_dirs:
+                missing.append(parent)
+                parent = posixpath.dirname(parent)
+            for d in reversed(missing):
+                tar.addfile(_entry(d, is_dir=True, mode=0o755))
+                seen_dirs.add(d)
+            data = files[name]
+            tar.addfile(_entry(rel, is_dir=False, size=len(data)), io.BytesIO(data))
+    return buf.getvalue()
+
+
+def read_output_tar(data: bytes, *, max_files: int = 10_000) -> dict[str, bytes]:
+    """Regular files of a `get_archive('/io/out')` tar, keyed by path relative to out/ (Rule 1)."""
+    files: dict[str, bytes] = {}
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+            for member in tar:
+                if member.isdir():
+                    continue
+                if not member.isfile():
+                    raise SandboxError("the job's outputs hold a link or device; refusing them",
+                                       actual=member.name)
+                head, _, rest = member.name.partition("/")
+                files[safe_relpath(rest if head == "out" else member.name)] = tar.extractfile(member).read()
+                if len(files) > max_files:
+                    raise SandboxError("the job's outputs hold too many files", expected=max_files)
+    except tarfile.TarError as exc:
+        raise SandboxError(f"the job's outputs are not a readable tar: {exc}") from exc
+    return files
+
+
+class LineSplitter:
+    """Chunks of one stream → complete lines; a line longer than `max_line` is cut into pieces."""
+
+    def __init__(self, max_line: int = 64 * 1024) -> None:
+        self._buf = b""
+        self._max = max_line
+
+    def feed(self, chunk: bytes) -> Iterator[bytes]:
+        self._buf += chunk
+        while True:
+            cut = self._buf.find(b"\n")
+            if cut < 0:
+                if len(self._buf) <= self._max:
+                    return
+                cut = self._max - 1
+            line, self._buf = self._buf[: cut + 1], self._buf[cut + 1:]
+            yield line.rstrip(b"\n")
+
+    def flush(self) -> Iterator[bytes]:
+        if self._buf:
+            line, self._buf = self._buf, b""
+            yield line
+
+
+def parse_log_line(stream: str, raw: bytes) -> LogLine:
+    """One `logs(timestamps=True)` line: '<RFC3339Nano> <text>'."""
+    text = raw.decode(errors="replace")
+    stamp, sep, rest = text.partition(" ")
+    if not sep or "T" not in stamp:
+        return LogLine(stream, "", text)
+    return LogLine(stream, stamp, rest)

@@ -1,0 +1,175 @@
+"""Job spec + provider policy + engine facts + free GPUs → a hardened container plan (pure).
+
+Every container gets the same baseline, whatever the buyer asks (docs/SANDBOX.md says why):
+no network, read-only root with a small tmpfs /tmp, a per-job volume at /io, all capabilities
+dropped, no-new-privileges, Docker's default seccomp (or the operator's stricter profile), user
+65534:65534, a pids limit, CPU and memory limits with no swap, ulimits nofile/core=0/fsize, an init
+process, capped json-file logs, no proxy variables, and labels tying it to the node and agreement.
+
+Rule 1: a refusal happens here, before anything is created: a GPU job with no NVIDIA runtime or an
+old toolkit, an image whose config sets LD_PRELOAD / LD_LIBRARY_PATH / NVIDIA_* (CVE-2025-23266), a
+request above the policy.
+Rule 2: GPUs are named by UUID, never by count (a count maps to indices 0..n-1 on the host).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from p2p.errors import ConfigError, GpuUnavailableError, ImageError, SandboxError
+from sandbox.spec import (
+    LABEL_AGREEMENT,
+    LABEL_NODE,
+    LABEL_ROLE,
+    EngineFacts,
+    GpuInfo,
+    JobSpec,
+    ProviderPolicy,
+)
+
+MIB = 1 << 20
+USER = "65534:65534"
+IO_DIR = "/io"
+GPU_CAPABILITIES = (("gpu", "compute", "utility"),)
+_FORBIDDEN_ENV = re.compile(r"(LD_PRELOAD|LD_LIBRARY_PATH|NVIDIA_.*)")
+_VERSION = re.compile(r"version\s*:?\s*v?(\d+)\.(\d+)\.(\d+)", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class ContainerPlan:
+    """Everything the runner passes to Docker, as plain data (the shell builds the SDK objects)."""
+
+    name: str
+    volume_name: str
+    image_id: str
+    command: tuple[str, ...]
+    env: Mapping[str, str]
+    labels: Mapping[str, str]
+    user: str
+    working_dir: str
+    nano_cpus: int
+    cpus_millicores: int
+    memory_bytes: int
+    pids_limit: int
+    ulimits: tuple[tuple[str, int, int], ...]  # (name, soft, hard)
+    tmpfs: Mapping[str, str]
+    security_opt: tuple[str, ...]
+    runtime: str | None
+    gpu_uuids: tuple[str, ...]
+    gpu_capabilities: tuple[tuple[str, ...], ...]
+    log_max_size_mib: int
+    log_max_files: int
+    stop_timeout_s: int
+    deadline_ms: int
+    output_max_bytes: int
+    oom_score_adj: int
+
+
+def forbidden_env(env_entries: Sequence[str] | Mapping[str, str]) -> list[str]:
+    """Names among `env_entries` ("K=V" strings or a mapping) that a job may never set."""
+    names = env_entries.keys() if isinstance(env_entries, Mapping) else [e.split("=", 1)[0]
+                                                                          for e in env_entries]
+    return sorted(n for n in names if _FORBIDDEN_ENV.fullmatch(n))
+
+
+def parse_toolkit_version(text: str) -> tuple[int, int, int] | None:
+    """The x.y.z from `nvidia-ctk --version` or `nvidia-container-cli --version` output."""
+    match = _VERSION.search(text)
+    return (int(match[1]), int(match[2]), int(match[3])) if match else None
+
+
+def _dotted(version: tuple[int, ...]) -> str:
+    return ".".join(map(str, version))
+
+
+def check_gpu_support(facts: EngineFacts, policy: ProviderPolicy) -> None:
+    """Raise GpuUnavailableError unless this engine may run GPU jobs at all."""
+    if "nvidia" not in facts.runtimes:
+        raise GpuUnavailableError(
+            "GPU jobs need the NVIDIA Container Toolkit: the Docker engine has no 'nvidia' runtime "
+            f"registered (install nvidia-container-toolkit >= {_dotted(policy.min_toolkit_version)} "
+            "and run `nvidia-ctk runtime configure --runtime=docker`)",
+            reason="no_nvidia_runtime", actual=sorted(facts.runtimes))
+    version = facts.nvidia_toolkit_version
+    if version is None or version < policy.min_toolkit_version:
+        shown = _dotted(version) if version else (facts.toolkit_probe_error or "unknown")
+        raise GpuUnavailableError(
+            f"GPU jobs need NVIDIA Container Toolkit >= {_dotted(policy.min_toolkit_version)} (earlier "
+            f"versions have known container escapes); found {shown}",
+            reason="old_toolkit", expected=policy.min_toolkit_version, actual=version)
+
+
+def select_gpus(spec: JobSpec, free: Sequence[GpuInfo]) -> tuple[str, ...]:
+    """UUIDs of the first `spec.gpus` free GPUs of the asked model, in index order (Rule 2)."""
+    fit = [g for g in sorted(free, key=lambda g: g.index)
+           if spec.gpu_model is None or (g.name or "") == spec.gpu_model]
+    if len(fit) < spec.gpus:
+        raise GpuUnavailableError(
+            f"the job asks for {spec.gpus} GPU(s)"
+            + (f" of model {spec.gpu_model!r}" if spec.gpu_model else "")
+            + f" but {len(fit)} free one(s) fit", reason="not_enough_gpus", expected=spec.gpus,
+            actual=len(fit))
+    return tuple(g.uuid for g in fit[: spec.gpus])
+
+
+def _check_limits(spec: JobSpec, policy: ProviderPolicy) -> None:
+    for asked, limit, key in ((spec.cpus_millicores, policy.max_cpus_millicores, "cpus_millicores"),
+                              (spec.memory_mib, policy.max_memory_mib, "memory_mib"),
+                              (spec.gpus, policy.max_gpus, "gpus"),
+                              (spec.max_duration_ms, policy.max_duration_ms, "max_duration_ms")):
+        if asked > limit:
+            raise SandboxError(f"the job asks for {key}={asked}, above this provider's limit {limit}",
+                               key=key, expected=limit, actual=asked)
+
+
+def plan_container(spec: JobSpec, policy: ProviderPolicy, facts: EngineFacts, *, image_env: Sequence[str],
+                   free_gpus: Sequence[GpuInfo], node_id: str, agreement_id: str,
+                   job_key: str) -> ContainerPlan:
+    """The hardened plan for one job, or a SuanliError that says why it cannot run (Rule 1).
+
+    `image_env` is the image config's Env ("K=V" entries, from inspect or the archive);
+    `job_key` makes container and volume names unique per attempt.
+    """
+    if policy.allowed_images is not None and spec.image_id not in policy.allowed_images:
+        raise ImageError("this provider does not run that image", image_id=spec.image_id)
+    if bad := forbidden_env(image_env):
+        raise ImageError(f"the image config sets {', '.join(bad)}, which a job image may not set "
+                         "(they reach host-side hooks)", image_id=spec.image_id, actual=bad)
+    if bad := forbidden_env(spec.env):
+        raise SandboxError(f"the job environment sets {', '.join(bad)}, which a job may not set",
+                           actual=bad)
+    _check_limits(spec, policy)
+    if policy.runtime is not None and policy.runtime not in facts.runtimes:
+        raise ConfigError(f"sandbox runtime {policy.runtime!r} is configured but the Docker engine has "
+                          f"only {sorted(facts.runtimes)}; register it or unset the key",
+                          key="runtime", actual=policy.runtime)
+    env = dict(spec.env)
+    gpu_uuids: tuple[str, ...] = ()
+    if spec.gpus:
+        check_gpu_support(facts, policy)
+        gpu_uuids = select_gpus(spec, free_gpus)
+        # The container env overrides the image's: the toolkit sees exactly these devices.
+        env["NVIDIA_VISIBLE_DEVICES"] = ",".join(gpu_uuids)
+        env["NVIDIA_DRIVER_CAPABILITIES"] = "compute,utility"
+    else:
+        env["NVIDIA_VISIBLE_DEVICES"] = "void"
+    labels = {LABEL_NODE: node_id, LABEL_AGREEMENT: agreement_id, LABEL_ROLE: "job"}
+    security_opt = ["no-new-privileges:true"]
+    if policy.seccomp_profile_json is not None:
+        security_opt.append("seccomp=" + policy.seccomp_profile_json)
+    fsize = policy.fsize_mib * MIB
+    return ContainerPlan(
+        name=f"suanli-job-{job_key}", volume_name=f"suanli-io-{job_key}", image_id=spec.image_id,
+        command=spec.command, env=env, labels=labels, user=USER, working_dir=IO_DIR,
+        nano_cpus=spec.cpus_millicores * 1_000_000, cpus_millicores=spec.cpus_millicores,
+        memory_bytes=spec.memory_mib * MIB, pids_limit=policy.pids_limit,
+        ulimits=(("nofile", policy.nofile, policy.nofile), ("core", 0, 0), ("fsize", fsize, fsize)),
+        tmpfs={"/tmp": f"rw,nosuid,nodev,size={policy.tmpfs_mib}m,mode=1777"},
+        security_opt=tuple(security_opt), runtime=policy.runtime, gpu_uuids=gpu_uuids,
+        gpu_capabilities=GPU_CAPABILITIES if gpu_uuids else (),
+        log_max_size_mib=policy.log_max_size_mib, log_max_files=policy.log_max_files,
+        stop_timeout_s=-(-policy.stop_grace_ms // 1000), deadline_ms=spec.max_duration_ms,
+        output_max_bytes=policy.output_max_bytes, oom_score_adj=policy.oom_score_adj,
+    )

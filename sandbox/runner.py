@@ -1,0 +1,234 @@
+"""One job's container, as an async context manager over the docker SDK (trio shell).
+
+    async with open_job(engine, plan, inputs={"a.txt": b"..."}) as job:
+        await job.start()
+        ...                       # job.stream_logs(send), run_meter(job, ...), job.pause() ...
+        result = await job.wait() # enforces the plan's wall-clock deadline
+        await job.export_outputs(path)
+
+Rule 1: the container and its volume are removed in a shielded `finally` with a bounded budget,
+whether the job completed, failed, or the task was cancelled.
+Rule 2: the low-level API only (create_container + create_host_config): `containers.run` pulls
+missing images silently and cannot set a stop timeout. The image is referenced by pinned id.
+Rule 3: the deadline is ours (trio clock): docker's wait timeout is only an HTTP timeout. At the
+deadline the container is stopped with the plan's grace (SIGTERM to the init, SIGKILL after).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker.errors
+import docker.types
+import trio
+
+from p2p.errors import SandboxError
+from sandbox.engine import Engine
+from sandbox.jobio import LineSplitter, LogLine, input_tar, parse_log_line
+from sandbox.metering import Meter, MeterSample
+from sandbox.plan import IO_DIR, ContainerPlan
+
+log = logging.getLogger(__name__)
+CLEANUP_BUDGET_S = 30
+
+
+@dataclass(frozen=True)
+class ExitResult:
+    exit_code: int
+    oom_killed: bool
+    timed_out: bool  # stopped by our deadline
+    final: MeterSample
+
+
+@dataclass(frozen=True)
+class OutputArchive:
+    path: Path
+    size_bytes: int
+    sha256: str
+
+
+def _create(api: docker.APIClient, plan: ContainerPlan) -> str:
+    """Blocking: the named volume, then the hardened container (see sandbox.plan for the why)."""
+    api.create_volume(name=plan.volume_name, labels=dict(plan.labels))
+    devices = [docker.types.DeviceRequest(device_ids=list(plan.gpu_uuids),
+                                          capabilities=[list(c) for c in plan.gpu_capabilities])]
+    host_config = api.create_host_config(
+        network_mode="none", read_only=True, tmpfs=dict(plan.tmpfs), cap_drop=["ALL"],
+        mounts=[docker.types.Mount(target=IO_DIR, source=plan.volume_name, type="volume")],
+        security_opt=list(plan.security_opt), pids_limit=plan.pids_limit, nano_cpus=plan.nano_cpus,
+        mem_limit=plan.memory_bytes, memswap_limit=plan.memory_bytes, init=True,
+        ulimits=[docker.types.Ulimit(name=n, soft=s, hard=h) for n, s, h in plan.ulimits],
+        log_config=docker.types.LogConfig(type="json-file", config={
+            "max-size": f"{plan.log_max_size_mib}m", "max-file": str(plan.log_max_files)}),
+        runtime=plan.runtime, device_requests=devices if plan.gpu_uuids else None,
+        oom_score_adj=plan.oom_score_adj, ipc_mode="private", privileged=False)
+    created = api.create_container(
+        image=plan.image_id, command=list(plan.command), environment=dict(plan.env), user=plan.user,
+        working_dir=plan.working_dir, labels=dict(plan.labels), name=plan.name, hostname="sandbox",
+        host_config=host_config, network_disabled=True, stop_timeout=plan.stop_timeout_s,
+        use_config_proxy=False, tty=False, stdin_open=False)
+    return str(created["Id"])
+
+
+def _remove(api: docker.APIClient, name: str, volume: str) -> None:
+    """Blocking: remove the container (if any) and then its volume (if any)."""
+    for remove, target in ((lambda n: api.remove_container(n, force=True, v=True), name),
+                           (lambda n: api.remove_volume(n, force=True), volume)):
+        try:
+            remove(target)
+        except docker.errors.NotFound:
+            pass
+
+
+class Job:
+    """A created container; the methods are the job's life. Use through `open_job`."""
+
+    def __init__(self, engine: Engine, plan: ContainerPlan) -> None:
+        self.engine, self.api, self.plan = engine, engine.api, plan
+        self.id = ""
+        self.pid: int | None = None
+        self.meter = Meter(plan.cpus_millicores)
+        self.exited = trio.Event()
+        self.result: ExitResult | None = None
+        self._deadline: float | None = None
+
+    def now_ms(self) -> int:
+        return int(trio.current_time() * 1000)
+
+    async def start(self) -> None:
+        await self.engine.call(self.api.start, self.id, what="start container")
+        self.meter.event("start", self.now_ms())
+        self._deadline = trio.current_time() + self.plan.deadline_ms / 1000
+        state = (await self.engine.call(self.api.inspect_container, self.id))["State"]
+        self.pid = int(state.get("Pid") or 0) or None
+
+    async def pause(self) -> None:
+        """Freeze every process of the job; the metered clock stops (metering Rule 1)."""
+        now = self.now_ms()  # before the call: never bill the time the freeze takes
+        await self.engine.call(self.api.pause, self.id, what="pause container")
+        self.meter.event("pause", now)
+
+    async def resume(self) -> None:
+        await self.engine.call(self.api.unpause, self.id, what="unpause container")
+        self.meter.event("resume", self.now_ms())
+
+    async def stop(self) -> None:
+        """Stop with the plan's grace period (SIGTERM, then SIGKILL); a paused job is thawed first."""
+        if self.meter.state == "paused":
+            await self.resume()
+        try:
+            await self.engine.call(self.api.stop, self.id, timeout=self.plan.stop_timeout_s,
+                                   what="stop container")
+        except SandboxError as exc:
+            log.warning("stop of %s failed (%s); killing it", self.id[:12], exc)
+            await self.engine.call(self.api.kill, self.id, what="kill container")
+
+    async def wait(self) -> ExitResult:
+        """Wait for the exit, enforcing the deadline (Rule 3); return the code, OOM flag and usage."""
+        with trio.move_on_at(self._deadline if self._deadline is not None else math.inf) as scope:
+            await self.engine.call(self.api.wait, self.id, timeout=None, own_thread=True, what="wait")
+        timed_out = scope.cancelled_caught
+        if timed_out:
+            await self.stop()
+            with trio.fail_after(self.plan.stop_timeout_s + 30):
+                await self.engine.call(self.api.wait, self.id, timeout=None, own_thread=True)
+        self.meter.event("stop", self.now_ms())
+        state = (await self.engine.call(self.api.inspect_container, self.id))["State"]
+        self.result = ExitResult(exit_code=int(state.get("ExitCode", -1)),
+                                 oom_killed=bool(state.get("OOMKilled")) or self.meter.oom_kills > 0,
+                                 timed_out=timed_out,
+                                 final=self.meter.sample(self.now_ms()))
+        self.exited.set()
+        return self.result
+
+    async def stream_logs(self, send: trio.MemorySendChannel[LogLine]) -> None:
+        """Send stdout and stderr lines as the engine's log driver receives them, until the exit."""
+        async with trio.open_nursery() as nursery:
+            for stream in ("stdout", "stderr"):
+                nursery.start_soon(self._pump_logs, stream, send)
+
+    async def _pump_logs(self, stream: str, send: trio.MemorySendChannel[LogLine]) -> None:
+        gen = await self.engine.call(self.api.logs, self.id, stdout=stream == "stdout",
+                                     stderr=stream == "stderr", stream=True, follow=True,
+                                     timestamps=True, what="logs")
+        splitter = LineSplitter()
+        try:
+            while (chunk := await self.engine.call(next, gen, None, own_thread=True, what="logs")):
+                for raw in splitter.feed(chunk):
+                    await send.send(parse_log_line(stream, raw))
+            for raw in splitter.flush():
+                await send.send(parse_log_line(stream, raw))
+        except SandboxError as exc:  # the container went away under the stream: the stream ends
+            log.info("log stream of %s ended: %s", self.id[:12], exc)
+        finally:
+            gen.close()
+
+    async def export_outputs(self, dest: Path, max_bytes: int | None = None) -> OutputArchive:
+        """Write /io/out as a tar to `dest`, refusing more than `max_bytes` (the plan's cap)."""
+        cap = self.plan.output_max_bytes if max_bytes is None else max_bytes
+        return await self.engine.call(_export, self.api, self.id, Path(dest), cap, what="get outputs")
+
+    async def read_outputs(self, max_bytes: int | None = None) -> bytes:
+        tmp = Path(await trio.to_thread.run_sync(_tempfile))
+        try:
+            await self.export_outputs(tmp, max_bytes)
+            return await trio.Path(tmp).read_bytes()
+        finally:
+            await trio.Path(tmp).unlink(missing_ok=True)
+
+
+def _tempfile() -> str:
+    import tempfile
+
+    fd, path = tempfile.mkstemp(prefix="suanli-out-", suffix=".tar")
+    os.close(fd)
+    return path
+
+
+def _export(api: docker.APIClient, container: str, dest: Path, cap: int) -> OutputArchive:
+    chunks, _stat = api.get_archive(container, IO_DIR + "/out")
+    digest, size = hashlib.sha256(), 0
+    try:
+        with open(dest, "wb") as f:
+            for chunk in chunks:
+                size += len(chunk)
+                if size > cap:
+                    raise SandboxError("the job's outputs exceed the size cap", expected=cap, actual=size)
+                digest.update(chunk)
+                f.write(chunk)
+    except BaseException:
+        dest.unlink(missing_ok=True)
+        raise
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+    return OutputArchive(dest, size, "sha256:" + digest.hexdigest())
+
+
+@asynccontextmanager
+async def open_job(engine: Engine, plan: ContainerPlan, *,
+                   inputs: Mapping[str, bytes] | None = None) -> AsyncIterator[Job]:
+    """Create the volume and container, put the inputs in; always remove both on exit (Rule 1)."""
+    job = Job(engine, plan)
+    try:
+        job.id = await engine.call(_create, engine.api, plan, what="create container")
+        await engine.call(engine.api.put_archive, job.id, IO_DIR, input_tar(inputs or {}),
+                          what="put inputs")
+        yield job
+    finally:
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(CLEANUP_BUDGET_S) as budget:
+                try:
+                    await engine.call(_remove, engine.api, plan.name, plan.volume_name, what="remove job")
+                except SandboxError as exc:  # never mask the job's own outcome; the reaper retries
+                    log.warning("cleanup of %s failed: %s", plan.name, exc)
+            if budget.cancelled_caught:
+                log.warning("cleanup of %s ran out of time; the reaper will remove it", plan.name)
