@@ -126,6 +126,25 @@ def _add_network(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     demo.set_defaults(run="node.commands.demo:cmd_demo")
 
 
+def _add_machine(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    image = sub.add_parser("image", help="build, inspect or load images without a registry")
+    isub = image.add_subparsers(dest="image_cmd", required=True, metavar="{build-demo,inspect,load}")
+    build = isub.add_parser("build-demo", help="build and load the busybox demo image; print its pinned id")
+    build.add_argument("--busybox", help="path of a static busybox (default /bin/busybox)")
+    build.set_defaults(run="node.commands.machine:cmd_image_build_demo")
+    inspect = isub.add_parser("inspect", help="print an image archive's digests (its pinned ids)")
+    inspect.add_argument("archive")
+    inspect.set_defaults(run="node.commands.machine:cmd_image_inspect")
+    load = isub.add_parser("load", help="load a docker save archive after checking its digests")
+    load.add_argument("archive")
+    load.add_argument("--sha256", help="the archive's expected sha256 (default: as computed)")
+    load.add_argument("--id", help="the expected image id (default: the archive's config digest)")
+    load.set_defaults(run="node.commands.machine:cmd_image_load")
+    gpus = sub.add_parser("gpus", help="the GPUs this machine can offer (NVML)")
+    gpus.add_argument("--json", action="store_true")
+    gpus.set_defaults(run="node.commands.machine:cmd_gpus")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="suanli",
@@ -135,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_keys(sub)
     _add_evidence(sub)
     _add_network(sub)
+    _add_machine(sub)
     return parser
 
 
