@@ -373,7 +373,7 @@ class JobRun:
         elif action == STOP:
             log.warning("job %s: buyer unresponsive past the grace; stopping", self.ag_hex)
             self.active.request_stop(BUYER_UNRESPONSIVE)
-        if action in (RUN, RESUME) and (self.issuer.last is None or sample.wall_ms > self.issuer.last.metered_ms):
+        if action in (RUN, RESUME) and sample.wall_ms > (self.issuer.last.metered_ms if self.issuer.last else 0):
             await self.issue(sample.wall_ms, usage_of(sample))
 
     async def _finish(self, result, last: MeterSample | None, outputs: bytes) -> Signed[Receipt]:  # type: ignore[no-untyped-def]

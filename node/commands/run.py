@@ -118,7 +118,7 @@ async def _run(args: argparse.Namespace, command: list[str]) -> int:
     from market.records import JobSpec, Proposal, ResourceRequest
     from market.service import negotiate_first, now_ms
     from node.buyer_job import BuyerHooks, JobFailed, pack_dir, run_job
-    from node.overlay import discover_offers
+    from node.overlay import BuyerOverlay
     from node.paths import data_dir
     from p2p.envelope import sign_record
     from p2p.host import HostConfig, open_host
@@ -144,10 +144,11 @@ async def _run(args: argparse.Namespace, command: list[str]) -> int:
         raise SuanliError("give --bootstrap MULTIADDR (or set SUANLI_BOOTSTRAP) to join a network")
     say = (lambda *a: None) if args.json else (lambda *a: print(*a, file=sys.stderr, flush=True))
     t0 = time.monotonic()
+    overlay = BuyerOverlay()
     config = HostConfig(key=key, listen=("/ip4/127.0.0.1/tcp/0",) if args.local else ("/ip4/0.0.0.0/tcp/0",),
-                        bootstrap=bootstrap, dht_mode="client")
+                        bootstrap=bootstrap, dht_mode="client", topics=overlay.topics)
     async with open_host(config) as node:
-        offers = await discover_offers(node, request, wait_s=args.wait)
+        offers = await overlay.discover(node, request, wait_s=args.wait)
         now = now_ms()
         ranked = rank_offers([o.record for o in offers], request, now, limit=args.candidates)
         say(f"suanli: {len(offers)} offer(s) found in {time.monotonic() - t0:.1f} s; {len(ranked)} can run this job")

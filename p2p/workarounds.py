@@ -1,0 +1,314 @@
+"""Every workaround for a defect of py-libp2p 0.8.1 that Suanli relies on, in one place.
+
+Each item names the defect by its number in ``shared/research/py-libp2p-0.8.1.md`` section (d) (or the
+interoperability sections), says what goes wrong without it, and has a regression test in
+``tests/p2p/test_workarounds.py`` that fails if the workaround is removed. When py-libp2p is upgraded,
+re-run those tests first: a workaround whose defect is fixed upstream can then be deleted here, and
+nowhere else.
+
+Rule 1: nothing outside ``p2p/`` patches or configures py-libp2p around a defect; it calls these.
+Rule 2: this module imports libp2p, so offline commands must never import it (or ``p2p.host``).
+
+Structural workarounds that are a matter of order, not of code, live in ``p2p.host.open_host`` and
+are listed here so that this page is the complete map:
+
+- item 3 (a pubsub stream before the Pubsub service started kills the host) and item 31 / issue 7
+  (no identify-push for handlers added after connecting): ``open_host`` starts Pubsub, GossipSub and
+  the DHT and registers every handler, validator and subscription before it dials anyone.
+- item 5 (leaving ``host.run()`` closes nothing): ``open_host`` calls ``close_host`` inside ``run()``,
+  before it stops the Pubsub and DHT services (a stream reaching a stopped Pubsub raised inside the
+  swarm and ended the host at shutdown: found here).
+- item 17 (``find_providers`` stops at the first local record and returns duplicates) and item 18
+  (routing tables do not fill; ``refresh_routing_table`` takes 13-40 s): ``p2p.dht.find_providers``
+  always asks the network, and ``p2p.dht.serve_routing_refresh`` does self-lookups after joining.
+- item 21 (``read_varint_prefixed_bytes`` fails on large messages): ``p2p.framing`` has its own loop.
+
+Defects found while building this (not in the research doc), each with its regression test:
+- Pubsub's validation cache lets anyone censor an offer by republishing its bytes (``_NoValidationCache``).
+- ``Swarm.close()`` sleeps 0.2 s per connection, one after another (``close_host``).
+- ``libp2p.utils.logging`` sets ``propagate=False`` and ``auto_connector`` pins INFO
+  (``quiet_libp2p_logging``).
+- Not worked around, documented: GossipSub's per-peer outbound queue (32 RPCs, as go) rejects what a
+  publisher outruns in a loop without checkpoints; publish offers one at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import libp2p
+import libp2p.pubsub.pubsub as _pubsub_module
+import trio
+from libp2p.abc import IHost, INetStream
+from libp2p.crypto.keys import KeyPair
+from libp2p.crypto.x25519 import create_new_key_pair as _new_x25519_key_pair
+from libp2p.custom_types import TProtocol
+from libp2p.kad_dht.common import PROTOCOL_ID as KAD_PROTOCOL_ID
+from libp2p.kad_dht.kad_dht import KadDHT
+from libp2p.kad_dht.pb.kademlia_pb2 import Message as KadMessage
+from libp2p.network.config import ConnectionConfig
+from libp2p.peer.id import ID
+from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
+from libp2p.pubsub.pubsub import Pubsub
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
+from libp2p.stream_muxer.yamux.yamux import Yamux
+
+log = logging.getLogger("suanli.p2p.workarounds")
+
+LIBP2P_VERSION = "0.8.1"
+if libp2p.__version__ != LIBP2P_VERSION:  # pragma: no cover - a packaging error, not a runtime path
+    log.warning("py-libp2p %s is installed; these workarounds were verified on %s: re-run "
+                "tests/p2p/test_workarounds.py", libp2p.__version__, LIBP2P_VERSION)
+
+StreamHandler = Callable[[INetStream], Awaitable[None]]
+SyncValidator = Callable[[ID, Any], bool]
+
+
+# --- item 25: a flood of log noise --------------------------------------------------------------
+# "Failed to read DHT message from stream" fires on every normal close, plus spurious ERRORs; the
+# `libp2p` logger has no handler, so its WARNINGs reach stderr through logging's last resort.
+def quiet_libp2p_logging(level: int = logging.ERROR) -> None:
+    """Keep libp2p's own loggers at ``level`` (ERROR) and off stderr unless the app logs them."""
+    lib_logger = logging.getLogger("libp2p")
+    lib_logger.setLevel(level)
+    # libp2p.utils.logging sets propagate=False on import, so its ERRORs never reach the app's
+    # handlers and go to logging.lastResort (stderr) instead. Propagate to the app; the NullHandler
+    # keeps records off lastResort when the app installed no handler at all.
+    lib_logger.propagate = True
+    if not any(isinstance(h, logging.NullHandler) for h in lib_logger.handlers):
+        lib_logger.addHandler(logging.NullHandler())
+    # Some modules pin their own level (network/auto_connector.py: INFO every 30 s); raise them too.
+    for name, child in list(logging.root.manager.loggerDict.items()):
+        if name.startswith("libp2p.") and isinstance(child, logging.Logger) and 0 < child.level < level:
+            child.setLevel(level)
+
+
+# --- item 1: an exception in any stream handler kills the whole host ----------------------------
+def safe_stream_handler(handler: StreamHandler, protocol: str) -> StreamHandler:
+    """Wrap a stream handler so that its exception resets that stream and never ends the host."""
+
+    async def guarded(stream: INetStream) -> None:
+        try:
+            await handler(stream)
+        except Exception as exc:  # the per-stream boundary (STYLE 2); trio.Cancelled passes through
+            peer = _stream_peer(stream)
+            log.warning("handler for %s failed on a stream from %s: %r", protocol, peer, exc)
+            with trio.CancelScope(shield=True), trio.move_on_after(2):
+                try:
+                    await stream.reset()
+                except Exception:  # already broken: nothing left to release
+                    pass
+
+    guarded.__name__ = f"safe_{getattr(handler, '__name__', 'handler')}"
+    return guarded
+
+
+def _stream_peer(stream: INetStream) -> str:
+    try:
+        return stream.muxed_conn.peer_id.to_base58()
+    except Exception:
+        return "?"
+
+
+# --- item 2: an exception in a pubsub topic validator kills the node ----------------------------
+# --- item 12: async validators deliver duplicates -> Suanli only uses sync validators -----------
+def safe_validator(validator: SyncValidator, topic: str) -> SyncValidator:
+    """Wrap a synchronous topic validator: any exception means "invalid", never a dead node."""
+
+    def guarded(forwarder: ID, msg: Any) -> bool:
+        try:
+            return bool(validator(forwarder, msg))
+        except Exception as exc:
+            log.info("validator for %s raised on a message from %s: %r", topic, forwarder, exc)
+            return False
+
+    return guarded
+
+
+# --- item 4: permanent inbound lockout after 250 connections in a node's lifetime ---------------
+# The swarm's inbound limiter has max_connections - min_connections = 250 tokens and a token is only
+# released when the swarm stops, so connection 251 onward is refused forever. A huge max_connections
+# makes the limiter unreachable (one trio task per inbound connection still leaks: item 24).
+# --- item 7: every dial stalls 250 ms (happy-eyeballs delay) unless one connection per peer ------
+LIFETIME_INBOUND_CAP = 1_000_000
+
+
+def connection_config() -> ConnectionConfig:
+    return ConnectionConfig(max_connections=LIFETIME_INBOUND_CAP, max_connections_per_peer=1)
+
+
+# --- item 6: the default host accepts /plaintext/2.0.0 (unauthenticated peer ids), TLS, secio ----
+# Also issue 7: py-libp2p's TLS certificate is rejected by js-libp2p, so Noise is the only choice.
+def noise_only(key_pair: KeyPair) -> dict[TProtocol, Any]:
+    return {
+        NOISE_PROTOCOL_ID: NoiseTransport(key_pair, noise_privkey=_new_x25519_key_pair().private_key)
+    }
+
+
+def yamux_only() -> dict[TProtocol, Any]:
+    """Yamux only: the default also offers mplex, which go-libp2p dropped (interop section)."""
+    return {TProtocol(YAMUX_PROTOCOL_ID): Yamux}
+
+
+# --- item 23: reconnecting to a restarted peer (same id, new port) fails --------------------------
+# connect() dials the peerstore's addresses (the dead one first, one per transport), then a 60 s
+# negative cache refuses further attempts.
+def forget_peer_addrs(host: IHost, peer_id: ID) -> None:
+    """Drop stale addresses and the negative-cache entry of ``peer_id`` before dialing it afresh."""
+    if peer_id in host.get_network().connections:
+        return  # connected: the addresses in use are good
+    try:
+        host.get_peerstore().clear_addrs(peer_id)
+    except Exception:  # unknown peer: nothing to clear
+        pass
+    host.get_network().unblock_peer(peer_id)
+
+
+# --- issue 7 / research "go-libp2p interop": py replies to ADD_PROVIDER -------------------------
+# go-libp2p-kad-dht sends ADD_PROVIDER fire-and-forget on a reused stream; py's echo is read as the
+# answer to go's next request, every later answer is one behind, and go later panics. Suanli's KAD
+# handler passes the stock one a stream whose writes drop the ADD_PROVIDER echo.
+class _NoAddProviderEcho:
+    """A stream proxy that swallows complete ADD_PROVIDER response frames written to it."""
+
+    def __init__(self, stream: INetStream) -> None:
+        self._stream = stream
+        self._pending = bytearray()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+    async def write(self, data: bytes) -> None:
+        # The handler writes varint(len) and the message as two writes; hold bytes until a whole
+        # frame is present, then forward or drop it.
+        self._pending += data
+        while True:
+            frame = _split_varint_frame(self._pending)
+            if frame is None:
+                return
+            whole, body = frame
+            del self._pending[:whole]
+            if not _is_add_provider(body):
+                await self._stream.write(_frame_bytes(body))
+
+
+def _split_varint_frame(buf: bytearray) -> tuple[int, bytes] | None:
+    length = shift = 0
+    for i, byte in enumerate(buf[:10]):
+        length |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            end = i + 1 + length
+            if len(buf) < end:
+                return None
+            return end, bytes(buf[i + 1:end])
+    return None
+
+
+def _frame_bytes(body: bytes) -> bytes:
+    out = bytearray()
+    n = len(body)
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out) + body
+
+
+def _is_add_provider(body: bytes) -> bool:
+    try:
+        msg = KadMessage()
+        msg.ParseFromString(body)
+    except Exception:
+        return False
+    return bool(msg.type == KadMessage.MessageType.ADD_PROVIDER)
+
+
+def silence_add_provider_echo(host: IHost, dht: KadDHT) -> None:
+    """Serve KAD through the stock handler, minus its ADD_PROVIDER reply (and exception-safe)."""
+
+    async def handle(stream: INetStream) -> None:
+        await dht.handle_stream(_NoAddProviderEcho(stream))  # type: ignore[arg-type]
+
+    host.set_stream_handler(KAD_PROTOCOL_ID, safe_stream_handler(handle, str(KAD_PROTOCOL_ID)))
+
+
+# --- GossipSub defaults: items 8, 9, 11, 14, 26 and the validation cache -----------------------
+# item 8: spam protection silently drops a publisher's messages beyond 10 msg/s, own publishes too.
+# item 9: "adaptive gossip" turns a 1 s heartbeat into 30 s on a healthy idle network.
+# item 11: a subscription queue of 32 messages; a busy consumer silently loses the rest.
+SUBSCRIPTION_CHANNEL_SIZE = 1024
+
+
+def offer_message_id(msg: Any) -> bytes:
+    """item 14: the default id is from+seqno, so a republished identical payload is a new message."""
+    return hashlib.sha256(msg.data).digest()
+
+
+class _NoValidationCache:
+    """Found here (not in the research doc): Pubsub caches each validator verdict by message id
+    for 300 s, ahead of the validator. With content ids (item 14) anyone who republishes a provider's
+    signed offer under their own peer id gets it cached as invalid (signer != publisher), and the
+    provider's own copy is then refused from the cache: an offer can be censored by its bytes alone.
+    A valid verdict is likewise replayed after its offer expired. Validators here are cheap: no cache."""
+
+    def get(self, msg_id: bytes) -> None:
+        return None
+
+    def put(self, msg_id: bytes, result: Any) -> None:
+        return None
+
+    def clear_expired(self) -> None:
+        return None
+
+
+def new_pubsub(host: IHost, *, heartbeat_interval_s: int = 1) -> tuple[Pubsub, GossipSub]:
+    """A GossipSub router and Pubsub with the defaults above fixed; not started yet."""
+    _pubsub_module.SUBSCRIPTION_CHANNEL_SIZE = max(
+        _pubsub_module.SUBSCRIPTION_CHANNEL_SIZE, SUBSCRIPTION_CHANNEL_SIZE)
+    router = GossipSub(
+        protocols=[PROTOCOL_ID_V12, PROTOCOL_ID_V11],
+        degree=6, degree_low=4, degree_high=12,
+        heartbeat_initial_delay=0.5,
+        heartbeat_interval=heartbeat_interval_s,
+        adaptive_gossip_enabled=False,
+        spam_protection_enabled=False,
+    )
+    pubsub = Pubsub(host, router, strict_signing=True, msg_id_constructor=offer_message_id)
+    pubsub.validation_cache = _NoValidationCache()  # type: ignore[assignment]
+    return pubsub, router
+
+
+# --- item 26: every Pubsub starts a LastSeenCache sweeper thread that outlives shutdown ----------
+def stop_pubsub_threads(pubsub: Pubsub) -> None:
+    pubsub.seen_messages.stop()
+
+
+# --- item 5: leaving host.run() closes nothing (port still accepts, peers keep the connection) ---
+async def close_host(host: IHost, timeout_s: float = 5.0) -> None:
+    """Close listeners and connections; must be awaited inside ``host.run()``."""
+    with trio.CancelScope(shield=True), trio.move_on_after(timeout_s):
+        # Found here: Swarm.close() closes connections one after another, and each close sleeps
+        # 0.2 s (SwarmConn.close and Yamux.close each `await trio.sleep(0.1)`), so a bootstrap with
+        # 100 peers took 20 s to stop. Close them side by side first; host.close() then finds none.
+        network = host.get_network()
+        async with trio.open_nursery() as nursery:
+            for conns in list(network.connections.values()):
+                for conn in list(conns):
+                    nursery.start_soon(_close_quietly, conn)
+        await host.close()
+
+
+async def _close_quietly(conn: Any) -> None:
+    try:
+        await conn.close()
+    except Exception as exc:  # a broken connection is closed enough
+        log.debug("closing %r: %r", conn, exc)

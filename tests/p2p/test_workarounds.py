@@ -1,0 +1,314 @@
+"""One regression test per py-libp2p 0.8.1 defect worked around in p2p/workarounds.py.
+
+Each test drives real hosts on 127.0.0.1 and fails if its workaround is removed (the item numbers
+are those of shared/research/py-libp2p-0.8.1.md, section (d)).
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import AsyncExitStack
+
+import multiaddr
+import pytest
+import trio
+import trio.lowlevel
+import varint
+from libp2p import new_host
+from libp2p.custom_types import TProtocol
+from libp2p.exceptions import BaseLibp2pError
+from libp2p.kad_dht.common import PROTOCOL_ID as KAD
+from libp2p.kad_dht.pb.kademlia_pb2 import Message as KadMessage
+from libp2p.network.stream.exceptions import StreamError
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTransport
+from libp2p.utils.varint import read_varint_prefixed_bytes
+
+from p2p import workarounds
+from p2p.host import PeerUnreachableError, key_pair_of, open_host
+from p2p.identity import generate_key
+from p2p.testing import (
+    count_trio_tasks,
+    live_threads,
+    loopback_config,
+    port_accepts,
+    tcp_port_of,
+    topic_peers,
+    wait_until,
+)
+
+TOPIC = "/suanli/test/1"
+
+
+async def _ok(stream):
+    await stream.write(b"ok")
+    await stream.close()
+
+
+async def _boom(stream):
+    raise RuntimeError("handler bug")
+
+
+# item 1 ---------------------------------------------------------------------------------------
+async def test_handler_exception_resets_that_stream_and_the_host_keeps_serving():
+    handlers = {"/t/boom/1": _boom, "/t/ok/1": _ok}
+    async with open_host(loopback_config(handlers=handlers)) as a:
+        async with open_host(loopback_config(bootstrap=(a.addrs()[0],))) as b:
+            for _ in range(3):
+                with trio.fail_after(10):
+                    # reset or EOF (maybe while opening), never a hang
+                    with pytest.raises((PeerUnreachableError, StreamError, EOFError)):
+                        s = await b.open_stream(a.peer_id, "/t/boom/1")
+                        data = await s.read(10)
+                        if not data:
+                            raise EOFError
+            s = await b.open_stream(a.peer_id, "/t/ok/1")
+            with trio.fail_after(10):
+                assert await s.read(10) == b"ok"
+
+
+# item 2 ---------------------------------------------------------------------------------------
+def _picky(forwarder, msg) -> bool:
+    if msg.data == b"boom":
+        raise ValueError("validator bug")
+    return True
+
+
+async def test_validator_exception_rejects_the_message_and_the_node_lives():
+    topics = {TOPIC: _picky}
+    async with open_host(loopback_config(topics=topics)) as a:
+        async with open_host(loopback_config(topics=topics, bootstrap=(a.addrs()[0],))) as b:
+            await wait_until(lambda: a.peer_id in topic_peers(b, TOPIC), timeout_s=10)
+            await a.pubsub.publish(TOPIC, b"boom")
+            await a.pubsub.publish(TOPIC, b"fine")
+            with trio.fail_after(10):
+                msg = await b.subscriptions[TOPIC].get()
+            assert msg.data == b"fine"
+
+
+# item 4 ---------------------------------------------------------------------------------------
+async def test_more_than_250_inbound_connections_in_a_lifetime_are_accepted():
+    # 8 clients x 34 connect/disconnect cycles = 272 inbound connections in a's lifetime. A disconnect
+    # takes ~0.2 s of fixed sleeps inside py-libp2p, so the clients run side by side.
+    async with open_host(loopback_config()) as a, AsyncExitStack() as stack:
+        info = info_from_p2p_addr(multiaddr.Multiaddr(a.addrs()[0]))
+        clients = [await stack.enter_async_context(open_host(loopback_config())) for _ in range(8)]
+        done = []
+
+        async def cycle(client):
+            for _ in range(34):
+                await client.connect_info(info)
+                await client.host.disconnect(info.peer_id)
+                done.append(1)
+
+        with trio.fail_after(120):
+            async with trio.open_nursery() as nursery:
+                for client in clients:
+                    nursery.start_soon(cycle, client)
+        assert len(done) == 272
+        async with open_host(loopback_config(bootstrap=(a.addrs()[0],))) as late:  # and one more
+            assert a.peer_id in late.connected_peers()
+
+
+# item 5 and item 26 ---------------------------------------------------------------------------
+async def test_leaving_open_host_leaves_no_task_thread_or_listening_port():
+    await trio.lowlevel.checkpoint()
+    tasks, threads = count_trio_tasks(), live_threads()
+    async with open_host(loopback_config(topics={TOPIC: None})) as a:
+        async with open_host(loopback_config(topics={TOPIC: None}, bootstrap=(a.addrs()[0],))) as b:
+            port_a, port_b = tcp_port_of(a.addrs()[0]), tcp_port_of(b.addrs()[0])
+            s = await b.open_stream(a.peer_id, str(KAD))
+            await s.close()
+            assert live_threads() > threads
+    assert not port_accepts(port_a) and not port_accepts(port_b)
+    await wait_until(lambda: count_trio_tasks() == tasks, timeout_s=5)
+    assert live_threads() == threads
+
+
+async def test_closing_a_node_closes_its_connections_side_by_side():
+    # Found here: Swarm.close() closes connections one by one with 0.2 s of fixed sleeps each, so a
+    # node with 10 peers needs >= 2 s to stop; closed side by side it takes a fraction of that.
+    async with AsyncExitStack() as stack:
+        peers = [await stack.enter_async_context(open_host(loopback_config())) for _ in range(10)]
+        async with open_host(loopback_config()) as a:
+            for p in peers:
+                await a.connect(p.addrs()[0])
+            assert len(a.connected_peers()) == 10
+            t0 = trio.current_time()
+        elapsed = trio.current_time() - t0
+    assert elapsed < 1.5
+
+
+# item 6 ---------------------------------------------------------------------------------------
+async def test_a_plaintext_only_peer_is_refused():
+    async with open_host(loopback_config()) as a:
+        kp = key_pair_of(generate_key())
+        rogue = new_host(key_pair=kp, sec_opt={PLAINTEXT_PROTOCOL_ID: InsecureTransport(kp)},
+                         muxer_opt=workarounds.yamux_only(),
+                         connection_config=workarounds.connection_config())
+        async with rogue.run(listen_addrs=[multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]):
+            try:
+                with trio.fail_after(15):
+                    with pytest.raises(BaseLibp2pError):  # no common security protocol
+                        await rogue.connect(info_from_p2p_addr(multiaddr.Multiaddr(a.addrs()[0])))
+            finally:
+                await workarounds.close_host(rogue)
+        async with open_host(loopback_config(bootstrap=(a.addrs()[0],))) as c:  # a still serves Noise
+            assert a.peer_id in c.connected_peers()
+
+
+# item 7 ---------------------------------------------------------------------------------------
+async def test_a_dial_does_not_wait_out_the_happy_eyeballs_delay():
+    # With the defect every dial takes >= 250 ms (a fixed sleep); the best of a few must be faster.
+    async with open_host(loopback_config()) as a, open_host(loopback_config()) as b:
+        info = info_from_p2p_addr(multiaddr.Multiaddr(a.addrs()[0]))
+        best = 10.0
+        for _ in range(6):
+            t0 = trio.current_time()
+            await b.connect_info(info)
+            best = min(best, trio.current_time() - t0)
+            await b.host.disconnect(info.peer_id)
+        assert best < 0.24
+
+
+# item 23 --------------------------------------------------------------------------------------
+async def test_reconnect_to_a_peer_restarted_on_a_new_port():
+    key = generate_key()
+    async with open_host(loopback_config()) as b:
+        async with open_host(loopback_config(key=key)) as a1:
+            await b.connect(a1.addrs()[0])
+            old_port = tcp_port_of(a1.addrs()[0])
+            old_addr = a1.addrs()[0]
+        await wait_until(lambda: key.peer_id not in b.connected_peers(), timeout_s=10)
+        with pytest.raises(PeerUnreachableError):  # while it is down: py-libp2p caches the failure
+            await b.connect(old_addr)
+        async with open_host(loopback_config(key=key)) as a2:
+            assert tcp_port_of(a2.addrs()[0]) != old_port
+            with trio.fail_after(15):
+                assert await b.connect(a2.addrs()[0]) == key.peer_id
+
+
+async def test_an_unreachable_peer_is_a_peer_unreachable_error():
+    async with open_host(loopback_config()) as b:
+        gone = generate_key()
+        with pytest.raises(PeerUnreachableError) as info:
+            await b.connect(f"/ip4/127.0.0.1/tcp/1/p2p/{gone.peer_id}")
+        assert info.value.peer == gone.peer_id
+
+
+# issue 7: ADD_PROVIDER gets no reply ----------------------------------------------------------
+async def test_add_provider_is_not_answered_so_the_next_reply_is_in_step():
+    async with open_host(loopback_config()) as a, open_host(loopback_config()) as b:
+        await b.connect(a.addrs()[0])
+        stream = await b.host.new_stream(ID.from_base58(a.peer_id), [TProtocol(str(KAD))])
+        add = KadMessage(type=KadMessage.MessageType.ADD_PROVIDER, key=b"\x12\x20" + bytes(32))
+        prov = add.providerPeers.add()
+        prov.id = b.host.get_id().to_bytes()
+        prov.addrs.append(multiaddr.Multiaddr(b.addrs()[0].split("/p2p/")[0]).to_bytes())
+        ping = KadMessage(type=KadMessage.MessageType.PING)
+        for msg in (add, ping):
+            body = msg.SerializeToString()
+            await stream.write(varint.encode(len(body)) + body)
+        with trio.fail_after(10):
+            reply = KadMessage()
+            reply.ParseFromString(await read_varint_prefixed_bytes(stream))
+        assert reply.type == KadMessage.MessageType.PING
+        await stream.close()
+        # and the provider record was stored all the same
+        assert a.dht.provider_store.get_providers(add.key)
+
+
+# items 8, 9, 11, 14: GossipSub defaults -------------------------------------------------------
+async def test_gossip_defaults_are_fixed():
+    async with open_host(loopback_config(topics={TOPIC: None})) as a:
+        assert a.router.adaptive_gossip_enabled is False  # item 9
+        assert a.router.heartbeat_interval == 1
+        assert a.router.spam_protection_enabled is False  # item 8
+
+
+async def test_a_burst_from_one_publisher_is_delivered_in_full():
+    # item 8: spam protection silently drops a publisher's messages beyond 10 msg/s.
+    async with open_host(loopback_config(topics={TOPIC: None})) as a:
+        async with open_host(loopback_config(topics={TOPIC: None}, bootstrap=(a.addrs()[0],))) as b:
+            await wait_until(lambda: a.peer_id in topic_peers(b, TOPIC), timeout_s=10)
+            got = []
+
+            async def drain():
+                while len(got) < 30:
+                    got.append((await b.subscriptions[TOPIC].get()).data)
+
+            with trio.fail_after(20):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(drain)
+                    for i in range(30):  # 25 msg/s, above the stock 10 msg/s cap
+                        await a.pubsub.publish(TOPIC, b"burst %d" % i)
+                        await trio.sleep(0.04)
+            assert sorted(got) == sorted(b"burst %d" % i for i in range(30))
+
+
+async def test_a_busy_subscriber_loses_nothing_up_to_1024_queued_messages():
+    # item 11: the stock subscription queue keeps 32 messages and drops the rest.
+    async with open_host(loopback_config(topics={TOPIC: None})) as a:
+        async with open_host(loopback_config(topics={TOPIC: None}, bootstrap=(a.addrs()[0],))) as b:
+            await wait_until(lambda: a.peer_id in topic_peers(b, TOPIC), timeout_s=10)
+            for i in range(100):
+                await a.pubsub.publish(TOPIC, b"queued %d" % i)
+                # A publisher must yield now and then: the per-peer outbound RPC queue (32, as in
+                # go-libp2p-pubsub) rejects what a tight loop outruns.
+                await trio.sleep(0.005)
+            got = []
+            with trio.fail_after(20):
+                while len(got) < 100:
+                    got.append((await b.subscriptions[TOPIC].get()).data)
+            assert len(set(got)) == 100
+
+
+async def test_the_same_payload_published_twice_is_delivered_once():
+    # item 14: the default message id is from+seqno, so a republished offer is a new message.
+    async with open_host(loopback_config(topics={TOPIC: None})) as a:
+        async with open_host(loopback_config(topics={TOPIC: None}, bootstrap=(a.addrs()[0],))) as b:
+            await wait_until(lambda: a.peer_id in topic_peers(b, TOPIC), timeout_s=10)
+            await a.pubsub.publish(TOPIC, b"same offer")
+            await a.pubsub.publish(TOPIC, b"same offer")
+            await a.pubsub.publish(TOPIC, b"end")
+            got = []
+            with trio.fail_after(10):
+                while not got or got[-1] != b"end":
+                    got.append((await b.subscriptions[TOPIC].get()).data)
+            assert got == [b"same offer", b"end"]
+
+
+def _owner_validator(forwarder, msg) -> bool:
+    # The payload names its owner; only the owner may publish it (like an offer's provider).
+    return msg.data.split(b"|")[0] == ID(msg.from_id).to_base58().encode()
+
+
+async def test_a_copy_published_by_someone_else_cannot_censor_the_owner():
+    # Validation-cache poisoning (found here): C (no validator: a rogue node) publishes A's payload
+    # first and is rejected by B; that verdict must not be cached against A's own copy.
+    topics = {TOPIC: _owner_validator}
+    async with open_host(loopback_config(topics=topics)) as a:
+        boot = (a.addrs()[0],)
+        async with open_host(loopback_config(topics=topics, bootstrap=boot)) as b, \
+                open_host(loopback_config(topics={TOPIC: None}, bootstrap=(b.addrs()[0],))) as c:
+            await wait_until(lambda: {a.peer_id, c.peer_id} <= topic_peers(b, TOPIC), timeout_s=10)
+            payload = a.peer_id.encode() + b"|offer"
+            await c.pubsub.publish(TOPIC, payload)  # rejected by b (signer != owner)
+            await trio.sleep(0.3)
+            await a.pubsub.publish(TOPIC, payload)
+            with trio.fail_after(10):
+                msg = await b.subscriptions[TOPIC].get()
+            assert msg.data == payload and ID(msg.from_id).to_base58() == a.peer_id
+
+
+# item 25 --------------------------------------------------------------------------------------
+async def test_libp2p_warnings_are_kept_quiet_and_errors_reach_the_app(caplog):
+    async with open_host(loopback_config()):
+        with caplog.at_level(logging.DEBUG):
+            logging.getLogger("libp2p.kad_dht.kad_dht").warning("Failed to read DHT message from stream: x")
+            logging.getLogger("libp2p.network.auto_connector").info("AUTO_CONNECTOR_STATE: x")
+            logging.getLogger("libp2p.kad_dht.kad_dht").error("a real error")
+    messages = [r.getMessage() for r in caplog.records]
+    assert "a real error" in messages
+    assert not any("Failed to read DHT message" in m or "AUTO_CONNECTOR" in m for m in messages)
