@@ -13,12 +13,13 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 from market.records import Offer
 from p2p.envelope import Signed
 
-class Outcome(str, Enum):
+
+class Outcome(StrEnum):
     added = "added"
     replaced = "replaced"
     stale = "stale"

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, ClassVar
 
-from p2p.records import Digest, MaxLen, PublicKey, Record, ShortText, Size, U64, record, struct
+from p2p.records import U64, Digest, MaxLen, PublicKey, Record, ShortText, Size, record, struct
 
 ImageRef = Annotated[str, MaxLen(128)]
 Command = Annotated[tuple[Annotated[str, MaxLen(4096)], ...], MaxLen(256)]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
-from p2p.records import Digest, MaxLen, Record, ShortText, U64, decode_one_of, record
+from p2p.records import U64, Digest, MaxLen, Record, ShortText, decode_one_of, record
 
 PROTOCOL_ID = "/suanli/negotiate/1.0.0"
 Envelope = Annotated[bytes, MaxLen(96 * 1024)]

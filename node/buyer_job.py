@@ -22,8 +22,22 @@ from pathlib import Path
 import trio
 
 from market.service import Deal
-from node.jobwire import (CHUNK_BYTES, MAX_FRAME_BYTES, PROTOCOL_ID, Cancel, Chunk, Countersign, Done, End, Fail, Log, ReceiptMsg,
-                          Start, Status, decode_message)
+from node.jobwire import (
+    CHUNK_BYTES,
+    MAX_FRAME_BYTES,
+    PROTOCOL_ID,
+    Cancel,
+    Chunk,
+    Countersign,
+    Done,
+    End,
+    Fail,
+    Log,
+    ReceiptMsg,
+    Start,
+    Status,
+    decode_message,
+)
 from node.provider_job import send_blob
 from p2p.envelope import Signed, countersign, open_signed
 from p2p.errors import CodecError, RemoteProtocolError, SignatureError, SuanliError

@@ -27,7 +27,7 @@ MAX_REQUEST = 4096
 
 async def serve_control(path: Path, status: Callable[[], dict[str, Any]], *,
                         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    path.unlink(missing_ok=True)
+    await trio.Path(path).unlink(missing_ok=True)  # a stale socket of a crashed run (Rule 1)
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old = os.umask(0o177)
     try:
@@ -45,7 +45,8 @@ async def serve_control(path: Path, status: Callable[[], dict[str, Any]], *,
                     stream = await listener.accept()
                     nursery.start_soon(_answer, stream, status)
     finally:
-        path.unlink(missing_ok=True)
+        with trio.CancelScope(shield=True):
+            await trio.Path(path).unlink(missing_ok=True)
 
 
 async def _answer(stream: trio.SocketStream, status: Callable[[], dict[str, Any]]) -> None:

@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
-from p2p.records import I64, Digest, MaxLen, Record, ShortText, U64, decode_one_of, record
+from p2p.records import I64, U64, Digest, MaxLen, Record, ShortText, decode_one_of, record
 
 PROTOCOL_ID = "/suanli/job/1.0.0"
 CHUNK_BYTES = 128 * 1024

@@ -203,7 +203,8 @@ async def open_provider(setup: ProviderSetup, *, handlers: dict[str, object] | N
         await close_open_agreements(store, key)
         runtime_box: list[ProviderRuntime] = []
 
-        async def on_agreement(agreement: Signed[Agreement], proposal: Signed[Proposal], allocation: Allocation) -> None:
+        async def on_agreement(agreement: Signed[Agreement], proposal: Signed[Proposal],
+                               allocation: Allocation) -> None:
             await store.put_proposal(proposal)
             await store.put_agreement(agreement)
             job = services.active[agreement.record_id] = ActiveJob(agreement, proposal, allocation)

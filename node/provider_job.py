@@ -28,8 +28,20 @@ import trio
 
 from market.capacity import Allocation
 from market.records import Agreement, Proposal
-from node.jobwire import (CHUNK_BYTES, Cancel, Chunk, Countersign, Done, End, Fail, Log, ReceiptMsg, Start, Status,
-                          decode_message)
+from node.jobwire import (
+    CHUNK_BYTES,
+    Cancel,
+    Chunk,
+    Countersign,
+    Done,
+    End,
+    Fail,
+    Log,
+    ReceiptMsg,
+    Start,
+    Status,
+    decode_message,
+)
 from node.outbox import Outbox
 from p2p.envelope import Signed, open_signed, sign_record
 from p2p.errors import CodecError, RemoteProtocolError, SignatureError, SuanliError
@@ -47,8 +59,7 @@ from sandbox.spec import EngineFacts, GpuInfo, ProviderPolicy
 from sandbox.spec import JobSpec as SandboxJob
 from settlement.astore import AsyncStore
 from settlement.billing import amount_due
-from settlement.records import (BUYER_CANCEL, BUYER_UNRESPONSIVE, COMPLETED, DEADLINE, PROVIDER_FAULT, Receipt,
-                                Usage)
+from settlement.records import BUYER_CANCEL, BUYER_UNRESPONSIVE, COMPLETED, DEADLINE, PROVIDER_FAULT, Receipt, Usage
 from settlement.session import PAUSE, RESUME, RUN, STOP, ExposureGuard, ReceiptIssuer
 
 log = logging.getLogger("suanli.node.job")

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, ClassVar
 
-from p2p.records import I64, Digest, MaxLen, PublicKey, Record, ShortText, U64, record, struct
+from p2p.records import I64, U64, Digest, MaxLen, PublicKey, Record, ShortText, record, struct
 
 RUNNING = "running"
 FINAL = "final"

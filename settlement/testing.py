@@ -10,8 +10,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, replace
 
-from market.records import (Agreement, Capacity, JobSpec, Limits, Offer, Prices, Proposal, ReceiptTerms,
-                            ResourceRequest)
+from market.records import Agreement, Capacity, JobSpec, Limits, Offer, Prices, Proposal, ReceiptTerms, ResourceRequest
 from p2p.envelope import Signed, countersign, sign_record
 from p2p.identity import NodeKey
 from settlement.billing import amount_due

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
 import logging
 import os
 import re
 import signal
 import sys
-import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,8 +114,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 async def _run(args: argparse.Namespace, command: list[str]) -> int:
     from market.matching import JobRequest, explain, rank_offers
     from market.records import JobSpec, Proposal, ResourceRequest
+    from market.reputation import COMPLETED, FAILED
     from market.service import negotiate_first, now_ms
-    from node.buyer_job import BuyerHooks, JobFailed, pack_dir, run_job
+    from node.buyer_job import JobFailed, pack_dir, run_job
     from node.overlay import BuyerOverlay
     from node.paths import data_dir
     from p2p.envelope import sign_record
@@ -150,7 +149,8 @@ async def _run(args: argparse.Namespace, command: list[str]) -> int:
     async with open_host(config) as node:
         offers = await overlay.discover(node, request, wait_s=args.wait)
         now = now_ms()
-        ranked = rank_offers([o.record for o in offers], request, now, limit=args.candidates)
+        reputation = await trio.to_thread.run_sync(_reputation, home / "buyer.db")
+        ranked = rank_offers([o.record for o in offers], request, now, limit=args.candidates, reputation=reputation)
         say(f"suanli: {len(offers)} offer(s) found in {time.monotonic() - t0:.1f} s; {len(ranked)} can run this job")
         if not ranked:
             for offer, reasons in explain([o.record for o in offers], request, now):
@@ -226,6 +226,9 @@ async def _run(args: argparse.Namespace, command: list[str]) -> int:
                     except JobFailed as exc:
                         failure = exc
                     nursery.cancel_scope.cancel()
+            # Local reputation (market.reputation): what this buyer saw of this provider.
+            seen = COMPLETED if outcome is not None and outcome.reason in ("completed", "buyer_cancel") else FAILED
+            await store.record_outcome(ag.provider, seen, deal.agreement.record_id, now_ms())
     if failure is not None or outcome is None:
         message = str(failure) if failure else "interrupted"
         say(f"suanli: job failed: {message}")
@@ -249,6 +252,16 @@ async def _run(args: argparse.Namespace, command: list[str]) -> int:
             f"evidence in {db_path}")
     code = outcome.exit_code if outcome.exit_code is not None else EXIT_JOB_FAILED
     return code if 0 <= code <= 255 else EXIT_JOB_FAILED
+
+
+def _reputation(db_path: Path) -> dict[bytes, int]:
+    from market.reputation import scores
+    from settlement.store import Store
+
+    if not db_path.exists():
+        return {}
+    with Store(db_path) as store:
+        return scores(store.outcome_counts())
 
 
 def _hooks(args: argparse.Namespace, say: Any) -> Any:

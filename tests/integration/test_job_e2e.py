@@ -66,3 +66,49 @@ async def test_unknown_image_fails_clearly_and_the_chain_closes(tmp_path, docker
                     await run_job(client, buyer, store, deal, b"", None, BuyerHooks(), trio.Event(), now_ms())
     (result,) = audit(read_inputs([tmp_path / "provider" / "node.db"]))
     assert result.report.ok and result.report.amount_micros == 0
+
+
+async def test_image_shipped_over_the_overlay_when_the_provider_lacks_it(tmp_path, docker_client):
+    import platform
+    import uuid
+
+    from market.records import JobSpec
+    from p2p.envelope import sign_record
+    from sandbox.archive import LayerEntry, image_archive, layer_tar
+    from sandbox.images import read_busybox
+
+    busybox = read_busybox()
+    marker = uuid.uuid4().hex.encode()  # a fresh image each run: the provider cannot have it yet
+    entries = [LayerEntry("bin", "dir"), LayerEntry("bin/busybox", "file", 0o755, data=busybox),
+               LayerEntry("bin/sh", "symlink", 0o777, target="busybox"),
+               LayerEntry("marker", "file", 0o644, data=marker)]
+    entries += [LayerEntry(d, "dir", 0o755, 65534, 65534) for d in ("io", "io/in", "io/out")]
+    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
+    archive, digests = image_archive(layer_tar(entries), {"User": "65534:65534", "Env": ["PATH=/bin"]},
+                                     architecture=arch)
+    image_id = digests.config_digest
+    progress = []
+    provider_key, buyer = generate_key(), generate_key()
+    try:
+        async with open_provider(local_setup(tmp_path / "provider", provider_key)) as runtime:
+            async with open_host(loopback_config(buyer, bootstrap=(runtime.node.addrs()[0],))) as client, \
+                    open_store(tmp_path / "buyer.db") as store:
+                base = make_proposal(buyer, runtime.offer, image_id, ["sh", "-c", "cat /marker"]).record
+                job = JobSpec(image_id, bytes.fromhex(digests.archive_sha256.split(":")[1]), base.job.command, {},
+                              None)
+                from dataclasses import replace
+
+                signed = sign_record(replace(base, job=job), buyer)
+                with trio.fail_after(120):
+                    deal = await negotiate_with(client, provider_key.peer_id, buyer, signed)
+                    lines = []
+                    hooks = BuyerHooks(on_log=lambda s, d: lines.append(d),
+                                       on_progress=lambda k, done, total: progress.append((k, done, total)))
+                    outcome = await run_job(client, buyer, store, deal, b"", archive, hooks, trio.Event(), now_ms())
+        assert outcome.exit_code == 0 and lines == [marker]
+        assert progress and progress[-1] == ("image", len(archive), len(archive))
+    finally:
+        try:
+            docker_client.api.remove_image(image_id, force=True)
+        except Exception:
+            pass

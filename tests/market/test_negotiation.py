@@ -7,9 +7,23 @@ from dataclasses import replace
 
 import pytest
 
-from market.negotiation import (BAD_PROPOSAL, BUYER, DURATION_TOO_LONG, EXPIRED_OFFER, EXPIRED_PROPOSAL,
-                                IMAGE_NOT_ALLOWED, MAX_ROUNDS, MOVES, PROVIDER, RECV, SEND, TERMS_UNACCEPTABLE,
-                                Negotiation, check_agreement, check_proposal)
+from market.negotiation import (
+    BAD_PROPOSAL,
+    BUYER,
+    DURATION_TOO_LONG,
+    EXPIRED_OFFER,
+    EXPIRED_PROPOSAL,
+    IMAGE_NOT_ALLOWED,
+    MAX_ROUNDS,
+    MOVES,
+    PROVIDER,
+    RECV,
+    SEND,
+    TERMS_UNACCEPTABLE,
+    Negotiation,
+    check_agreement,
+    check_proposal,
+)
 from market.records import Limits
 from p2p.errors import LocalProtocolError, RemoteProtocolError
 from settlement.testing import key_from_label, make_agreement, make_offer

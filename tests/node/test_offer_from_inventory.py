@@ -14,7 +14,8 @@ from sandbox.nvml import inventory
 from settlement.testing import key_from_label
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "nvml"
-TERMS = ProviderTerms(Prices({"NVIDIA H200": 2500}, 50, 10), Limits(3600, 2, ()), ReceiptTerms(1000, 3000, 5000, 50_000))
+TERMS = ProviderTerms(Prices({"NVIDIA H200": 2500}, 50, 10), Limits(3600, 2, ()),
+                      ReceiptTerms(1000, 3000, 5000, 50_000))
 KEY = key_from_label("provider")
 
 
