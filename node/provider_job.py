@@ -67,6 +67,7 @@ log = logging.getLogger("suanli.node.job")
 MAX_INPUT_BYTES = 256 << 20
 MAX_IMAGE_BYTES = 2 << 30
 MAX_WIRE_OUTPUT_BYTES = 256 << 20
+LOG_TAIL_S = 5.0  # how long the last log lines may take to arrive after the job exits
 
 
 def wall_ms() -> int:
@@ -345,30 +346,41 @@ class JobRun:
         def stop_soon() -> None:
             outer.start_soon(_stop_quietly, job)
 
+        async def pump_logs() -> None:
+            async with logs_send:  # closing it ends forward_logs once every line is through
+                await job.stream_logs(logs_send)
+
         async def forward_logs() -> None:
             async with logs:
                 async for line in logs:
                     self.outbox.log_line(Log(line.stream, line.text.encode("utf-8", "replace")[:CHUNK_BYTES]))
+            logs_done.set()
 
         async def watch_stop() -> None:
             await self.active.stop_requested.wait()
             await _stop_quietly(job)
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_wait_quietly, job)
-            nursery.start_soon(job.stream_logs, logs_send)
-            nursery.start_soon(forward_logs)
-            nursery.start_soon(self.read_buyer, stop_soon)
-            nursery.start_soon(watch_stop)
-            await nursery.start(partial(run_meter, job, samples_send, interval_s=self.ag.terms.interval_ms / 1000))
-            async with samples:
-                async for sample in samples:
-                    last = sample
-                    if job.exited.is_set():
-                        break
-                    await self._tick(job, sample)
-            # The job has exited: keep reading the buyer (the final countersignature comes later).
-            nursery.cancel_scope.cancel()
+        logs_done = trio.Event()
+        async with trio.open_nursery() as log_nursery:
+            log_nursery.start_soon(pump_logs)
+            log_nursery.start_soon(forward_logs)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_wait_quietly, job)
+                nursery.start_soon(self.read_buyer, stop_soon)
+                nursery.start_soon(watch_stop)
+                await nursery.start(partial(run_meter, job, samples_send, interval_s=self.ag.terms.interval_ms / 1000))
+                async with samples:
+                    async for sample in samples:
+                        last = sample
+                        if job.exited.is_set():
+                            break
+                        await self._tick(job, sample)
+                nursery.cancel_scope.cancel()
+            # The job has exited: its last lines may still be on their way from the engine.
+            with trio.move_on_after(LOG_TAIL_S):
+                await logs_done.wait()
+            log_nursery.cancel_scope.cancel()
+        # Keep reading the buyer: the final countersignature comes later.
         outer.start_soon(self.read_buyer, lambda: None)
         return job.result.final if job.result is not None else last
 

@@ -93,7 +93,7 @@ async def test_image_shipped_over_the_overlay_when_the_provider_lacks_it(tmp_pat
         async with open_provider(local_setup(tmp_path / "provider", provider_key)) as runtime:
             async with open_host(loopback_config(buyer, bootstrap=(runtime.node.addrs()[0],))) as client, \
                     open_store(tmp_path / "buyer.db") as store:
-                base = make_proposal(buyer, runtime.offer, image_id, ["sh", "-c", "cat /marker"]).record
+                base = make_proposal(buyer, runtime.offer, image_id, ["sh", "-c", "cat /marker; echo; sleep 1"]).record
                 job = JobSpec(image_id, bytes.fromhex(digests.archive_sha256.split(":")[1]), base.job.command, {},
                               None)
                 from dataclasses import replace
@@ -112,3 +112,22 @@ async def test_image_shipped_over_the_overlay_when_the_provider_lacks_it(tmp_pat
             docker_client.api.remove_image(image_id, force=True)
         except Exception:
             pass
+
+
+@pytest.mark.parametrize("command, expected", [
+    (["echo", "hi"], [("stdout", b"hi")]),
+    (["sh", "-c", "printf 'no newline at the end'"], [("stdout", b"no newline at the end")]),
+    (["sh", "-c", "echo out; echo err >&2"], [("stderr", b"err"), ("stdout", b"out")]),
+])
+async def test_a_job_that_exits_at_once_loses_no_output(tmp_path, demo_image, command, expected):
+    provider_key, buyer = generate_key(), generate_key()
+    lines = []
+    async with open_provider(local_setup(tmp_path / "provider", provider_key)) as runtime:
+        async with open_host(loopback_config(buyer, bootstrap=(runtime.node.addrs()[0],))) as client, \
+                open_store(tmp_path / "buyer.db") as store:
+            with trio.fail_after(60):
+                deal = await negotiate_with(client, provider_key.peer_id, buyer,
+                                            make_proposal(buyer, runtime.offer, demo_image, command))
+                hooks = BuyerHooks(on_log=lambda s, d: lines.append((s, d)))
+                outcome = await run_job(client, buyer, store, deal, b"", None, hooks, trio.Event(), now_ms())
+    assert outcome.exit_code == 0 and sorted(lines) == expected
