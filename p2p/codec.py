@@ -57,7 +57,8 @@ _packer = msgpack.Packer(use_bin_type=True, strict_types=True, autoreset=True)
 
 def pack(value: Any) -> bytes:
     """The canonical bytes of ``value`` (Rule 1-3)."""
-    return _packer.pack(_canonical(value))
+    data: bytes = _packer.pack(_canonical(value))
+    return data
 
 
 def pack_sorted(value: Any) -> bytes:
@@ -66,7 +67,8 @@ def pack_sorted(value: Any) -> bytes:
     The fast path for records, whose field order is sorted once per class; ``unpack`` round-trips
     every result, and tests check ``pack_sorted(x) == pack(x)`` for every record type.
     """
-    return _packer.pack(value)
+    data: bytes = _packer.pack(value)
+    return data
 
 
 def _pairs_hook(pairs: list[tuple[Any, Any]]) -> dict[str, Any]:

@@ -18,7 +18,6 @@ Wire form: the canonical msgpack map ``{"body": bin, "sigs": [bin64, ...]}``.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -34,14 +33,19 @@ _ENVELOPE_OVERHEAD = 32 + 4 * (SIGNATURE_BYTES + 2)
 R = TypeVar("R", bound=Record)
 
 
-@functools.cache
+_DOMAINS: dict[type[Record], tuple[bytes, ...]] = {}
+
+
 def domain(cls: type[Record], role: str) -> bytes:
     return f"suanli/{cls.TAG}/{cls.VERSION}/{role}".encode()
 
 
-@functools.cache
 def _domains(cls: type[Record]) -> tuple[bytes, ...]:
-    return tuple(domain(cls, role) for role, _ in _signers(cls))
+    """Every signer's domain, computed once per record class (the audit's hot path)."""
+    found = _DOMAINS.get(cls)
+    if found is None:
+        found = _DOMAINS[cls] = tuple(domain(cls, role) for role, _ in _signers(cls))
+    return found
 
 
 def _signers(cls: type[Record]) -> tuple[tuple[str, str], ...]:

@@ -101,10 +101,10 @@ def _compile_decoder(tp: Any) -> _Conv:
         inner = _compile_decoder(args[0])
         return lambda v, path: None if v is None else inner(v, path)
     if origin is tuple:
-        args = typing.get_args(tp)
-        if len(args) != 2 or args[1] is not Ellipsis:
+        items = typing.get_args(tp)
+        if len(items) != 2 or items[1] is not Ellipsis:
             raise TypeError(f"only tuple[X, ...] is supported, not {tp}")
-        item = _compile_decoder(args[0])
+        item = _compile_decoder(items[0])
 
         def conv_tuple(v: Any, path: str) -> tuple[Any, ...]:
             if type(v) is not list:
@@ -333,4 +333,5 @@ def decode_one_of(payload: bytes, messages: dict[str, type[Record]], max_bytes: 
     cls = messages.get(tag) if type(tag) is str else None
     if cls is None:
         raise CodecError(f"not a {what} message (t={tag!r:.40})")
-    return cls._from_wire(obj)  # type: ignore[no-any-return]
+    decoded: Record = cls._from_wire(obj)
+    return decoded

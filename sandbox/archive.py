@@ -128,7 +128,7 @@ def image_archive(layer: bytes, config_fields: Mapping[str, object], *, architec
         _blob(layer_digest): layer,
     }
     dirs = ["blobs/", "blobs/sha256/"]
-    members = [(_info(d, kind="dir", mode=0o755), None) for d in dirs]
+    members: list[tuple[tarfile.TarInfo, bytes | None]] = [(_info(d, kind="dir", mode=0o755), None) for d in dirs]
     members += [(_info(n, size=len(b)), b) for n, b in sorted(files.items())]
     data = _tar(members)
     return data, ArchiveDigests(sha256_digest(data), config_digest, manifest_digest, config)

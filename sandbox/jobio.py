@@ -78,7 +78,8 @@ def read_output_tar(data: bytes, *, max_files: int = 10_000) -> dict[str, bytes]
                     raise SandboxError("the job's outputs hold a link or device; refusing them",
                                        actual=member.name)
                 head, _, rest = member.name.partition("/")
-                files[safe_relpath(rest if head == "out" else member.name)] = tar.extractfile(member).read()
+                extracted = tar.extractfile(member)
+                files[safe_relpath(rest if head == "out" else member.name)] = extracted.read() if extracted else b""
                 if len(files) > max_files:
                     raise SandboxError("the job's outputs hold too many files", expected=max_files)
     except tarfile.TarError as exc:

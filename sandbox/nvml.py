@@ -122,7 +122,7 @@ def job_gpu_reading(devices: Sequence[Mapping[str, Any]], pids: Collection[int],
 
 def newest_stamp(devices: Sequence[Mapping[str, Any]], since_us: int) -> int:
     """The `lastSeenTimeStamp` to pass on the next poll."""
-    stamps = [s.get("timeStamp", 0) for d in devices
+    stamps = [int(s.get("timeStamp", 0)) for d in devices
               for s in (answered(d.get("nvmlDeviceGetProcessUtilization")) or [])]
     return max([since_us, *stamps])
 

@@ -8,8 +8,18 @@ from __future__ import annotations
 import dataclasses
 import typing
 
-from market.records import Agreement, Capacity, GpuSpec, JobSpec, Limits, Offer, Prices, Proposal, ReceiptTerms, \
-    ResourceRequest
+from market.records import (
+    Agreement,
+    Capacity,
+    GpuSpec,
+    JobSpec,
+    Limits,
+    Offer,
+    Prices,
+    Proposal,
+    ReceiptTerms,
+    ResourceRequest,
+)
 from p2p.records import MaxLen, Range, Size
 from settlement.records import Receipt, Statement, StatementEntry, Usage
 from settlement.testing import protocol_vectors

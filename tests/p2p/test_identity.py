@@ -7,8 +7,15 @@ import os
 import pytest
 
 from p2p.errors import KeyFileError
-from p2p.identity import (b58decode, b58encode, generate_key, load_key, peer_id_from_public, public_from_peer_id,
-                          save_key)
+from p2p.identity import (
+    b58decode,
+    b58encode,
+    generate_key,
+    load_key,
+    peer_id_from_public,
+    public_from_peer_id,
+    save_key,
+)
 
 
 def test_peer_id_equals_py_libp2p_derivation():
