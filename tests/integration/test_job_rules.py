@@ -169,3 +169,32 @@ async def test_billing_matches_dockers_own_start_and_die_times(tmp_path, demo_im
     billed = outcome.last.metered_ms
     assert abs(billed - running_ms) <= TERMS.receipts.interval_ms, (billed, running_ms)
     assert hashlib.sha256(outcome.outputs).digest() == outcome.last.output_digest
+
+
+async def test_graceful_shutdown_ends_running_jobs_with_a_final_receipt(tmp_path, demo_image, docker_client):
+    provider_key, buyer = generate_key(), generate_key()
+    result = {}
+    async with open_host(loopback_config(buyer)) as client, open_store(tmp_path / "buyer.db") as store:
+        async with trio.open_nursery() as nursery:
+            async with open_provider(local_setup(tmp_path / "provider", provider_key)) as runtime:
+                await client.connect(runtime.node.addrs()[0])
+                deal = await _deal(runtime, client, buyer, demo_image, ["sleep", "600"])
+                await store.put_agreement(deal.agreement)
+                running = trio.Event()
+
+                async def buy():
+                    hooks = BuyerHooks(on_receipt=lambda r: running.set())
+                    result["outcome"] = await run_job(client, buyer, store, deal, b"", None, hooks, trio.Event(),
+                                                      now_ms())
+
+                nursery.start_soon(buy)
+                with trio.fail_after(30):
+                    await running.wait()
+            # Leaving open_provider is the daemon's SIGTERM path: stop taking work, end jobs, withdraw.
+            assert not runtime.accepting and runtime.offer.record.free.cpu_millis == 0
+    outcome = result["outcome"]
+    assert outcome.reason == "provider_shutdown" and outcome.last.reason == "provider_shutdown"
+    label = f"{LABEL_AGREEMENT}={deal.agreement.record_id.hex()}"
+    assert docker_client.api.containers(all=True, filters={"label": label}) == []
+    results = audit(read_inputs([tmp_path / "provider" / "node.db", tmp_path / "buyer.db"]))
+    assert [r.report.ok for r in results] == [True] and results[0].report.state == "final:provider_shutdown"
