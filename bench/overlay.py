@@ -105,7 +105,7 @@ async def worker(role: str, boot_addr: str) -> None:
             async with AsyncExitStack() as stack:
                 clients = [await stack.enter_async_context(open_host(loopback_config())) for _ in range(8)]
 
-                async def cycle(client, n):
+                async def cycle(client, n, info=info, done=done, failed=failed):
                     for _ in range(n):
                         try:
                             await client.connect_info(info)
@@ -151,7 +151,10 @@ async def worker(role: str, boot_addr: str) -> None:
             await dht.provide(node, ["any"])
             emit(ev="provided")
             async for cmd in commands():
-                if cmd[0] == "publish":
+                if cmd[0] == "provide":  # again, once the routing table is full (as providers do
+                    await dht.provide(node, ["any"])  # with every offer announcement)
+                    emit(ev="provided")
+                elif cmd[0] == "publish":
                     now = wall_ms()
                     signed = sign_record(BenchOffer(key.public, int(cmd[1]), now, now + 120_000, bytes(900)), key)
                     current[0] = signed
@@ -200,7 +203,7 @@ class Proc:
 
 async def wait_for(pred, timeout_s: float) -> bool:
     with trio.move_on_after(timeout_s):
-        while not pred():
+        while not pred():  # noqa: ASYNC110 - polling other processes' output
             await trio.sleep(0.05)
         return True
     return False
@@ -250,6 +253,9 @@ async def run_one(n: int, rounds: int, idle_s: float, churn: int) -> dict:
         result["rt_k"] = k
         result["rt_full_s"] = round(time.monotonic() - t1, 1) if full else None
         result["rt_min_median"] = (sizes[0], sizes[len(sizes) // 2])
+        for p in nodes:
+            await p.send("provide")
+        await wait_for(lambda: all(len(p.all("provided")) >= 2 for p in nodes), 120)
 
         lat: list[float] = []
         delivered = 0
@@ -257,7 +263,7 @@ async def run_one(n: int, rounds: int, idle_s: float, churn: int) -> dict:
             pub = nodes[r % n]
             seq = r + 1
             await pub.send(f"publish {seq}")
-            await wait_for(lambda: any(e["seq"] == seq for e in pub.all("published")), 10)
+            await wait_for(lambda pub=pub, seq=seq: any(e["seq"] == seq for e in pub.all("published")), 10)
             sent = next(e for e in pub.all("published") if e["seq"] == seq)
             others = [p for p in nodes if p is not pub]
 
@@ -273,9 +279,9 @@ async def run_one(n: int, rounds: int, idle_s: float, churn: int) -> dict:
         result["delivered"] = f"{delivered}/{rounds * (n - 1)}"
         result["prop_ms_p50_p95_p99"] = tuple(round(pct(lat, q)) for q in (50, 95, 99))
 
-        for p in nodes:
+        for p in nodes:  # one buyer after another, as buyers arrive
             await p.send("find")
-        await wait_for(lambda: all(p.last("found") for p in nodes), 120)
+            await wait_for(lambda p=p: p.last("found"), 60)
         finds = [p.last("found") for p in nodes if p.last("found")]
         result["find_ms_p50_p95"] = tuple(round(pct([f["ms"] for f in finds], q)) for q in (50, 95))
         result["find_found_min"] = min((f["n"] for f in finds), default=0)

@@ -49,6 +49,7 @@ cpu_millis = 0                 # CPU offered, in millicores; 0 = all cores
 memory_mib = 0                 # memory offered; 0 = three quarters of this machine's memory
 # Images allowed, pinned by id ("sha256:..."); empty = any image the buyer supplies.
 allowed_images = []
+offer_ttl_s = 120              # how long each signed offer lives; it is re-issued at half-life
 
 [receipts]
 interval_ms = 1000             # one co-signed receipt per interval
@@ -65,7 +66,7 @@ pids_limit = 256
 _TOP = {"data_dir", "key", "listen", "bootstrap", "prices", "limits", "receipts", "sandbox"}
 _SECTIONS: dict[str, set[str]] = {
     "prices": {"cpu_core_micros_per_s", "memory_gib_micros_per_s", "gpu_micros_per_s"},
-    "limits": {"max_duration_s", "max_concurrent_jobs", "cpu_millis", "memory_mib", "allowed_images"},
+    "limits": {"max_duration_s", "max_concurrent_jobs", "cpu_millis", "memory_mib", "allowed_images", "offer_ttl_s"},
     "receipts": {"interval_ms", "countersign_timeout_ms", "grace_ms", "exposure_cap_micros"},
     "sandbox": {"runtime", "pids_limit"},
 }
@@ -180,7 +181,8 @@ def load_config(path: str | os.PathLike[str]) -> ProviderConfig:
         raise r.fail("sandbox.runtime", "expected a runtime name such as \"runsc\"")
     return ProviderConfig(
         path=cfg_path, data_dir=data_dir, key_path=_expand(key) if key else data_dir / "node.key",
-        listen=listen, bootstrap=bootstrap, terms=ProviderTerms(prices, limits, receipts),
+        listen=listen, bootstrap=bootstrap,
+        terms=ProviderTerms(prices, limits, receipts, ttl_ms=r.whole(lim, "limits", "offer_ttl_s", 120, 10) * 1000),
         cpu_millis=r.whole(lim, "limits", "cpu_millis", 0), memory_mib=r.whole(lim, "limits", "memory_mib", 0),
         runtime=runtime or None, pids_limit=r.whole(sb, "sandbox", "pids_limit", 256, 16))
 

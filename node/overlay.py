@@ -57,8 +57,7 @@ class ProviderOverlay:
             async for _ in offer_feed(node, self.ledger):
                 pass
 
-        async with trio.open_nursery() as nursery:
-            await nursery.start(dht.serve_routing_refresh, node)
+        async with trio.open_nursery() as nursery:  # open_host already keeps the routing table filled
             await nursery.start(dht.serve_provider_records, node, names)
             nursery.start_soon(drain)
             task_status.started()

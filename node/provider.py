@@ -250,7 +250,8 @@ async def open_provider(setup: ProviderSetup, *, handlers: dict[str, object] | N
                             handlers=all_handlers, topics=topics or {}, require_bootstrap=False)  # type: ignore[arg-type]
         node = await stack.enter_async_context(open_host(config))
         services_nursery = await stack.enter_async_context(trio.open_nursery())
-        runtime = ProviderRuntime(setup, node, store, market, services, ledger, gpus)
+        runtime = ProviderRuntime(setup, node, store, market, services, ledger, gpus,
+                                  seq=await store.max_offer_seq(key.public))
         runtime_box.append(runtime)
         await runtime.publish_if_needed(announce, force=True)
         services_nursery.start_soon(_publisher, runtime, announce)

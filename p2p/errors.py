@@ -5,6 +5,7 @@
     ├── RemoteProtocolError       a peer or an input file broke the rules: drop it, lower its score
     │   ├── CodecError            bytes that are not one canonical record (garbage, oversize, wrong tag)
     │   └── SignatureError        a signature that does not verify, or a signer that is not who it must be
+    ├── PeerUnreachableError      no connection or stream could be made to a peer (not its fault)
     ├── ConfigError               an operator's configuration is wrong (names the key and the problem)
     ├── KeyFileError              a key file is missing, malformed, or readable by others
     ├── UnusableInputError        a file given to an offline command cannot be used at all
@@ -51,6 +52,13 @@ class CodecError(RemoteProtocolError):
 
 class SignatureError(RemoteProtocolError):
     """A signature does not verify, or was made by a key that has no right to sign it."""
+
+
+class PeerUnreachableError(SuanliError):
+    """No connection or stream could be made to a peer (fields: ``peer``, ``addr``, ``attempts``).
+
+    Not a protocol violation: the peer may be down, behind NAT, or the address may be stale.
+    """
 
 
 class ConfigError(SuanliError):

@@ -39,7 +39,7 @@ from libp2p.tools.anyio_service import background_trio_service
 
 from p2p import dht as dht_ops
 from p2p import workarounds
-from p2p.errors import ConfigError, LocalProtocolError, SuanliError
+from p2p.errors import ConfigError, LocalProtocolError, PeerUnreachableError
 from p2p.identity import NodeKey
 
 log = logging.getLogger("suanli.p2p.host")
@@ -49,14 +49,6 @@ TopicValidator = Callable[[ID, Any], bool]
 DhtMode = Literal["server", "client"]
 
 DEFAULT_LISTEN = ("/ip4/0.0.0.0/tcp/0",)
-
-
-class PeerUnreachableError(SuanliError):
-    """No connection or stream could be made to a peer (fields: ``peer``, ``addr``, ``attempts``).
-
-    Not a protocol violation: the peer may be down, behind NAT, or the address may be stale.
-    (Belongs in ``p2p.errors`` under SuanliError; defined here until that module adopts it.)
-    """
 
 
 @dataclass(frozen=True)
@@ -80,6 +72,8 @@ class HostConfig:
     require_bootstrap: bool = True
     # While running, re-dial bootstrap peers every this many seconds if no peer is connected.
     rejoin_interval_s: float = 30.0
+    # Addresses to advertise instead of the listen addresses (a public IP or port behind NAT).
+    announce: tuple[str, ...] = ()
     # Look ourselves up in the DHT right after joining, then every this many seconds (p2p.dht Rule 3).
     routing_refresh_s: float = 120.0
     gossip_heartbeat_s: int = 1
@@ -91,6 +85,32 @@ def key_pair_of(key: NodeKey) -> Any:
     if key_pair.public_key.to_bytes() != key.public:
         raise LocalProtocolError("libp2p derived another public key from this seed", peer=key.peer_id)
     return key_pair
+
+
+def advertised_addrs(candidates: list[multiaddr.Multiaddr]) -> list[multiaddr.Multiaddr]:
+    """Listen addresses as peers can dial them: a wildcard (``0.0.0.0``) becomes one address per
+    local IPv4 interface, loopback last.
+
+    py-libp2p advertises ``/ip4/0.0.0.0/...`` as is (in identify, DHT records and offers), which no
+    remote peer can dial; and its dialer tries one address per transport (item 23), so the first
+    address must be a routable one.
+    """
+    from multiaddr.utils import get_network_addrs
+
+    out: list[multiaddr.Multiaddr] = []
+    for addr in candidates:
+        try:
+            ip4 = addr.value_for_protocol("ip4")
+        except Exception:
+            ip4 = None
+        if ip4 != "0.0.0.0":
+            out.append(addr)
+            continue
+        port = addr.value_for_protocol("tcp")
+        ips = [ip for ip in (get_network_addrs(4) or []) if not ip.startswith("127.")]
+        out += [multiaddr.Multiaddr(f"/ip4/{ip}/tcp/{port}") for ip in ips]
+        out.append(multiaddr.Multiaddr(f"/ip4/127.0.0.1/tcp/{port}"))
+    return list(dict.fromkeys(out))
 
 
 def parse_multiaddr(text: str, *, what: str, need_peer: bool) -> multiaddr.Multiaddr:
@@ -291,6 +311,7 @@ async def _open_host(config: HostConfig) -> AsyncIterator[Node]:
     listen = [parse_multiaddr(a, what="listen address", need_peer=False) for a in config.listen]
     for a in config.bootstrap:
         parse_multiaddr(a, what="bootstrap address", need_peer=True)
+    announce = [parse_multiaddr(a, what="announce address", need_peer=False) for a in config.announce]
     key_pair = key_pair_of(config.key)
     host = new_host(
         key_pair=key_pair,
@@ -298,6 +319,7 @@ async def _open_host(config: HostConfig) -> AsyncIterator[Node]:
         muxer_opt=workarounds.yamux_only(),
         listen_addrs=listen,
         connection_config=workarounds.connection_config(),
+        **({"announce_addrs": announce} if announce else {"addrs_factory": advertised_addrs}),
     )
     if host.get_id().to_base58() != config.key.peer_id:
         raise LocalProtocolError("libp2p peer id differs from the key's peer id", expected=config.key.peer_id,
@@ -340,6 +362,7 @@ async def _open_host(config: HostConfig) -> AsyncIterator[Node]:
 async def _register(config: HostConfig, host: IHost, pubsub: Pubsub, router: GossipSub, dht: KadDHT) -> Node:
     if dht.mode == DHTMode.SERVER:
         workarounds.silence_add_provider_echo(host, dht)  # issue 7
+        workarounds.widen_kad_inbound_limit(dht)  # item 18
     for protocol in pubsub.protocols:  # item 1 holds for py-libp2p's own handlers too
         safe = workarounds.safe_stream_handler(pubsub.stream_handler, str(protocol))
         host.set_stream_handler(protocol, safe)

@@ -76,8 +76,8 @@ async def open_network(n: int, make_config: Callable[[int, tuple[str, ...]], Hos
 async def wait_until(predicate: Callable[[], bool], *, timeout_s: float, interval_s: float = 0.05) -> None:
     """Poll ``predicate`` until true; trio.TooSlowError after ``timeout_s`` (bounded in time)."""
     with trio.fail_after(timeout_s):
-        while not predicate():
-            await trio.sleep(interval_s)  # noqa: ASYNC110 - polling state no event reports
+        while not predicate():  # noqa: ASYNC110 - polling state that no event reports
+            await trio.sleep(interval_s)
 
 
 def topic_peers(node: Node, topic: str) -> set[str]:

@@ -254,6 +254,11 @@ class Store:
             proposal=_envelope(proposal["body"], proposal["sig"]) if proposal else None,
             receipts=receipts)
 
+    def max_offer_seq(self, provider: bytes) -> int:
+        """The highest offer seq this node stored for ``provider`` (0 if none): seq survives restarts."""
+        row = self.conn.execute("SELECT MAX(seq) FROM offers WHERE provider = ?", (provider,)).fetchone()
+        return int(row[0] or 0)
+
     def open_agreements(self, provider: bytes) -> list[StoredChain]:
         """Agreements where ``provider`` is the provider and no final receipt is stored yet."""
         out = []

@@ -198,3 +198,14 @@ async def test_graceful_shutdown_ends_running_jobs_with_a_final_receipt(tmp_path
     assert docker_client.api.containers(all=True, filters={"label": label}) == []
     results = audit(read_inputs([tmp_path / "provider" / "node.db", tmp_path / "buyer.db"]))
     assert [r.report.ok for r in results] == [True] and results[0].report.state == "final:provider_shutdown"
+
+
+async def test_offer_seq_survives_a_restart(tmp_path, docker_client):
+    key = generate_key()
+    async with open_provider(local_setup(tmp_path / "provider", key)) as runtime:
+        first = runtime.offer.record.seq
+        runtime.changed.set()
+        await runtime.publish_if_needed(None, force=True)
+        last = runtime.offer.record.seq
+    async with open_provider(local_setup(tmp_path / "provider", key)) as runtime:
+        assert runtime.offer.record.seq > last > first

@@ -68,3 +68,23 @@ async def test_a_provider_looking_up_its_own_key_still_finds_the_others():
         ours = {i.peer_id.to_base58() for i in await dht.find_providers(asker, "gpu/any")}
         assert ours == {n.peer_id for n in nodes[1:]}
         assert len({i.peer_id for i in stock}) <= len(ours)
+
+
+async def test_a_provider_service_announces_its_capabilities_and_keeps_them_current():
+    names = ["any", "gpu/any"]
+    async with open_network(3, lambda i, b: loopback_config(bootstrap=b)) as nodes:
+        provider, buyer = nodes[1], nodes[2]
+        async with trio.open_nursery() as nursery:
+            await nursery.start(lambda task_status: dht.serve_provider_records(
+                provider, lambda: list(names), settle_s=0.2, interval_s=0.5, task_status=task_status))
+
+            async def found(name):
+                return [i.peer_id.to_base58() for i in await dht.find_providers(buyer, name)]
+
+            with trio.fail_after(20):
+                while await found("gpu/any") != [provider.peer_id]:  # noqa: ASYNC110
+                    await trio.sleep(0.2)
+                names.append("gpu/nvidia-h200")  # the offer changed: the next round announces it
+                while await found("gpu/nvidia-h200") != [provider.peer_id]:  # noqa: ASYNC110
+                    await trio.sleep(0.2)
+            nursery.cancel_scope.cancel()

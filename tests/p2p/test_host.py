@@ -133,3 +133,17 @@ async def test_a_node_rejoins_when_its_bootstrap_comes_back():
                 await nursery.start(bootstrap, second_stop)  # back on the same address
                 await wait_until(lambda: boot_key.peer_id in node.connected_peers(), timeout_s=20)
                 second_stop.set()
+
+
+async def test_a_wildcard_listen_address_is_advertised_as_dialable_addresses():
+    async with open_host(loopback_config(listen=("/ip4/0.0.0.0/tcp/0",))) as a:
+        addrs = a.addrs()
+        assert addrs and not any("/0.0.0.0/" in x for x in addrs)
+        assert addrs[-1].startswith("/ip4/127.0.0.1/tcp/")  # loopback last: remote dialers try the first
+        async with open_host(loopback_config(bootstrap=(addrs[0],))) as b:
+            assert a.peer_id in b.connected_peers()
+
+
+async def test_announce_addresses_replace_the_listen_addresses():
+    async with open_host(loopback_config(announce=("/ip4/203.0.113.7/tcp/4001",))) as a:
+        assert a.addrs() == [f"/ip4/203.0.113.7/tcp/4001/p2p/{a.peer_id}"]

@@ -312,3 +312,33 @@ async def test_libp2p_warnings_are_kept_quiet_and_errors_reach_the_app(caplog):
     messages = [r.getMessage() for r in caplog.records]
     assert "a real error" in messages
     assert not any("Failed to read DHT message" in m or "AUTO_CONNECTOR" in m for m in messages)
+
+
+# item 18: the KAD inbound-stream limit ---------------------------------------------------------
+async def test_many_concurrent_kad_streams_are_all_answered():
+    # The stock server resets every KAD stream beyond 12 open at once.
+    async with open_host(loopback_config()) as a, open_host(loopback_config()) as b:
+        await b.connect(a.addrs()[0])
+        answered = []
+        all_open = trio.Event()
+
+        async def ask(i):
+            stream = await b.host.new_stream(ID.from_base58(a.peer_id), [TProtocol(str(KAD))])
+            req = KadMessage(type=KadMessage.MessageType.GET_PROVIDERS, key=b"\x12\x20" + bytes([i]) * 32)
+            body = req.SerializeToString()
+            try:
+                await stream.write(varint.encode(len(body)) + body)
+                reply = KadMessage()
+                reply.ParseFromString(await read_varint_prefixed_bytes(stream))
+                answered.append(reply.type)
+                if len(answered) == 20:
+                    all_open.set()
+                await all_open.wait()  # keep every stream open until all are answered
+            finally:
+                await stream.close()
+
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                for i in range(20):
+                    nursery.start_soon(ask, i)
+        assert answered == [KadMessage.MessageType.GET_PROVIDERS] * 20
