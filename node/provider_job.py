@@ -15,10 +15,8 @@ receipt whose reason says why, and the container and volume are removed (sandbox
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import os
-import tarfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -50,7 +48,7 @@ from p2p.identity import NodeKey, public_from_peer_id
 from p2p.records import Record
 from sandbox.engine import Engine
 from sandbox.images import image_env, load_image_archive, local_image_id
-from sandbox.jobio import safe_relpath
+from sandbox.jobio import read_tar_files
 from sandbox.meter import run_meter
 from sandbox.metering import MeterSample
 from sandbox.plan import plan_container
@@ -118,26 +116,13 @@ def usage_of(sample: MeterSample) -> Usage:
 
 
 def read_input_tar(data: bytes, max_files: int = 10_000) -> dict[str, bytes]:
-    """Regular files of the buyer's input tar, by safe relative path; anything else is refused."""
-    files: dict[str, bytes] = {}
+    """Regular files of the buyer's input tar, by safe relative path; anything else is the buyer's fault."""
     if not data:
-        return files
+        return {}
     try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
-            for member in tar:
-                if member.isdir():
-                    continue
-                if not member.isfile():
-                    raise RemoteProtocolError(f"the inputs hold a link or device ({member.name!r})")
-                extracted = tar.extractfile(member)
-                if extracted is None:
-                    continue
-                files[safe_relpath(member.name)] = extracted.read()
-                if len(files) > max_files:
-                    raise RemoteProtocolError("the inputs hold too many files", limit=max_files)
-    except tarfile.TarError as exc:
-        raise RemoteProtocolError(f"the inputs are not a readable tar: {exc}") from exc
-    return files
+        return read_tar_files(data, what="the inputs", max_files=max_files)
+    except SuanliError as exc:
+        raise RemoteProtocolError(exc.message) from exc
 
 
 async def _expect(framed: FramedStream, kinds: tuple[type[Record], ...]) -> Record:

@@ -58,6 +58,8 @@ from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
+from p2p.framing import encode_frame
+
 log = logging.getLogger("suanli.p2p.workarounds")
 
 LIBP2P_VERSION = "0.8.1"
@@ -211,16 +213,7 @@ def _split_varint_frame(buf: bytearray) -> tuple[int, bytes] | None:
 
 
 def _frame_bytes(body: bytes) -> bytes:
-    out = bytearray()
-    n = len(body)
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out) + body
+    return encode_frame(body)  # the one uvarint framing, shared by Kademlia and our protocols
 
 
 def _is_add_provider(body: bytes) -> bool:

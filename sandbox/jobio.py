@@ -66,8 +66,12 @@ def input_tar(files: Mapping[str, bytes]) -> bytes:
     return buf.getvalue()
 
 
-def read_output_tar(data: bytes, *, max_files: int = 10_000) -> dict[str, bytes]:
-    """Regular files of a `get_archive('/io/out')` tar, keyed by path relative to out/ (Rule 1)."""
+def read_tar_files(data: bytes, *, what: str, strip: str | None = None, max_files: int = 10_000) -> dict[str, bytes]:
+    """Regular files of a tar, keyed by safe relative path (Rule 1), with the leading ``strip/`` removed.
+
+    Links, devices, paths that leave their folder and more than ``max_files`` files are refused with a
+    SandboxError naming ``what`` ("the job's outputs", "the inputs").
+    """
     files: dict[str, bytes] = {}
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
@@ -75,16 +79,23 @@ def read_output_tar(data: bytes, *, max_files: int = 10_000) -> dict[str, bytes]
                 if member.isdir():
                     continue
                 if not member.isfile():
-                    raise SandboxError("the job's outputs hold a link or device; refusing them",
-                                       actual=member.name)
-                head, _, rest = member.name.partition("/")
+                    raise SandboxError(f"{what} hold a link or device; refusing them", actual=member.name)
+                name = member.name
+                if strip is not None:
+                    head, _, rest = name.partition("/")
+                    name = rest if head == strip else name
                 extracted = tar.extractfile(member)
-                files[safe_relpath(rest if head == "out" else member.name)] = extracted.read() if extracted else b""
+                files[safe_relpath(name)] = extracted.read() if extracted else b""
                 if len(files) > max_files:
-                    raise SandboxError("the job's outputs hold too many files", expected=max_files)
+                    raise SandboxError(f"{what} hold too many files", expected=max_files)
     except tarfile.TarError as exc:
-        raise SandboxError(f"the job's outputs are not a readable tar: {exc}") from exc
+        raise SandboxError(f"{what} are not a readable tar: {exc}") from exc
     return files
+
+
+def read_output_tar(data: bytes, *, max_files: int = 10_000) -> dict[str, bytes]:
+    """Regular files of a `get_archive('/io/out')` tar, keyed by path relative to out/ (Rule 1)."""
+    return read_tar_files(data, what="the job's outputs", strip="out", max_files=max_files)
 
 
 class LineSplitter:
