@@ -5,6 +5,8 @@ hold an offer one refresh old), and against the capacity free *now* (the ledger)
 Rule 2: a firm bid reserves its resources in the same step, so racing buyers can never be promised the
 same GPU; the hold lasts until ``accept_by_ms`` and is released if the buyer never countersigns.
 Rule 3: when the only problem is price, the answer is a counter with the provider's price.
+Rule 4: a deal is refused when the agreed exposure cap is below ``MIN_CAP_INTERVALS`` receipt
+intervals at its price: the exposure guard (settlement.session) would pause it at once.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ from dataclasses import dataclass
 
 from market.capacity import Allocation, CapacityLedger
 from market.matching import gpu_fits
-from market.negotiation import BUSY, EXPIRED_OFFER, NO_CAPACITY, PRICE_TOO_LOW, check_proposal
+from market.negotiation import BUSY, EXPIRED_OFFER, NO_CAPACITY, PRICE_TOO_LOW, TERMS_UNACCEPTABLE, check_proposal
 from market.offers import OfferedGpu
 from market.pricing import price_per_s
 from market.records import Agreement, Offer, Proposal
+
+MIN_CAP_INTERVALS = 3
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,13 @@ def decide(proposal: Proposal, proposal_id: bytes, provider: bytes, offers: Mapp
         return Refuse(NO_CAPACITY, "no price set for that GPU model")
     if price > proposal.max_price_micros_per_s:
         return CounterPrice(price, f"{PRICE_TOO_LOW}: this allocation costs {price} micro-credits/s")
+    step = price * proposal.terms.interval_ms // 1000
+    if proposal.terms.exposure_cap_micros < MIN_CAP_INTERVALS * step:
+        # Rule 4: an honest buyer always has about two intervals unsigned (one receipt in flight, one
+        # being metered); a smaller cap would pause every job at once and blame the buyer.
+        return Refuse(TERMS_UNACCEPTABLE, f"the exposure cap of {proposal.terms.exposure_cap_micros} micro-credits "
+                      f"is below {MIN_CAP_INTERVALS} receipt intervals at {price} micro-credits/s; the provider "
+                      "must raise receipts.exposure_cap_micros")
     accept_by = min(now_ms + hold_ms, proposal.expires_at_ms + hold_ms)
     agreement = Agreement(
         provider=provider, buyer=proposal.buyer, offer_id=proposal.offer_id, proposal_id=proposal_id,

@@ -127,8 +127,8 @@ class ProviderRuntime:
             return
         self.seq = candidate.seq
         self.offer = sign_record(candidate, self.setup.key)
+        self.market.publish(self.offer)  # negotiable before anyone can fetch it
         await self.store.put_offer(self.offer)
-        self.market.publish(self.offer)
         if announce is not None:
             try:
                 await announce(self.node, self.offer)

@@ -306,8 +306,8 @@ class JobRun:
                     await job.start()
                     self.status("running", f"container {job.id[:12]}")
                     last = await self._supervise(job, outer)
-                except SuanliError as exc:  # Rule 4: an engine error still ends the chain properly
-                    log.warning("job %s failed while running: %s", self.ag_hex, exc)
+                except* SuanliError as group:  # Rule 4: an engine or store error still ends the chain
+                    log.warning("job %s failed while running: %s", self.ag_hex, group.exceptions[0])
                     self.active.request_stop(PROVIDER_FAULT)
                     await _stop_quietly(job)
                     last = job.meter.sample(job.now_ms())
@@ -371,17 +371,21 @@ class JobRun:
 
     async def _tick(self, job, sample: MeterSample) -> None:  # type: ignore[no-untyped-def]
         action = self.guard.decide(wall_ms(), amount_due(sample.wall_ms, self.ag.price_micros_per_s))
-        if action == PAUSE and self.active.phase != "paused":
-            log.info("job %s: countersignature late; pausing", self.ag_hex)
-            await job.pause()
-            self.status("paused", "waiting for your countersignature")
-        elif action == RESUME:
-            await job.resume()
-            self.status("resumed")
-        elif action == STOP:
+        try:
+            if action == PAUSE and self.active.phase != "paused" and not job.exited.is_set():
+                log.info("job %s: countersignature late; pausing", self.ag_hex)
+                await job.pause()
+                self.status("paused", "waiting for your countersignature")
+            elif action == RESUME and not job.exited.is_set():
+                await job.resume()
+                self.status("resumed")
+        except SuanliError as exc:  # the container exited between the check and the call
+            log.info("job %s: %s", self.ag_hex, exc)
+        if action == STOP:
             log.warning("job %s: buyer unresponsive past the grace; stopping", self.ag_hex)
             self.active.request_stop(BUYER_UNRESPONSIVE)
-        if action in (RUN, RESUME) and sample.wall_ms > (self.issuer.last.metered_ms if self.issuer.last else 0):
+        billed = self.issuer.last.metered_ms if self.issuer.last else 0
+        if action in (RUN, RESUME) and sample.wall_ms > billed:
             await self.issue(sample.wall_ms, usage_of(sample))
 
     async def _finish(self, result, last: MeterSample | None, outputs: bytes) -> Signed[Receipt]:  # type: ignore[no-untyped-def]

@@ -83,13 +83,25 @@ async def provide(node: Node, names: Iterable[str]) -> dict[str, bool]:
     return results
 
 
-async def find_providers(node: Node, name: str, *, count: int = 100) -> list[PeerInfo]:
-    """Rule 2: every provider of a capability the local store and up to 3 lookup rounds know."""
+async def find_providers(node: Node, name: str, *, count: int = 100,
+                         on_found: Callable[[PeerInfo], None] | None = None) -> list[PeerInfo]:
+    """Rule 2: every provider of a capability the local store and up to 3 lookup rounds know.
+
+    ``on_found`` is called once per provider as soon as it is known, so that a caller can act on the
+    first round's answers while later rounds still wait on slow or departed peers.
+    """
     dht = node.dht
     kb = key_bytes(capability_key(name))
     found: dict[ID, PeerInfo] = {}
+
+    def add(info: PeerInfo) -> None:
+        if info.peer_id not in found:
+            found[info.peer_id] = info
+            if on_found is not None:
+                on_found(info)
+
     for info in dht.provider_store.get_providers(kb):
-        found.setdefault(info.peer_id, info)
+        add(info)
     me = node.host.get_id()
     queried: set[ID] = {me}
     candidates = dht.routing_table.find_local_closest_peers(kb, LOOKUP_WIDTH)
@@ -103,7 +115,7 @@ async def find_providers(node: Node, name: str, *, count: int = 100) -> list[Pee
                 log.debug("GET_PROVIDERS to %s failed: %r", peer, exc)
                 return
             for info in providers:
-                found.setdefault(info.peer_id, info)
+                add(info)
                 if info.addrs:
                     node.host.get_peerstore().add_addrs(info.peer_id, info.addrs, 600)
             closer.extend(more)

@@ -18,6 +18,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 import trio
+from libp2p.peer.peerinfo import PeerInfo
 
 from p2p import dht
 from p2p.envelope import Signed, open_signed
@@ -102,7 +103,8 @@ async def collect_offers(node: Node, ledger: OfferLedger[R], *, capability: str 
     """Rule 2: every live offer heard on gossip within ``wait_s`` or fetched from DHT providers.
 
     The gossip half needs the offers topic in ``HostConfig.topics`` (``p2p.gossip.offer_topics``);
-    without it only the DHT half runs. Returns after ``wait_s`` (the DHT half is bounded by it too).
+    without it only the DHT half runs. Each provider is queried as soon as the lookup names it. Returns
+    when the DHT half is done and found at least one offer, or after ``wait_s`` at the latest.
     """
     if OFFERS_TOPIC not in node.subscriptions:
         ensure_offer_topic(node, ledger)
@@ -127,18 +129,21 @@ async def collect_offers(node: Node, ledger: OfferLedger[R], *, capability: str 
         if verdict == "ok" and checked is not None:
             ledger.admit(checked, now)
 
-    async def query_dht() -> None:
-        providers = await dht.find_providers(node, capability)
+    async def query_dht(outer: trio.Nursery) -> None:
         limiter = trio.CapacityLimiter(FETCH_CONCURRENCY)
-        async with trio.open_nursery() as nursery:
-            for info in providers:
+        async with trio.open_nursery() as fetches:
+            def on_found(info: PeerInfo) -> None:
                 pid = info.peer_id.to_base58()
                 if pid != node.peer_id:
-                    nursery.start_soon(partial(fetch_one, pid, limiter))
+                    fetches.start_soon(partial(fetch_one, pid, limiter))
+
+            await dht.find_providers(node, capability, on_found=on_found)
+        if ledger.current(clock()):
+            outer.cancel_scope.cancel()  # the DHT answered: no need to wait out the gossip window
 
     with trio.move_on_after(wait_s):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(listen)
-            nursery.start_soon(query_dht)
+            nursery.start_soon(query_dht, nursery)
             await trio.sleep_forever()
     return ledger.current(clock())

@@ -209,3 +209,33 @@ async def test_offer_seq_survives_a_restart(tmp_path, docker_client):
         last = runtime.offer.record.seq
     async with open_provider(local_setup(tmp_path / "provider", key)) as runtime:
         assert runtime.offer.record.seq > last > first
+
+
+async def test_an_error_inside_the_running_job_still_ends_the_chain_and_frees_capacity(tmp_path, demo_image,
+                                                                                         monkeypatch):
+    from node.provider_job import JobRun
+    from p2p.errors import StoreError
+
+    original = JobRun.take_countersignature
+    calls = []
+
+    async def failing_once(self, data):
+        calls.append(1)
+        if len(calls) == 1:
+            raise StoreError("disk full (injected)")
+        await original(self, data)
+
+    monkeypatch.setattr(JobRun, "take_countersignature", failing_once)
+    provider_key, buyer = generate_key(), generate_key()
+    async with open_provider(local_setup(tmp_path / "provider", provider_key)) as runtime:
+        async with open_host(loopback_config(buyer, bootstrap=(runtime.node.addrs()[0],))) as client, \
+                open_store(tmp_path / "buyer.db") as store:
+            deal = await _deal(runtime, client, buyer, demo_image, ["sleep", "30"])
+            await store.put_agreement(deal.agreement)
+            with trio.fail_after(60):
+                outcome = await run_job(client, buyer, store, deal, b"", None, BuyerHooks(), trio.Event(), now_ms())
+            await trio.sleep(0.5)
+            assert runtime.services.active == {} and runtime.ledger.free().cpu_millis == runtime.ledger.cpu_millis
+    assert outcome.reason == "provider_fault" and outcome.last.reason == "provider_fault"
+    (result,) = audit(read_inputs([tmp_path / "provider" / "node.db", tmp_path / "buyer.db"]))
+    assert result.report.ok, result.report.findings

@@ -61,3 +61,12 @@ def test_gpu_bid_holds_the_gpu_by_uuid():
     assert isinstance(d, Bid) and d.allocation.gpu_uuids == ("GPU-1",) and d.agreement.price_micros_per_s == 760
     again = run(proposal=replace(proposal, nonce=b"\1" * 16), offer=offer, gpus=[OfferedGpu("GPU-1", H200)], book=book)
     assert isinstance(again, Refuse) and again.reason == NO_CAPACITY
+
+
+def test_a_cap_below_three_intervals_at_this_price_is_refused():
+    terms = replace(PROPOSAL.record.terms, exposure_cap_micros=3 * 60 - 1)  # price 60/s, 1 s receipts
+    offer = replace(OFFER.record, terms=terms)
+    d = run(proposal=replace(PROPOSAL.record, terms=terms), offer=offer)
+    assert isinstance(d, Refuse) and d.reason == "terms_unacceptable" and "exposure cap" in d.detail
+    ok = replace(PROPOSAL.record.terms, exposure_cap_micros=3 * 60)
+    assert isinstance(run(proposal=replace(PROPOSAL.record, terms=ok), offer=replace(OFFER.record, terms=ok)), Bid)
