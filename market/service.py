@@ -132,9 +132,16 @@ class Deal:
     proposal: Signed[Proposal]
 
 
+BeforeAccept = Callable[[Signed[Agreement], Signed[Proposal]], Awaitable[None]]
+
+
 async def negotiate(framed: FramedStream, key: NodeKey, proposal: Signed[Proposal],
-                    clock: Callable[[], int] = now_ms) -> Deal:
-    """The buyer's side of one negotiation on an open stream; NegotiationRefused when refused."""
+                    clock: Callable[[], int] = now_ms, before_accept: BeforeAccept | None = None) -> Deal:
+    """The buyer's side of one negotiation on an open stream; NegotiationRefused when refused.
+
+    ``before_accept`` runs with the countersigned agreement before it is sent: the buyer keeps its
+    own evidence of what it signed even if the provider never confirms.
+    """
     n = Negotiation(BUYER)
     await _send(framed, n, Propose(proposal.to_bytes()))
     msg = await _receive(framed, n)
@@ -155,6 +162,8 @@ async def negotiate(framed: FramedStream, key: NodeKey, proposal: Signed[Proposa
     if problems:
         raise RemoteProtocolError(f"{framed.peer} sent an agreement that {'; '.join(problems)}", peer=framed.peer)
     accepted = countersign(bid, key)
+    if before_accept is not None:
+        await before_accept(accepted, proposal)
     await _send(framed, n, Accept(accepted.to_bytes()))
     msg = await _receive(framed, n)
     if isinstance(msg, Reject):
@@ -171,23 +180,25 @@ class Attempt:
     outcome: str
 
 
-async def negotiate_with(node: Node, provider: str, key: NodeKey, proposal: Signed[Proposal]) -> Deal:
+async def negotiate_with(node: Node, provider: str, key: NodeKey, proposal: Signed[Proposal],
+                         before_accept: BeforeAccept | None = None) -> Deal:
     """Open ``/suanli/negotiate/1.0.0`` to ``provider`` and negotiate on it."""
     framed = FramedStream(await node.open_stream(provider, PROTOCOL_ID))
     try:
-        return await negotiate(framed, key, proposal)
+        return await negotiate(framed, key, proposal, before_accept=before_accept)
     finally:
         await framed.aclose()
 
 
 async def negotiate_first(node: Node, key: NodeKey, candidates: Sequence[tuple[str, Signed[Proposal]]],
-                          per_candidate_s: float) -> tuple[Deal | None, list[Attempt]]:
+                          per_candidate_s: float, before_accept: BeforeAccept | None = None,
+                          ) -> tuple[Deal | None, list[Attempt]]:
     """Try candidates in order; a refusal, an error or silence costs at most ``per_candidate_s``."""
     attempts: list[Attempt] = []
     for provider, proposal in candidates:
         try:
             with trio.fail_after(per_candidate_s):
-                deal = await negotiate_with(node, provider, key, proposal)
+                deal = await negotiate_with(node, provider, key, proposal, before_accept)
         except trio.TooSlowError:
             attempts.append(Attempt(provider, f"no answer within {per_candidate_s:g} s"))
         except NegotiationRefused as exc:

@@ -38,7 +38,6 @@ from node.jobwire import (
     Status,
     decode_message,
 )
-from node.provider_job import send_blob
 from p2p.envelope import Signed, countersign, open_signed
 from p2p.errors import CodecError, RemoteProtocolError, SignatureError, SuanliError
 from p2p.framing import FramedStream
@@ -98,32 +97,68 @@ class BuyerHooks:
     on_progress: Callable[[str, int, int], None] = lambda what, done, total: None
 
 
+class _Sender:
+    """The one writer of the buyer's job stream: a cancel never lands in the middle of another frame."""
+
+    def __init__(self, framed: FramedStream) -> None:
+        self.framed = framed
+        self._lock = trio.Lock()
+
+    async def send(self, payload: bytes) -> None:
+        async with self._lock:
+            await self.framed.send_frame(payload)
+
+    async def blob(self, kind: str, data: bytes, progress: Callable[[str, int, int], None] | None = None) -> None:
+        for offset in range(0, len(data), CHUNK_BYTES):
+            await self.send(Chunk(kind, data[offset:offset + CHUNK_BYTES]).encode())
+            if progress is not None:
+                progress(kind, min(offset + CHUNK_BYTES, len(data)), len(data))
+        await self.send(End(kind, len(data), hashlib.sha256(data).digest()).encode())
+
+
 async def run_job(node: Node, key: NodeKey, store: AsyncStore, deal: Deal, inputs: bytes,
                   image_archive: bytes | None, hooks: BuyerHooks, cancel: trio.Event,
-                  confirmed_at_ms: int) -> JobOutcome:
-    peer = peer_id_from_public(deal.agreement.record.provider)
+                  confirmed_at_ms: int, *, budget_s: float | None = None) -> JobOutcome:
+    """Run the agreed job; JobFailed when it cannot run, the provider breaks a rule, vanishes, or
+    stays silent past ``budget_s`` (default: the agreed duration plus uploads, timeouts and slack)."""
+    ag = deal.agreement.record
+    peer = peer_id_from_public(ag.provider)
     framed = FramedStream(await node.open_stream(peer, PROTOCOL_ID), max_frame_bytes=MAX_FRAME_BYTES)
+    sender = _Sender(framed)
     outcome = JobOutcome()
     verifier = ReceiptVerifier(deal.agreement, confirmed_at_ms)
+    after_cancel_s = (ag.terms.countersign_timeout_ms + ag.terms.grace_ms) / 1000 + 30
+    if budget_s is None:
+        upload = len(inputs) + len(image_archive or b"")
+        budget_s = ag.max_duration_ms / 1000 + upload / (1 << 20) + after_cancel_s + 120
     failure: SuanliError | None = None
     try:
-        await framed.send_frame(Start(deal.agreement.record_id, len(inputs),
-                                      len(image_archive) if image_archive else 0).encode())
-
-        async def send_cancel() -> None:
-            await cancel.wait()
-            try:
-                await framed.send_frame(Cancel("buyer_cancel").encode())
-            except RemoteProtocolError:
-                pass
+        await sender.send(Start(deal.agreement.record_id, len(inputs),
+                                len(image_archive) if image_archive else 0).encode())
 
         async with trio.open_nursery() as nursery:
+            async def send_cancel() -> None:
+                await cancel.wait()
+                try:
+                    await sender.send(Cancel("buyer_cancel").encode())
+                except RemoteProtocolError:
+                    pass
+                await trio.sleep(after_cancel_s)  # Rule 3: the wait for the final receipt is bounded
+                nursery.cancel_scope.cancel()
+
             nursery.start_soon(send_cancel)
             try:
-                await _follow(framed, key, store, verifier, outcome, hooks, image_archive, inputs, peer)
+                with trio.fail_after(budget_s):
+                    await _follow(sender, key, store, verifier, outcome, hooks, image_archive, inputs, peer)
             except (JobFailed, RemoteProtocolError) as exc:  # raised here, not from the nursery: no group
                 failure = exc
+            except trio.TooSlowError:
+                failure = JobFailed(f"provider {peer} went silent: no end of the job within {budget_s:.0f} s",
+                                    reason="timeout")
             nursery.cancel_scope.cancel()
+        if outcome.reason is None and failure is None:
+            failure = JobFailed(f"provider {peer} did not end the job within {after_cancel_s:.0f} s of the cancel",
+                                reason="timeout")
     finally:
         await framed.aclose()
     if isinstance(failure, RemoteProtocolError):
@@ -133,11 +168,14 @@ async def run_job(node: Node, key: NodeKey, store: AsyncStore, deal: Deal, input
     return outcome
 
 
-async def _follow(framed: FramedStream, key: NodeKey, store: AsyncStore, verifier: ReceiptVerifier,
+async def _follow(sender: _Sender, key: NodeKey, store: AsyncStore, verifier: ReceiptVerifier,
                   outcome: JobOutcome, hooks: BuyerHooks, image_archive: bytes | None, inputs: bytes,
                   peer: str) -> None:
     """Handle the provider's messages until ``done``."""
+    framed = sender.framed
     out_buf = bytearray()
+    out_hash = hashlib.sha256()
+    out_digest = hashlib.sha256().digest()  # of no outputs, until they arrive
     while True:
         payload = await framed.receive_frame()
         if payload is None:
@@ -147,25 +185,28 @@ async def _follow(framed: FramedStream, key: NodeKey, store: AsyncStore, verifie
             hooks.on_status(msg.phase, msg.detail)
             if msg.phase == "running":
                 outcome.started_at_ms = msg.at_ms
+                verifier.started_at_ms = wall_ms()  # billed time is checked against our clock from here
             if msg.phase == "need_image":
                 if image_archive is None:
                     raise JobFailed("the provider lacks the image and no --image-archive was given",
                                     reason="image_missing")
-                await _send_with_progress(framed, "image", image_archive, hooks)
+                await sender.blob("image", image_archive, hooks.on_progress)
             elif msg.phase == "need_inputs":
-                await send_blob(framed, "inputs", inputs)
+                await sender.blob("inputs", inputs)
         elif isinstance(msg, Log):
             hooks.on_log(msg.stream, msg.data)
         elif isinstance(msg, Chunk) and msg.kind == "outputs":
             out_buf += msg.data
+            out_hash.update(msg.data)
             if len(out_buf) > 1 << 30:
                 raise JobFailed("outputs exceed 1 GiB", reason="outputs_too_large")
         elif isinstance(msg, End) and msg.kind == "outputs":
-            if msg.sha256 != hashlib.sha256(out_buf).digest() or msg.total_bytes != len(out_buf):
+            out_digest = out_hash.digest()
+            if msg.sha256 != out_digest or msg.total_bytes != len(out_buf):
                 raise JobFailed("the outputs do not match their digest", reason="outputs_corrupt")
             outcome.outputs = bytes(out_buf)
         elif isinstance(msg, ReceiptMsg):
-            await _countersign(framed, key, store, verifier, msg.receipt, outcome, hooks, bytes(out_buf))
+            await _countersign(sender, key, store, verifier, msg.receipt, outcome, hooks, out_digest)
         elif isinstance(msg, Done):
             outcome.exit_code = msg.exit_code
             outcome.reason = msg.reason
@@ -176,27 +217,20 @@ async def _follow(framed: FramedStream, key: NodeKey, store: AsyncStore, verifie
                             reason=msg.reason)
 
 
-async def _send_with_progress(framed: FramedStream, kind: str, data: bytes, hooks: BuyerHooks) -> None:
-    for offset in range(0, len(data), CHUNK_BYTES):
-        await framed.send_frame(Chunk(kind, data[offset:offset + CHUNK_BYTES]).encode())
-        hooks.on_progress(kind, min(offset + CHUNK_BYTES, len(data)), len(data))
-    await framed.send_frame(End(kind, len(data), hashlib.sha256(data).digest()).encode())
-
-
-async def _countersign(framed: FramedStream, key: NodeKey, store: AsyncStore, verifier: ReceiptVerifier,
-                       data: bytes, outcome: JobOutcome, hooks: BuyerHooks, outputs: bytes) -> None:
+async def _countersign(sender: _Sender, key: NodeKey, store: AsyncStore, verifier: ReceiptVerifier,
+                       data: bytes, outcome: JobOutcome, hooks: BuyerHooks, outputs_digest: bytes) -> None:
     try:
         signed = open_signed(data, Receipt)
     except (CodecError, SignatureError) as exc:
         raise JobFailed(f"the provider sent a receipt that does not verify: {exc}", reason="bad_receipt") from exc
     findings = verifier.check(signed, wall_ms())
     r = signed.record
-    if r.state == FINAL and r.output_digest is not None and r.output_digest != hashlib.sha256(outputs).digest():
+    if r.state == FINAL and r.output_digest is not None and r.output_digest != outputs_digest:
         findings.append(Finding("output_digest", "the final receipt's output digest is not what arrived", r.seq))
     if findings:
         detail = "; ".join(f.describe() for f in findings)
         try:
-            await framed.send_frame(Cancel("receipt_refused").encode())
+            await sender.send(Cancel("receipt_refused").encode())
         except RemoteProtocolError:
             pass
         raise JobFailed(f"refusing receipt {r.seq}: {detail}", reason="receipt_refused", findings=findings)
@@ -204,5 +238,5 @@ async def _countersign(framed: FramedStream, key: NodeKey, store: AsyncStore, ve
     await store.append_receipt(cosigned)  # Rule 2
     verifier.accept(signed)
     outcome.receipts.append(cosigned)
-    await framed.send_frame(Countersign(cosigned.to_bytes()).encode())
+    await sender.send(Countersign(cosigned.to_bytes()).encode())
     hooks.on_receipt(cosigned)

@@ -60,13 +60,17 @@ async def _answer(stream: trio.SocketStream, status: Callable[[], dict[str, Any]
                         break
                     data += chunk
                 request = json.loads(data.decode() or "{}")
-                if request.get("cmd") == "status":
-                    reply: dict[str, Any] = {"ok": True, "status": status()}
+                if not isinstance(request, dict):
+                    reply: dict[str, Any] = {"ok": False, "error": "a request is one JSON object"}
+                elif request.get("cmd") == "status":
+                    reply = {"ok": True, "status": status()}
                 else:
                     reply = {"ok": False, "error": f"unknown command {request.get('cmd')!r}"}
                 await stream.send_all(json.dumps(reply).encode() + b"\n")
         except (trio.TooSlowError, ValueError, trio.BrokenResourceError) as exc:
             log.info("control request dropped: %s", exc)
+        except Exception:  # a per-connection boundary: one bad request never takes the daemon down
+            log.exception("control request failed")
 
 
 def query(path: Path, cmd: str = "status", timeout_s: float = 5.0) -> dict[str, Any]:

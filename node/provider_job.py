@@ -58,7 +58,7 @@ from sandbox.spec import JobSpec as SandboxJob
 from settlement.astore import AsyncStore
 from settlement.billing import amount_due
 from settlement.records import BUYER_CANCEL, BUYER_UNRESPONSIVE, COMPLETED, DEADLINE, PROVIDER_FAULT, Receipt, Usage
-from settlement.session import PAUSE, RESUME, RUN, STOP, ExposureGuard, ReceiptIssuer
+from settlement.session import PAUSE, RESUME, RUN, STOP, ExposureGuard, ReceiptIssuer, closing_receipt
 
 log = logging.getLogger("suanli.node.job")
 
@@ -66,6 +66,12 @@ MAX_INPUT_BYTES = 256 << 20
 MAX_IMAGE_BYTES = 2 << 30
 MAX_WIRE_OUTPUT_BYTES = 256 << 20
 LOG_TAIL_S = 5.0  # how long the last log lines may take to arrive after the job exits
+START_TIMEOUT_S = 30.0  # a job stream must name its agreement within this
+MAX_BAD_FRAMES = 64
+UPLOAD_ALLOWANCE_S = 30.0
+MIN_UPLOAD_BYTES_PER_S = 1 << 20  # 1 MiB/s: slower uploads are cut off
+# Image archives are held in memory while they are checked and loaded: one upload at a time.
+IMAGE_UPLOADS = trio.CapacityLimiter(1)
 
 
 def wall_ms() -> int:
@@ -135,10 +141,23 @@ async def _expect(framed: FramedStream, kinds: tuple[type[Record], ...]) -> Reco
     return msg
 
 
-async def receive_blob(framed: FramedStream, kind: str, declared: int, limit: int) -> bytes:
-    """Chunks of ``kind`` up to the End, exactly ``declared`` bytes with the stated sha256 (Rule 2 of jobwire)."""
+def upload_budget_s(declared: int) -> float:
+    """How long an upload of ``declared`` bytes may take: a fixed allowance plus a minimum rate."""
+    return UPLOAD_ALLOWANCE_S + declared / MIN_UPLOAD_BYTES_PER_S
+
+
+async def receive_blob(framed: FramedStream, kind: str, declared: int, limit: int) -> bytearray:
+    """Chunks of ``kind`` up to the End, exactly ``declared`` bytes with the stated sha256 (Rule 2 of jobwire).
+
+    Bounded in size (``limit``) and in time (``upload_budget_s``): a buyer that stalls holds nothing.
+    """
     if declared > limit:
         raise RemoteProtocolError(f"{kind} of {declared} bytes exceed the limit of {limit}", limit=limit)
+    with trio.fail_after(upload_budget_s(declared)):
+        return await _receive_blob(framed, kind, declared)
+
+
+async def _receive_blob(framed: FramedStream, kind: str, declared: int) -> bytearray:
     buf = bytearray()
     digest = hashlib.sha256()
     while True:
@@ -148,7 +167,7 @@ async def receive_blob(framed: FramedStream, kind: str, declared: int, limit: in
         if isinstance(msg, End):
             if msg.total_bytes != len(buf) or msg.sha256 != digest.digest():
                 raise RemoteProtocolError(f"{kind} do not match their declared size or sha256")
-            return bytes(buf)
+            return buf
         assert isinstance(msg, Chunk)
         buf += msg.data
         digest.update(msg.data)
@@ -178,6 +197,8 @@ class JobRun:
         self.final_cosigned = trio.Event()
         self.final_seq: int | None = None
         self.garbage_frames = 0
+        self._reading = False
+        self.outer: trio.Nursery
 
     def status(self, phase: str, detail: str = "") -> None:
         self.active.phase = phase
@@ -208,13 +229,16 @@ class JobRun:
             try:
                 msg = decode_message(payload)
             except CodecError as exc:
-                self.garbage_frames += 1
-                log.info("job %s: undecodable frame from the buyer (treated as missing): %s", self.ag_hex, exc)
-                if self.garbage_frames > 64:
-                    return
+                try:
+                    self._bad_frame(f"undecodable frame from the buyer (treated as missing): {exc}")
+                except RemoteProtocolError:
+                    return  # stop listening; the exposure guard treats the buyer as silent
                 continue
             if isinstance(msg, Countersign):
-                await self.take_countersignature(msg.receipt)
+                try:
+                    await self.take_countersignature(msg.receipt)
+                except RemoteProtocolError:
+                    return
             elif isinstance(msg, Cancel):
                 log.info("job %s: the buyer cancelled (%s)", self.ag_hex, msg.reason)
                 self.active.request_stop(BUYER_CANCEL)
@@ -226,17 +250,29 @@ class JobRun:
         try:
             cosigned = open_signed(data, Receipt, min_sigs=2)
         except (CodecError, SignatureError) as exc:
-            log.warning("job %s: a countersignature that does not verify (treated as missing): %s", self.ag_hex, exc)
+            self._bad_frame(f"a countersignature that does not verify (treated as missing): {exc}")
             return
-        mine = self.issued.get(cosigned.record.seq)
+        seq = cosigned.record.seq
+        mine = self.issued.get(seq)
         if mine is None or cosigned.body != mine.body or cosigned.sigs[0] != mine.sigs[0]:
-            log.warning("job %s: a countersignature for a receipt we did not issue (treated as missing)", self.ag_hex)
+            self._bad_frame("a countersignature for a receipt we did not issue (treated as missing)")
             return
-        await self.s.store.append_receipt(cosigned)  # Rule 1
-        self.guard.countersigned(cosigned.record.seq, cosigned.record.amount_micros)
-        self.active.cosigned_micros = self.guard.cosigned_amount
-        if cosigned.record.seq == self.final_seq:
-            self.final_cosigned.set()
+        if seq <= self.guard.cosigned_seq and seq != self.final_seq:
+            return  # already counted
+        # Stored, then counted, as one step that a cancellation cannot split (Rule 1).
+        with trio.CancelScope(shield=True), trio.move_on_after(10):
+            await self.s.store.append_receipt(cosigned)
+            self.guard.countersigned(seq, cosigned.record.amount_micros)
+            self.active.cosigned_micros = self.guard.cosigned_amount
+            if seq == self.final_seq:
+                self.final_cosigned.set()
+
+    def _bad_frame(self, what: str) -> None:
+        self.garbage_frames += 1
+        if self.garbage_frames <= 8:  # enough to diagnose; a flood is cut off below
+            log.warning("job %s: %s", self.ag_hex, what)
+        if self.garbage_frames > MAX_BAD_FRAMES:
+            raise RemoteProtocolError("too many bad frames from the buyer", peer=self.framed.peer)
 
     @property
     def ag_hex(self) -> str:
@@ -251,19 +287,22 @@ class JobRun:
             if not start.image_archive_bytes or job.image_archive_sha256 is None:
                 raise SuanliError(f"image {job.image} is not on this provider and no archive was offered",
                                   reason="image_missing")
-            self.status("need_image", f"send the archive of {job.image}")
-            await self.outbox.drained()
-            data = await receive_blob(self.framed, "image", start.image_archive_bytes, MAX_IMAGE_BYTES)
-            self.status("loading_image")
-            image_id = await self.s.engine.call(load_image_archive, client, data,
-                                                archive_sha256="sha256:" + job.image_archive_sha256.hex(),
-                                                image_id=job.image, what="load image")
+            async with IMAGE_UPLOADS:
+                self.status("need_image", f"send the archive of {job.image}")
+                await self.outbox.drained()
+                data = await receive_blob(self.framed, "image", start.image_archive_bytes, MAX_IMAGE_BYTES)
+                self.status("loading_image")
+                image_id = await self.s.engine.call(load_image_archive, client, data,
+                                                    archive_sha256="sha256:" + job.image_archive_sha256.hex(),
+                                                    image_id=job.image, what="load image")
+                del data
         self.status("need_inputs")
         await self.outbox.drained()
         inputs = await receive_blob(self.framed, "inputs", start.input_bytes, MAX_INPUT_BYTES)
         if job.input_sha256 is not None and hashlib.sha256(inputs).digest() != job.input_sha256:
             raise RemoteProtocolError("the inputs are not the ones agreed (sha256)", peer=self.framed.peer)
-        return image_id, read_input_tar(inputs)
+        files = await trio.to_thread.run_sync(read_input_tar, bytes(inputs))
+        return image_id, files
 
     def plan(self, image_id: str, env: list[str]):  # type: ignore[no-untyped-def]
         ag, r = self.ag, self.ag.resources
@@ -277,19 +316,72 @@ class JobRun:
 
     async def run(self, start: Start) -> None:
         final: Signed[Receipt] | None = None
-        async with trio.open_nursery() as outer:
-            outer.start_soon(self.outbox.run)
-            try:
-                final = await self._run(start, outer)
-            finally:
-                with trio.CancelScope(shield=True), trio.move_on_after(5):
-                    await self.outbox.drained()
-                outer.cancel_scope.cancel()
-        self.s.on_finished(self.active, final.record if final else None, self.final_cosigned.is_set())
+        try:
+            async with trio.open_nursery() as outer:
+                self.outer = outer
+                outer.start_soon(self.outbox.run)
+                try:
+                    final = await self._run(start, outer)
+                finally:
+                    with trio.CancelScope(shield=True), trio.move_on_after(5):
+                        await self.outbox.drained()
+                    outer.cancel_scope.cancel()
+        finally:
+            # Rule 4, whatever happened above (a bug, the stream's budget running out): the chain ends
+            # with a final receipt, and the capacity goes back.
+            if final is None or final.record.state != "final":
+                with trio.CancelScope(shield=True), trio.move_on_after(10):
+                    final = await self._closing_receipt()
+            self.s.on_finished(self.active, final.record if final else None, self.final_cosigned.is_set())
+
+    async def _closing_receipt(self) -> Signed[Receipt] | None:
+        """A final receipt that claims nothing beyond what the buyer countersigned."""
+        last = self.issuer.last
+        if last is not None and last.state == "final":
+            return self.issued.get(last.seq)
+        cosigned = self.issued.get(self.guard.cosigned_seq)
+        record = closing_receipt(self.active.agreement, last, self.issuer.last_id,
+                                 cosigned.record if cosigned is not None else None,
+                                 self.active.stop_reason or PROVIDER_FAULT, wall_ms())
+        signed = sign_record(record, self.s.key)
+        try:
+            await self.s.store.append_receipt(signed)
+        except SuanliError as exc:  # the next start closes it (close_open_agreements)
+            log.warning("job %s: closing receipt not stored: %s", self.ag_hex, exc)
+            return None
+        self.issuer.issued(record, signed.body)
+        return signed
+
+    async def _prepare_unless_stopped(self, start: Start) -> tuple[str, dict[str, bytes]]:
+        """``prepare``, abandoned when the daemon asks every job to stop (graceful shutdown)."""
+        result: list[tuple[str, dict[str, bytes]]] = []
+        failure: BaseException | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                async def work() -> None:
+                    result.append(await self.prepare(start))
+                    nursery.cancel_scope.cancel()
+
+                async def watch() -> None:
+                    await self.active.stop_requested.wait()
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(work)
+                nursery.start_soon(watch)
+        except* trio.TooSlowError:
+            failure = RemoteProtocolError("the buyer's upload was too slow", peer=self.framed.peer)
+        except* (SuanliError, OSError) as group:
+            failure = first_leaf(group)
+        if failure is not None:
+            raise failure
+        if not result:
+            raise SuanliError(f"the job was stopped before it started ({self.active.stop_reason})",
+                              reason=self.active.stop_reason or PROVIDER_FAULT)
+        return result[0]
 
     async def _run(self, start: Start, outer: trio.Nursery) -> Signed[Receipt] | None:
         try:
-            image_id, inputs = await self.prepare(start)
+            image_id, inputs = await self._prepare_unless_stopped(start)
             env = await self.s.engine.call(image_env, self.s.engine.client, image_id, what="inspect image")
             plan = self.plan(image_id, env)
         except (SuanliError, OSError) as exc:
@@ -307,7 +399,7 @@ class JobRun:
                     self.status("running", f"container {job.id[:12]}")
                     last = await self._supervise(job, outer)
                 except* SuanliError as group:  # Rule 4: an engine or store error still ends the chain
-                    log.warning("job %s failed while running: %s", self.ag_hex, group.exceptions[0])
+                    log.warning("job %s failed while running: %s", self.ag_hex, first_leaf(group))
                     self.active.request_stop(PROVIDER_FAULT)
                     await _stop_quietly(job)
                     last = job.meter.sample(job.now_ms())
@@ -366,6 +458,7 @@ class JobRun:
                 await logs_done.wait()
             log_nursery.cancel_scope.cancel()
         # Keep reading the buyer: the final countersignature comes later.
+        self._reading = True
         outer.start_soon(self.read_buyer, lambda: None)
         return job.result.final if job.result is not None else last
 
@@ -406,6 +499,8 @@ class JobRun:
         final = await self.issue(metered, usage, final=(reason, exit_code, digest if result is not None else None),
                                  max_metered_ms=ceiling)
         self.final_seq = final.record.seq
+        if not self._reading:
+            self.outer.start_soon(self.read_buyer, lambda: None)
         if reason != BUYER_UNRESPONSIVE and not self.outbox.broken.is_set():
             with trio.move_on_after((self.ag.terms.countersign_timeout_ms + self.ag.terms.grace_ms) / 1000):
                 await self.final_cosigned.wait()
@@ -414,6 +509,13 @@ class JobRun:
                                  bool(result and result.oom_killed), bool(result and result.timed_out), reason,
                                  len(outputs)))
         return final
+
+
+def first_leaf(group: BaseException) -> BaseException:
+    """The first real exception inside (possibly nested) exception groups."""
+    while isinstance(group, BaseExceptionGroup):
+        group = group.exceptions[0]
+    return group
 
 
 async def _stop_quietly(job) -> None:  # type: ignore[no-untyped-def]
@@ -433,7 +535,8 @@ async def _wait_quietly(job) -> None:  # type: ignore[no-untyped-def]
 
 async def serve_job(services: JobServices, framed: FramedStream) -> None:
     """The ``/suanli/job/1.0.0`` handler (runs under serve_framed)."""
-    start = await _expect(framed, (Start,))
+    with trio.fail_after(START_TIMEOUT_S):
+        start = await _expect(framed, (Start,))
     assert isinstance(start, Start)
     active = services.active.get(start.agreement_id)
     if active is None or active.agreement.record.buyer != public_from_peer_id(framed.peer):

@@ -69,17 +69,24 @@ def input_tar(files: Mapping[str, bytes]) -> bytes:
 def read_tar_files(data: bytes, *, what: str, strip: str | None = None, max_files: int = 10_000) -> dict[str, bytes]:
     """Regular files of a tar, keyed by safe relative path (Rule 1), with the leading ``strip/`` removed.
 
-    Links, devices, paths that leave their folder and more than ``max_files`` files are refused with a
-    SandboxError naming ``what`` ("the job's outputs", "the inputs").
+    Links, devices, sparse files, members claiming more bytes than the archive holds (a tar bomb),
+    paths that leave their folder and more than ``max_files`` files are refused with a SandboxError
+    naming ``what`` ("the job's outputs", "the inputs").
     """
     files: dict[str, bytes] = {}
+    total = 0
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
             for member in tar:
                 if member.isdir():
                     continue
-                if not member.isfile():
-                    raise SandboxError(f"{what} hold a link or device; refusing them", actual=member.name)
+                if not member.isfile() or member.issparse() or any(k.startswith("GNU.sparse")
+                                                                   for k in member.pax_headers):
+                    raise SandboxError(f"{what} hold a link, device or sparse file; refusing them",
+                                       actual=member.name)
+                total += member.size
+                if total > len(data):  # a plain tar is never smaller than its contents: a bomb
+                    raise SandboxError(f"{what} claim more bytes than the archive holds", actual=total)
                 name = member.name
                 if strip is not None:
                     head, _, rest = name.partition("/")

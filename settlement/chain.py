@@ -14,11 +14,14 @@ Rules, each reported as a Finding with the rule's name (docs/PROTOCOL.md, "Recei
   (settlement.billing Rule 2).
 - bad_state / after_final: a running receipt has no reason, exit code or digest; a final one has a
   known reason, and ``completed`` has an exit code and an output digest; nothing follows a final one.
-- unsigned_final: a final receipt the buyer did not countersign is accepted only with reason
-  ``buyer_unresponsive`` and an amount at most the last countersigned amount plus the agreed exposure
-  cap, or (any reason) when it claims nothing beyond the last countersigned amount: such a *closing*
-  receipt ends the chain, withdraws the pending claims before it (so it is exempt from ``decreasing``)
-  and leaves what is owed at the last countersigned amount.
+- unsigned_final: a final receipt the buyer did not countersign may claim at most the last
+  countersigned amount plus the agreed exposure cap. It is *owed* only with reason
+  ``buyer_unresponsive``, and only after a running receipt the buyer left unsigned for at least
+  ``countersign_timeout_ms`` (so a provider cannot invent an unresponsive buyer). With another reason it
+  is a pending claim, never owed (a buyer that left before signing the last receipt). A final receipt
+  claiming nothing beyond the last countersigned amount is a *closing* receipt: it ends the chain,
+  withdraws the pending claims before it (so it is exempt from ``decreasing``) and leaves what is owed
+  at the last countersigned amount.
 
 What is owed is the amount of the last countersigned receipt (or of an accepted unsigned final).
 Provider-signed receipts after the last countersigned one are pending claims, never owed.
@@ -223,20 +226,24 @@ def verify_chain(agreement: Signed[Agreement], receipts: Sequence[Signed[Receipt
     last_cosigned_amount = cosigned.amount_micros if cosigned is not None else 0
     if tail_unsigned:
         last, last_id = tail_unsigned[-1]
+        pending_running = [r for r, _ in tail_unsigned if r.state == RUNNING]
+        report.pending = len(pending_running)
         if last.state == FINAL:
             cap = ag.terms.exposure_cap_micros
             if last.amount_micros <= last_cosigned_amount:
                 pass  # a closing receipt: what is owed stays the last countersigned amount
-            elif last.reason != BUYER_UNRESPONSIVE:
-                findings.append(Finding("unsigned_final", f"a final receipt with reason {last.reason!r} "
-                                        "claims more than the buyer countersigned", last.seq, last_id))
             elif last.amount_micros > last_cosigned_amount + cap:
                 findings.append(Finding("unsigned_final", f"claims {last.amount_micros}, more than the last "
                                         f"countersigned {last_cosigned_amount} plus the cap {cap}",
                                         last.seq, last_id))
+            elif last.reason != BUYER_UNRESPONSIVE:
+                report.pending += 1  # an unsigned claim (the buyer left before signing): never owed
+            elif not pending_running or last.issued_at_ms < (pending_running[0].issued_at_ms
+                                                             + ag.terms.countersign_timeout_ms):
+                findings.append(Finding("unsigned_final", "buyer_unresponsive without a receipt the buyer left "
+                                        "unsigned for the agreed countersignature timeout", last.seq, last_id))
             else:
                 owed, owed_id = last, last_id
-        report.pending = sum(1 for r, _ in tail_unsigned if r.state == RUNNING)
     if owed is not None:
         report.billed_ms = owed.metered_ms
         report.amount_micros = owed.amount_micros

@@ -185,25 +185,30 @@ async def _run(args: argparse.Namespace, command: list[str]) -> int:
                 "exposure_cap_micros": first.terms.exposure_cap_micros}}
             print(json.dumps(doc, indent=None if args.json else 1))
             return 0
-        deal, attempts = await negotiate_first(node, key, candidates, per_candidate_s=args.negotiate_timeout)
-        for attempt in attempts:
-            if attempt.outcome != "agreed":
-                say(f"suanli: {attempt.provider}: {attempt.outcome}")
-        if deal is None:
-            if args.json:
-                print(json.dumps({"ok": False, "error": "every candidate refused",
-                                  "attempts": [a.__dict__ for a in attempts]}))
-            return EXIT_NO_PROVIDER
-        ag = deal.agreement.record
-        provider = peer_id_from_public(ag.provider)
-        say(f"suanli: agreed with {provider} at {ag.price_micros_per_s} micro-credits/s "
-            f"(agreement {deal.agreement.record_id.hex()[:16]})")
         db_path = home / "buyer.db"
         async with open_store(db_path) as store:
-            await store.put_proposal(deal.proposal)
-            await store.put_agreement(deal.agreement)
-            if signed_by_provider.get(ag.provider):
-                await store.put_offer(signed_by_provider[ag.provider])
+            async def keep_evidence(agreement: Any, proposal: Any) -> None:
+                # Stored before the countersignature leaves: the buyer can always show what it signed.
+                offer = signed_by_provider.get(agreement.record.provider)
+                if offer is not None:
+                    await store.put_offer(offer)
+                await store.put_proposal(proposal)
+                await store.put_agreement(agreement)
+
+            deal, attempts = await negotiate_first(node, key, candidates, per_candidate_s=args.negotiate_timeout,
+                                                   before_accept=keep_evidence)
+            for attempt in attempts:
+                if attempt.outcome != "agreed":
+                    say(f"suanli: {attempt.provider}: {attempt.outcome}")
+            if deal is None:
+                if args.json:
+                    print(json.dumps({"ok": False, "error": "every candidate refused",
+                                      "attempts": [a.__dict__ for a in attempts]}))
+                return EXIT_NO_PROVIDER
+            ag = deal.agreement.record
+            provider = peer_id_from_public(ag.provider)
+            say(f"suanli: agreed with {provider} at {ag.price_micros_per_s} micro-credits/s "
+                f"(agreement {deal.agreement.record_id.hex()[:16]})")
             cancel = trio.Event()
             hooks = _hooks(args, say)
             failure: JobFailed | None = None
@@ -231,7 +236,7 @@ async def _run(args: argparse.Namespace, command: list[str]) -> int:
             await store.record_outcome(ag.provider, seen, deal.agreement.record_id, now_ms())
     if failure is not None or outcome is None:
         message = str(failure) if failure else "interrupted"
-        say(f"suanli: job failed: {message}")
+        say(f"suanli: job failed: {message}; evidence in {db_path}")
         if args.json:
             print(json.dumps({"ok": False, "error": message, "agreement_id": deal.agreement.record_id.hex(),
                               "provider": provider, "database": str(db_path)}))

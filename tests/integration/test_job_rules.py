@@ -17,9 +17,10 @@ from node.provider_job import send_blob
 from node.testing import FAST_TERMS as TERMS
 from node.testing import local_setup, make_proposal
 from p2p.envelope import Signed, countersign, open_signed
+from p2p.errors import RemoteProtocolError
 from p2p.framing import FramedStream
 from p2p.identity import generate_key, peer_id_from_public
-from p2p.testing import loopback_config, open_host
+from p2p.testing import loopback_config, open_host, wait_until
 from sandbox.spec import LABEL_AGREEMENT
 from settlement.astore import open_store
 from settlement.audit import audit, read_inputs
@@ -239,3 +240,30 @@ async def test_an_error_inside_the_running_job_still_ends_the_chain_and_frees_ca
     assert outcome.reason == "provider_fault" and outcome.last.reason == "provider_fault"
     (result,) = audit(read_inputs([tmp_path / "provider" / "node.db", tmp_path / "buyer.db"]))
     assert result.report.ok, result.report.findings
+
+
+async def test_a_buyer_that_stalls_holds_nothing(tmp_path, demo_image, monkeypatch):
+    import node.provider_job as pj
+
+    monkeypatch.setattr(pj, "START_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(pj, "UPLOAD_ALLOWANCE_S", 1.0)
+    provider_key, buyer = generate_key(), generate_key()
+    async with open_provider(local_setup(tmp_path / "provider", provider_key)) as runtime:
+        async with open_host(loopback_config(buyer, bootstrap=(runtime.node.addrs()[0],))) as client:
+            # 1. A stream that never says which agreement it is for is cut off.
+            framed = FramedStream(await client.open_stream(provider_key.peer_id, PROTOCOL_ID))
+            with trio.fail_after(10):
+                try:
+                    while await framed.receive_frame() is not None:
+                        pass
+                except RemoteProtocolError:
+                    pass  # reset rather than closed: cut off either way
+            # 2. A job whose inputs never arrive is closed and its capacity released.
+            deal = await _deal(runtime, client, buyer, demo_image, ["true"])
+            framed = FramedStream(await client.open_stream(provider_key.peer_id, PROTOCOL_ID),
+                                  max_frame_bytes=MAX_FRAME_BYTES)
+            await framed.send_frame(Start(deal.agreement.record_id, 1 << 20, 0).encode())  # 1 MiB promised
+            await wait_until(lambda: not runtime.services.active, timeout_s=30)
+            assert runtime.ledger.free().cpu_millis == runtime.ledger.cpu_millis
+    (result,) = audit(read_inputs([tmp_path / "provider" / "node.db"]))
+    assert result.report.ok and result.report.amount_micros == 0 and result.report.state.startswith("final:")

@@ -112,8 +112,9 @@ CASES = {
     "unsigned final over cap": (lambda rs: signed(rs[:3] + [amount_fixed(replace(
         rs[3], reason=BUYER_UNRESPONSIVE, metered_ms=rs[2].metered_ms + 60_000, issued_at_ms=rs[3].issued_at_ms
         + 60_000, exit_code=None, output_digest=None))], cosign=[1, 1, 1, 0], relink=True), ["unsigned_final"]),
-    "unsigned final with another reason claiming more": (
-        lambda rs: signed(rs, cosign=[1, 1, 1, 0]), ["unsigned_final"]),
+    "unsigned buyer_unresponsive without an unsigned receipt before it": (
+        lambda rs: signed(rs[:3] + [replace(rs[3], reason=BUYER_UNRESPONSIVE, exit_code=None, output_digest=None)],
+                          cosign=[1, 1, 1, 0], relink=True), ["unsigned_final"]),
 }
 
 
@@ -123,13 +124,25 @@ def test_each_rule_is_reported(name):
     assert rules(build(honest(4))) == expected
 
 
-def test_unsigned_final_within_cap_is_owed():
+def test_unsigned_final_within_cap_is_owed_after_a_receipt_left_unsigned():
     rs = honest(4)
-    last = replace(rs[3], reason=BUYER_UNRESPONSIVE, exit_code=None, output_digest=None)
-    report = verify_chain(AGREEMENT, signed(rs[:3] + [last], cosign=[1, 1, 1, 0]))
+    late = rs[3].issued_at_ms + TERMS.countersign_timeout_ms + TERMS.grace_ms
+    last = replace(rs[3], seq=5, reason=BUYER_UNRESPONSIVE, exit_code=None, output_digest=None, issued_at_ms=late)
+    pending = replace(rs[3], state="running", reason=None, exit_code=None, output_digest=None)
+    report = verify_chain(AGREEMENT, signed(rs[:3] + [pending, last], cosign=[1, 1, 1, 0, 0], relink=True))
     assert report.ok, report.findings
     assert report.amount_micros == last.amount_micros <= rs[2].amount_micros + TERMS.exposure_cap_micros
-    assert report.state == "final:buyer_unresponsive"
+    assert report.state == "final:buyer_unresponsive" and report.pending == 1
+    too_soon = replace(last, issued_at_ms=rs[3].issued_at_ms + 10)
+    rules_seen = {f.rule for f in verify_chain(AGREEMENT, signed(rs[:3] + [pending, too_soon], cosign=[1, 1, 1, 0, 0],
+                                                                 relink=True)).findings}
+    assert rules_seen == {"unsigned_final"}
+
+
+def test_unsigned_completed_final_is_a_pending_claim_not_a_debt():
+    report = verify_chain(AGREEMENT, signed(honest(4), cosign=[1, 1, 1, 0]))
+    assert report.ok and report.pending == 1 and report.state == "final:completed"
+    assert report.amount_micros == honest(4)[2].amount_micros
 
 
 def test_unsigned_closing_receipt_that_claims_nothing_new_is_accepted():

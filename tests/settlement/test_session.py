@@ -91,7 +91,13 @@ def test_silent_buyer_owes_at_most_the_cap_and_the_audit_accepts_it():
         chain.append(countersign(s, B))
         guard.sent(r.seq, r.amount_micros, now)
         guard.countersigned(r.seq, r.amount_micros)
-    # The buyer goes silent; the job kept running for 20 more seconds before the provider noticed.
+    # The buyer goes silent: receipt 4 is never countersigned; the job kept running for 20 more seconds
+    # before the provider stopped it.
+    now += 1000
+    pending = issuer.next(4000, usage(3600), now)
+    s = sign_record(pending, P)
+    issuer.issued(pending, s.body)
+    chain.append(s)
     final = issuer.next(23_000, usage(20_000), now + 20_000, final=(BUYER_UNRESPONSIVE, None, None),
                         max_metered_ms=guard.unsigned_ceiling_ms())
     chain.append(sign_record(final, P))
