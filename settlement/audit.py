@@ -100,11 +100,18 @@ def audit_chain(job: ChainJob) -> ChainAudit:
     """Verify one agreement's evidence (runs in a worker process with ``jobs`` > 1)."""
     pre: list[Finding] = []
     agreement: Signed[Agreement] | None = None
-    for env in sorted(job.agreements, key=lambda e: -len(e["sigs"])):
-        agreement, problem = _decode(env, Agreement, "agreement")
-        if agreement is not None:
-            break
-        pre.append(problem)  # type: ignore[arg-type]
+    names = job.sources + [f"input {i + 1}" for i in range(len(job.sources), len(job.agreements))]
+    copies = list(zip(job.agreements, names, strict=False))
+    for env, src in sorted(copies, key=lambda c: -len(c[0]["sigs"])):
+        candidate, problem = _decode(env, Agreement, "agreement")
+        if candidate is None:
+            pre.append(problem)  # type: ignore[arg-type]
+        elif len(copies) > 1 and not _signatures_ok(candidate):
+            pre.append(Finding("agreement_signature", f"the copy in {src} has a signature that does not verify"))
+        elif agreement is None:
+            agreement = candidate
+    if agreement is None and copies:  # every copy is bad: let verify_chain report the first one
+        agreement, _ = _decode(copies[0][0], Agreement, "agreement")
     if agreement is None:
         report = ChainReport(job.agreement_id, b"\0" * 32, b"\0" * 32, 0, state="unreadable", findings=pre)
         return ChainAudit(report, job.sources)
@@ -112,9 +119,10 @@ def audit_chain(job: ChainJob) -> ChainAudit:
     pre.extend(_check_origin(job, ag))
 
     receipts: list[Signed[Receipt]] = []
+    kept_source: list[str] = []
     multi = len(job.receipts) > 1
     by_body: dict[bytes, int] = {}
-    for source_list in job.receipts:
+    for source_list, source in zip(job.receipts, names, strict=False):
         local: set[bytes] = set()
         last_seq = 0
         for env in source_list:
@@ -129,19 +137,38 @@ def audit_chain(job: ChainJob) -> ChainAudit:
                                        signed.record.seq))
                 last_seq = max(last_seq, signed.record.seq)
                 if body in by_body and body not in local:
-                    index = by_body[body]  # the same receipt from another input: keep the most signatures
-                    if len(signed.sigs) > len(receipts[index].sigs):
-                        receipts[index] = signed
+                    # The same receipt from another input (Rule 2): copies whose signatures differ are
+                    # each verified, a bad copy is reported with its input, the best good one is kept.
+                    index = by_body[body]
+                    kept = receipts[index]
+                    if signed.sigs != kept.sigs:
+                        new_ok, kept_ok = _signatures_ok(signed), _signatures_ok(kept)
+                        bad = None if new_ok and kept_ok else (source if not new_ok else kept_source[index])
+                        if bad is not None:
+                            pre.append(Finding("receipt_signature", f"the copy in {bad} has a signature that "
+                                               "does not verify", signed.record.seq, signed.record_id))
+                        if (new_ok and not kept_ok) or (new_ok and len(signed.sigs) > len(kept.sigs)):
+                            receipts[index] = signed
+                            kept_source[index] = source
                     local.add(body)
                     continue
                 local.add(body)
                 by_body.setdefault(body, len(receipts))
             receipts.append(signed)
+            kept_source.append(source)
     if multi:
         receipts.sort(key=lambda s: s.record.seq)
     report = verify_chain(agreement, receipts)
     report.findings[:0] = pre
     return ChainAudit(report, job.sources)
+
+
+def _signatures_ok(signed: Signed[Any]) -> bool:
+    try:
+        signed.verify()
+    except SignatureError:
+        return False
+    return True
 
 
 def _check_origin(job: ChainJob, ag: Agreement) -> list[Finding]:

@@ -234,3 +234,17 @@ def test_offline_commands_do_not_import_libp2p(tmp_path, node_db, args):
 
 def test_agreement_is_signed_by_both(evidence):
     assert open_signed(evidence.agreement.to_bytes(), Agreement, min_sigs=2).is_complete
+
+
+def test_a_tampered_copy_is_reported_whatever_the_order_of_inputs(tmp_path):
+    ev, rs = _chain()
+    forged = rs[:1] + [Signed(rs[1].body, rs[1].record, (rs[1].sigs[0], bytes(64)))] + rs[2:]
+    good = write_bundle(tmp_path / "good.bundle", ev, rs)
+    bad = write_bundle(tmp_path / "bad.bundle", ev, forged)
+    results = []
+    for order in ((good, bad), (bad, good)):
+        code, out, _ = run("audit", "--json", *order)
+        doc = json.loads(out)
+        (ag,) = doc["agreements"]
+        results.append((code, sorted({f["rule"] for f in ag["findings"]}), ag["amount_micros"]))
+    assert results[0] == results[1] == (1, ["receipt_signature"], rs[-1].record.amount_micros)
