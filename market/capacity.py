@@ -24,6 +24,7 @@ class Allocation:
 class _Hold:
     allocation: Allocation
     hold_until_ms: int | None  # None once confirmed
+    owner: bytes = b""
 
 
 @dataclass
@@ -42,7 +43,7 @@ class CapacityLedger:
             memory_mib=self.memory_mib - sum(h.allocation.memory_mib for h in self._holds.values()))
 
     def reserve(self, key: bytes, gpu_uuids: tuple[str, ...], cpu_millis: int, memory_mib: int,
-                hold_until_ms: int) -> Allocation | None:
+                hold_until_ms: int, owner: bytes = b"") -> Allocation | None:
         """Take the resources for ``key`` (an agreement id), or None when they are not all free."""
         if key in self._holds or len(self._holds) >= self.max_jobs:
             return None
@@ -51,7 +52,7 @@ class CapacityLedger:
                 or memory_mib > free.memory_mib):
             return None
         allocation = Allocation(tuple(gpu_uuids), cpu_millis, memory_mib)
-        self._holds[key] = _Hold(allocation, hold_until_ms)
+        self._holds[key] = _Hold(allocation, hold_until_ms, owner)
         return allocation
 
     def confirm(self, key: bytes, now_ms: int) -> Allocation | None:
@@ -70,6 +71,10 @@ class CapacityLedger:
         for k in gone:
             del self._holds[k]
         return gone
+
+    def unconfirmed_by(self, owner: bytes) -> int:
+        """Bids ``owner`` holds and has not countersigned yet (a per-peer limit, market.deal)."""
+        return sum(1 for h in self._holds.values() if h.owner == owner and h.hold_until_ms is not None)
 
     def held(self) -> int:
         """Reservations held, confirmed or not."""

@@ -22,6 +22,8 @@ from market.pricing import price_per_s
 from market.records import Agreement, Offer, Proposal
 
 MIN_CAP_INTERVALS = 3
+# One buyer cannot tie up capacity with bids it never countersigns (each lasts until accept_by_ms).
+MAX_OPEN_BIDS_PER_BUYER = 1
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,8 @@ def decide(proposal: Proposal, proposal_id: bytes, provider: bytes, offers: Mapp
         return Refuse(reason, f"proposal refused: {reason}")
     r = proposal.resources
     ledger.expire(now_ms)
+    if ledger.unconfirmed_by(proposal.buyer) >= MAX_OPEN_BIDS_PER_BUYER:
+        return Refuse(BUSY, "you already hold a bid from this provider that you have not countersigned")
     if ledger.held() >= ledger.max_jobs:
         return Refuse(BUSY, f"{ledger.held()} jobs running or promised, the most this provider takes")
     free = ledger.free()
@@ -84,7 +88,7 @@ def decide(proposal: Proposal, proposal_id: bytes, provider: bytes, offers: Mapp
         job=proposal.job, resources=r, price_micros_per_s=price, max_duration_ms=proposal.max_duration_ms,
         terms=proposal.terms, created_at_ms=now_ms, accept_by_ms=accept_by)
     allocation = ledger.reserve(agreement.record_id(), tuple(g.uuid for g in chosen), r.cpu_millis, r.memory_mib,
-                                hold_until_ms=accept_by)
+                                hold_until_ms=accept_by, owner=proposal.buyer)
     if allocation is None:
         return Refuse(NO_CAPACITY, "capacity was taken a moment ago")
     return Bid(agreement, allocation)

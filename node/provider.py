@@ -30,7 +30,7 @@ import trio
 from market.capacity import Allocation, CapacityLedger
 from market.offers import OfferedGpu, ProviderTerms, build_offer, needs_refresh
 from market.records import Agreement, GpuSpec, Offer, Proposal
-from market.reputation import COMPLETED, STOPPED_COUNTERSIGNING
+from market.reputation import COMPLETED, REJECTED_AFTER_AGREEMENT, STOPPED_COUNTERSIGNING
 from market.service import ProviderMarket
 from market.wire import PROTOCOL_ID as NEGOTIATE_PROTOCOL
 from node import jobwire
@@ -232,7 +232,9 @@ async def open_provider(setup: ProviderSetup, *, handlers: dict[str, object] | N
                 rt = runtime_box[0]
                 rt.earned_micros += final.amount_micros if final is not None and final_cosigned else job.cosigned_micros
                 rt.changed.set()
-            outcome = STOPPED_COUNTERSIGNING if final is not None and final.reason == BUYER_UNRESPONSIVE else COMPLETED
+            reason = final.reason if final is not None else None
+            outcome = (STOPPED_COUNTERSIGNING if reason == BUYER_UNRESPONSIVE
+                       else REJECTED_AFTER_AGREEMENT if reason == EXPIRED else COMPLETED)
             services_nursery.start_soon(store.record_outcome, job.agreement.record.buyer, outcome, ag_id, wall_ms())
 
         market = ProviderMarket(key=key, ledger=ledger, gpus=gpus, on_agreement=on_agreement, hold_ms=setup.hold_ms)

@@ -59,7 +59,9 @@ def test_gpu_bid_holds_the_gpu_by_uuid():
     book = ledger(gpus=("GPU-1",))
     d = run(proposal=proposal, offer=offer, gpus=[OfferedGpu("GPU-1", H200)], book=book)
     assert isinstance(d, Bid) and d.allocation.gpu_uuids == ("GPU-1",) and d.agreement.price_micros_per_s == 760
-    again = run(proposal=replace(proposal, nonce=b"\1" * 16), offer=offer, gpus=[OfferedGpu("GPU-1", H200)], book=book)
+    other_buyer = key_from_label("another buyer").public
+    again = run(proposal=replace(proposal, nonce=b"\1" * 16, buyer=other_buyer), offer=offer,
+                gpus=[OfferedGpu("GPU-1", H200)], book=book)
     assert isinstance(again, Refuse) and again.reason == NO_CAPACITY
 
 
@@ -70,3 +72,10 @@ def test_a_cap_below_three_intervals_at_this_price_is_refused():
     assert isinstance(d, Refuse) and d.reason == "terms_unacceptable" and "exposure cap" in d.detail
     ok = replace(PROPOSAL.record.terms, exposure_cap_micros=3 * 60)
     assert isinstance(run(proposal=replace(PROPOSAL.record, terms=ok), offer=replace(OFFER.record, terms=ok)), Bid)
+
+
+def test_one_open_bid_per_buyer():
+    book = ledger(cpu=4000, jobs=4)
+    assert isinstance(run(book=book), Bid)
+    again = run(proposal=replace(PROPOSAL.record, nonce=b"\2" * 16), book=book)
+    assert isinstance(again, Refuse) and again.reason == BUSY
