@@ -423,9 +423,12 @@ class JobRun:
         def stop_soon() -> None:
             outer.start_soon(_stop_quietly, job)
 
+        pump_scope = trio.CancelScope()
+
         async def pump_logs() -> None:
             async with logs_send:  # closing it ends forward_logs once every line is through
-                await job.stream_logs(logs_send)
+                with pump_scope:
+                    await job.stream_logs(logs_send)
 
         async def forward_logs() -> None:
             async with logs:
@@ -456,6 +459,10 @@ class JobRun:
             # The job has exited: its last lines may still be on their way from the engine.
             with trio.move_on_after(LOG_TAIL_S):
                 await logs_done.wait()
+            if not logs_done.is_set():  # stop waiting for the engine, but pass on what did arrive
+                pump_scope.cancel()
+                with trio.move_on_after(2):
+                    await logs_done.wait()
             log_nursery.cancel_scope.cancel()
         # Keep reading the buyer: the final countersignature comes later.
         self._reading = True

@@ -129,6 +129,16 @@ class LineSplitter:
             yield line
 
 
+def stamp_key(stamp: str) -> tuple[str, int]:
+    """An RFC 3339 timestamp with up to 9 fraction digits as a sortable key ("" sorts first).
+
+    The engine trims trailing zeros from the fraction, so the strings themselves do not sort.
+    """
+    head, _, frac = stamp.rstrip("Z").partition(".")
+    digits = "".join(c for c in frac if c.isdigit())[:9]
+    return head, int(digits.ljust(9, "0")) if digits else 0
+
+
 def parse_log_line(stream: str, raw: bytes) -> LogLine:
     """One `logs(timestamps=True)` line: '<RFC3339Nano> <text>'."""
     text = raw.decode(errors="replace")

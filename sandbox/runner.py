@@ -16,6 +16,7 @@ deadline the container is stopped with the plan's grace (SIGTERM to the init, SI
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -31,12 +32,13 @@ import trio
 
 from p2p.errors import SandboxError
 from sandbox.engine import Engine
-from sandbox.jobio import LineSplitter, LogLine, input_tar, parse_log_line
+from sandbox.jobio import LineSplitter, LogLine, input_tar, parse_log_line, stamp_key
 from sandbox.metering import Meter, MeterSample
 from sandbox.plan import IO_DIR, ContainerPlan
 
 log = logging.getLogger(__name__)
 CLEANUP_BUDGET_S = 30
+TAIL_LINES = 16
 
 
 @dataclass(frozen=True)
@@ -159,16 +161,35 @@ class Job:
                                      stderr=stream == "stderr", stream=True, follow=True,
                                      timestamps=True, what="logs")
         splitter = LineSplitter()
+        last_stamp = ""
         try:
             while (chunk := await self.engine.call(next, gen, None, own_thread=True, what="logs")):
                 for raw in splitter.feed(chunk):
-                    await send.send(parse_log_line(stream, raw))
+                    line = parse_log_line(stream, raw)
+                    last_stamp = line.timestamp or last_stamp
+                    await send.send(line)
             for raw in splitter.flush():
-                await send.send(parse_log_line(stream, raw))
+                line = parse_log_line(stream, raw)
+                last_stamp = line.timestamp or last_stamp
+                await send.send(line)
+            # The engine can store a process's last, unterminated line after a follow stream ended
+            # (seen under load): look once more at the tail and pass on whatever is newer.
+            for line in await self._tail_after(stream, last_stamp):
+                await send.send(line)
         except SandboxError as exc:  # the container went away under the stream: the stream ends
             log.info("log stream of %s ended: %s", self.id[:12], exc)
         finally:
+            for raw in splitter.flush():  # cancelled mid-line: what did arrive is still passed on
+                with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                    send.send_nowait(parse_log_line(stream, raw))
             gen.close()
+
+    async def _tail_after(self, stream: str, last_stamp: str) -> list[LogLine]:
+        data = await self.engine.call(self.api.logs, self.id, stdout=stream == "stdout",
+                                      stderr=stream == "stderr", stream=False, follow=False, timestamps=True,
+                                      tail=TAIL_LINES, what="logs")
+        lines = [parse_log_line(stream, raw) for raw in bytes(data).split(b"\n") if raw]
+        return [line for line in lines if stamp_key(line.timestamp) > stamp_key(last_stamp)]
 
     async def export_outputs(self, dest: Path, max_bytes: int | None = None) -> OutputArchive:
         """Write /io/out as a tar to `dest`, refusing more than `max_bytes` (the plan's cap)."""
