@@ -27,6 +27,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.docker]
 SUANLI = [sys.executable, "-m", "node.cli"] if shutil.which("suanli") is None else ["suanli"]
 ROOT = Path(__file__).resolve().parents[2]
 BOUND_S = 60.0
+OFFER_TTL_S = 12  # short, so that a killed provider's offer visibly expires within the test
 
 
 def _docker_answers() -> bool:
@@ -103,6 +104,7 @@ max_concurrent_jobs = 1
 cpu_millis = 1000
 memory_mib = 512
 allowed_images = []
+offer_ttl_s = {OFFER_TTL_S}
 
 [receipts]
 interval_ms = 1000
@@ -146,6 +148,7 @@ def test_offers_of_five_provider_processes_reach_a_buyer_and_survive_a_kill(tmp_
         victim = providers[0]
         victim.p.send_signal(signal.SIGKILL)
         victim.p.wait(timeout=10)
+        killed_at = time.monotonic()
         rest = set(ids[1:])
         seen = set()
         t1 = time.monotonic()
@@ -154,6 +157,13 @@ def test_offers_of_five_provider_processes_reach_a_buyer_and_survive_a_kill(tmp_
         assert rest <= seen, f"after kill -9, missing {rest - seen}"
         print(f"all 5 offers seen by a buyer {elapsed:.1f} s after ready; after kill -9 the other 4 "
               f"in {time.monotonic() - t1:.1f} s")
+        # Within its TTL the dead provider's offer leaves every book: a new buyer's, and the bootstrap's
+        # (which holds every offer it relays; the live providers re-issue theirs at half-life).
+        time.sleep(max(0.0, killed_at + OFFER_TTL_S + 1 - time.monotonic()))
+        assert ids[0] not in _offers(boot_addr, 3.0, tmp_path / "offers3.log")
+        boot.stop()
+        stopped = boot.wait_event("stopped", 30)
+        assert stopped["offers"] == len(rest), stopped
     finally:
         for p in reversed(procs):
             p.stop()
