@@ -22,8 +22,9 @@ from market.pricing import price_per_s
 from market.records import Agreement, Offer, Proposal
 
 MIN_CAP_INTERVALS = 3
-# One buyer cannot tie up capacity with bids it never countersigns (each lasts until accept_by_ms).
-MAX_OPEN_BIDS_PER_BUYER = 1
+# One buyer cannot tie up capacity with bids it never countersigns (each lasts until accept_by_ms);
+# a few at once let one buyer start several jobs in parallel.
+MAX_OPEN_BIDS_PER_BUYER = 4
 
 
 @dataclass(frozen=True)

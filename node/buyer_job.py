@@ -185,7 +185,6 @@ async def _follow(sender: _Sender, key: NodeKey, store: AsyncStore, verifier: Re
             hooks.on_status(msg.phase, msg.detail)
             if msg.phase == "running":
                 outcome.started_at_ms = msg.at_ms
-                verifier.started_at_ms = wall_ms()  # billed time is checked against our clock from here
             if msg.phase == "need_image":
                 if image_archive is None:
                     raise JobFailed("the provider lacks the image and no --image-archive was given",
@@ -193,6 +192,9 @@ async def _follow(sender: _Sender, key: NodeKey, store: AsyncStore, verifier: Re
                 await sender.blob("image", image_archive, hooks.on_progress)
             elif msg.phase == "need_inputs":
                 await sender.blob("inputs", inputs)
+                # The container cannot start before the inputs are in: billed time is checked against
+                # our own clock from here, so upload time can never be billed.
+                verifier.started_at_ms = wall_ms()
         elif isinstance(msg, Log):
             hooks.on_log(msg.stream, msg.data)
         elif isinstance(msg, Chunk) and msg.kind == "outputs":

@@ -431,9 +431,9 @@ class JobRun:
                     await job.stream_logs(logs_send)
 
         async def forward_logs() -> None:
-            async with logs:
-                async for line in logs:
-                    self.outbox.log_line(Log(line.stream, line.text.encode("utf-8", "replace")[:CHUNK_BYTES]))
+            # Never closes its receive side early (see the samples loop below); it ends with the senders.
+            async for line in logs:
+                self.outbox.log_line(Log(line.stream, line.text.encode("utf-8", "replace")[:CHUNK_BYTES]))
             logs_done.set()
 
         async def watch_stop() -> None:
@@ -449,12 +449,13 @@ class JobRun:
                 nursery.start_soon(self.read_buyer, stop_soon)
                 nursery.start_soon(watch_stop)
                 await nursery.start(partial(run_meter, job, samples_send, interval_s=self.ag.terms.interval_ms / 1000))
-                async with samples:
-                    async for sample in samples:
-                        last = sample
-                        if job.exited.is_set():
-                            break
-                        await self._tick(job, sample)
+                # The receive side stays open: closing it here would make the meter's last send fail
+                # with BrokenResourceError (before its cancellation arrives) and take the job down.
+                async for sample in samples:
+                    last = sample
+                    if job.exited.is_set():
+                        break
+                    await self._tick(job, sample)
                 nursery.cancel_scope.cancel()
             # The job has exited: its last lines may still be on their way from the engine.
             with trio.move_on_after(LOG_TAIL_S):

@@ -74,8 +74,16 @@ def test_a_cap_below_three_intervals_at_this_price_is_refused():
     assert isinstance(run(proposal=replace(PROPOSAL.record, terms=ok), offer=replace(OFFER.record, terms=ok)), Bid)
 
 
-def test_one_open_bid_per_buyer():
-    book = ledger(cpu=4000, jobs=4)
-    assert isinstance(run(book=book), Bid)
-    again = run(proposal=replace(PROPOSAL.record, nonce=b"\2" * 16), book=book)
+def test_open_bids_per_buyer_are_limited():
+    from market.deal import MAX_OPEN_BIDS_PER_BUYER
+
+    book = ledger(cpu=16_000, mem=16_384, jobs=16)
+
+    def bid(i):
+        return decide(PROPOSAL.record, bytes([i]) * 32, P.public, {OFFER.record_id: OFFER.record}, (), book, NOW,
+                      hold_ms=5000)
+
+    for i in range(MAX_OPEN_BIDS_PER_BUYER):
+        assert isinstance(bid(i), Bid)
+    again = bid(255)
     assert isinstance(again, Refuse) and again.reason == BUSY
