@@ -486,7 +486,9 @@ class JobRun:
             log.warning("job %s: buyer unresponsive past the grace; stopping", self.ag_hex)
             self.active.request_stop(BUYER_UNRESPONSIVE)
         billed = self.issuer.last.metered_ms if self.issuer.last else 0
-        if action in (RUN, RESUME) and sample.wall_ms > billed:
+        # The meter's first sample comes as the container starts: no receipt for a few milliseconds.
+        worth_a_receipt = self.issuer.last is not None or sample.wall_ms * 2 >= self.ag.terms.interval_ms
+        if action in (RUN, RESUME) and sample.wall_ms > billed and worth_a_receipt:
             await self.issue(sample.wall_ms, usage_of(sample))
 
     async def _finish(self, result, last: MeterSample | None, outputs: bytes) -> Signed[Receipt]:  # type: ignore[no-untyped-def]
