@@ -10,6 +10,13 @@ from pathlib import Path
 from p2p.errors import SuanliError
 
 
+def _read_archive(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise SuanliError(f"{path}: {exc.strerror}") from exc
+
+
 def cmd_image_build_demo(args: argparse.Namespace) -> int:
     from sandbox.engine import connect
     from sandbox.images import DEFAULT_BUSYBOX, ensure_demo_image
@@ -23,10 +30,7 @@ def cmd_image_load(args: argparse.Namespace) -> int:
     from sandbox.engine import connect
     from sandbox.images import load_image_archive
 
-    try:
-        data = Path(args.archive).read_bytes()
-    except OSError as exc:
-        raise SuanliError(f"{args.archive}: {exc.strerror}") from exc
+    data = _read_archive(args.archive)
     digests = read_digests(data)
     expected_sha = args.sha256 or digests.archive_sha256
     if not expected_sha.startswith("sha256:"):
@@ -39,10 +43,7 @@ def cmd_image_load(args: argparse.Namespace) -> int:
 def cmd_image_inspect(args: argparse.Namespace) -> int:
     from sandbox.archive import read_digests
 
-    try:
-        data = Path(args.archive).read_bytes()
-    except OSError as exc:
-        raise SuanliError(f"{args.archive}: {exc.strerror}") from exc
+    data = _read_archive(args.archive)
     d = read_digests(data)
     print(json.dumps({"archive_sha256": d.archive_sha256, "config_digest": d.config_digest,
                       "manifest_digest": d.manifest_digest, "bytes": len(data),
