@@ -35,7 +35,7 @@ from market.service import ProviderMarket
 from market.wire import PROTOCOL_ID as NEGOTIATE_PROTOCOL
 from node import jobwire
 from node.provider_job import ActiveJob, JobServices, serve_job
-from p2p.envelope import Signed, sign_record
+from p2p.envelope import Signed, sign_record, signed_from_wire
 from p2p.framing import serve_framed
 from p2p.host import HostConfig, Node, open_host
 from p2p.identity import NodeKey, peer_id_from_public
@@ -160,12 +160,9 @@ class ProviderRuntime:
 
 async def close_open_agreements(store: AsyncStore, key: NodeKey) -> int:
     """Rule 1: agreements a crash left open get a closing receipt (claims nothing new)."""
-    from market.records import Agreement as AgreementRecord
-    from p2p.envelope import signed_from_wire
-
     closed = 0
     for chain in await store.open_agreements(key.public):
-        agreement = signed_from_wire(chain.agreement, AgreementRecord)
+        agreement = signed_from_wire(chain.agreement, Agreement)
         receipts = [signed_from_wire(r, Receipt) for r in chain.receipts]
         cosigned = next((r.record for r in reversed(receipts) if r.is_complete), None)
         last = receipts[-1] if receipts else None

@@ -18,6 +18,8 @@ Wire form: the canonical msgpack map ``{"body": bin, "sigs": [bin64, ...]}``.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -63,11 +65,9 @@ class Signed(Generic[R]):
     record: R
     sigs: tuple[bytes, ...]
 
-    @property
+    @functools.cached_property
     def record_id(self) -> bytes:
-        """SHA-256 of the body: the record's id (signatures are not part of it)."""
-        import hashlib
-
+        """SHA-256 of the body: the record's id (signatures are not part of it); computed once."""
         return hashlib.sha256(self.body).digest()
 
     @property

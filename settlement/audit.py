@@ -72,17 +72,17 @@ def _read_one(path: Path) -> list[StoredChain]:
     try:
         with open(path, "rb") as fh:
             head = fh.read(len(SQLITE_MAGIC))
-            if head == SQLITE_MAGIC:
-                fh.close()
-                with Store(path, readonly=True) as store:
-                    return [store.load_chain(a) for a in store.agreement_ids()]
-            data = head + fh.read()
+            is_database = head == SQLITE_MAGIC
+            data = b"" if is_database else head + fh.read()  # a database is read by the store, not here
     except FileNotFoundError:
         raise UnusableInputError(f"{path}: no such file", path=str(path)) from None
     except IsADirectoryError:
         raise UnusableInputError(f"{path}: is a directory, not a bundle or database", path=str(path)) from None
     except OSError as exc:
         raise UnusableInputError(f"{path}: {exc.strerror}", path=str(path)) from exc
+    if is_database:
+        with Store(path, readonly=True) as store:
+            return [store.load_chain(a) for a in store.agreement_ids()]
     if not data:
         raise UnusableInputError(f"{path}: empty file", path=str(path))
     return decode_bundle(data, str(path))

@@ -139,14 +139,17 @@ class Store:
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
-        self.conn.execute("BEGIN IMMEDIATE")
+        """One durable transaction; sqlite's exceptions become StoreError here, once."""
         try:
-            yield
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        else:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
             self.conn.execute("COMMIT")
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path}: {exc}") from exc
 
     def close(self) -> None:
         self.conn.close()
@@ -217,11 +220,8 @@ class Store:
             "SELECT peer, outcome, COUNT(*) FROM outcomes GROUP BY peer, outcome")]
 
     def _write(self, sql: str, params: tuple[Any, ...]) -> None:
-        try:
-            with self._transaction():
-                self.conn.execute(sql, params)
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{self.path}: {exc}") from exc
+        with self._transaction():
+            self.conn.execute(sql, params)
 
     # -- reads ------------------------------------------------------------------------------------
 
