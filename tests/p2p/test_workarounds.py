@@ -342,3 +342,38 @@ async def test_many_concurrent_kad_streams_are_all_answered():
                 for i in range(20):
                     nursery.start_soon(ask, i)
         assert answered == [KadMessage.MessageType.GET_PROVIDERS] * 20
+
+
+# found here: a window update after every read --------------------------------------------------
+async def test_small_messages_do_not_each_cost_a_window_update(monkeypatch):
+    import struct
+
+    from libp2p.stream_muxer.yamux import yamux as yamux_module
+
+    from p2p.framing import FramedStream, serve_framed
+
+    frames: list[int] = []
+    write_frame = yamux_module.Yamux._write_frame
+
+    async def counting(self, data: bytes) -> None:
+        frames.append(struct.unpack(yamux_module.YAMUX_HEADER_FORMAT, data[:yamux_module.HEADER_SIZE])[1])
+        await write_frame(self, data)
+
+    monkeypatch.setattr(yamux_module.Yamux, "_write_frame", counting)
+
+    async def echo(framed: FramedStream) -> None:
+        while (frame := await framed.receive_frame()) is not None:
+            await framed.send_frame(frame)
+
+    handlers = {"/test/echo/1": serve_framed(echo, protocol="/test/echo/1", stream_budget_s=30)}
+    async with open_host(loopback_config()) as a, open_host(loopback_config(handlers=handlers)) as b:
+        await a.connect(b.addrs()[0])
+        framed = FramedStream(await a.open_stream(b.peer_id, "/test/echo/1"))
+        frames.clear()
+        for i in range(200):  # bounded: 200 round trips of 600 bytes
+            await framed.send_frame(bytes([i % 256]) * 600)
+            assert await framed.receive_frame() == bytes([i % 256]) * 600
+        await framed.aclose()
+    data, updates = frames.count(yamux_module.TYPE_DATA), frames.count(yamux_module.TYPE_WINDOW_UPDATE)
+    assert data >= 400
+    assert updates < data // 10  # with the defect: one update per message read (about 400)
