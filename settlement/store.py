@@ -1,7 +1,8 @@
 """The node's SQLite store: one file per node, the only module that imports sqlite.
 
-Rule 1 (durability): every write is its own transaction in WAL mode with ``synchronous=FULL``; a
-method returns only after its transaction is durable, so a receipt the node acknowledges after
+Rule 1 (durability): every write is a transaction in WAL mode with ``synchronous=FULL`` (one write,
+or a batch of receipts committed together: ``append_receipts``); a method returns only after its
+transaction is durable, so a receipt the node acknowledges after
 ``append_receipt`` returned survives ``kill -9`` (and power loss, as far as the disk honours fsync).
 Rule 2 (append-only evidence): agreements and receipts are never deleted and their bodies never
 change; the only update is adding the buyer's countersignature where there was none. Triggers in
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,23 +193,48 @@ class Store:
         StoreError when a different receipt is already stored for the same (agreement, seq): the
         store never holds two histories of one agreement.
         """
+        error = self.append_receipts([signed])[0]
+        if error is not None:
+            raise error
+
+    def append_receipts(self, batch: Sequence[Signed[Any]]) -> list[StoreError | None]:
+        """``append_receipt`` for many receipts in one durable transaction (a group commit).
+
+        Each receipt is applied under its own savepoint, so one that is refused (its StoreError is
+        returned in its place) leaves the others to commit. Raises StoreError, with nothing written,
+        when the transaction itself fails.
+        """
+        results: list[StoreError | None] = []
+        with self._transaction():
+            for signed in batch:
+                self.conn.execute("SAVEPOINT receipt")
+                try:
+                    self._append_one(signed)
+                except (StoreError, sqlite3.DatabaseError) as exc:
+                    self.conn.execute("ROLLBACK TO receipt")
+                    results.append(exc if isinstance(exc, StoreError) else StoreError(f"{self.path}: {exc}"))
+                else:
+                    results.append(None)
+                self.conn.execute("RELEASE receipt")
+        return results
+
+    def _append_one(self, signed: Signed[Any]) -> None:
         r = signed.record
         rid = signed.record_id
         buyer_sig = signed.sigs[1] if len(signed.sigs) > 1 else None
-        with self._transaction():
-            row = self.conn.execute("SELECT id, buyer_sig FROM receipts WHERE agreement_id = ? AND seq = ?",
-                                    (r.agreement_id, r.seq)).fetchone()
-            if row is None:
-                self.conn.execute(
-                    "INSERT INTO receipts(agreement_id, seq, id, body, provider_sig, buyer_sig, stored_at_ms)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (r.agreement_id, r.seq, rid, signed.body, signed.sigs[0], buyer_sig, _now_ms()))
-            elif row[0] != rid:
-                raise StoreError(f"a different receipt {r.seq} is already stored for agreement "
-                                 f"{r.agreement_id.hex()[:16]}", agreement_id=r.agreement_id, seq=r.seq)
-            elif buyer_sig is not None and row[1] is None:
-                self.conn.execute("UPDATE receipts SET buyer_sig = ? WHERE agreement_id = ? AND seq = ?",
-                                  (buyer_sig, r.agreement_id, r.seq))
+        row = self.conn.execute("SELECT id, buyer_sig FROM receipts WHERE agreement_id = ? AND seq = ?",
+                                (r.agreement_id, r.seq)).fetchone()
+        if row is None:
+            self.conn.execute(
+                "INSERT INTO receipts(agreement_id, seq, id, body, provider_sig, buyer_sig, stored_at_ms)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (r.agreement_id, r.seq, rid, signed.body, signed.sigs[0], buyer_sig, _now_ms()))
+        elif row[0] != rid:
+            raise StoreError(f"a different receipt {r.seq} is already stored for agreement "
+                             f"{r.agreement_id.hex()[:16]}", agreement_id=r.agreement_id, seq=r.seq)
+        elif buyer_sig is not None and row[1] is None:
+            self.conn.execute("UPDATE receipts SET buyer_sig = ? WHERE agreement_id = ? AND seq = ?",
+                              (buyer_sig, r.agreement_id, r.seq))
 
     def record_outcome(self, peer: bytes, outcome: str, agreement_id: bytes, at_ms: int) -> None:
         """What happened with a peer on one agreement (market.reputation); once per kind per agreement."""

@@ -134,3 +134,58 @@ def test_acknowledged_receipts_survive_kill_9(tmp_path, acks_before_kill):
     report = verify_chain(agreement, [signed_from_wire(r, Receipt) for r in chain.receipts])
     assert report.ok and report.last_seq >= acked
     assert make_chain(key_from_label("provider"), key_from_label("buyer"), 1).agreement.record_id == ag_id
+
+
+def test_a_batch_commits_together_and_a_refused_receipt_fails_alone(tmp_path, evidence, provider_key, buyer_key):
+    from dataclasses import replace
+
+    other = make_chain(key_from_label("p2"), key_from_label("b2"), 3, nonce=b"\x02" * 16)
+    with Store(tmp_path / "n.db") as store:
+        for ev in (evidence, other):
+            store.put_agreement(ev.agreement)
+        store.append_receipt(evidence.receipts[0])
+        forged = resign(replace(evidence.receipts[0].record, issued_at_ms=1), provider_key, buyer_key)
+        batch = [evidence.receipts[1], forged, *other.receipts]
+        results = store.append_receipts(batch)
+        assert [r is None for r in results] == [True, False, True, True, True]
+        assert "different receipt" in str(results[1])
+        assert store.load_chain(other.agreement.record_id).receipts == other.stored().receipts
+        assert store.load_chain(evidence.agreement.record_id).receipts == evidence.stored().receipts[:2]
+
+
+async def test_concurrent_appends_share_commits_and_each_caller_hears_its_own_outcome(tmp_path, evidence,
+                                                                                      provider_key, buyer_key):
+    from dataclasses import replace
+
+    import trio
+
+    from settlement.astore import open_store
+
+    chains = [make_chain(key_from_label(f"p{i}"), key_from_label(f"b{i}"), 3, nonce=bytes([i]) * 16)
+              for i in range(20)]
+    async with open_store(tmp_path / "n.db") as store:
+        for ev in chains:
+            await store.put_agreement(ev.agreement)
+        await store.append_receipt(chains[0].receipts[0])
+        forged = resign(replace(chains[0].receipts[0].record, issued_at_ms=1), key_from_label("p0"),
+                        key_from_label("b0"))
+        outcomes: dict[int, str] = {}
+
+        async def append(i: int, signed) -> None:
+            try:
+                await store.append_receipt(signed)
+                outcomes[i] = "ok"
+            except StoreError as exc:
+                outcomes[i] = str(exc)
+
+        before = store.commits
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(append, -1, forged)
+            for i, ev in enumerate(chains):
+                for r in ev.receipts[1:] if i == 0 else ev.receipts:
+                    nursery.start_soon(append, i * 10 + r.record.seq, r)
+        assert "different receipt" in outcomes.pop(-1)
+        assert set(outcomes.values()) == {"ok"} and len(outcomes) == 59
+        assert store.commits - before < 10  # 60 receipts, a handful of transactions
+        for ev in chains:
+            assert (await store.load_chain(ev.agreement.record_id)).receipts == ev.stored().receipts
