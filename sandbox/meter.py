@@ -10,11 +10,16 @@ Rule 1: the loop owns no state of its own: every reading goes into the job's pur
 receives the pause/resume/stop events from the runner, so the clock and the counters cannot disagree.
 Rule 2: a failed reading is skipped (the counters are cumulative, the next one catches up); the loop
 ends by itself once the job has exited, after sending the final sample.
+Rule 3: after the first sample (taken at once), samples fall on a grid shared by every job of the
+process: multiples of the interval on trio's clock. A provider's jobs then wake together once a second
+and their receipts share one group commit (settlement.astore Rule 3); billing is unaffected, since
+each sample carries the job's own metered milliseconds.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from typing import Protocol
 
 import trio
@@ -81,6 +86,11 @@ async def _read(job: Job, reader: UsageReader, gpu: JobGpuProbe | None) -> None:
     job.meter.fold(job.now_ms(), cgroup, gpu_reading)
 
 
+def grid_start(now: float, interval_s: float) -> float:
+    """The grid point at or before ``now``: the next sample is due one interval after it (Rule 3)."""
+    return math.floor(now / interval_s) * interval_s
+
+
 async def run_meter(job: Job, send: trio.MemorySendChannel[MeterSample], *, interval_s: float = 1.0,
                     cpu_reads_per_sample: int = 1, prefer_files: bool = True,
                     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
@@ -101,7 +111,7 @@ async def run_meter(job: Job, send: trio.MemorySendChannel[MeterSample], *, inte
             raise SandboxError(f"a GPU job cannot be metered: {reason}", container=job.id)
     task_status.started(reader.source)
     try:
-        tick = trio.current_time()
+        tick = grid_start(trio.current_time(), interval_s)  # Rule 3
         while not job.exited.is_set():
             await _read(job, reader, gpu)
             await send.send(job.meter.sample(job.now_ms()))

@@ -77,3 +77,14 @@ def test_stats_document():
     r = reading_from_stats(doc)
     assert (r.cpu_usage_ns, r.mem_current_bytes, r.mem_peak_bytes, r.pids_current) == (123_000_000, 10, 20, 4)
     assert reading_from_stats({"cpu_stats": {}, "memory_stats": {}}) is None
+
+
+def test_counter_files_are_read_whole_and_a_missing_one_is_none(tmp_path):
+    from sandbox.cgroups import _read
+
+    small, large = tmp_path / "cpuacct.usage", tmp_path / "memory.stat"
+    small.write_text("123456789\n")
+    large.write_text("".join(f"key{i} {i}\n" for i in range(20_000)))  # over one read's 64 KiB
+    assert _read(str(small)) == "123456789\n"
+    assert _read(str(large)) == large.read_text()
+    assert _read(str(tmp_path / "gone")) is None

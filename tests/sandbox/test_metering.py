@@ -125,3 +125,12 @@ def test_oom_kills_are_kept_as_evidence():
     meter.observe(1_000, CgroupReading(0, 0, None, 1, 1))
     meter.observe(2_000, CgroupReading(0, 0, None, None, 1))  # v2 without memory.events: unknown
     assert meter.oom_kills == 1
+
+
+@given(st.floats(min_value=0, max_value=1e7, allow_nan=False), st.sampled_from([0.25, 1.0, 2.0, 5.0]))
+def test_every_job_of_a_process_samples_on_one_grid(now, interval):
+    from sandbox.meter import grid_start
+
+    start = grid_start(now, interval)
+    assert start <= now < start + interval
+    assert start / interval == int(start / interval)
