@@ -1,7 +1,7 @@
 """End-to-end benchmark: how fast ``suanli run`` gets a job going, and what the provider spends per
 metered job-second.
 
-    .venv/bin/python bench/e2e.py [--rounds 5] [--wait 1] [--jobs 1,10,50] [--window-s 15]
+    .venv/bin/python bench/e2e.py [--rounds 5] [--wait 1] [--jobs 1,10,50] [--window-s 15] [--profile DIR]
 
 1. Latency, warm image (the busybox demo image, built locally; nothing is pulled). A bootstrap node and
    one provider run as ``suanli`` processes on 127.0.0.1; each round starts ``suanli run --wait W`` as a
@@ -358,7 +358,10 @@ async def _one_level(node, buyer, store, peer: str, pid: int, image: str, jobs: 
         ramp = time.perf_counter() - started
         await trio.sleep(2)
         c0, d0, m0, r0, t0 = cpu_s(pid), dockerd_cpu_s(), sum(latest.values()), receipts[0], time.perf_counter()
+        spy = _start_profile(pid, window_s, jobs)
         await trio.sleep(window_s)
+        if spy is not None:
+            await trio.to_thread.run_sync(spy.wait, 30)
         c1, d1, m1, r1, t1 = cpu_s(pid), dockerd_cpu_s(), sum(latest.values()), receipts[0], time.perf_counter()
         cancel.set()  # every job ends with a buyer_cancel final receipt; bounded:
         nursery.cancel_scope.deadline = trio.current_time() + 180
@@ -372,6 +375,19 @@ async def _one_level(node, buyer, store, peer: str, pid: int, image: str, jobs: 
     return row
 
 
+PROFILE_DIR: Path | None = None  # --profile DIR: a py-spy recording of the provider in each level's window
+
+
+def _start_profile(pid: int, window_s: float, jobs: int) -> subprocess.Popen[bytes] | None:
+    """py-spy (``pip install py-spy``) records the provider's stacks over the window, for speedscope."""
+    if PROFILE_DIR is None:
+        return None
+    out = PROFILE_DIR / f"provider-{jobs}-jobs.txt"
+    command = ["py-spy", "record", "-p", str(pid), "-d", str(int(window_s)), "-r", "1000", "-f", "raw",
+               "--nonblocking", "--gil", "-o", str(out)]  # --gil: samples where Python runs, not waits
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -380,7 +396,10 @@ def main() -> None:
     parser.add_argument("--window-s", type=float, default=15.0)
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--skip-cpu", action="store_true")
+    parser.add_argument("--profile", type=Path, help="write py-spy recordings of the provider here (folded stacks)")
     args = parser.parse_args()
+    global PROFILE_DIR
+    PROFILE_DIR = args.profile
 
     from sandbox.engine import connect
     from sandbox.images import ensure_demo_image
