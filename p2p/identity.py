@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,12 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey
 
 from p2p.errors import KeyFileError
+
+try:  # PyNaCl's own cffi module: private, so every use below has a fallback to the public binding
+    from nacl._sodium import ffi as _ffi
+    from nacl._sodium import lib as _lib
+except ImportError:  # pragma: no cover - a PyNaCl without it
+    _ffi = _lib = None
 
 _KEY_PREFIX_64 = bytes([0x08, 0x01, 0x12, 0x40])
 _KEY_PREFIX_32 = bytes([0x08, 0x01, 0x12, 0x20])
@@ -118,6 +125,35 @@ def verify_signature(public: bytes, message: bytes, signature: bytes) -> bool:
     except (BadSignatureError, ValueError):
         return False
     return True
+
+
+SignatureCheck = Callable[[bytes, bytes, bytes], bool]
+
+
+def signature_checker() -> SignatureCheck:
+    """A function that answers exactly as ``verify_signature``, for one loop over many signatures.
+
+    PyNaCl's binding allocates and fills a copy of every message it verifies; this one calls libsodium
+    with one output buffer, grown as needed and reused, so the function must stay with the thread that
+    asked for it (make one per call of a verifying loop, never share one between threads). Where
+    PyNaCl's cffi module cannot be used, it is ``verify_signature`` itself.
+    """
+    if _lib is None or _ffi is None:
+        return verify_signature
+    sign_open, new = _lib.crypto_sign_open, _ffi.new
+    message_len = new("unsigned long long *")
+    buffer = new("unsigned char[]", 1024)
+
+    def check(public: bytes, message: bytes, signature: bytes) -> bool:
+        nonlocal buffer
+        if len(public) != 32 or len(signature) != 64:
+            return False
+        signed = signature + message
+        if len(buffer) < len(signed):
+            buffer = new("unsigned char[]", len(signed))
+        ok: bool = sign_open(buffer, message_len, signed, len(signed), public) == 0
+        return ok
+    return check
 
 
 def generate_key() -> NodeKey:

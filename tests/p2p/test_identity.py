@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+import p2p.identity
 from p2p.errors import KeyFileError
 from p2p.identity import (
     b58decode,
@@ -15,7 +16,10 @@ from p2p.identity import (
     peer_id_from_public,
     public_from_peer_id,
     save_key,
+    signature_checker,
+    verify_signature,
 )
+from settlement.testing import key_from_label
 
 
 def test_peer_id_equals_py_libp2p_derivation():
@@ -80,3 +84,28 @@ def test_peer_id_of_wrong_length_key_is_refused():
         peer_id_from_public(b"short")
     with pytest.raises(ValueError):
         public_from_peer_id("QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N")
+
+
+def _signature_cases():
+    key, other = key_from_label("provider"), key_from_label("buyer")
+    for size in (0, 1, 900, 5000):  # 5000: more than the checker's first buffer holds
+        message = bytes(i % 251 for i in range(size))
+        sig = key.sign(message)
+        flipped = sig[:-1] + bytes([sig[-1] ^ 1])
+        yield from [(key.public, message, sig), (other.public, message, sig), (key.public, message + b"x", sig),
+                    (key.public, message, flipped), (key.public, message, sig[:63]), (key.public[:31], message, sig),
+                    (bytes(32), message, sig), (key.public, message, bytes(64))]
+
+
+def test_signature_checker_answers_as_verify_signature():
+    check = signature_checker()
+    cases = list(_signature_cases())
+    answers = [check(*case) for case in cases]
+    assert answers == [verify_signature(*case) for case in cases]
+    assert answers.count(True) == 4
+    assert [check(*case) for case in cases] == answers  # the reused buffer keeps nothing between calls
+
+
+def test_signature_checker_falls_back_to_the_public_binding(monkeypatch):
+    monkeypatch.setattr(p2p.identity, "_lib", None)
+    assert signature_checker() is verify_signature
