@@ -13,6 +13,7 @@ Rules (docs/PROTOCOL.md, "Canonical encoding"):
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import msgpack
@@ -53,6 +54,11 @@ def _key_bytes(key: Any) -> bytes:
 
 
 _packer = msgpack.Packer(use_bin_type=True, strict_types=True, autoreset=True)
+# Large inputs (bundles) are compared with this packer's own buffer instead of a copy of it, which for
+# tens of megabytes costs more than the packing; the buffer is its state, so one caller at a time.
+_LARGE = 1 << 20
+_large_packer = msgpack.Packer(use_bin_type=True, strict_types=True, autoreset=False)
+_large_lock = threading.Lock()
 
 
 def pack(value: Any) -> bytes:
@@ -128,9 +134,23 @@ def unpack_canonical(data: bytes, max_bytes: int = MAX_RECORD_BYTES) -> Any:
         raise CodecError("trailing bytes after the record") from exc
     except (ValueError, TypeError, msgpack.UnpackException, RecursionError) as exc:
         raise CodecError(f"not valid msgpack: {exc or type(exc).__name__}") from exc
-    if _packer.pack(value) != data:
+    if not (_packer.pack(value) == data if len(data) < _LARGE else _packs_to_large(value, data)):
         raise CodecError("bytes are not the canonical encoding of their value")
     return value
+
+
+def _packs_to_large(value: Any, data: bytes) -> bool:
+    """Whether ``value`` packs to exactly ``data``, compared in the packer's buffer (no copy of it)."""
+    if type(data) is not bytes:
+        same: bool = _packer.pack(value) == data
+        return same
+    with _large_lock:
+        try:
+            _large_packer.pack(value)
+            with _large_packer.getbuffer() as packed:
+                return len(packed) == len(data) and data.startswith(packed)
+        finally:
+            _large_packer.reset()
 
 
 def _refuse_ext(code: int, data: bytes) -> Any:

@@ -169,8 +169,9 @@ def _to_wire(value: Any) -> Any:
     raise TypeError(f"cannot put {type(value).__name__} in a record")
 
 
-def _inline_check(tp: Any, var: str, path: str, env: dict[str, Any], depth: int) -> list[str]:
-    """Source lines that check (and, for nested values, convert) ``var`` against ``tp`` in place."""
+def _inline_check(tp: Any, var: str, path: str, env: dict[str, Any], depth: int) -> tuple[list[str], bool]:
+    """Source lines that check (and, for nested values, convert) ``var`` against ``tp`` in place, and
+    whether they convert it (simple values are kept as they arrived)."""
     origin = typing.get_origin(tp)
     marks: list[Any] = []
     if origin is Annotated:
@@ -188,17 +189,59 @@ def _inline_check(tp: Any, var: str, path: str, env: dict[str, Any], depth: int)
             elif isinstance(mark, Range):
                 conds.append(f"not {mark.lo} <= {var} <= {mark.hi}")
         return [f"{pad}if {' or '.join(conds)}:",
-                f"{pad}    raise _bad({path!r}, {var}, {_describe(tp, marks)!r})"]
+                f"{pad}    raise _bad({path!r}, {var}, {_describe(tp, marks)!r})"], False
     if origin in (Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if len(args) != 1 or marks:
             raise TypeError(f"unsupported union {tp}")
-        return [f"{pad}if {var} is not None:", *_inline_check(args[0], var, path, env, depth + 1)]
-    # Arrays, maps and structs go through a compiled converter.
+        lines, converts = _inline_check(args[0], var, path, env, depth + 1)
+        return [f"{pad}if {var} is not None:", *lines], converts
+    if not marks and isinstance(tp, type) and hasattr(tp, "_wire_schema"):
+        klass = f"_class{len(env)}"
+        env[klass] = tp
+        return _map_lines(tp, var, repr(path), env, depth, klass), True
+    # Arrays and maps go through a compiled converter.
     conv = _compile_decoder(Annotated[(tp, *marks)] if marks else tp)
     name = f"_conv{len(env)}"
     env[name] = conv
-    return [f"{pad}{var} = {name}({var}, {path!r})"]
+    return [f"{pad}{var} = {name}({var}, {path!r})"], True
+
+
+def _map_lines(cls: type, var: str, path: str, env: dict[str, Any], depth: int, klass: str) -> list[str]:
+    """Source lines that check the map ``var`` against a struct or record and leave the instance in it.
+
+    The keys must be exactly the class's wire keys in canonical order, then (for a record) the tag and
+    version must match; the fields are checked in declaration order by ``_inline_check``, which inlines
+    nested structs too. The instance of ``klass`` is made without ``__init__``: its dict is a copy of
+    the map (one C-level copy), less the tag and version, with the converted values put back, so it
+    holds every field (in wire order), and is not a dict sharing the class's keys, for which CPython
+    has no fast attribute reads. ``path`` is the source of the expression that names the map in errors.
+    """
+    pad = "    " * depth
+    fields, wire_keys, tag, version = cls._wire_schema  # type: ignore[attr-defined]
+    keys = f"_keys{len(env)}"
+    env[keys] = wire_keys
+    values = {name: f"{var}_{i}" for i, (name, _) in enumerate(fields)}
+    if tag is not None:
+        values.update(t=f"{var}_t", v=f"{var}_v")
+    lines = [f"{pad}if type({var}) is not dict or list({var}) != {keys}:",
+             f"{pad}    raise _keys_error({var}, {keys}, {path})"]
+    if wire_keys:  # the values arrive in key order, checked just above
+        lines.append(f"{pad}{', '.join(values[key] for key in wire_keys)}, = {var}.values()")
+    if tag is not None:
+        lines += [f"{pad}if {var}_t != {tag!r} or {var}_v != {version!r}:",
+                  f"{pad}    raise _keys_error({var}, {keys}, {path}, {tag!r}, {version!r})"]
+    converted = []
+    for name, tp in fields:
+        checks, converts = _inline_check(tp, values[name], f"{cls.__name__}.{name}", env, depth)
+        lines += checks
+        if converts:
+            converted.append(name)
+    lines.append(f"{pad}{var}_d = {var}.copy()")
+    if tag is not None:
+        lines.append(f"{pad}del {var}_d['t'], {var}_d['v']")
+    lines += [f"{pad}{var}_d[{name!r}] = {values[name]}" for name in converted]
+    return [*lines, f"{pad}{var} = _new({klass})", f"{pad}_setattr({var}, '__dict__', {var}_d)"]
 
 
 def _describe(tp: Any, marks: list[Any]) -> str:
@@ -240,24 +283,13 @@ def _install(cls: type[T], tag: str | None, version: int | None) -> type[T]:
 
     # The decoder is generated source (as dataclasses generates __init__): it is on the audit's hot
     # path, where a generic interpreter of the schema cost more than the rest of a receipt's checks.
+    cls._wire_schema = ([(name, hints[name]) for name in names], wire_keys, tag, version)  # type: ignore[attr-defined]
     env: dict[str, Any] = {"_bad": _bad, "_keys_error": _keys_error, "_new": object.__new__,
-                           "_setattr": object.__setattr__, "_KEYS": wire_keys, "_tag": tag, "_version": version}
-    lines = ["def from_wire(klass, obj, path=" + repr(cls.__name__) + "):",
-             "    if type(obj) is not dict or list(obj) != _KEYS:",
-             "        raise _keys_error(obj, _KEYS, path)"]
-    if tag is not None:
-        lines += ["    if obj['t'] != _tag or obj['v'] != _version:",
-                  "        raise _keys_error(obj, _KEYS, path, _tag, _version)"]
-    for i, name in enumerate(names):
-        var = f"f{i}"
-        lines.append(f"    {var} = obj[{name!r}]")
-        lines += _inline_check(hints[name], var, f"{cls.__name__}.{name}", env, 1)
-    lines.append("    self = _new(klass)")
-    lines.append("    d = self.__dict__")
-    for i, name in enumerate(names):
-        lines.append(f"    d[{name!r}] = f{i}")
-    lines.append("    return self")
-    exec("\n".join(lines), env)  # noqa: S102 - source built above from the class's own field names
+                           "_setattr": object.__setattr__}
+    lines = [f"def from_wire(klass, obj, path={cls.__name__!r}):",
+             *_map_lines(cls, "obj", "path", env, 1, "klass"),
+             "    return obj"]
+    exec("\n".join(lines), env)  # noqa: S102 - source built by _map_lines from the class's own field names
     from_wire = env["from_wire"]
 
     cls._to_wire = to_wire  # type: ignore[attr-defined]

@@ -72,3 +72,19 @@ def test_unencodable_values_are_refused(value):
 
 def test_codec_errors_are_remote_protocol_errors():
     assert issubclass(CodecError, RemoteProtocolError)
+
+
+def test_large_inputs_are_compared_in_the_packers_buffer_as_strictly():
+    """From a megabyte on, the canonical comparison runs in the packer's own buffer: same answers."""
+    items = [0] * (1 << 20) + [256]
+    data = pack(items)  # an array32 header, a million fixints, then 256 as uint16 (cd 01 00)
+    assert len(data) > 1 << 20 and data[5] == 0 and data.endswith(b"\xcd\x01\x00")
+    assert unpack_canonical(data, len(data)) == items
+    assert unpack_canonical(bytearray(data), len(data)) == items
+    assert unpack_canonical(data[:-3] + b"\xcd\x01\x01", len(data))[-1] == 257
+    int16 = data[:-3] + b"\xd1\x01\x00"  # 256 as int16: the same value in as many bytes
+    uint8 = data[:5] + b"\xcc\x00" + data[6:]  # 0 as uint8: the same value, one byte longer
+    for bad in (int16, uint8):
+        assert msgpack.unpackb(bad) == items
+        with pytest.raises(CodecError, match="canonical"):
+            unpack_canonical(bad, len(bad))

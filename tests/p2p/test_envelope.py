@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 
 from market.records import Agreement
-from p2p.envelope import Signed, countersign, domain, open_signed, sign_record
+from p2p.envelope import Signed, countersign, domain, open_signed, sign_record, signed_from_wire, signed_list_from_wire
 from p2p.errors import CodecError, LocalProtocolError, SignatureError
 from settlement.records import Receipt
 from settlement.testing import key_from_label
@@ -81,3 +81,21 @@ def test_every_byte_of_an_envelope_matters(evidence):
         bad[i] ^= 0x04
         with pytest.raises((CodecError, SignatureError)):
             open_signed(bytes(bad), Receipt, min_sigs=2)
+
+
+def test_a_list_of_envelopes_decodes_as_each_alone(evidence):
+    envelopes = [r.to_wire() for r in evidence.receipts]
+    decoded = signed_list_from_wire(envelopes, Receipt, verify=True)
+    assert decoded == [signed_from_wire(e, Receipt) for e in envelopes] == evidence.receipts
+    assert [s.record_id for s in decoded] == [s.record_id for s in evidence.receipts]
+    assert vars(decoded[0]).keys() >= {"body", "record", "sigs"} and type(decoded[0].sigs) is tuple
+
+
+def test_the_first_bad_envelope_in_a_list_raises_what_it_raises_alone(evidence):
+    good, bad_sig, short = (r.to_wire() for r in evidence.receipts[:3])
+    bad_sig["sigs"] = [bad_sig["sigs"][0], bytes(64)]
+    short["sigs"] = [short["sigs"][0][:63]]
+    with pytest.raises(CodecError, match="a signature is not 64 bytes"):
+        signed_list_from_wire([good, bad_sig, short], Receipt, verify=False)
+    with pytest.raises(SignatureError, match="buyer signature"):
+        signed_list_from_wire([good, bad_sig, short], Receipt)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import msgpack
@@ -12,6 +13,7 @@ import pytest
 from market.records import Agreement, Offer, Proposal
 from p2p.codec import pack, unpack
 from p2p.errors import CodecError
+from p2p.records import U64, Record, ShortText, record, struct
 from settlement.records import Receipt, Statement
 from settlement.testing import key_from_label, make_chain, protocol_vectors
 
@@ -115,3 +117,64 @@ def test_oversize_record_is_refused():
     huge = _mutate(body, reason="x" * 70_000)
     with pytest.raises(CodecError, match="exceeds the limit"):
         Receipt.decode(huge)
+
+
+@struct
+@dataclass(frozen=True)
+class _Leaf:
+    n: U64
+    note: ShortText | None
+
+
+@struct
+@dataclass(frozen=True)
+class _Node:
+    leaf: _Leaf
+    maybe: _Leaf | None
+    leaves: tuple[_Leaf, ...]
+
+
+@record("test-tree", 1)
+@dataclass(frozen=True)
+class _Tree(Record):
+    node: _Node
+    spare: _Node | None
+    name: ShortText
+
+
+def _tree() -> _Tree:
+    leaf = _Leaf(1, None)
+    return _Tree(node=_Node(leaf, _Leaf(2, "two"), (leaf, _Leaf(3, None))), spare=None, name="t")
+
+
+def test_nested_structs_decode_to_equal_independent_instances():
+    tree = _tree()
+    obj = unpack(tree.encode())
+    decoded = _Tree._from_wire(obj)
+    assert decoded == tree and hash(decoded) == hash(tree) and decoded.node.leaves[1].n == 3
+    assert vars(decoded) == vars(tree) and vars(decoded.node.leaf) == vars(tree.node.leaf)
+    obj["name"] = "changed"
+    obj["node"]["leaf"]["n"] = 7
+    assert decoded == tree  # nothing of the map it was decoded from is shared with it
+    assert _Tree.decode(tree.encode()) == tree
+
+
+@pytest.mark.parametrize("path, value, match", [
+    (("node", "leaf", "n"), -1, "field _Leaf.n: expected integer in"),
+    (("node", "leaf", "note"), 5, "field _Leaf.note: expected text"),
+    (("node", "maybe"), {"n": 1}, "_Node.maybe: missing fields \\['note'\\]"),
+    (("node", "maybe", "n"), "2", "field _Leaf.n: expected integer"),
+    (("node", "leaf"), [1, None], "_Node.leaf: expected a map, got list"),
+    (("node",), {"leaves": [], "leaf": {"n": 1, "note": None}, "maybe": None},
+     "_Tree.node: map keys are not in canonical order"),
+    (("node", "leaves"), [{"n": 1}], "_Node.leaves\\[0\\]: missing fields"),
+    (("spare",), 3, "_Tree.spare: expected a map, got int"),
+])
+def test_nested_struct_errors_name_the_field(path, value, match):
+    obj = unpack(_tree().encode())
+    target = obj
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    with pytest.raises(CodecError, match=match):
+        _Tree._from_wire(obj)
