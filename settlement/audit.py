@@ -11,16 +11,19 @@ Rule 3: work is spread over processes by agreement; the result does not depend o
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import multiprocessing
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from io import FileIO
 from pathlib import Path
 from typing import Any
 
 from market.records import Agreement, Offer, Proposal
-from p2p.envelope import Signed, signed_from_wire
+from p2p.envelope import Signed, signed_from_wire, signed_list_from_wire
 from p2p.errors import CodecError, SignatureError, UnusableInputError
 from settlement.bundle import decode_bundle
 from settlement.chain import ChainReport, Finding, verify_chain
@@ -50,6 +53,24 @@ class ChainAudit:
     sources: list[str]
 
 
+@contextmanager
+def _cycle_collection_paused() -> Iterator[None]:
+    """Pause CPython's cyclic garbage collector (reference counting still frees everything at once).
+
+    Decoding makes millions of containers and no reference cycles; left on, the collector would run
+    every few hundred allocations and traverse every object already decoded (msgpack's advice for
+    large inputs). Restores the collector's state, so nesting and other callers are unaffected.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+@_cycle_collection_paused()
 def read_inputs(paths: Iterable[str | Path]) -> list[ChainJob]:
     """Load every input into per-agreement jobs; UnusableInputError for an unusable file."""
     jobs: dict[bytes, ChainJob] = {}
@@ -70,10 +91,10 @@ def read_inputs(paths: Iterable[str | Path]) -> list[ChainJob]:
 
 def _read_one(path: Path) -> list[StoredChain]:
     try:
-        with open(path, "rb") as fh:
+        with open(path, "rb", buffering=0) as fh:
             head = fh.read(len(SQLITE_MAGIC))
             is_database = head == SQLITE_MAGIC
-            data = b"" if is_database else head + fh.read()  # a database is read by the store, not here
+            data = b"" if is_database else _read_all(fh, head)  # a database is read by the store, not here
     except FileNotFoundError:
         raise UnusableInputError(f"{path}: no such file", path=str(path)) from None
     except IsADirectoryError:
@@ -88,6 +109,15 @@ def _read_one(path: Path) -> list[StoredChain]:
     return decode_bundle(data, str(path))
 
 
+def _read_all(fh: FileIO, head: bytes) -> bytes:
+    """The whole file of which ``head`` was read: in one piece where it can seek, so that a large
+    bundle is copied into memory once (reading on, then joining, copies it three times)."""
+    if fh.seekable():
+        fh.seek(0)
+        return fh.readall()
+    return head + fh.readall()
+
+
 def _decode(obj: dict[str, Any], cls: type[Any], what: str, min_sigs: int = 1) -> tuple[Signed[Any] | None,
                                                                                         Finding | None]:
     try:
@@ -96,6 +126,7 @@ def _decode(obj: dict[str, Any], cls: type[Any], what: str, min_sigs: int = 1) -
         return None, Finding("malformed", f"{what}: {exc}")
 
 
+@_cycle_collection_paused()
 def audit_chain(job: ChainJob) -> ChainAudit:
     """Verify one agreement's evidence (runs in a worker process with ``jobs`` > 1)."""
     pre: list[Finding] = []
@@ -118,11 +149,38 @@ def audit_chain(job: ChainJob) -> ChainAudit:
     ag = agreement.record
     pre.extend(_check_origin(job, ag))
 
+    if len(job.receipts) == 1:
+        receipts = _well_formed(job.receipts[0], Receipt, "receipt", pre)
+    else:
+        receipts = _merge(job.receipts, names, pre)
+    report = verify_chain(agreement, receipts)
+    report.findings[:0] = pre
+    return ChainAudit(report, job.sources)
+
+
+def _well_formed(envs: list[dict[str, Any]], cls: type[Any], what: str, problems: list[Finding]
+                 ) -> list[Signed[Any]]:
+    """The envelopes that decode, in order, with a 'malformed' Finding in ``problems`` for each other."""
+    try:
+        return signed_list_from_wire(envs, cls, verify=False)
+    except (CodecError, SignatureError):
+        pass  # one at least is malformed: decode them one by one to report each
+    out = []
+    for env in envs:
+        signed, problem = _decode(env, cls, what)
+        if signed is None:
+            problems.append(problem)  # type: ignore[arg-type]
+        else:
+            out.append(signed)
+    return out
+
+
+def _merge(sources: list[list[dict[str, Any]]], names: list[str], pre: list[Finding]) -> list[Signed[Receipt]]:
+    """One chain from the receipts of several inputs (Rule 2), ordered by seq."""
     receipts: list[Signed[Receipt]] = []
     kept_source: list[str] = []
-    multi = len(job.receipts) > 1
     by_body: dict[bytes, int] = {}
-    for source_list, source in zip(job.receipts, names, strict=False):
+    for source_list, source in zip(sources, names, strict=False):
         local: set[bytes] = set()
         last_seq = 0
         for env in source_list:
@@ -131,36 +189,32 @@ def audit_chain(job: ChainJob) -> ChainAudit:
                 pre.append(problem)  # type: ignore[arg-type]
                 continue
             body = signed.body
-            if multi:
-                if signed.record.seq <= last_seq and body not in local:
-                    pre.append(Finding("out_of_order", f"seq {signed.record.seq} after seq {last_seq} in one input",
-                                       signed.record.seq))
-                last_seq = max(last_seq, signed.record.seq)
-                if body in by_body and body not in local:
-                    # The same receipt from another input (Rule 2): copies whose signatures differ are
-                    # each verified, a bad copy is reported with its input, the best good one is kept.
-                    index = by_body[body]
-                    kept = receipts[index]
-                    if signed.sigs != kept.sigs:
-                        new_ok, kept_ok = _signatures_ok(signed), _signatures_ok(kept)
-                        bad = None if new_ok and kept_ok else (source if not new_ok else kept_source[index])
-                        if bad is not None:
-                            pre.append(Finding("receipt_signature", f"the copy in {bad} has a signature that "
-                                               "does not verify", signed.record.seq, signed.record_id))
-                        if (new_ok and not kept_ok) or (new_ok and len(signed.sigs) > len(kept.sigs)):
-                            receipts[index] = signed
-                            kept_source[index] = source
-                    local.add(body)
-                    continue
+            if signed.record.seq <= last_seq and body not in local:
+                pre.append(Finding("out_of_order", f"seq {signed.record.seq} after seq {last_seq} in one input",
+                                   signed.record.seq))
+            last_seq = max(last_seq, signed.record.seq)
+            if body in by_body and body not in local:
+                # The same receipt from another input (Rule 2): copies whose signatures differ are
+                # each verified, a bad copy is reported with its input, the best good one is kept.
+                index = by_body[body]
+                kept = receipts[index]
+                if signed.sigs != kept.sigs:
+                    new_ok, kept_ok = _signatures_ok(signed), _signatures_ok(kept)
+                    bad = None if new_ok and kept_ok else (source if not new_ok else kept_source[index])
+                    if bad is not None:
+                        pre.append(Finding("receipt_signature", f"the copy in {bad} has a signature that "
+                                           "does not verify", signed.record.seq, signed.record_id))
+                    if (new_ok and not kept_ok) or (new_ok and len(signed.sigs) > len(kept.sigs)):
+                        receipts[index] = signed
+                        kept_source[index] = source
                 local.add(body)
-                by_body.setdefault(body, len(receipts))
+                continue
+            local.add(body)
+            by_body.setdefault(body, len(receipts))
             receipts.append(signed)
             kept_source.append(source)
-    if multi:
-        receipts.sort(key=lambda s: s.record.seq)
-    report = verify_chain(agreement, receipts)
-    report.findings[:0] = pre
-    return ChainAudit(report, job.sources)
+    receipts.sort(key=lambda s: s.record.seq)
+    return receipts
 
 
 def _signatures_ok(signed: Signed[Any]) -> bool:

@@ -29,14 +29,14 @@ Provider-signed receipts after the last countersigned one are pending claims, ne
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from hashlib import sha256
 
 from market.records import Agreement
 from p2p.envelope import Signed, domain
-from p2p.identity import verify_signature
-from settlement.billing import amount_due, metered_bound, usage_bound
+from p2p.identity import signature_checker
+from settlement.billing import TOLERANCE_PERCENT, amount_due, metered_bound, usage_bound
 from settlement.records import BUYER_UNRESPONSIVE, COMPLETED, FINAL, REASONS, RUNNING, Receipt
 
 
@@ -88,6 +88,13 @@ class ChainChecker:
         self._gpus_milli = agreement.resources.gpus * 1000
         self._cpu_milli = agreement.resources.cpu_millis
         self._max_metered = agreement.max_duration_ms + agreement.terms.interval_ms
+        # What ``_clean`` needs of the agreement; a bound at no elapsed time is its tolerance.
+        self._parties = (agreement.provider, agreement.buyer)
+        self._price = agreement.price_micros_per_s
+        self._created_at = agreement.created_at_ms
+        self._wall_tolerance = metered_bound(0)
+        self._cpu_tolerance = usage_bound(0, self._cpu_milli)
+        self._gpu_tolerance = usage_bound(0, self._gpus_milli)
 
     def check_content(self, r: Receipt, receipt_id: bytes, *, monotonic: bool = True) -> list[Finding]:
         """Every rule that needs only this receipt and the one before it.
@@ -95,6 +102,43 @@ class ChainChecker:
         ``monotonic=False`` is for a closing receipt (see ``verify_chain``): it claims nothing new, so
         its figures need not keep up with pending claims it withdraws.
         """
+        return [] if self._clean(r, monotonic) else self._findings(r, receipt_id, monotonic)
+
+    def _clean(self, r: Receipt, monotonic: bool) -> bool:
+        """True exactly when ``_findings`` finds nothing: the same rules as one predicate, the fast path
+        of an honest chain, with settlement.billing's arithmetic inlined (tests hold the two equal)."""
+        prev, u, metered = self.last, r.usage, r.metered_ms
+        if (self.final or r.seq != (1 if prev is None else prev.seq + 1) or r.prev != self.last_id
+                or r.agreement_id != self.agreement_id or (r.provider, r.buyer) != self._parties):
+            return False
+        if prev is not None and monotonic:
+            pu = prev.usage
+            if not (r.issued_at_ms >= prev.issued_at_ms and metered >= prev.metered_ms
+                    and r.amount_micros >= prev.amount_micros and u.cpu_core_ms >= pu.cpu_core_ms
+                    and u.mem_peak_bytes >= pu.mem_peak_bytes and u.gpu_ms >= pu.gpu_ms
+                    and u.gpu_mem_peak_bytes >= pu.gpu_mem_peak_bytes and u.gpu_sm_pct_ms >= pu.gpu_sm_pct_ms
+                    and u.energy_mj >= pu.energy_mj):
+                return False
+        elapsed = r.issued_at_ms - self._created_at
+        wall = self._wall_tolerance + (elapsed + elapsed * TOLERANCE_PERCENT // 100 if elapsed > 0 else 0)
+        used = metered if metered > 0 else 0
+        cpu = used * self._cpu_milli // 1000
+        if (r.amount_micros != metered * self._price // 1000 or metered > wall or metered > self._max_metered
+                or u.cpu_core_ms > cpu + cpu * TOLERANCE_PERCENT // 100 + self._cpu_tolerance):
+            return False
+        if self._gpus_milli:
+            gpu = used * self._gpus_milli // 1000
+            if u.gpu_ms > gpu + gpu * TOLERANCE_PERCENT // 100 + self._gpu_tolerance:
+                return False
+        elif u.gpu_ms or u.gpu_sm_pct_ms:
+            return False
+        if r.state == RUNNING:
+            return r.reason is None and r.exit_code is None and r.output_digest is None
+        return r.state == FINAL and r.reason in REASONS and (
+            r.reason != COMPLETED or (r.exit_code is not None and r.output_digest is not None))
+
+    def _findings(self, r: Receipt, receipt_id: bytes, monotonic: bool) -> list[Finding]:
+        """``check_content``, rule by rule, each with its details."""
         ag, prev, out = self.agreement, self.last, []
         seq = r.seq
 
@@ -160,10 +204,6 @@ def _decreased(r: Receipt, prev: Receipt) -> list[str]:
     return names + [n for n in _COUNTERS if getattr(r.usage, n) < getattr(prev.usage, n)]
 
 
-def _sig_ok(signed: Signed[Receipt] | Signed[Agreement], index: int) -> bool:
-    return verify_signature(signed.signer_public(index), signed.signed_message(index), signed.sigs[index])
-
-
 # The audit's hot loop checks receipt signatures directly (same bytes as Signed.signed_message).
 _PROVIDER_DOMAIN, _BUYER_DOMAIN = domain(Receipt, "provider"), domain(Receipt, "buyer")
 
@@ -171,11 +211,12 @@ _PROVIDER_DOMAIN, _BUYER_DOMAIN = domain(Receipt, "provider"), domain(Receipt, "
 def verify_chain(agreement: Signed[Agreement], receipts: Sequence[Signed[Receipt]]) -> ChainReport:
     """Verify an agreement and its receipts, in the order given, and say what is owed."""
     ag = agreement.record
-    ag_id = hashlib.sha256(agreement.body).digest()
+    ag_id = sha256(agreement.body).digest()
     report = ChainReport(ag_id, ag.provider, ag.buyer, ag.price_micros_per_s)
     findings = report.findings
+    check = signature_checker()
     for index in range(len(agreement.sigs)):
-        if not _sig_ok(agreement, index):
+        if not check(agreement.signer_public(index), agreement.signed_message(index), agreement.sigs[index]):
             findings.append(Finding("agreement_signature", f"the {agreement.roles()[index]} signature is invalid"))
             return report  # nothing can be trusted below a forged root
     if not agreement.is_complete:
@@ -186,34 +227,34 @@ def verify_chain(agreement: Signed[Agreement], receipts: Sequence[Signed[Receipt
     cosigned_id: bytes | None = None
     seen: dict[int, bytes] = {}
     tail_unsigned: list[tuple[Receipt, bytes]] = []
+    report.receipts = len(receipts)
     for signed in receipts:
-        r = signed.record
-        rid = hashlib.sha256(signed.body).digest()
-        report.receipts += 1
-        body, sigs = signed.body, signed.sigs
-        if not verify_signature(r.provider, _PROVIDER_DOMAIN + body, sigs[0]):
-            findings.append(Finding("receipt_signature", "the provider signature is invalid", r.seq, rid))
+        r, body, sigs = signed.record, signed.body, signed.sigs
+        rid, seq = sha256(body).digest(), r.seq
+        if not check(r.provider, _PROVIDER_DOMAIN + body, sigs[0]):
+            findings.append(Finding("receipt_signature", "the provider signature is invalid", seq, rid))
             continue
         countersigned = len(sigs) == 2
-        if countersigned and not verify_signature(r.buyer, _BUYER_DOMAIN + body + sigs[0], sigs[1]):
-            findings.append(Finding("receipt_signature", "the buyer countersignature is invalid", r.seq, rid))
+        if countersigned and not check(r.buyer, _BUYER_DOMAIN + body + sigs[0], sigs[1]):
+            findings.append(Finding("receipt_signature", "the buyer countersignature is invalid", seq, rid))
             countersigned = False
-        if r.seq in seen:
-            if seen[r.seq] == rid:
-                findings.append(Finding("duplicate", "the same receipt appears twice", r.seq, rid))
+        if seq in seen:
+            if seen[seq] == rid:
+                findings.append(Finding("duplicate", "the same receipt appears twice", seq, rid))
             else:
-                findings.append(Finding("equivocation", "two different signed receipts for this seq", r.seq, rid))
+                findings.append(Finding("equivocation", "two different signed receipts for this seq", seq, rid))
             continue
-        if checker.last is not None and r.seq < checker.last.seq:
-            findings.append(Finding("out_of_order", f"seq {r.seq} after seq {checker.last.seq}", r.seq, rid))
-            seen[r.seq] = rid
+        last = checker.last
+        seen[seq] = rid
+        if last is not None and seq < last.seq:
+            findings.append(Finding("out_of_order", f"seq {seq} after seq {last.seq}", seq, rid))
             continue
-        seen[r.seq] = rid
         # A final receipt the buyer did not sign, claiming no more than the buyer signed, closes the
         # chain and withdraws any pending claims before it (a provider restarting after a crash).
         closing = (not countersigned and r.state == FINAL
                    and r.amount_micros <= (cosigned.amount_micros if cosigned is not None else 0))
-        findings.extend(checker.check_content(r, rid, monotonic=not closing))
+        if not checker._clean(r, not closing):
+            findings.extend(checker._findings(r, rid, not closing))
         checker.advance(r, rid)
         if countersigned:
             cosigned, cosigned_id = r, rid
