@@ -134,3 +134,29 @@ def test_every_job_of_a_process_samples_on_one_grid(now, interval):
     start = grid_start(now, interval)
     assert start <= now < start + interval
     assert start / interval == int(start / interval)
+
+
+async def test_the_metronome_sets_each_event_at_its_time_and_not_before(autojump_clock):
+    import trio
+
+    from sandbox.meter import metronome
+
+    clock = metronome()
+    assert metronome() is clock  # one per trio run
+    start = trio.current_time()
+    fired: list[tuple[str, float]] = []
+
+    async def wait(name: str, event: trio.Event) -> None:
+        await event.wait()
+        fired.append((name, trio.current_time() - start))
+
+    async with trio.open_nursery() as nursery:
+        for name, delay in [("b", 2.0), ("a", 1.0), ("a2", 1.0), ("c", 3.0)]:
+            nursery.start_soon(wait, name, clock.at(start + delay))
+        await trio.sleep(0.5)
+        nursery.start_soon(wait, "early", clock.at(start + 0.75))  # earlier than the one being slept to
+        nursery.start_soon(wait, "past", clock.at(start - 1.0))  # already due: at once
+    assert [name for name, _ in fired] == ["past", "early", "a", "a2", "b", "c"]
+    assert [round(t, 6) for _, t in fired] == [0.5, 0.75, 1.0, 1.0, 2.0, 3.0]
+    assert not clock._due and not clock._running  # nothing left behind; the next call starts afresh
+    await clock.at(trio.current_time() + 1).wait()
