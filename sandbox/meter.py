@@ -11,9 +11,10 @@ receives the pause/resume/stop events from the runner, so the clock and the coun
 Rule 2: a failed reading is skipped (the counters are cumulative, the next one catches up); the loop
 ends by itself once the job has exited, after sending the final sample.
 Rule 3: after the first sample (taken at once), samples fall on a grid shared by every job of the
-process: multiples of the interval on trio's clock, kept by one Metronome task per process. A provider's jobs then wake together once a second
-and their receipts share one group commit (settlement.astore Rule 3); billing is unaffected, since
-each sample carries the job's own metered milliseconds.
+process: multiples of the interval on trio's clock, kept by one Metronome task per process. A
+provider's jobs then wake together once a second and their receipts share one group commit
+(settlement.astore Rule 3); billing is unaffected, since each sample carries the job's own metered
+milliseconds.
 """
 
 from __future__ import annotations
