@@ -229,7 +229,8 @@ def _map_lines(cls: type, var: str, path: str, env: dict[str, Any], depth: int, 
     if wire_keys:  # the values arrive in key order, checked just above
         lines.append(f"{pad}{', '.join(values[key] for key in wire_keys)}, = {var}.values()")
     if tag is not None:
-        lines += [f"{pad}if {var}_t != {tag!r} or {var}_v != {version!r}:",
+        # type() first: true == 1 and 1.0 == 1 in Python, and each re-encodes to its own bytes.
+        lines += [f"{pad}if {var}_t != {tag!r} or type({var}_v) is not int or {var}_v != {version!r}:",
                   f"{pad}    raise _keys_error({var}, {keys}, {path}, {tag!r}, {version!r})"]
     converted = []
     for name, tp in fields:

@@ -46,7 +46,7 @@ def decode_bundle(data: bytes, name: str = "<bundle>") -> list[StoredChain]:
         raise UnusableInputError(f"{name}: not a Suanli bundle ({exc})", path=name) from exc
     if type(obj) is not dict or list(obj) != ["chains", "t", "v"] or obj["t"] != BUNDLE_TAG:
         raise UnusableInputError(f"{name}: not a Suanli bundle", path=name)
-    if obj["v"] != BUNDLE_VERSION:
+    if type(obj["v"]) is not int or obj["v"] != BUNDLE_VERSION:  # true == 1.0 == 1 in Python
         raise UnusableInputError(f"{name}: bundle version {obj['v']!r:.20} is not supported "
                                  f"(this build reads {BUNDLE_VERSION})", path=name)
     if type(obj["chains"]) is not list:

@@ -178,3 +178,17 @@ def test_nested_struct_errors_name_the_field(path, value, match):
     target[path[-1]] = value
     with pytest.raises(CodecError, match=match):
         _Tree._from_wire(obj)
+
+
+@pytest.mark.parametrize("version", [True, 1.0])
+def test_a_version_that_only_equals_1_is_refused(version, evidence):
+    # true and 1.0 re-encode to themselves and compare equal to 1: without the type check the same
+    # receipt would have a second byte form (and a second record id).
+    import msgpack
+
+    from settlement.records import Receipt
+
+    wire = msgpack.unpackb(evidence.receipts[0].body)
+    wire["v"] = version
+    with pytest.raises(CodecError, match="version"):
+        Receipt.decode(msgpack.packb(wire, use_bin_type=True))

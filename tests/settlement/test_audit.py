@@ -79,3 +79,16 @@ def test_short_files_are_still_sniffed(tmp_path, size):
     path.write_bytes(b"\x80" * size)
     with pytest.raises(UnusableInputError):
         read_inputs([path])
+
+
+@pytest.mark.parametrize("version", [True, 1.0])
+def test_a_bundle_whose_version_only_equals_1_is_unusable(tmp_path, version):
+    import msgpack
+
+    ev = make_chain(key_from_label("provider"), key_from_label("buyer"), 2)
+    obj = msgpack.unpackb(encode_bundle([ev.stored()]))
+    obj["v"] = version
+    path = tmp_path / "odd.bundle"
+    path.write_bytes(msgpack.packb(obj, use_bin_type=True))
+    with pytest.raises(UnusableInputError, match="version"):
+        read_inputs([path])
