@@ -278,7 +278,8 @@ def floor_cpu_ms_per_receipt(root: Path, n: int = 2000) -> tuple[float, float]:
     return cpu * 1000 / n, wall * 1000 / n
 
 
-async def cpu_levels(image: str, root: Path, levels: list[int], window_s: float) -> list[dict[str, float]]:
+async def cpu_levels(image: str, root: Path, levels: list[int], window_s: float,
+                     profile: Path | None = None) -> list[dict[str, float]]:
     from p2p.identity import generate_key
     from p2p.testing import loopback_config, open_host
     from settlement.astore import open_store
@@ -300,14 +301,14 @@ async def cpu_levels(image: str, root: Path, levels: list[int], window_s: float)
             idle = (cpu_s(pid) - c0) * 1000 / (time.perf_counter() - t0)
             print(f"  idle provider (no job): {idle:.2f} CPU ms/s")
             for jobs in levels:
-                rows.append(await _one_level(node, buyer, store, peer, pid, image, jobs, window_s, idle))
+                rows.append(await _one_level(node, buyer, store, peer, pid, image, jobs, window_s, idle, profile))
     finally:
         provider.stop()
     return rows
 
 
 async def _one_level(node, buyer, store, peer: str, pid: int, image: str, jobs: int, window_s: float,  # type: ignore[no-untyped-def]
-                     idle: float) -> dict[str, float]:
+                     idle: float, profile: Path | None) -> dict[str, float]:
     """``jobs`` agreements at once, each countersigned by this process; the provider's CPU over a window."""
     from market.records import Offer
     from market.service import NegotiationRefused, negotiate_with, now_ms
@@ -358,7 +359,7 @@ async def _one_level(node, buyer, store, peer: str, pid: int, image: str, jobs: 
         ramp = time.perf_counter() - started
         await trio.sleep(2)
         c0, d0, m0, r0, t0 = cpu_s(pid), dockerd_cpu_s(), sum(latest.values()), receipts[0], time.perf_counter()
-        spy = _start_profile(pid, window_s, jobs)
+        spy = _start_profile(profile, pid, window_s, jobs) if profile is not None else None
         await trio.sleep(window_s)
         if spy is not None:
             await trio.to_thread.run_sync(spy.wait, 30)
@@ -375,14 +376,9 @@ async def _one_level(node, buyer, store, peer: str, pid: int, image: str, jobs: 
     return row
 
 
-PROFILE_DIR: Path | None = None  # --profile DIR: a py-spy recording of the provider in each level's window
-
-
-def _start_profile(pid: int, window_s: float, jobs: int) -> subprocess.Popen[bytes] | None:
+def _start_profile(directory: Path, pid: int, window_s: float, jobs: int) -> subprocess.Popen[bytes]:
     """py-spy (``pip install py-spy``) records the provider's stacks over the window, for speedscope."""
-    if PROFILE_DIR is None:
-        return None
-    out = PROFILE_DIR / f"provider-{jobs}-jobs.txt"
+    out = directory / f"provider-{jobs}-jobs.txt"
     command = ["py-spy", "record", "-p", str(pid), "-d", str(int(window_s)), "-r", "1000", "-f", "raw",
                "--nonblocking", "--gil", "-o", str(out)]  # --gil: samples where Python runs, not waits
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -398,8 +394,6 @@ def main() -> None:
     parser.add_argument("--skip-cpu", action="store_true")
     parser.add_argument("--profile", type=Path, help="write py-spy recordings of the provider here (folded stacks)")
     args = parser.parse_args()
-    global PROFILE_DIR
-    PROFILE_DIR = args.profile
 
     from sandbox.engine import connect
     from sandbox.images import ensure_demo_image
@@ -417,7 +411,8 @@ def main() -> None:
             print(f"\n2. provider CPU per metered job-second, 1 s receipts, {args.window_s:g} s window "
                   f"(sleep jobs, {JOB_CPU_MILLIS} millicores, {JOB_MEMORY_MIB} MiB each)")
             floor_cpu, floor_wall = floor_cpu_ms_per_receipt(root)
-            rows = trio.run(cpu_levels, image, root, [int(n) for n in args.jobs.split(",")], args.window_s)
+            rows = trio.run(cpu_levels, image, root, [int(n) for n in args.jobs.split(",")], args.window_s,
+                            args.profile)
             print(f"  floor: sign + store + verify countersignature + store = {floor_cpu:.3f} CPU ms "
                   f"({floor_wall:.3f} wall ms) per receipt")
             print(f"  {'jobs':>4} {'ramp s':>7} {'job-s':>7} {'receipts':>8} {'CPU ms/job-s':>13} "

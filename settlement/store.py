@@ -150,7 +150,10 @@ class Store:
                 raise
             self.conn.execute("COMMIT")
         except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{self.path}: {exc}") from exc
+            raise self._error(exc) from exc
+
+    def _error(self, exc: sqlite3.DatabaseError) -> StoreError:
+        return StoreError(f"{self.path}: {exc}")
 
     def close(self) -> None:
         self.conn.close()
@@ -212,7 +215,7 @@ class Store:
                     self._append_one(signed)
                 except (StoreError, sqlite3.DatabaseError) as exc:
                     self.conn.execute("ROLLBACK TO receipt")
-                    results.append(exc if isinstance(exc, StoreError) else StoreError(f"{self.path}: {exc}"))
+                    results.append(exc if isinstance(exc, StoreError) else self._error(exc))
                 else:
                     results.append(None)
                 self.conn.execute("RELEASE receipt")

@@ -8,13 +8,15 @@ it to ``.cache/p2pd/p2pd.proto``); the field numbers below are copied from that 
 A protobuf message is a sequence of (field number, wire type, value): varint (type 0) for enums,
 integers and bools, length-delimited (type 2) for bytes, strings and sub-messages. Nothing else
 appears in these messages, so that is all this module encodes; the decoder skips fixed32/64 fields.
-No protoc, no generated code, no dependency.
+No protoc and no generated code; the varint is p2p.framing's.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+
+from p2p.framing import encode_varint
 
 # --- enums (p2pd.proto) --------------------------------------------------------------------------
 # Request.Type
@@ -38,17 +40,7 @@ class WireError(Exception):
 
 # --- primitives ----------------------------------------------------------------------------------
 def encode_uvarint(n: int) -> bytes:
-    if n < 0:
-        n += 1 << 64  # int64 fields: two's complement, as protobuf does
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
+    return encode_varint(n + (1 << 64) if n < 0 else n)  # int64 fields: two's complement, as protobuf does
 
 
 def decode_uvarint(buf: bytes | bytearray, pos: int) -> tuple[int, int] | None:
