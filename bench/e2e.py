@@ -12,7 +12,9 @@ metered job-second.
    Targets (issue 6): container start <= bare + 300 ms; first log line <= 2 s including the overlay join.
    Offer collection ends as soon as the DHT half answered with at least one offer, ``--wait`` at the
    latest (p2p.offer_query.collect_offers); its end is shown as its own line. A run that finds no offer
-   within the wait (exit 3) is retried and counted.
+   within the wait (exit 3) is retried and counted. A third row hands each run to a resident buyer agent
+   (``suanli agent``, started once before the rounds, as dockerd is for ``docker run``): the same
+   ``suanli run`` process, which then neither imports py-libp2p nor joins.
 2. Provider CPU per metered job-second with 1, 10 and 50 concurrent ``sleep`` jobs at 1 s receipts: the
    provider is a real ``suanli provide`` process, its CPU (all threads) read from /proc/<pid>/stat over a
    window; the buyers run in this process (one host, one agreement per job) and countersign every
@@ -164,12 +166,14 @@ def write_config(root: Path, name: str, bootstrap: str | None, max_jobs: int, cp
 # -- 1. latency ------------------------------------------------------------------------------------------
 
 
-def one_suanli_round(image: str, boot: str, home: Path, node_label: str, wait_s: float) -> dict[str, float] | None:
-    """The round's figures, or None when the buyer found no offer within ``wait_s`` (exit 3)."""
+def one_suanli_round(image: str, boot: str, home: Path, node_label: str, wait_s: float,
+                     agent: Path | None = None) -> dict[str, float] | None:
+    """The round's figures, or None when the buyer found no offer within ``wait_s`` (exit 3). With
+    ``agent``, the run is handed to that resident buyer agent's socket instead of joining itself."""
     since = int(time.time()) - 1
-    child = Child([*suanli(), "run", "--bootstrap", boot, "--local", "--image", image, "--data-dir", str(home),
-                   "--cpus", "0.5", "--memory", "64m", "--max-price", "1000", "--wait", str(wait_s), "--",
-                   *LATENCY_COMMAND])
+    where = ["--agent", str(agent)] if agent else ["--bootstrap", boot, "--local", "--data-dir", str(home)]
+    child = Child([*suanli(), "run", *where, "--image", image, "--cpus", "0.5", "--memory", "64m",
+                   "--max-price", "1000", "--wait", str(wait_s), "--", *LATENCY_COMMAND])
     code = child.wait(120)
     if code == 3:
         return None
@@ -208,10 +212,15 @@ def latency(image: str, root: Path, rounds: int, wait_s: float) -> None:
                           str(write_config(root, "latency-provider", boot_addr, 2, 1000, 1024))])
         children.append(provider)
         node_label = f"suanli.node={provider.first_json()['peer_id']}"
+        agent = Child([*suanli(), "agent", "--bootstrap", boot_addr, "--local", "--data-dir",
+                       str(root / "agent-home"), "--json"])
+        children.append(agent)
+        sock = Path(agent.first_json()["socket"])
         bare_label = f"suanli.bench={os.getpid()}"
         one_docker_round(image, bare_label)  # warm-up, not counted
         one_suanli_round(image, boot_addr, root / "buyer-warmup", node_label, max(wait_s, 3))
-        ours, bare, misses = [], [], 0
+        one_suanli_round(image, boot_addr, root / "agent-home", node_label, max(wait_s, 3), agent=sock)
+        ours, bare, via_agent, misses = [], [], [], 0
         while len(ours) < rounds:
             if misses > 3 * rounds:
                 raise SystemExit(f"suanli run found no offer in {misses} tries")
@@ -219,8 +228,13 @@ def latency(image: str, root: Path, rounds: int, wait_s: float) -> None:
             row = one_suanli_round(image, boot_addr, root / f"buyer{len(ours)}-{misses}", node_label, wait_s)
             if row is None:
                 misses += 1
-            else:
-                ours.append(row)
+                continue
+            ours.append(row)
+            agent_row = one_suanli_round(image, boot_addr, root / "agent-home", node_label, wait_s, agent=sock)
+            if agent_row is None:
+                raise SystemExit("suanli run through the agent found no offer: "
+                                 + " | ".join(line for _, line in agent.err[-5:]))
+            via_agent.append(agent_row)
     finally:
         for child in reversed(children):
             child.stop()
@@ -245,6 +259,14 @@ def latency(image: str, root: Path, rounds: int, wait_s: float) -> None:
           f"{collected:.0f} ms (interpreter, imports, join, lookup); agreement -> container start {after:.0f} ms")
     print(f"  runs that found no offer within --wait {wait_s:g} (exit 3, retried): {misses} of {misses + rounds}")
     print(f"  first log line: {first:.0f} ms (target <= 2000 ms including the overlay join)")
+    print(f"  suanli run, agent    offers known    {med(via_agent, 'offers_found')}   agreement "
+          f"{med(via_agent, 'agreed')}")
+    print(f"  {'':19s}  container start {med(via_agent, 'container_start')}   first log line "
+          f"{med(via_agent, 'first_log')}")
+    a = statistics.median(r["container_start"] for r in via_agent)
+    after = statistics.median(r["container_start"] - r["agreed"] for r in via_agent)
+    print(f"  container start through the resident agent (suanli agent): {a - b:+.0f} ms vs docker run "
+          f"(target <= +300 ms); agreement -> container start {after:.0f} ms")
 
 
 # -- 2. provider CPU per metered job-second --------------------------------------------------------------

@@ -92,12 +92,24 @@ def _add_network(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     run.add_argument("--data-dir", help="where the buyer keeps its key and database")
     run.add_argument("--key", help="the buyer's key file (default: <data dir>/node.key)")
     run.add_argument("--local", action="store_true", help="listen on 127.0.0.1 only")
+    run.add_argument("--agent", metavar="SOCKET", help="hand the job to this resident buyer agent (suanli agent); "
+                     "default: <data dir>/agent.sock when an agent is running there")
+    run.add_argument("--no-agent", action="store_true", help="join the network from this process, agent or not")
     run.add_argument("--show-receipts", action="store_true", help="print each receipt as it is co-signed")
     run.add_argument("--dry-run", action="store_true", help="show the candidates and the proposal; run nothing")
     run.add_argument("--json", action="store_true", help="print one JSON summary at the end")
     run.add_argument("-v", "--verbose", action="store_true")
     run.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command and its arguments")
     run.set_defaults(run="node.commands.run:cmd_run")
+
+    agent = sub.add_parser("agent", help="run the resident buyer agent: `suanli run` starts jobs through it at once")
+    agent.add_argument("--bootstrap", action="append", metavar="MULTIADDR",
+                       help="a bootstrap peer (repeatable; default: $SUANLI_BOOTSTRAP, comma-separated)")
+    agent.add_argument("--data-dir", help="where the buyer keeps its key, database and agent.sock")
+    agent.add_argument("--local", action="store_true", help="listen on 127.0.0.1 only")
+    agent.add_argument("--json", action="store_true", help="print JSON event lines (ready, stopped)")
+    agent.add_argument("-v", "--verbose", action="store_true")
+    agent.set_defaults(run="node.commands.agent:cmd_agent")
 
     offers = sub.add_parser("offers", help="list the offers a buyer sees on the network")
     offers.add_argument("--bootstrap", action="append", metavar="MULTIADDR", help="a bootstrap peer (repeatable)")

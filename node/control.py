@@ -25,8 +25,10 @@ SOCKET_NAME = "control.sock"
 MAX_REQUEST = 4096
 
 
-async def serve_control(path: Path, status: Callable[[], dict[str, Any]], *,
-                        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+async def listen_private(path: Path) -> trio.SocketListener:
+    """A unix socket only its owner can use (Rule 1), replacing a stale one; refused while one answers."""
+    if await _answers(path):
+        raise SuanliError(f"{path}: another daemon is already serving this data directory")
     await trio.Path(path).unlink(missing_ok=True)  # a stale socket of a crashed run (Rule 1)
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old = os.umask(0o177)
@@ -36,7 +38,24 @@ async def serve_control(path: Path, status: Callable[[], dict[str, Any]], *,
         os.umask(old)
     os.chmod(path, 0o600)
     sock.listen(16)
-    listener = trio.SocketListener(sock)
+    return trio.SocketListener(sock)
+
+
+async def _answers(path: Path) -> bool:
+    if not await trio.Path(path).is_socket():
+        return False
+    with trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            with trio.fail_after(2):
+                await probe.connect(str(path))
+        except (OSError, trio.TooSlowError):
+            return False
+    return True
+
+
+async def serve_control(path: Path, status: Callable[[], dict[str, Any]], *,
+                        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    listener = await listen_private(path)
     task_status.started()
     try:
         async with listener:

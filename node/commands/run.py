@@ -10,6 +10,7 @@ take the job (with the reasons), 4 when the job failed for a reason that is not 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
@@ -18,11 +19,10 @@ import re
 import signal
 import sys
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import trio
 
 from p2p.errors import SuanliError
 
@@ -95,6 +95,31 @@ def write_outputs(data: bytes, dest: Path) -> list[str]:
     return sorted(files)
 
 
+class Console:
+    """Where one run reports: notes on stderr, the job's own output, and the one JSON document on stdout.
+
+    The standalone client writes to its own terminal; the resident agent (node.agent) sends the same
+    calls to the ``suanli run`` that asked for the job.
+    """
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet  # --json: no notes, no job output, only the final document
+
+    def say(self, text: str) -> None:
+        if not self.quiet:
+            print(text, file=sys.stderr, flush=True)
+
+    def log(self, stream: str, data: bytes) -> None:
+        if self.quiet:
+            return
+        out = sys.stdout if stream == "stdout" else sys.stderr
+        out.buffer.write(data + b"\n")
+        out.flush()
+
+    def result(self, doc: dict[str, Any], indent: int | None = None) -> None:
+        print(json.dumps(doc, indent=indent), flush=True)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     command = list(args.command)
     if command and command[0] == "--":
@@ -103,6 +128,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("suanli: error: give the command to run after --, e.g. suanli run --image sha256:... -- echo hi",
               file=sys.stderr)
         return 2
+    socket_path = agent_socket(args)
+    if socket_path is not None:
+        from node.agent_client import AgentUnavailable, run_via_agent
+
+        try:
+            return run_via_agent(socket_path, args, command)
+        except AgentUnavailable as exc:
+            if args.agent:
+                raise SuanliError(str(exc)) from None
+            # a stale socket of an agent that is gone: run without it
+    import trio
+
     from node.logsetup import configure
 
     configure(args.verbose)
@@ -111,18 +148,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     return trio.run(_run, args, command)
 
 
+def agent_socket(args: argparse.Namespace) -> Path | None:
+    """The resident agent ``suanli run`` should hand the job to, or None to run it in this process.
+
+    ``--agent PATH`` names one; otherwise the data directory's ``agent.sock`` is used when it exists,
+    unless ``--no-agent`` or ``--key`` (a key of the caller's choice, not the agent's) is given.
+    """
+    if args.agent:
+        return Path(args.agent)
+    if args.no_agent or args.key:
+        return None
+    from node.paths import data_dir
+
+    path = (Path(args.data_dir) if args.data_dir else data_dir()) / "agent.sock"
+    return path if path.exists() else None
+
+
 async def _run(args: argparse.Namespace, command: list[str]) -> int:
-    from market.matching import JobRequest, explain, rank_offers
-    from market.records import JobSpec, Proposal, ResourceRequest
-    from market.reputation import COMPLETED, FAILED
-    from market.service import negotiate_first, now_ms
-    from node.buyer_job import JobFailed, pack_dir, run_job
+    import trio
+
     from node.overlay import BuyerOverlay
     from node.paths import data_dir
-    from p2p.envelope import sign_record
     from p2p.host import HostConfig, open_host
-    from p2p.identity import generate_key, load_key, peer_id_from_public, save_key
-    from settlement.astore import open_store
+    from p2p.identity import generate_key, load_key, save_key
 
     home = Path(args.data_dir) if args.data_dir else data_dir()
     key_path = Path(args.key) if args.key else home / "node.key"
@@ -131,6 +179,56 @@ async def _run(args: argparse.Namespace, command: list[str]) -> int:
     else:
         key = generate_key()
         save_key(key, key_path)
+    bootstrap = tuple(args.bootstrap or []) or tuple(filter(None, os.environ.get("SUANLI_BOOTSTRAP", "").split(",")))
+    if not bootstrap:
+        raise SuanliError("give --bootstrap MULTIADDR (or set SUANLI_BOOTSTRAP) to join a network")
+    check_job_args(args)
+    t0 = time.monotonic()
+    overlay = BuyerOverlay()
+    config = HostConfig(key=key, listen=("/ip4/127.0.0.1/tcp/0",) if args.local else ("/ip4/0.0.0.0/tcp/0",),
+                        bootstrap=bootstrap, dht_mode="client", topics=overlay.topics)
+    async with open_host(config) as node:
+        async def find(request: Any) -> Any:
+            return await overlay.discover(node, request, wait_s=args.wait)
+
+        return await execute(node, key, home, args, command, Console(args.json), find, trio.Event(), None,
+                             interruptible=True, t0=t0)
+
+
+def check_job_args(args: argparse.Namespace) -> None:
+    """The checks of the job's options that need no network: a mistake is reported before joining."""
+    parse_memory_mib(args.memory)
+    parse_env(args.env or [])
+    if not args.image_archive and not args.image:
+        choose_image(None, None)  # raises the usage message
+    if args.image and not args.image_archive:
+        choose_image(args.image, None)
+
+
+async def execute(node: Any, key: Any, home: Path, args: argparse.Namespace, command: list[str], console: Console,
+                  find: Callable[[Any], Awaitable[list[Any]]], cancel: Any, store: Any, *,
+                  interruptible: bool = False, t0: float | None = None, started: Callable[[], None] | None = None,
+                  ) -> int:
+    """One job on a joined node: discover, rank, negotiate, run, countersign, write outputs; the exit code.
+
+    ``find(request)`` returns the offers to rank. ``cancel`` (a trio.Event) set during the job sends
+    ``cancel`` to the provider and waits, within a bound, for its final receipt. ``interruptible``:
+    SIGINT sets ``cancel`` (and a second one leaves at once), as the standalone client wants.
+    ``store``: the buyer database to use, or None to open ``<home>/buyer.db`` for this run.
+    ``started()`` is called when the agreement is made and the job phase begins.
+    """
+    import trio
+
+    from market.matching import JobRequest, explain, rank_offers
+    from market.records import JobSpec, Proposal, ResourceRequest
+    from market.reputation import COMPLETED, FAILED
+    from market.service import negotiate_first, now_ms
+    from node.buyer_job import JobFailed, pack_dir, run_job
+    from p2p.envelope import sign_record
+    from p2p.identity import peer_id_from_public
+    from settlement.astore import open_store
+
+    t0 = time.monotonic() if t0 is None else t0
     image = choose_image(args.image, args.image_archive)
     inputs = pack_dir(Path(args.input)) if args.input else b""
     env = parse_env(args.env or [])
@@ -138,108 +236,101 @@ async def _run(args: argparse.Namespace, command: list[str]) -> int:
                                 min_compute_capability=None, cpu_millis=int(args.cpus * 1000),
                                 memory_mib=parse_memory_mib(args.memory))
     request = JobRequest(resources, args.max_price, args.max_duration * 1000, image.image_id)
-    bootstrap = tuple(args.bootstrap or []) or tuple(filter(None, os.environ.get("SUANLI_BOOTSTRAP", "").split(",")))
-    if not bootstrap:
-        raise SuanliError("give --bootstrap MULTIADDR (or set SUANLI_BOOTSTRAP) to join a network")
-    say = (lambda *a: None) if args.json else (lambda *a: print(*a, file=sys.stderr, flush=True))
-    t0 = time.monotonic()
-    overlay = BuyerOverlay()
-    config = HostConfig(key=key, listen=("/ip4/127.0.0.1/tcp/0",) if args.local else ("/ip4/0.0.0.0/tcp/0",),
-                        bootstrap=bootstrap, dht_mode="client", topics=overlay.topics)
-    async with open_host(config) as node:
-        offers = await overlay.discover(node, request, wait_s=args.wait)
-        now = now_ms()
-        reputation = await trio.to_thread.run_sync(_reputation, home / "buyer.db")
-        ranked = rank_offers([o.record for o in offers], request, now, limit=args.candidates, reputation=reputation)
-        say(f"suanli: {len(offers)} offer(s) found in {time.monotonic() - t0:.1f} s; {len(ranked)} can run this job")
-        if not ranked:
-            for offer, reasons in explain([o.record for o in offers], request, now):
-                say(f"  {peer_id_from_public(offer.provider)}: {'; '.join(reasons)}")
-            if not offers:
-                say("  no offers at all: is any provider running on this network?")
+    say = console.say
+    offers = await find(request)
+    now = now_ms()
+    reputation = await trio.to_thread.run_sync(_reputation, home / "buyer.db")
+    ranked = rank_offers([o.record for o in offers], request, now, limit=args.candidates, reputation=reputation)
+    say(f"suanli: {len(offers)} offer(s) found in {time.monotonic() - t0:.1f} s; {len(ranked)} can run this job")
+    if not ranked:
+        for offer, reasons in explain([o.record for o in offers], request, now):
+            say(f"  {peer_id_from_public(offer.provider)}: {'; '.join(reasons)}")
+        if not offers:
+            say("  no offers at all: is any provider running on this network?")
+        if args.json:
+            console.result({"ok": False, "error": "no provider can run this job", "offers": len(offers)})
+        return EXIT_NO_PROVIDER
+    signed_by_provider = {o.record.provider: o for o in offers}
+
+    def proposal_for(offer_provider: bytes) -> Any:
+        offer = signed_by_provider[offer_provider]
+        return sign_record(Proposal(
+            buyer=key.public, provider=offer_provider, offer_id=offer.record_id,
+            job=JobSpec(image.image_id, image.archive_sha256, tuple(command), env,
+                        hashlib.sha256(inputs).digest()),
+            resources=resources, max_price_micros_per_s=args.max_price, max_duration_ms=args.max_duration * 1000,
+            terms=offer.record.terms, nonce=os.urandom(16), created_at_ms=now_ms(),
+            expires_at_ms=now_ms() + 30_000), key)
+
+    candidates = [(peer_id_from_public(c.offer.provider), proposal_for(c.offer.provider)) for c in ranked]
+    if args.dry_run:
+        plan = [{"provider": p, "price_micros_per_s": c.price_micros_per_s, "reputation": c.reputation,
+                 "gpus": [g.model for g in c.gpus]} for (p, _), c in zip(candidates, ranked, strict=True)]
+        first = candidates[0][1].record
+        doc = {"dry_run": True, "candidates": plan, "would_propose": {
+            "provider": candidates[0][0], "image": first.job.image, "command": list(first.job.command),
+            "cpu_millis": first.resources.cpu_millis, "memory_mib": first.resources.memory_mib,
+            "gpus": first.resources.gpus, "max_price_micros_per_s": first.max_price_micros_per_s,
+            "max_duration_ms": first.max_duration_ms, "receipt_interval_ms": first.terms.interval_ms,
+            "exposure_cap_micros": first.terms.exposure_cap_micros}}
+        console.result(doc, indent=None if args.json else 1)
+        return 0
+    db_path = home / "buyer.db"
+    async with (_borrowed(store) if store is not None else open_store(db_path)) as store:
+        async def keep_evidence(agreement: Any, proposal: Any) -> None:
+            # Stored before the countersignature leaves: the buyer can always show what it signed.
+            offer = signed_by_provider.get(agreement.record.provider)
+            if offer is not None:
+                await store.put_offer(offer)
+            await store.put_proposal(proposal)
+            await store.put_agreement(agreement)
+
+        deal, attempts = await negotiate_first(node, key, candidates, per_candidate_s=args.negotiate_timeout,
+                                               before_accept=keep_evidence)
+        for attempt in attempts:
+            if attempt.outcome != "agreed":
+                say(f"suanli: {attempt.provider}: {attempt.outcome}")
+        if deal is None:
             if args.json:
-                print(json.dumps({"ok": False, "error": "no provider can run this job", "offers": len(offers)}))
+                console.result({"ok": False, "error": "every candidate refused",
+                                "attempts": [a.__dict__ for a in attempts]})
             return EXIT_NO_PROVIDER
-        signed_by_provider = {o.record.provider: o for o in offers}
+        ag = deal.agreement.record
+        provider = peer_id_from_public(ag.provider)
+        say(f"suanli: agreed with {provider} at {ag.price_micros_per_s} micro-credits/s "
+            f"(agreement {deal.agreement.record_id.hex()[:16]})")
+        if started is not None:
+            started()
+        hooks = _hooks(args, console)
+        failure: JobFailed | None = None
+        outcome = None
+        with trio.open_signal_receiver(signal.SIGINT) if interruptible else contextlib.nullcontext() as sigint:
+            async with trio.open_nursery() as nursery:
+                async def on_interrupt() -> None:
+                    async for _ in sigint:
+                        if cancel.is_set():
+                            say("suanli: interrupted again; leaving without the final receipt")
+                            nursery.cancel_scope.cancel()
+                            return
+                        say("suanli: cancelling the job (Ctrl-C again to leave at once)")
+                        cancel.set()
 
-        def proposal_for(offer_provider: bytes) -> Any:
-            offer = signed_by_provider[offer_provider]
-            return sign_record(Proposal(
-                buyer=key.public, provider=offer_provider, offer_id=offer.record_id,
-                job=JobSpec(image.image_id, image.archive_sha256, tuple(command), env,
-                            hashlib.sha256(inputs).digest()),
-                resources=resources, max_price_micros_per_s=args.max_price, max_duration_ms=args.max_duration * 1000,
-                terms=offer.record.terms, nonce=os.urandom(16), created_at_ms=now_ms(),
-                expires_at_ms=now_ms() + 30_000), key)
-
-        candidates = [(peer_id_from_public(c.offer.provider), proposal_for(c.offer.provider)) for c in ranked]
-        if args.dry_run:
-            plan = [{"provider": p, "price_micros_per_s": c.price_micros_per_s, "reputation": c.reputation,
-                     "gpus": [g.model for g in c.gpus]} for (p, _), c in zip(candidates, ranked, strict=True)]
-            first = candidates[0][1].record
-            doc = {"dry_run": True, "candidates": plan, "would_propose": {
-                "provider": candidates[0][0], "image": first.job.image, "command": list(first.job.command),
-                "cpu_millis": first.resources.cpu_millis, "memory_mib": first.resources.memory_mib,
-                "gpus": first.resources.gpus, "max_price_micros_per_s": first.max_price_micros_per_s,
-                "max_duration_ms": first.max_duration_ms, "receipt_interval_ms": first.terms.interval_ms,
-                "exposure_cap_micros": first.terms.exposure_cap_micros}}
-            print(json.dumps(doc, indent=None if args.json else 1))
-            return 0
-        db_path = home / "buyer.db"
-        async with open_store(db_path) as store:
-            async def keep_evidence(agreement: Any, proposal: Any) -> None:
-                # Stored before the countersignature leaves: the buyer can always show what it signed.
-                offer = signed_by_provider.get(agreement.record.provider)
-                if offer is not None:
-                    await store.put_offer(offer)
-                await store.put_proposal(proposal)
-                await store.put_agreement(agreement)
-
-            deal, attempts = await negotiate_first(node, key, candidates, per_candidate_s=args.negotiate_timeout,
-                                                   before_accept=keep_evidence)
-            for attempt in attempts:
-                if attempt.outcome != "agreed":
-                    say(f"suanli: {attempt.provider}: {attempt.outcome}")
-            if deal is None:
-                if args.json:
-                    print(json.dumps({"ok": False, "error": "every candidate refused",
-                                      "attempts": [a.__dict__ for a in attempts]}))
-                return EXIT_NO_PROVIDER
-            ag = deal.agreement.record
-            provider = peer_id_from_public(ag.provider)
-            say(f"suanli: agreed with {provider} at {ag.price_micros_per_s} micro-credits/s "
-                f"(agreement {deal.agreement.record_id.hex()[:16]})")
-            cancel = trio.Event()
-            hooks = _hooks(args, say)
-            failure: JobFailed | None = None
-            outcome = None
-            with trio.open_signal_receiver(signal.SIGINT) as sigint:
-                async with trio.open_nursery() as nursery:
-                    async def on_interrupt() -> None:
-                        async for _ in sigint:
-                            if cancel.is_set():
-                                say("suanli: interrupted again; leaving without the final receipt")
-                                nursery.cancel_scope.cancel()
-                                return
-                            say("suanli: cancelling the job (Ctrl-C again to leave at once)")
-                            cancel.set()
-
+                if sigint is not None:
                     nursery.start_soon(on_interrupt)
-                    try:
-                        outcome = await run_job(node, key, store, deal, inputs, image.archive, hooks, cancel,
-                                                now_ms())
-                    except JobFailed as exc:
-                        failure = exc
-                    nursery.cancel_scope.cancel()
-            # Local reputation (market.reputation): what this buyer saw of this provider.
-            seen = COMPLETED if outcome is not None and outcome.reason in ("completed", "buyer_cancel") else FAILED
-            await store.record_outcome(ag.provider, seen, deal.agreement.record_id, now_ms())
+                try:
+                    outcome = await run_job(node, key, store, deal, inputs, image.archive, hooks, cancel, now_ms())
+                except JobFailed as exc:
+                    failure = exc
+                nursery.cancel_scope.cancel()
+        # Local reputation (market.reputation): what this buyer saw of this provider.
+        seen = COMPLETED if outcome is not None and outcome.reason in ("completed", "buyer_cancel") else FAILED
+        await store.record_outcome(ag.provider, seen, deal.agreement.record_id, now_ms())
     if failure is not None or outcome is None:
         message = str(failure) if failure else "interrupted"
         say(f"suanli: job failed: {message}; evidence in {db_path}")
         if args.json:
-            print(json.dumps({"ok": False, "error": message, "agreement_id": deal.agreement.record_id.hex(),
-                              "provider": provider, "database": str(db_path)}))
+            console.result({"ok": False, "error": message, "agreement_id": deal.agreement.record_id.hex(),
+                            "provider": provider, "database": str(db_path)})
         return EXIT_JOB_FAILED
     files = write_outputs(outcome.outputs, Path(args.output)) if args.output else []
     last = outcome.last
@@ -250,13 +341,18 @@ async def _run(args: argparse.Namespace, command: list[str]) -> int:
         "database": str(db_path), "outputs": files, "oom_killed": outcome.oom_killed,
     }
     if args.json:
-        print(json.dumps(summary))
+        console.result(summary)
     else:
         say(f"suanli: exit code {outcome.exit_code} ({outcome.reason}); billed {summary['billed_ms'] / 1000:.3f} s, "
             f"{summary['amount_micros']} micro-credits over {summary['receipts']} co-signed receipts; "
             f"evidence in {db_path}")
     code = outcome.exit_code if outcome.exit_code is not None else EXIT_JOB_FAILED
     return code if 0 <= code <= 255 else EXIT_JOB_FAILED
+
+
+@contextlib.asynccontextmanager
+async def _borrowed(store: Any) -> AsyncIterator[Any]:
+    yield store  # the agent's database stays open after the run
 
 
 def _reputation(db_path: Path) -> dict[bytes, int]:
@@ -269,15 +365,10 @@ def _reputation(db_path: Path) -> dict[bytes, int]:
         return scores(store.outcome_counts())
 
 
-def _hooks(args: argparse.Namespace, say: Any) -> Any:
+def _hooks(args: argparse.Namespace, console: Console) -> Any:
     from node.buyer_job import BuyerHooks
 
-    def on_log(stream: str, data: bytes) -> None:
-        if args.json:
-            return
-        out = sys.stdout if stream == "stdout" else sys.stderr
-        out.buffer.write(data + b"\n")
-        out.flush()
+    say = console.say
 
     def on_receipt(receipt: Any) -> None:
         r = receipt.record
@@ -293,4 +384,4 @@ def _hooks(args: argparse.Namespace, say: Any) -> Any:
         if not args.json and (done == total or done % (4 << 20) < (128 << 10)):
             say(f"suanli: sending {kind}: {done * 100 // max(total, 1)}% ({done >> 20}/{total >> 20} MiB)")
 
-    return BuyerHooks(on_log=on_log, on_status=on_status, on_receipt=on_receipt, on_progress=on_progress)
+    return BuyerHooks(on_log=console.log, on_status=on_status, on_receipt=on_receipt, on_progress=on_progress)

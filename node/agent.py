@@ -1,0 +1,337 @@
+"""The resident buyer agent (``suanli agent``): the buyer's node, joined once, serving ``suanli run``.
+
+A standalone ``suanli run`` pays for a Python process that imports py-libp2p (about half a second),
+joins the overlay and collects offers before it can propose anything. The agent does that once, as
+dockerd does for the docker CLI: it stays joined, keeps the live offers (gossip, plus a DHT query at
+start and every ``REFRESH_S``), and keeps the buyer's key and database open. ``suanli run`` finds its
+socket in the data directory and hands the job over (node.agent_client, which documents the
+protocol); the job then runs exactly as a standalone run would (node.commands.run.execute), with the
+same key, the same ``buyer.db``, the same checks and countersignatures.
+
+Rule 1: the socket is the owner's only (0600), and one agent serves one data directory.
+Rule 2: every request is checked field by field before anything runs; a bad one gets an error event
+and its connection closes, never the agent.
+Rule 3: a client that leaves (Ctrl-C twice, killed) cancels its job: the provider stops it and both
+sides record the final receipt, exactly as for a cancel.
+Rule 4: on SIGINT/SIGTERM the agent cancels every running job, waits (bounded) for their final
+receipts, then leaves the overlay.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from market.matching import JobRequest, rank_offers
+from market.records import Offer
+from node.agent_client import FIELDS, MAX_EVENT_BYTES, PATH_FIELDS
+from node.commands.run import Console, execute
+from node.control import listen_private
+from node.overlay import BuyerOverlay, capability_for
+from p2p.envelope import Signed
+from p2p.errors import SuanliError
+from p2p.gossip import offer_feed
+from p2p.host import HostConfig, Node, open_host
+from p2p.identity import NodeKey
+from p2p.offer_query import collect_offers
+from settlement.astore import AsyncStore, open_store
+
+log = logging.getLogger("suanli.node.agent")
+AGENT_SOCKET = "agent.sock"
+REQUEST_TIMEOUT_S = 5.0
+INITIAL_WAIT_S = 3.0
+REFRESH_S = 60.0
+REFRESH_WAIT_S = 5.0
+MAX_BACKLOG_BYTES = 16 << 20  # job output kept for a client that does not read; beyond it lines are dropped
+FLUSH_TIMEOUT_S = 10.0
+SHUTDOWN_GRACE_S = 30.0
+EXIT_USAGE = 2
+EXIT_AGENT_FAILED = 4
+EXIT_CLIENT_LEFT = 130
+
+
+class RequestError(SuanliError):
+    """A request on the agent's socket that cannot be run as it is."""
+
+
+def parse_run_request(line: bytes) -> tuple[argparse.Namespace, list[str]]:
+    """Rule 2: the run options, each of its documented type, and the command; else RequestError."""
+    try:
+        request = json.loads(line)
+    except ValueError:
+        raise RequestError("a request is one JSON object on one line") from None
+    if not isinstance(request, dict) or request.get("op") != "run":
+        raise RequestError('expected {"op": "run", "args": {...}, "command": [...]}')
+    fields, command = request.get("args"), request.get("command")
+    if not isinstance(fields, dict):
+        raise RequestError("args: expected an object")
+    unknown, missing = sorted(set(fields) - set(FIELDS)), sorted(set(FIELDS) - set(fields))
+    if unknown or missing:
+        raise RequestError(f"args: unknown {unknown}, missing {missing}")
+    for name, types in FIELDS.items():
+        if type(fields[name]) not in types:
+            raise RequestError(f"args.{name}: expected {' or '.join(t.__name__ for t in types)}")
+    if fields["env"] is not None and not all(isinstance(item, str) for item in fields["env"]):
+        raise RequestError("args.env: expected a list of NAME=VALUE strings")
+    for name in PATH_FIELDS:
+        if fields[name] is not None and not Path(fields[name]).is_absolute():
+            raise RequestError(f"args.{name}: expected an absolute path")
+    for name, low, high in (("wait", 0, 600), ("negotiate_timeout", 0.1, 600), ("candidates", 1, 100)):
+        if not low <= fields[name] <= high:
+            raise RequestError(f"args.{name}: expected {low} to {high}")
+    if not isinstance(command, list) or not command or not all(isinstance(a, str) for a in command):
+        raise RequestError("command: expected a non-empty list of strings")
+    return argparse.Namespace(**fields), command
+
+
+class AgentConsole(Console):
+    """A run's output as events for its client; a client that stops reading loses job lines, not notes."""
+
+    def __init__(self, quiet: bool) -> None:
+        super().__init__(quiet)
+        self._out = bytearray()
+        self._wake = trio.Event()
+        self._finished = False
+        self.dropped_lines = 0
+
+    def _emit(self, event: dict[str, Any], droppable: bool = False) -> None:
+        if self._finished:
+            return
+        data = json.dumps(event).encode() + b"\n"
+        if droppable and (len(self._out) + len(data) > MAX_BACKLOG_BYTES or len(data) > MAX_EVENT_BYTES):
+            self.dropped_lines += 1
+            return
+        self._out += data
+        self._wake.set()
+
+    def say(self, text: str) -> None:
+        if not self.quiet:
+            self._emit({"ev": "say", "text": text})
+
+    def log(self, stream: str, data: bytes) -> None:
+        if not self.quiet:
+            self._emit({"ev": "log", "stream": stream, "b64": base64.b64encode(data).decode()}, droppable=True)
+
+    def result(self, doc: dict[str, Any], indent: int | None = None) -> None:
+        self._emit({"ev": "result", "doc": doc, "indent": indent})
+
+    def error(self, text: str) -> None:
+        self._emit({"ev": "error", "text": text})
+
+    def finish(self, code: int) -> None:
+        if self.dropped_lines:
+            self.say(f"suanli: {self.dropped_lines} line(s) of job output were dropped: the client did not read them")
+        self._emit({"ev": "exit", "code": code})
+        self._finished = True
+        self._wake.set()
+
+    async def pump(self, stream: trio.abc.SendStream) -> None:
+        """Send what was emitted, in order, until ``finish``; a gone client ends the pump quietly."""
+        try:
+            while True:
+                if not self._out:
+                    if self._finished:
+                        return
+                    self._wake = trio.Event()
+                    await self._wake.wait()
+                    continue
+                data = bytes(self._out)
+                self._out.clear()
+                await stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._finished = True
+
+
+@dataclass
+class _Job:
+    cancel: trio.Event = field(default_factory=trio.Event)
+    work: trio.CancelScope = field(default_factory=trio.CancelScope)
+    in_job: bool = False  # the agreement is made: cancelling now means the cancel protocol
+
+    def stop(self) -> None:
+        if self.in_job:
+            self.cancel.set()  # the provider stops the job; both sides record the final receipt
+        else:
+            self.work.cancel()  # nothing agreed yet: just stop
+
+
+@dataclass
+class Agent:
+    node: Node
+    key: NodeKey
+    home: Path
+    overlay: BuyerOverlay
+    store: AsyncStore
+    jobs: dict[int, _Job] = field(default_factory=dict)
+    runs: int = 0
+    _ended: trio.Event = field(default_factory=trio.Event)  # set each time a run ends
+
+    async def find(self, request: JobRequest, wait_s: float) -> list[Signed[Offer]]:
+        """The offers already known when one of them can run the job; else a fresh collection."""
+        from market.service import now_ms
+
+        now = now_ms()
+        known = self.overlay.ledger.current(now)
+        if rank_offers([o.record for o in known], request, now, limit=1):
+            return known
+        return await collect_offers(self.node, self.overlay.ledger, capability=capability_for(request),
+                                    wait_s=wait_s)
+
+    async def keep_offers(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async def drain() -> None:  # the subscription queue is bounded: keep it empty (workarounds)
+            async for _ in offer_feed(self.node, self.overlay.ledger):
+                pass
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(drain)
+            await collect_offers(self.node, self.overlay.ledger, wait_s=INITIAL_WAIT_S)
+            task_status.started()
+            while True:
+                await trio.sleep(REFRESH_S)
+                try:
+                    await collect_offers(self.node, self.overlay.ledger, wait_s=REFRESH_WAIT_S)
+                except SuanliError as exc:
+                    log.warning("offer refresh failed: %s", exc)
+
+    async def serve(self, listener: trio.SocketListener, path: Path) -> None:
+        try:
+            async with listener, trio.open_nursery() as nursery:
+                while True:
+                    stream = await listener.accept()
+                    nursery.start_soon(self.handle, stream)
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.Path(path).unlink(missing_ok=True)
+
+    async def handle(self, stream: trio.SocketStream) -> None:
+        async with stream:
+            try:
+                with trio.fail_after(REQUEST_TIMEOUT_S):
+                    line, rest = await _read_line(stream, b"")
+                args, command = parse_run_request(line)
+            except (trio.TooSlowError, trio.BrokenResourceError, RequestError) as exc:
+                log.info("agent request refused: %s", exc or "no request in time")
+                console = AgentConsole(False)
+                console.error(str(exc) if isinstance(exc, RequestError) else "no request within 5 s")
+                console.finish(EXIT_USAGE)
+                with trio.move_on_after(FLUSH_TIMEOUT_S):
+                    await console.pump(stream)
+                return
+            self.runs += 1
+            job_id = self.runs
+            job = self.jobs[job_id] = _Job()
+            console = AgentConsole(args.json)
+            try:
+                await self._serve_run(stream, rest, args, command, job, console)
+            finally:
+                del self.jobs[job_id]
+                self._ended.set()
+
+    async def _serve_run(self, stream: trio.SocketStream, rest: bytes, args: argparse.Namespace,
+                         command: list[str], job: _Job, console: AgentConsole) -> None:
+        code = EXIT_AGENT_FAILED
+        async with trio.open_nursery() as outer:
+            pump_scope = trio.CancelScope()
+
+            async def pump() -> None:
+                with pump_scope:
+                    await console.pump(stream)
+
+            outer.start_soon(pump)
+            async with trio.open_nursery() as inner:
+                inner.start_soon(_watch_client, stream, rest, job.stop)  # Rule 3
+                with job.work:
+                    try:
+                        code = await execute(self.node, self.key, self.home, args, command, console,
+                                             lambda request: self.find(request, args.wait), job.cancel, self.store,
+                                             started=lambda: setattr(job, "in_job", True))
+                    except SuanliError as exc:
+                        console.error(str(exc))
+                        code = EXIT_USAGE
+                    except Exception:  # a per-connection boundary: one failed run never takes the agent down
+                        log.exception("agent run failed")
+                        console.say("suanli: the buyer agent failed running this job; see its log")
+                if job.work.cancelled_caught:
+                    code = EXIT_CLIENT_LEFT
+                inner.cancel_scope.cancel()
+            console.finish(code)
+            pump_scope.deadline = trio.current_time() + FLUSH_TIMEOUT_S
+
+    async def shutdown(self) -> None:
+        """Rule 4: cancel every running job and wait, within a bound, for their final receipts."""
+        for job in list(self.jobs.values()):
+            job.stop()
+        with trio.move_on_after(SHUTDOWN_GRACE_S):
+            while self.jobs:
+                self._ended = trio.Event()
+                await self._ended.wait()
+
+    def status(self) -> dict[str, Any]:
+        from market.service import now_ms
+
+        return {"peer_id": self.key.peer_id, "addrs": self.node.addrs(), "data_dir": str(self.home),
+                "offers": len(self.overlay.ledger.current(now_ms())), "jobs": len(self.jobs)}
+
+
+async def _read_line(stream: trio.SocketStream, buffer: bytes) -> tuple[bytes, bytes]:
+    """One line (without its newline) and what came after it; RequestError past ``MAX_EVENT_BYTES``."""
+    while b"\n" not in buffer:
+        if len(buffer) > MAX_EVENT_BYTES:
+            raise RequestError(f"a request line is at most {MAX_EVENT_BYTES} bytes")
+        chunk = await stream.receive_some(65536)
+        if not chunk:
+            raise trio.BrokenResourceError("the client closed the connection")
+        buffer += chunk
+    line, _, rest = buffer.partition(b"\n")
+    return line, rest
+
+
+async def _watch_client(stream: trio.SocketStream, buffer: bytes, cancel: Any) -> None:
+    """Rule 3: ``{"op": "cancel"}`` or the end of the connection cancels; other lines are ignored."""
+    while True:
+        try:
+            line, buffer = await _read_line(stream, buffer)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, RequestError):
+            cancel()
+            return
+        try:
+            op = json.loads(line).get("op")
+        except (ValueError, AttributeError):
+            op = None
+        if op == "cancel":
+            cancel()
+
+
+@asynccontextmanager
+async def open_agent(key: NodeKey, home: Path, bootstrap: tuple[str, ...],
+                     listen: tuple[str, ...]) -> AsyncIterator[Agent]:
+    """Joined, offers collected, the socket open; on exit Rule 4, then the overlay is left."""
+    path = home / AGENT_SOCKET
+    listener = await listen_private(path)  # Rule 1, before joining: a second agent stops here
+    try:
+        overlay = BuyerOverlay()
+        config = HostConfig(key=key, listen=listen, bootstrap=bootstrap, dht_mode="client", topics=overlay.topics)
+        async with open_host(config) as node, open_store(home / "buyer.db") as store:
+            agent = Agent(node, key, home, overlay, store)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(agent.keep_offers)
+                nursery.start_soon(agent.serve, listener, path)
+                try:
+                    yield agent
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await agent.shutdown()
+                    nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            await listener.aclose()
+            await trio.Path(path).unlink(missing_ok=True)
