@@ -33,6 +33,7 @@ import trio
 
 from market.matching import JobRequest, rank_offers
 from market.records import Offer
+from market.service import now_ms
 from node.agent_client import FIELDS, MAX_EVENT_BYTES, PATH_FIELDS
 from node.commands.run import Console, execute
 from node.control import listen_private
@@ -151,7 +152,7 @@ class AgentConsole(Console):
             self._finished = True
 
 
-@dataclass
+@dataclass(eq=False)  # one per run, kept in a set by identity
 class _Job:
     cancel: trio.Event = field(default_factory=trio.Event)
     work: trio.CancelScope = field(default_factory=trio.CancelScope)
@@ -171,14 +172,11 @@ class Agent:
     home: Path
     overlay: BuyerOverlay
     store: AsyncStore
-    jobs: dict[int, _Job] = field(default_factory=dict)
-    runs: int = 0
+    jobs: set[_Job] = field(default_factory=set)
     _ended: trio.Event = field(default_factory=trio.Event)  # set each time a run ends
 
     async def find(self, request: JobRequest, wait_s: float) -> list[Signed[Offer]]:
         """The offers already known when one of them can run the job; else a fresh collection."""
-        from market.service import now_ms
-
         now = now_ms()
         known = self.overlay.ledger.current(now)
         if rank_offers([o.record for o in known], request, now, limit=1):
@@ -202,15 +200,12 @@ class Agent:
                 except SuanliError as exc:
                     log.warning("offer refresh failed: %s", exc)
 
-    async def serve(self, listener: trio.SocketListener, path: Path) -> None:
-        try:
-            async with listener, trio.open_nursery() as nursery:
-                while True:
-                    stream = await listener.accept()
-                    nursery.start_soon(self.handle, stream)
-        finally:
-            with trio.CancelScope(shield=True):
-                await trio.Path(path).unlink(missing_ok=True)
+    async def serve(self, listener: trio.SocketListener) -> None:
+        """Accept clients until cancelled (``open_agent`` closes the listener and removes the socket)."""
+        async with trio.open_nursery() as nursery:
+            while True:
+                stream = await listener.accept()
+                nursery.start_soon(self.handle, stream)
 
     async def handle(self, stream: trio.SocketStream) -> None:
         async with stream:
@@ -221,19 +216,18 @@ class Agent:
             except (trio.TooSlowError, trio.BrokenResourceError, RequestError) as exc:
                 log.info("agent request refused: %s", exc or "no request in time")
                 console = AgentConsole(False)
-                console.error(str(exc) if isinstance(exc, RequestError) else "no request within 5 s")
+                console.error(str(exc) if isinstance(exc, RequestError)
+                              else f"no request within {REQUEST_TIMEOUT_S:g} s")
                 console.finish(EXIT_USAGE)
                 with trio.move_on_after(FLUSH_TIMEOUT_S):
                     await console.pump(stream)
                 return
-            self.runs += 1
-            job_id = self.runs
-            job = self.jobs[job_id] = _Job()
-            console = AgentConsole(args.json)
+            job = _Job()
+            self.jobs.add(job)
             try:
-                await self._serve_run(stream, rest, args, command, job, console)
+                await self._serve_run(stream, rest, args, command, job, AgentConsole(args.json))
             finally:
-                del self.jobs[job_id]
+                self.jobs.discard(job)
                 self._ended.set()
 
     async def _serve_run(self, stream: trio.SocketStream, rest: bytes, args: argparse.Namespace,
@@ -268,7 +262,7 @@ class Agent:
 
     async def shutdown(self) -> None:
         """Rule 4: cancel every running job and wait, within a bound, for their final receipts."""
-        for job in list(self.jobs.values()):
+        for job in list(self.jobs):
             job.stop()
         with trio.move_on_after(SHUTDOWN_GRACE_S):
             while self.jobs:
@@ -276,8 +270,6 @@ class Agent:
                 await self._ended.wait()
 
     def status(self) -> dict[str, Any]:
-        from market.service import now_ms
-
         return {"peer_id": self.key.peer_id, "addrs": self.node.addrs(), "data_dir": str(self.home),
                 "offers": len(self.overlay.ledger.current(now_ms())), "jobs": len(self.jobs)}
 
@@ -324,7 +316,7 @@ async def open_agent(key: NodeKey, home: Path, bootstrap: tuple[str, ...],
             agent = Agent(node, key, home, overlay, store)
             async with trio.open_nursery() as nursery:
                 await nursery.start(agent.keep_offers)
-                nursery.start_soon(agent.serve, listener, path)
+                nursery.start_soon(agent.serve, listener)
                 try:
                     yield agent
                 finally:

@@ -1,4 +1,5 @@
-"""Where a node keeps its files: the data directory and the default key and database paths.
+"""Where a node keeps its files (the data directory, the default key and database paths) and where a
+command line's node joins (bootstrap peers, listen addresses).
 
 The data directory is ``$SUANLI_HOME`` when set, else ``$XDG_DATA_HOME/suanli``, else
 ``~/.local/share/suanli``.
@@ -7,7 +8,10 @@ The data directory is ``$SUANLI_HOME`` when set, else ``$XDG_DATA_HOME/suanli``,
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
+
+from p2p.errors import SuanliError
 
 
 def data_dir() -> Path:
@@ -25,3 +29,16 @@ def default_key_path() -> Path:
 
 def default_db_path() -> Path:
     return data_dir() / "node.db"
+
+
+def bootstrap_peers(given: Sequence[str] | None) -> tuple[str, ...]:
+    """``--bootstrap`` values, else ``$SUANLI_BOOTSTRAP`` (comma-separated); SuanliError when neither."""
+    peers = tuple(given or ()) or tuple(filter(None, os.environ.get("SUANLI_BOOTSTRAP", "").split(",")))
+    if not peers:
+        raise SuanliError("give --bootstrap MULTIADDR (or set SUANLI_BOOTSTRAP) to join a network")
+    return peers
+
+
+def client_listen(local: bool) -> tuple[str, ...]:
+    """A buyer-side node's listen address: any free port, on loopback only with ``--local``."""
+    return ("/ip4/127.0.0.1/tcp/0",) if local else ("/ip4/0.0.0.0/tcp/0",)

@@ -27,7 +27,6 @@ from market.capacity import Allocation
 from market.records import Agreement, Proposal
 from node.jobwire import (
     CHUNK_BYTES,
-    MAX_FRAME_BYTES,
     Cancel,
     Chunk,
     Countersign,
@@ -41,11 +40,10 @@ from node.jobwire import (
     decode_message,
 )
 from node.outbox import Outbox
-from p2p.codec import unpack
-from p2p.envelope import SIGNATURE_BYTES, Signed, open_signed, sign_record
+from p2p.envelope import Signed, open_countersigned, open_signed, sign_record
 from p2p.errors import CodecError, RemoteProtocolError, SignatureError, SuanliError
 from p2p.framing import FramedStream
-from p2p.identity import NodeKey, public_from_peer_id, verify_signature
+from p2p.identity import NodeKey, public_from_peer_id
 from p2p.records import Record
 from sandbox.engine import Engine
 from sandbox.images import image_env, load_image_archive, local_image_id
@@ -73,9 +71,6 @@ UPLOAD_ALLOWANCE_S = 30.0
 MIN_UPLOAD_BYTES_PER_S = 1 << 20  # 1 MiB/s: slower uploads are cut off
 # Image archives are held in memory while they are checked and loaded: one upload at a time.
 IMAGE_UPLOADS = trio.CapacityLimiter(1)
-
-
-_ENVELOPE_KEYS = ["body", "sigs"]  # p2p.envelope's wire form: {"body": bin, "sigs": [bin64, ...]}
 
 
 def wall_ms() -> int:
@@ -276,30 +271,9 @@ class JobRun:
                 self.final_cosigned.set()
 
     def _countersigned_as_issued(self, data: bytes) -> Signed[Receipt] | None:
-        """The common case, checked in full but cheaply: the envelope is a receipt we issued (same body
-        bytes, same provider signature: both already checked when we made them) and a buyer signature
-        that verifies over it. Decoding the body again and verifying our own signature again would
-        only repeat what ``issue`` did (about a third of the countersignature's CPU). None for
-        anything else, which then takes the general path (``open_signed``) and its error messages.
-        """
-        try:
-            obj = unpack(data, MAX_FRAME_BYTES)
-        except CodecError:
-            return None
-        if type(obj) is not dict or list(obj) != _ENVELOPE_KEYS:
-            return None
-        body, sigs = obj["body"], obj["sigs"]
-        if type(body) is not bytes or type(sigs) is not list or len(sigs) != 2:
-            return None
-        mine = self._issued_by_body.get(body)
-        provider_sig, buyer_sig = sigs
-        if mine is None or provider_sig != mine.sigs[0] or type(buyer_sig) is not bytes \
-                or len(buyer_sig) != SIGNATURE_BYTES:
-            return None
-        cosigned = Signed(body=mine.body, record=mine.record, sigs=(mine.sigs[0], buyer_sig))
-        if not verify_signature(cosigned.signer_public(1), cosigned.signed_message(1), buyer_sig):
-            return None
-        return cosigned
+        """The common case, checked in full but cheaply (p2p.envelope.open_countersigned): one of our
+        receipts with the buyer's valid signature added. None for anything else."""
+        return open_countersigned(data, self._issued_by_body)
 
     def _bad_frame(self, what: str) -> None:
         self.garbage_frames += 1

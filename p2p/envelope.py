@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -179,3 +179,31 @@ def open_signed(data: bytes, cls: type[R], *, min_sigs: int = 1) -> Signed[R]:
     """Decode and verify envelope bytes from the network or a file."""
     obj = unpack(data, getattr(cls, "MAX_BYTES", MAX_RECORD_BYTES) + _ENVELOPE_OVERHEAD)
     return signed_from_wire(obj, cls, min_sigs=min_sigs)
+
+
+def open_countersigned(data: bytes, ours: Mapping[bytes, Signed[R]]) -> Signed[R] | None:
+    """``open_signed`` for the common case of an envelope we signed coming back with one signature more.
+
+    When ``data`` is exactly ``ours[body]`` (the same body bytes and signatures, all checked when we
+    made it) plus one next signature that verifies, that envelope, after verifying only the new
+    signature: decoding the body and checking our own signatures again would repeat work (about a
+    third of a countersignature's CPU on a provider). None for anything else; the caller then takes
+    ``open_signed`` and its error messages.
+    """
+    try:
+        obj = unpack(data, MAX_RECORD_BYTES + _ENVELOPE_OVERHEAD)
+    except CodecError:
+        return None
+    if type(obj) is not dict or list(obj) != _ENVELOPE_KEYS:
+        return None
+    body, sigs = obj.values()
+    mine = ours.get(body) if type(body) is bytes else None
+    if mine is None or type(sigs) is not list or len(sigs) != len(mine.sigs) + 1 \
+            or len(sigs) > len(_domains(type(mine.record))):
+        return None
+    *earlier, new = sigs
+    if tuple(earlier) != mine.sigs or type(new) is not bytes or len(new) != SIGNATURE_BYTES:
+        return None
+    signed = Signed(body=mine.body, record=mine.record, sigs=mine.sigs + (new,))
+    index = len(mine.sigs)
+    return signed if verify_signature(signed.signer_public(index), signed.signed_message(index), new) else None

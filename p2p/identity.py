@@ -189,6 +189,15 @@ def save_key(key: NodeKey, path: str | os.PathLike[str], *, overwrite: bool = Fa
     return target
 
 
+def load_or_create_key(path: str | os.PathLike[str]) -> tuple[NodeKey, bool]:
+    """The key at ``path``, or a new one saved there (mode 0600); the flag is True when it was created."""
+    if Path(path).exists():
+        return load_key(path), False
+    key = generate_key()
+    save_key(key, path)
+    return key, True
+
+
 def load_key(path: str | os.PathLike[str]) -> NodeKey:
     """Read a key file, refusing one that group or others can read."""
     target = Path(path)

@@ -180,11 +180,10 @@ async def _credit_half_windows(self: YamuxStream, *, bytes_read: int = 0) -> Non
     # pass through the scheduler. Safe in trio: every holder of window_lock changes the window in
     # one synchronous step, so what is read here is never half-updated; the check is repeated
     # under the lock before anything changes.
-    if _window_consumed(self) < self.target_recv_window // 2:
+    if _window_consumed(self)[0] < self.target_recv_window // 2:
         return
     async with self.window_lock:
-        buffered = len(self.conn.stream_buffers.get(self.stream_id, b""))
-        consumed = self.target_recv_window - (self.recv_window + buffered)
+        consumed, buffered = _window_consumed(self)
         if consumed < self.target_recv_window // 2:
             return
         self.recv_window += consumed
@@ -192,9 +191,10 @@ async def _credit_half_windows(self: YamuxStream, *, bytes_read: int = 0) -> Non
     await self.send_window_update(increment, skip_lock=True)
 
 
-def _window_consumed(stream: YamuxStream) -> int:
+def _window_consumed(stream: YamuxStream) -> tuple[int, int]:
+    """(window consumed since the last credit, bytes still buffered for the reader)."""
     buffered = len(stream.conn.stream_buffers.get(stream.stream_id, b""))
-    return int(stream.target_recv_window - (stream.recv_window + buffered))
+    return int(stream.target_recv_window - (stream.recv_window + buffered)), buffered
 
 
 def batch_window_updates() -> None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Protocol
@@ -29,7 +28,7 @@ from typing import Protocol
 import trio
 
 from p2p.errors import SandboxError
-from sandbox.cgroups import CgroupPaths, CgroupReading, find_cgroup, parse_v1, parse_v2, reading_from_stats
+from sandbox.cgroups import CgroupFiles, CgroupPaths, CgroupReading, find_cgroup, reading_from_stats
 from sandbox.gpus import JobGpuProbe
 from sandbox.metering import GpuReading, MeterSample
 from sandbox.runner import Job
@@ -45,59 +44,21 @@ class UsageReader(Protocol):
 
 class CgroupFileReader:
     """Reads inline, not in a worker thread: cgroupfs files are made from kernel memory and never
-    wait on a disk (five files: ~50 us inline, ~150 us through a thread, measured on CI).
-
-    The files are opened once and re-read from offset 0 (a cgroupfs file is regenerated on every read
-    from its start): one system call per file and reading instead of three (open, read, close) plus
-    the read that finds the end; five files cost ~5 us instead of ~40 us (measured here, cgroup v1).
-    Once the cgroup is removed the held files fail with ENODEV, which reads as "gone", exactly as the
-    failed open did (``read_cgroup``). ``close`` (or garbage collection) releases them.
-    """
+    wait on a disk (five files: ~50 us inline, ~150 us through a thread, measured on CI). The files
+    stay open between readings (sandbox.cgroups.CgroupFiles); ``close`` releases them."""
 
     source = "cgroup-files"
-    READ_BYTES = 64 * 1024
 
     def __init__(self, paths: CgroupPaths) -> None:
         self.paths = paths
         self.source = f"cgroup-v{paths.version}-files"
-        self._fds: dict[str, int | None] | None = None
+        self._files = CgroupFiles(paths)
 
     async def read(self) -> CgroupReading | None:
-        return self.read_now()
-
-    def read_now(self) -> CgroupReading | None:
-        """Blocking (briefly, from kernel memory): one reading, or None once the cgroup is gone."""
-        if self._fds is None:
-            self._fds = {key: _open_quietly(path) for key, path in self.paths.files.items()}
-        texts = {key: None if fd is None else _reread(fd, self.READ_BYTES) for key, fd in self._fds.items()}
-        return parse_v1(texts) if self.paths.version == 1 else parse_v2(texts)
+        return self._files.read()
 
     def close(self) -> None:
-        fds, self._fds = self._fds, None
-        for fd in (fds or {}).values():
-            if fd is not None:
-                os.close(fd)
-
-    def __del__(self) -> None:
-        self.close()
-
-
-def _open_quietly(path: str) -> int | None:
-    try:
-        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:  # absent (an older kernel's memory.peak) or already gone: as read_cgroup, None
-        return None
-
-
-def _reread(fd: int, size: int) -> str | None:
-    """The whole (small) file from its start, or None (ENODEV once the cgroup is removed)."""
-    try:
-        chunks = [os.pread(fd, size, 0)]
-        while len(chunks[-1]) == size:  # larger than one read: go on until a short read
-            chunks.append(os.pread(fd, size, size * len(chunks)))
-    except OSError:
-        return None
-    return b"".join(chunks).decode("ascii", "replace")
+        self._files.close()
 
 
 class StatsApiReader:
@@ -203,7 +164,6 @@ class Sampler:
                  reads: int) -> None:
         self.job = job
         self.reader = reader
-        self.source = reader.source
         self.gpu = gpu
         self.interval_s = interval_s
         self.reads = reads
@@ -211,6 +171,10 @@ class Sampler:
         self._tick: float | None = None  # the grid point of the latest sample
         self._wake = trio.Event()  # set by the metronome at each due time, or by the job's exit
         self._ended = False
+
+    @property
+    def source(self) -> str:
+        return self.reader.source
 
     async def next(self) -> MeterSample | None:
         job = self.job

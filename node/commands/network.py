@@ -57,21 +57,17 @@ def cmd_offers(args: argparse.Namespace) -> int:
 
 
 async def _offers(args: argparse.Namespace) -> int:
-    import os
-
     from market.matching import JobRequest
     from market.records import ResourceRequest
     from node.overlay import BuyerOverlay
-    from p2p.errors import SuanliError
+    from node.paths import bootstrap_peers, client_listen
     from p2p.host import HostConfig, open_host
     from p2p.identity import generate_key, peer_id_from_public
 
-    bootstrap = tuple(args.bootstrap or []) or tuple(filter(None, os.environ.get("SUANLI_BOOTSTRAP", "").split(",")))
-    if not bootstrap:
-        raise SuanliError("give --bootstrap MULTIADDR (or set SUANLI_BOOTSTRAP) to join a network")
+    bootstrap = bootstrap_peers(args.bootstrap)
     overlay = BuyerOverlay()
-    config = HostConfig(key=generate_key(), listen=("/ip4/127.0.0.1/tcp/0",) if args.local else ("/ip4/0.0.0.0/tcp/0",),
-                        bootstrap=bootstrap, dht_mode="client", topics=overlay.topics)
+    config = HostConfig(key=generate_key(), listen=client_listen(args.local), bootstrap=bootstrap, dht_mode="client",
+                        topics=overlay.topics)
     everything = JobRequest(ResourceRequest(0, None, 0, None, 0, 0), 0, 0, "")
     async with open_host(config) as node:
         offers = await overlay.discover(node, everything, wait_s=args.wait)

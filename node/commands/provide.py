@@ -40,14 +40,11 @@ async def _provide(config, as_json: bool) -> None:  # type: ignore[no-untyped-de
 
     from node.overlay import provider_overlay
     from node.provider import ProviderSetup, open_provider
-    from p2p.identity import generate_key, load_key, save_key
+    from p2p.identity import load_or_create_key
     from sandbox.spec import ProviderPolicy
 
-    if config.key_path.exists():
-        key = load_key(config.key_path)
-    else:
-        key = generate_key()
-        save_key(key, config.key_path)
+    key, created = load_or_create_key(config.key_path)
+    if created:
         log.info("created key %s (peer id %s)", config.key_path, key.peer_id)
     setup = ProviderSetup(key=key, data_dir=config.data_dir, terms=config.terms, listen=config.listen,
                           bootstrap=config.bootstrap, cpu_millis=config.cpu_millis, memory_mib=config.memory_mib,

@@ -19,7 +19,7 @@ import re
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -168,25 +168,18 @@ async def _run(args: argparse.Namespace, command: list[str]) -> int:
     import trio
 
     from node.overlay import BuyerOverlay
-    from node.paths import data_dir
+    from node.paths import bootstrap_peers, client_listen, data_dir
     from p2p.host import HostConfig, open_host
-    from p2p.identity import generate_key, load_key, save_key
+    from p2p.identity import load_or_create_key
 
     home = Path(args.data_dir) if args.data_dir else data_dir()
-    key_path = Path(args.key) if args.key else home / "node.key"
-    if key_path.exists():
-        key = load_key(key_path)
-    else:
-        key = generate_key()
-        save_key(key, key_path)
-    bootstrap = tuple(args.bootstrap or []) or tuple(filter(None, os.environ.get("SUANLI_BOOTSTRAP", "").split(",")))
-    if not bootstrap:
-        raise SuanliError("give --bootstrap MULTIADDR (or set SUANLI_BOOTSTRAP) to join a network")
+    key, _ = load_or_create_key(Path(args.key) if args.key else home / "node.key")
+    bootstrap = bootstrap_peers(args.bootstrap)
     check_job_args(args)
     t0 = time.monotonic()
     overlay = BuyerOverlay()
-    config = HostConfig(key=key, listen=("/ip4/127.0.0.1/tcp/0",) if args.local else ("/ip4/0.0.0.0/tcp/0",),
-                        bootstrap=bootstrap, dht_mode="client", topics=overlay.topics)
+    config = HostConfig(key=key, listen=client_listen(args.local), bootstrap=bootstrap, dht_mode="client",
+                        topics=overlay.topics)
     async with open_host(config) as node:
         async def find(request: Any) -> Any:
             return await overlay.discover(node, request, wait_s=args.wait)
@@ -199,10 +192,8 @@ def check_job_args(args: argparse.Namespace) -> None:
     """The checks of the job's options that need no network: a mistake is reported before joining."""
     parse_memory_mib(args.memory)
     parse_env(args.env or [])
-    if not args.image_archive and not args.image:
-        choose_image(None, None)  # raises the usage message
-    if args.image and not args.image_archive:
-        choose_image(args.image, None)
+    if not args.image_archive:
+        choose_image(args.image, None)  # a missing or unpinned --image; an archive is read when the job runs
 
 
 async def execute(node: Any, key: Any, home: Path, args: argparse.Namespace, command: list[str], console: Console,
@@ -276,7 +267,7 @@ async def execute(node: Any, key: Any, home: Path, args: argparse.Namespace, com
         console.result(doc, indent=None if args.json else 1)
         return 0
     db_path = home / "buyer.db"
-    async with (_borrowed(store) if store is not None else open_store(db_path)) as store:
+    async with (contextlib.nullcontext(store) if store is not None else open_store(db_path)) as store:
         async def keep_evidence(agreement: Any, proposal: Any) -> None:
             # Stored before the countersignature leaves: the buyer can always show what it signed.
             offer = signed_by_provider.get(agreement.record.provider)
@@ -348,11 +339,6 @@ async def execute(node: Any, key: Any, home: Path, args: argparse.Namespace, com
             f"evidence in {db_path}")
     code = outcome.exit_code if outcome.exit_code is not None else EXIT_JOB_FAILED
     return code if 0 <= code <= 255 else EXIT_JOB_FAILED
-
-
-@contextlib.asynccontextmanager
-async def _borrowed(store: Any) -> AsyncIterator[Any]:
-    yield store  # the agent's database stays open after the run
 
 
 def _reputation(db_path: Path) -> dict[bytes, int]:

@@ -197,6 +197,13 @@ def audit_json(*paths: Path) -> tuple[int, dict[str, Any]]:
     return done.returncode, doc
 
 
+def assert_audits_clean(*dbs: Path) -> dict[str, Any]:
+    """``suanli audit`` of these databases together finds nothing; its document."""
+    code, doc = audit_json(*dbs)
+    assert code == 0 and doc["ok"] and doc["findings"] == 0, json.dumps(doc, indent=1)
+    return doc
+
+
 def status_json(data_dir: Path) -> dict[str, Any]:
     done = run_cli("status", "--json", "--data-dir", str(data_dir), timeout_s=30)
     if done.returncode != 0:

@@ -18,26 +18,12 @@ import signal
 import socket
 from pathlib import Path
 
+import cli_helpers as _h
 import pytest
 
-
-def _load_helpers():  # noqa: ANN202 - the suite imports tests with --import-mode=importlib: no sibling imports
-    import importlib.util
-    import sys
-
-    if "cli_helpers" in sys.modules:
-        return sys.modules["cli_helpers"]
-    spec = importlib.util.spec_from_file_location("cli_helpers", Path(__file__).with_name("cli_helpers.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["cli_helpers"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-_h = _load_helpers()
 PROVIDER_TOML, Processes, suanli, run_cli = _h.PROVIDER_TOML, _h.Processes, _h.suanli, _h.run_cli
-agreement_ids, audit_json, containers_of = _h.agreement_ids, _h.audit_json, _h.containers_of
-receipts_in, wait_until = _h.receipts_in, _h.wait_until
+agreement_ids, containers_of = _h.agreement_ids, _h.containers_of
+receipts_in, wait_until, _assert_audits_clean = _h.receipts_in, _h.wait_until, _h.assert_audits_clean
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -110,11 +96,6 @@ def buyer_db_of(buyer) -> Path:  # noqa: ANN001
 def _final(db: Path, agreement: str):  # noqa: ANN202
     rows = receipts_in(db, agreement)
     return rows[-1][0] if rows and rows[-1][0].state == "final" else None
-
-
-def _assert_audits_clean(*dbs: Path) -> None:
-    code, doc = audit_json(*dbs)
-    assert code == 0 and doc["ok"] and doc["findings"] == 0, json.dumps(doc, indent=1)
 
 
 def test_ready_line_names_the_socket_and_it_is_private(net):

@@ -18,28 +18,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import cli_helpers as _h
 import pytest
 
 from node.commands.run import EXIT_JOB_FAILED
 
-
-def _load_helpers():  # noqa: ANN202 - the suite imports tests with --import-mode=importlib: no sibling imports
-    import importlib.util
-    import sys
-
-    if "cli_helpers" in sys.modules:
-        return sys.modules["cli_helpers"]
-    spec = importlib.util.spec_from_file_location("cli_helpers", Path(__file__).with_name("cli_helpers.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["cli_helpers"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-_h = _load_helpers()
 PROVIDER_TOML, Proc, Processes, suanli, run_cli = _h.PROVIDER_TOML, _h.Proc, _h.Processes, _h.suanli, _h.run_cli
 agreement_ids, audit_json, containers_of = _h.agreement_ids, _h.audit_json, _h.containers_of
 receipts_in, status_json, wait_until = _h.receipts_in, _h.status_json, _h.wait_until
+_assert_audits_clean = _h.assert_audits_clean
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -158,12 +145,6 @@ def _job_exit_code(final) -> int:  # noqa: ANN001
 def _chain_report(doc: dict, agreement_hex: str) -> dict:
     (report,) = [a for a in doc["agreements"] if a["agreement_id"] == agreement_hex]
     return report
-
-
-def _assert_audits_clean(*dbs: Path) -> dict:
-    code, doc = audit_json(*dbs)
-    assert code == 0 and doc["ok"] and doc["findings"] == 0, json.dumps(doc, indent=1)
-    return doc
 
 
 # -- the demo ---------------------------------------------------------------------------------------------

@@ -350,8 +350,6 @@ async def test_small_messages_do_not_each_cost_a_window_update(monkeypatch):
 
     from libp2p.stream_muxer.yamux import yamux as yamux_module
 
-    from p2p.framing import FramedStream, serve_framed
-
     frames: list[int] = []
     workarounds.yamux_only()  # the frame writer as open_host leaves it, wrapped below
     write_frame = yamux_module.Yamux._write_frame
@@ -361,27 +359,14 @@ async def test_small_messages_do_not_each_cost_a_window_update(monkeypatch):
         await write_frame(self, data)
 
     monkeypatch.setattr(yamux_module.Yamux, "_write_frame", counting)
-
-    async def echo(framed: FramedStream) -> None:
-        while (frame := await framed.receive_frame()) is not None:
-            await framed.send_frame(frame)
-
-    handlers = {"/test/echo/1": serve_framed(echo, protocol="/test/echo/1", stream_budget_s=30)}
-    async with open_host(loopback_config()) as a, open_host(loopback_config(handlers=handlers)) as b:
-        await a.connect(b.addrs()[0])
-        framed = FramedStream(await a.open_stream(b.peer_id, "/test/echo/1"))
-        frames.clear()
-        for i in range(200):  # bounded: 200 round trips of 600 bytes
-            await framed.send_frame(bytes([i % 256]) * 600)
-            assert await framed.receive_frame() == bytes([i % 256]) * 600
-        await framed.aclose()
+    await _echo_round_trips(200, size=600, on_open=lambda stream: frames.clear())  # bounded: 200 round trips
     data, updates = frames.count(yamux_module.TYPE_DATA), frames.count(yamux_module.TYPE_WINDOW_UPDATE)
     assert data >= 400
     assert updates < data // 10  # with the defect: one update per message read (about 400)
 
 
 # found here: more scheduler passes and formatting per frame than needed (lean_frame_io) ------------
-async def _echo_round_trips(n: int, *, on_open=None) -> None:  # type: ignore[no-untyped-def]
+async def _echo_round_trips(n: int, *, size: int = 300, on_open=None) -> None:  # type: ignore[no-untyped-def]
     from p2p.framing import FramedStream, serve_framed
 
     async def echo(framed: FramedStream) -> None:
@@ -396,8 +381,8 @@ async def _echo_round_trips(n: int, *, on_open=None) -> None:  # type: ignore[no
             on_open(stream)
         framed = FramedStream(stream)
         for i in range(n):
-            await framed.send_frame(bytes([i % 256]) * 300)
-            assert await framed.receive_frame() == bytes([i % 256]) * 300
+            await framed.send_frame(bytes([i % 256]) * size)
+            assert await framed.receive_frame() == bytes([i % 256]) * size
         await framed.aclose()
 
 
