@@ -178,6 +178,7 @@ async def negotiate(framed: FramedStream, key: NodeKey, proposal: Signed[Proposa
 class Attempt:
     provider: str
     outcome: str
+    answered: bool = True  # False: unreachable, silent, or its answer broke off or was malformed
 
 
 async def negotiate_with(node: Node, provider: str, key: NodeKey, proposal: Signed[Proposal],
@@ -200,11 +201,11 @@ async def negotiate_first(node: Node, key: NodeKey, candidates: Sequence[tuple[s
             with trio.fail_after(per_candidate_s):
                 deal = await negotiate_with(node, provider, key, proposal, before_accept)
         except trio.TooSlowError:
-            attempts.append(Attempt(provider, f"no answer within {per_candidate_s:g} s"))
+            attempts.append(Attempt(provider, f"no answer within {per_candidate_s:g} s", answered=False))
         except NegotiationRefused as exc:
             attempts.append(Attempt(provider, str(exc)))
         except (RemoteProtocolError, PeerUnreachableError) as exc:
-            attempts.append(Attempt(provider, f"failed: {exc}"))
+            attempts.append(Attempt(provider, f"failed: {exc}", answered=False))
         else:
             attempts.append(Attempt(provider, "agreed"))
             return deal, attempts

@@ -15,6 +15,9 @@ Rule 3: a client that leaves (Ctrl-C twice, killed) cancels its job: the provide
 sides record the final receipt, exactly as for a cancel.
 Rule 4: on SIGINT/SIGTERM the agent cancels every running job, waits (bounded) for their final
 receipts, then leaves the overlay.
+Rule 5: a provider that could not be reached, stayed silent or broke off during a negotiation has its
+offer set aside (p2p.gossip Rule 4) until it publishes a newer one: later runs do not wait on a
+provider that has gone, for as long as its last offer would have lived.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from p2p.envelope import Signed
 from p2p.errors import SuanliError
 from p2p.gossip import offer_feed
 from p2p.host import HostConfig, Node, open_host
-from p2p.identity import NodeKey
+from p2p.identity import NodeKey, public_from_peer_id
 from p2p.offer_query import collect_offers
 from settlement.astore import AsyncStore, open_store
 
@@ -184,6 +187,11 @@ class Agent:
         return await collect_offers(self.node, self.overlay.ledger, capability=capability_for(request),
                                     wait_s=wait_s)
 
+    def set_aside(self, peer_id: str) -> None:
+        """Rule 5: a provider that did not answer is not proposed to again on the strength of the same offer."""
+        if self.overlay.ledger.set_aside(public_from_peer_id(peer_id)):
+            log.info("offer of %s set aside until it publishes a newer one: it did not answer", peer_id)
+
     async def keep_offers(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async def drain() -> None:  # the subscription queue is bounded: keep it empty (workarounds)
             async for _ in offer_feed(self.node, self.overlay.ledger):
@@ -247,7 +255,7 @@ class Agent:
                     try:
                         code = await execute(self.node, self.key, self.home, args, command, console,
                                              lambda request: self.find(request, args.wait), job.cancel, self.store,
-                                             started=lambda: setattr(job, "in_job", True))
+                                             started=lambda: setattr(job, "in_job", True), unanswered=self.set_aside)
                     except SuanliError as exc:
                         console.error(str(exc))
                         code = EXIT_USAGE

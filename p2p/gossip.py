@@ -13,6 +13,9 @@ Rule 2: a forwarder of messages no honest node forwards (undecodable, bad signat
 publisher) is blacklisted after ``MAX_STRIKES`` of them; stale or expired offers are not strikes (an
 honest relay may hold an older view).
 Rule 3: gossip only what is rare: a provider publishes on change and before expiry, never per second.
+Rule 4: a buyer that could not reach a provider sets its offer aside: that offer and older ones are
+refused, whichever way they arrive again (gossip, a DHT collection), until the provider publishes a
+newer one, which a live provider does at least every half-life of its offers (node.provider).
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ class OfferLedger(Generic[R]):
     max_providers: int = 10_000
     latest: dict[bytes, Signed[R]] = field(default_factory=dict)
     strikes: dict[str, int] = field(default_factory=dict)
+    aside: dict[bytes, tuple[int, int]] = field(default_factory=dict)  # Rule 4: provider -> (seq, expires_at_ms)
     # Called with a forwarder that reached MAX_STRIKES; ``watch_offers`` sets it to blacklist.
     on_strikeout: Callable[[ID], None] | None = None
 
@@ -81,6 +85,9 @@ class OfferLedger(Generic[R]):
         held = self.latest.get(rec.provider)
         if held is not None and held.record.seq >= rec.seq and held.record.expires_at_ms > now_ms:  # type: ignore[attr-defined]
             return signed, "not newer"
+        aside = self.aside.get(rec.provider)
+        if aside is not None and rec.seq <= aside[0]:
+            return signed, "set aside"
         return signed, "ok"
 
     def admit(self, signed: Signed[R], now_ms: int) -> None:
@@ -90,12 +97,24 @@ class OfferLedger(Generic[R]):
             if len(self.latest) >= self.max_providers:
                 return  # full of live offers: keep what we have
         self.latest[rec.provider] = signed
+        self.aside.pop(rec.provider, None)
 
     def expire(self, now_ms: int) -> list[bytes]:
         gone = [p for p, s in self.latest.items() if s.record.expires_at_ms <= now_ms]  # type: ignore[attr-defined]
         for p in gone:
             del self.latest[p]
+        for p in [p for p, (_, expires) in self.aside.items() if expires <= now_ms]:
+            del self.aside[p]  # what was set aside has expired: refused as expired from now on
         return gone
+
+    def set_aside(self, provider: bytes) -> bool:
+        """Rule 4: forget ``provider``'s offer and refuse it until a newer one; False if none was held."""
+        held = self.latest.pop(provider, None)
+        if held is None:
+            return False
+        rec: Any = held.record
+        self.aside[provider] = (rec.seq, rec.expires_at_ms)
+        return True
 
     def current(self, now_ms: int) -> list[Signed[R]]:
         self.expire(now_ms)

@@ -199,14 +199,16 @@ def check_job_args(args: argparse.Namespace) -> None:
 async def execute(node: Any, key: Any, home: Path, args: argparse.Namespace, command: list[str], console: Console,
                   find: Callable[[Any], Awaitable[list[Any]]], cancel: Any, store: Any, *,
                   interruptible: bool = False, t0: float | None = None, started: Callable[[], None] | None = None,
-                  ) -> int:
+                  unanswered: Callable[[str], None] | None = None) -> int:
     """One job on a joined node: discover, rank, negotiate, run, countersign, write outputs; the exit code.
 
     ``find(request)`` returns the offers to rank. ``cancel`` (a trio.Event) set during the job sends
     ``cancel`` to the provider and waits, within a bound, for its final receipt. ``interruptible``:
     SIGINT sets ``cancel`` (and a second one leaves at once), as the standalone client wants.
     ``store``: the buyer database to use, or None to open ``<home>/buyer.db`` for this run.
-    ``started()`` is called when the agreement is made and the job phase begins.
+    ``started()`` is called when the agreement is made and the job phase begins. ``unanswered(peer_id)``
+    is called for each candidate that could not be reached, stayed silent or broke off (the agent sets
+    its offer aside, p2p.gossip Rule 4).
     """
     import trio
 
@@ -281,6 +283,8 @@ async def execute(node: Any, key: Any, home: Path, args: argparse.Namespace, com
         for attempt in attempts:
             if attempt.outcome != "agreed":
                 say(f"suanli: {attempt.provider}: {attempt.outcome}")
+            if not attempt.answered and unanswered is not None:
+                unanswered(attempt.provider)
         if deal is None:
             if args.json:
                 console.result({"ok": False, "error": "every candidate refused",

@@ -6,7 +6,8 @@ test drives ``suanli run`` processes that find the agent by its data directory (
 ``--bootstrap``: a run that tried to join by itself would fail at once) and checks what the agent
 promises (node.agent): the same job, receipts and evidence as a standalone run; Ctrl-C and a vanished
 client both cancel with a ``buyer_cancel`` final receipt on both sides; a bad request is refused
-without harming the agent; one agent per data directory; SIGTERM cancels running jobs and removes the
+without harming the agent; a provider that has gone is tried once, then its offer is set aside; one
+agent per data directory; SIGTERM cancels running jobs and removes the
 socket; a stale socket makes ``suanli run`` run standalone. Every process is stopped in teardown and
 every wait is bounded (cli_helpers).
 """
@@ -200,6 +201,37 @@ def test_a_type_confusion_in_args_is_refused(net):
                   + b"\n")
     assert events[0]["ev"] == "error" and "args.gpus" in events[0]["text"], events
 
+
+
+def _dry_run_candidates(net: AgentNet) -> list[str]:
+    done = run_cli("run", "--data-dir", str(net.home), "--image", net.image, *JOB, "--dry-run", "--json", "--",
+                   "true")
+    assert done.returncode == 0, done.stderr
+    return [c["provider"] for c in json.loads(done.stdout)["candidates"]]
+
+
+def test_a_provider_that_has_gone_costs_one_try_then_its_offer_is_set_aside(net):
+    config = net.root / "cheap.toml"
+    config.write_text(PROVIDER_TOML.format(
+        data_dir=net.root / "cheap", bootstrap=net.bootstrap_addr, cpu_price=10, interval_ms=1000,
+        countersign_timeout_ms=2000, grace_ms=2000, exposure_cap_micros=100))
+    cheap = net.procs.start("provider-cheap", [*suanli(), "provide", "--config", str(config), "--json"])
+    gone = cheap.json_line("the cheap provider ready")["peer_id"]
+    wait_until("the agent to rank the cheaper offer first", lambda: _dry_run_candidates(net)[0] == gone, 60,
+               every_s=1)
+    cheap.signal_group(signal.SIGKILL)
+    cheap.wait_exit(15)
+
+    first = net.run("buyer-after-gone", ["echo", "hi"])
+    assert first.wait_exit(90) == 0, first.tail()
+    assert first.stderr_lines(f"{gone}: failed") or first.stderr_lines(f"{gone}: no answer"), first.tail()
+    # The agent set the offer aside: the next run neither ranks nor tries the provider that has gone.
+    assert gone not in _dry_run_candidates(net)
+    second = net.run("buyer-after-gone-2", ["echo", "hi"])
+    assert second.wait_exit(90) == 0, second.tail()
+    assert not second.stderr_lines(gone), second.tail()
+    assert net.agent.alive()
+    _assert_audits_clean(net.home / "buyer.db", net.provider_db)
 
 def test_a_second_agent_on_the_same_data_dir_is_refused(net):
     second = net.start_agent("agent-2")

@@ -71,6 +71,25 @@ def test_only_a_newer_seq_replaces_and_expired_offers_leave():
     assert ledger.judge(offer(P, 1, created=NOW + 61_000).to_bytes(), P.public, NOW + 61_000)[1] == "ok"
 
 
+
+def test_an_offer_set_aside_stays_out_until_a_newer_one():
+    ledger = OfferLedger(TOffer)
+    assert ledger.set_aside(P.public) is False  # nothing held: nothing to set aside
+    ledger.admit(offer(P, 5), NOW)
+    assert ledger.set_aside(P.public) is True
+    assert ledger.current(NOW) == []
+    # the same offer arriving again (gossip, a DHT collection) and older ones stay out
+    assert ledger.judge(offer(P, 5).to_bytes(), P.public, NOW)[1] == "set aside"
+    assert ledger.judge(offer(P, 3).to_bytes(), P.public, NOW)[1] == "set aside"
+    # a newer offer is the provider speaking again: admitted, and the mark is gone
+    signed, verdict = ledger.judge(offer(P, 6).to_bytes(), P.public, NOW)
+    assert verdict == "ok"
+    ledger.admit(signed, NOW)
+    assert [s.record.seq for s in ledger.current(NOW)] == [6] and ledger.aside == {}
+    # a mark lasts no longer than the offer it set aside
+    ledger.set_aside(P.public)
+    assert ledger.current(NOW + 60_000) == [] and ledger.aside == {}
+
 # --- 10 in-process nodes ------------------------------------------------------------------------
 async def test_a_fresh_offer_reaches_every_node_and_bad_ones_reach_nobody():
     import time
