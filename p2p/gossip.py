@@ -16,6 +16,9 @@ Rule 3: gossip only what is rare: a provider publishes on change and before expi
 Rule 4: a buyer that could not reach a provider sets its offer aside: that offer and older ones are
 refused, whichever way they arrive again (gossip, a DHT collection), until the provider publishes a
 newer one, which a live provider does at least every half-life of its offers (node.provider).
+Rule 5: a ledger holds at most ``max_providers`` offers. When full, a new provider's offer evicts the
+held offer that expires soonest if that one expires before the newcomer, else the newcomer is refused:
+a flood of offers cannot pin itself in place of the offers that will still be live.
 """
 
 from __future__ import annotations
@@ -90,14 +93,19 @@ class OfferLedger(Generic[R]):
             return signed, "set aside"
         return signed, "ok"
 
-    def admit(self, signed: Signed[R], now_ms: int) -> None:
+    def admit(self, signed: Signed[R], now_ms: int) -> bool:
+        """Hold ``signed`` (judged "ok"); False when the ledger is full and it was refused (Rule 5)."""
         rec: Any = signed.record
         if rec.provider not in self.latest and len(self.latest) >= self.max_providers:
             self.expire(now_ms)
             if len(self.latest) >= self.max_providers:
-                return  # full of live offers: keep what we have
+                soonest = min(self.latest.values(), key=lambda s: s.record.expires_at_ms)  # type: ignore[attr-defined]
+                if soonest.record.expires_at_ms >= rec.expires_at_ms:  # type: ignore[attr-defined]
+                    return False
+                del self.latest[soonest.record.provider]  # type: ignore[attr-defined]
         self.latest[rec.provider] = signed
         self.aside.pop(rec.provider, None)
+        return True
 
     def expire(self, now_ms: int) -> list[bytes]:
         gone = [p for p, s in self.latest.items() if s.record.expires_at_ms <= now_ms]  # type: ignore[attr-defined]

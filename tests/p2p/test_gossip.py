@@ -90,6 +90,23 @@ def test_an_offer_set_aside_stays_out_until_a_newer_one():
     ledger.set_aside(P.public)
     assert ledger.current(NOW + 60_000) == [] and ledger.aside == {}
 
+
+def test_a_full_ledger_evicts_the_offer_that_expires_soonest_or_refuses_the_newcomer():
+    ledger = OfferLedger(TOffer, max_providers=3)
+    keys = [generate_key() for _ in range(3)]
+    for key, ttl in zip(keys, (3000, 1000, 2000), strict=True):
+        assert ledger.admit(offer(key, 1, ttl=ttl), NOW)
+    late, new = generate_key(), generate_key()
+    assert not ledger.admit(offer(late, 1, ttl=500), NOW)  # expires sooner than anyone held: refused
+    assert ledger.admit(offer(new, 1, ttl=5000), NOW)  # evicts the one with 1000 ms left
+    assert {s.record.provider for s in ledger.current(NOW)} == {keys[0].public, keys[2].public, new.public}
+    for i in range(20):  # a flood never grows it
+        ledger.admit(offer(generate_key(), 1, ttl=4000 + i), NOW)
+    assert len(ledger.current(NOW)) == 3
+    # the newcomer with the longest life is still held, and its newer offer replaces its own even when full
+    assert ledger.admit(offer(new, 2, ttl=100), NOW)
+    assert [s.record.seq for s in ledger.current(NOW) if s.record.provider == new.public] == [2]
+
 # --- 10 in-process nodes ------------------------------------------------------------------------
 async def test_a_fresh_offer_reaches_every_node_and_bad_ones_reach_nobody():
     import time

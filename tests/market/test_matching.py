@@ -1,4 +1,4 @@
-"""Order book (replacement, expiry, bounds) and matching (ranking, ties, every rejection reason)."""
+"""Matching: ranking, ties, every rejection reason (the offers held are p2p.gossip.OfferLedger's)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from dataclasses import replace
 
 import pytest
 
-from market.book import OrderBook, Outcome
 from market.capacity import CapacityLedger
 from market.matching import JobRequest, evaluate, explain, rank_offers
 from market.pricing import price_per_s
@@ -31,49 +30,6 @@ def offer(label="p", seq=1, ttl=60_000, gpus=(), cpu=4000, mem=8192, prices=None
 def request(gpus=0, model=None, gpu_mem=0, cc=None, cpu=1000, mem=1024, max_price=1000, duration_ms=60_000,
             image="sha256:" + "ab" * 32):
     return JobRequest(ResourceRequest(gpus, model, gpu_mem, cc, cpu, mem), max_price, duration_ms, image)
-
-
-# -- order book ---------------------------------------------------------------------------------------
-
-def test_newer_seq_replaces_older_is_stale():
-    book = OrderBook()
-    assert book.insert(offer(seq=2), NOW) is Outcome.added
-    assert book.insert(offer(seq=2), NOW) is Outcome.stale
-    assert book.insert(offer(seq=1), NOW) is Outcome.stale
-    assert book.insert(offer(seq=3), NOW) is Outcome.replaced
-    assert len(book) == 1 and next(iter(book)).seq == 3
-
-
-def test_expiry_and_refusals():
-    book = OrderBook(max_ttl_ms=120_000)
-    assert book.insert(offer("a", ttl=1000), NOW) is Outcome.added
-    assert book.insert(offer("b", ttl=5000), NOW) is Outcome.added
-    assert book.insert(offer("c", ttl=0), NOW) is Outcome.expired
-    assert book.insert(offer("d", ttl=10 * 60_000), NOW) is Outcome.too_long
-    assert book.expire(NOW + 1000) == [key_from_label("a").public]
-    assert [o.provider for o in book] == [key_from_label("b").public]
-    assert book.expire(NOW + 5000) == [key_from_label("b").public] and len(book) == 0
-
-
-def test_expiry_follows_replacement():
-    book = OrderBook()
-    book.insert(offer("a", seq=1, ttl=1000), NOW)
-    book.insert(offer("a", seq=2, ttl=9000), NOW)
-    assert book.expire(NOW + 1000) == [] and len(book) == 1
-    assert book.expire(NOW + 9000) == [key_from_label("a").public]
-
-
-def test_book_is_bounded_and_evicts_the_soonest_to_expire():
-    book = OrderBook(max_total=3)
-    for i, ttl in enumerate((3000, 1000, 2000)):
-        assert book.insert(offer(f"p{i}", ttl=ttl), NOW) is Outcome.added
-    assert book.insert(offer("late", ttl=500), NOW) is Outcome.full  # expires sooner than anyone: refused
-    assert book.insert(offer("new", ttl=5000), NOW) is Outcome.added
-    assert key_from_label("p1").public not in {o.provider for o in book} and len(book) == 3
-    flood = [offer(f"f{i}", ttl=4000 + i) for i in range(50)]
-    for o in flood:
-        book.insert(o, NOW)
-    assert len(book) == 3
 
 
 # -- pricing and matching -----------------------------------------------------------------------------
