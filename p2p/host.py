@@ -308,6 +308,7 @@ async def open_host(config: HostConfig) -> AsyncIterator[Node]:
 @asynccontextmanager
 async def _open_host(config: HostConfig) -> AsyncIterator[Node]:
     workarounds.quiet_libp2p_logging()
+    workarounds.skip_closed_listeners()
     listen = [parse_multiaddr(a, what="listen address", need_peer=False) for a in config.listen]
     for a in config.bootstrap:
         parse_multiaddr(a, what="bootstrap address", need_peer=True)

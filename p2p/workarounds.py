@@ -33,6 +33,8 @@ Defects found while building this (not in the research doc), each with its regre
 - Every frame costs more trips through trio's scheduler and more formatting than it needs: a 2-byte
   socket read per Noise message, debug strings built with logging off, a checkpoint after each
   write, one write per frame when many streams write at once (``lean_frame_io``).
+- A TCP listener half-way through closing makes ``host.get_addrs()`` raise EBADF, which libp2p's
+  identify handler calls (``skip_closed_listeners``).
 - Not worked around, documented: GossipSub's per-peer outbound queue (32 RPCs, as go) rejects what a
   publisher outruns in a loop without checkpoints; publish offers one at a time.
 """
@@ -65,6 +67,8 @@ from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.exceptions import MuxedConnUnavailable
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux, YamuxStream
+from libp2p.transport.tcp.tcp import TCPListener, _multiaddr_from_socket
+from multiaddr import Multiaddr
 
 from p2p.framing import encode_frame
 
@@ -308,6 +312,21 @@ def lean_frame_io() -> None:
     Yamux._write_frame = _write_frame  # type: ignore[method-assign]
     _LEAN_FRAME_IO.append(True)
 
+
+
+# --- found here: a TCP listener half-way through closing makes host.get_addrs() raise ---------------
+# TCPListener.close() closes its sockets, and forgets them only after an await. A task that asks for the
+# host's addresses in between gets OSError EBADF: libp2p's identify handler does exactly that (it waits
+# for ``host.get_addrs()`` to be non-empty), so an identify request answered during shutdown raised out
+# of the handler and out of the host instead of the host stopping cleanly (seen with 21 hosts stopping
+# at once in one process). A closed socket has no address: ``get_addrs`` skips it.
+def _open_listener_addrs(self: TCPListener) -> tuple[Multiaddr, ...]:
+    return tuple(_multiaddr_from_socket(listener.socket) for listener in self.listeners
+                 if listener.socket.fileno() != -1)
+
+
+def skip_closed_listeners() -> None:
+    TCPListener.get_addrs = _open_listener_addrs  # type: ignore[method-assign]
 
 # --- item 23: reconnecting to a restarted peer (same id, new port) fails --------------------------
 # connect() dials the peerstore's addresses (the dead one first, one per transport), then a 60 s

@@ -536,3 +536,19 @@ async def test_a_failed_write_fails_every_frame_it_carried_and_a_cancelled_frame
         conn.release.set()
     assert conn.writes == [b"a", b"bc"]  # x was withdrawn before it was taken
     assert outcomes == {b"a": "sent", b"x": "cancelled", b"b": "failed", b"c": "failed"}
+
+
+# found here: a TCP listener half-way through closing makes host.get_addrs() raise ---------------------
+async def test_a_tcp_listener_half_way_through_closing_has_no_address_and_no_error():
+    from libp2p.transport.tcp.tcp import TCPListener
+
+    workarounds.skip_closed_listeners()
+    tcp = TCPListener(lambda conn: None)  # type: ignore[arg-type,return-value]
+    (serving,), (closed,) = [await trio.open_tcp_listeners(0, host="127.0.0.1") for _ in range(2)]
+    await closed.aclose()  # what TCPListener.close() does before it forgets its sockets
+    tcp.listeners = [serving, closed]
+    try:
+        addrs = tcp.get_addrs()  # the defect: OSError EBADF (libp2p's identify calls this via the host)
+        assert [int(a.value_for_protocol("tcp")) for a in addrs] == [serving.socket.getsockname()[1]]
+    finally:
+        await serving.aclose()
