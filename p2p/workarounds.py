@@ -33,6 +33,7 @@ Defects found while building this (not in the research doc), each with its regre
 - Every frame costs more trips through trio's scheduler and more formatting than it needs: a 2-byte
   socket read per Noise message, debug strings built with logging off, a checkpoint after each
   write, one write per frame when many streams write at once (``lean_frame_io``).
+- The swarm retries every failed dial three times (0.7 s per departed peer a lookup names) (``dial_once``).
 - A TCP listener half-way through closing makes ``host.get_addrs()`` raise EBADF, which libp2p's
   identify handler calls (``skip_closed_listeners``).
 - Not worked around, documented: GossipSub's per-peer outbound queue (32 RPCs, as go) rejects what a
@@ -58,7 +59,7 @@ from libp2p.io.trio import TrioTCPStream
 from libp2p.kad_dht.common import PROTOCOL_ID as KAD_PROTOCOL_ID
 from libp2p.kad_dht.kad_dht import KadDHT
 from libp2p.kad_dht.pb.kademlia_pb2 import Message as KadMessage
-from libp2p.network.config import ConnectionConfig
+from libp2p.network.config import ConnectionConfig, RetryConfig
 from libp2p.peer.id import ID
 from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
 from libp2p.pubsub.pubsub import Pubsub
@@ -154,6 +155,19 @@ LIFETIME_INBOUND_CAP = 1_000_000
 
 def connection_config() -> ConnectionConfig:
     return ConnectionConfig(max_connections=LIFETIME_INBOUND_CAP, max_connections_per_peer=1)
+
+
+# --- found here: the swarm retries every failed dial three times, 0.7 s in all -----------------------
+# Swarm._dial_with_retry tries an address again after 0.1, 0.2 and 0.4 s, whatever the failure
+# (a refused connection included). A DHT lookup names departed peers (client-mode buyers stay in
+# servers' routing tables, item 15), so a standalone ``suanli run`` spent 0.7 s on each one before its
+# offer collection could end: offers found 0.2 s after joining when no departed peer was named, 0.9 to
+# 1.5 s when one was (measured with bench/e2e.py's network). Every caller that dials already retries
+# where a retry helps: joining (``connect_attempts``, jittered back-off), negotiation (the next
+# candidate), lookups (the other peers), offer collection (the agent's next refresh). So the swarm
+# dials each address once (``new_host`` takes no retry config: it is set on the swarm it built).
+def dial_once(host: IHost) -> None:
+    host.get_network().retry_config = RetryConfig(max_retries=0)  # type: ignore[attr-defined]
 
 
 # --- item 6: the default host accepts /plaintext/2.0.0 (unauthenticated peer ids), TLS, secio ----

@@ -552,3 +552,28 @@ async def test_a_tcp_listener_half_way_through_closing_has_no_address_and_no_err
         assert [int(a.value_for_protocol("tcp")) for a in addrs] == [serving.socket.getsockname()[1]]
     finally:
         await serving.aclose()
+
+
+# found here: the swarm retries every failed dial three times ----------------------------------------
+async def test_a_dead_address_is_not_dialled_again_and_again(monkeypatch):
+    from libp2p.network.swarm import Swarm
+
+    tries: list[str] = []
+    single = Swarm._dial_addr_single_attempt
+
+    async def counting(self, addr, peer_id, source=None):  # type: ignore[no-untyped-def]
+        tries.append(str(addr))
+        return await single(self, addr, peer_id, source)
+
+    monkeypatch.setattr(Swarm, "_dial_addr_single_attempt", counting)
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    await listeners[0].aclose()  # nothing listens there any more: every dial is refused
+    dead = f"/ip4/127.0.0.1/tcp/{port}/p2p/{generate_key().peer_id}"
+    async with open_host(loopback_config(connect_attempts=1)) as node:
+        with pytest.raises(PeerUnreachableError):
+            await node.connect(dead)
+    print("TRIES", tries)
+    # host.connect goes through two of the swarm's dial paths, each trying the address once now; the
+    # defect: five tries, three of them retries after 0.1, 0.2 and 0.4 s
+    assert len(tries) <= 2, tries
