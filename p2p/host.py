@@ -323,6 +323,7 @@ async def _open_host(config: HostConfig) -> AsyncIterator[Node]:
         **({"announce_addrs": announce} if announce else {"addrs_factory": advertised_addrs}),
     )
     workarounds.dial_once(host)
+    workarounds.no_auto_dial(host)
     if host.get_id().to_base58() != config.key.peer_id:
         raise LocalProtocolError("libp2p peer id differs from the key's peer id", expected=config.key.peer_id,
                                  actual=host.get_id().to_base58())

@@ -33,6 +33,7 @@ Defects found while building this (not in the research doc), each with its regre
 - Every frame costs more trips through trio's scheduler and more formatting than it needs: a 2-byte
   socket read per Noise message, debug strings built with logging off, a checkpoint after each
   write, one write per frame when many streams write at once (``lean_frame_io``).
+- The swarm's auto-connector dials every known peer towards 200 connections (``no_auto_dial``).
 - The swarm retries every failed dial three times (0.7 s per departed peer a lookup names) (``dial_once``).
 - A TCP listener half-way through closing makes ``host.get_addrs()`` raise EBADF, which libp2p's
   identify handler calls (``skip_closed_listeners``).
@@ -155,6 +156,22 @@ LIFETIME_INBOUND_CAP = 1_000_000
 
 def connection_config() -> ConnectionConfig:
     return ConnectionConfig(max_connections=LIFETIME_INBOUND_CAP, max_connections_per_peer=1)
+
+
+# --- found here: the swarm's auto-connector dials every peer it has heard of, towards 200 connections --
+# py-libp2p's AutoConnector aims at the midpoint of its watermarks (100 and 300) and, while a node has
+# fewer than ``min_connections`` (50: every Suanli node), re-dials peers from the peerstore every 10 s
+# and after every disconnect: departed buyers, providers a lookup named, peers that are stopping. An
+# operator's daemon would hold up to 200 connections it has no use for, and each failed dial logs an
+# ERROR. Suanli connects on purpose: joining and re-joining the bootstrap peers, DHT lookups and
+# routing-table refreshes, negotiations and jobs. So the auto-connector never dials; the pruner, which
+# trims above the high watermark, is untouched.
+async def _no_auto_dial() -> None:
+    return None
+
+
+def no_auto_dial(host: IHost) -> None:
+    host.get_network().auto_connector.maybe_connect = _no_auto_dial  # type: ignore[attr-defined]
 
 
 # --- found here: the swarm retries every failed dial three times, 0.7 s in all -----------------------

@@ -577,3 +577,12 @@ async def test_a_dead_address_is_not_dialled_again_and_again(monkeypatch):
     # host.connect goes through two of the swarm's dial paths, each trying the address once now; the
     # defect: five tries, three of them retries after 0.1, 0.2 and 0.4 s
     assert len(tries) <= 2, tries
+
+
+# found here: the auto-connector dials every peer it has heard of, towards 200 connections -------------
+async def test_the_auto_connector_never_dials_a_peer_the_node_only_heard_of():
+    async with open_host(loopback_config()) as a, open_host(loopback_config()) as b:
+        a.host.get_peerstore().add_addrs(b.host.get_id(), b.host.get_addrs(), 600)  # heard of, not dialled
+        await a.host.get_network().auto_connector.maybe_connect()  # what its timer and disconnects call
+        await trio.sleep(0.3)  # bounded: a dial to a loopback listener takes milliseconds
+        assert b.host.get_id() not in a.host.get_network().connections  # the defect: dialled
