@@ -41,6 +41,7 @@ from node.agent_client import FIELDS, MAX_EVENT_BYTES, PATH_FIELDS
 from node.commands.run import Console, execute
 from node.control import listen_private
 from node.overlay import BuyerOverlay, capability_for
+from node.paths import AGENT_SOCKET
 from p2p.envelope import Signed
 from p2p.errors import SuanliError
 from p2p.gossip import offer_feed
@@ -50,7 +51,6 @@ from p2p.offer_query import collect_offers
 from settlement.astore import AsyncStore, open_store
 
 log = logging.getLogger("suanli.node.agent")
-AGENT_SOCKET = "agent.sock"
 REQUEST_TIMEOUT_S = 5.0
 INITIAL_WAIT_S = 3.0
 REFRESH_S = 60.0

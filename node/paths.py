@@ -13,8 +13,13 @@ from pathlib import Path
 
 from p2p.errors import SuanliError
 
+AGENT_SOCKET = "agent.sock"  # the resident buyer agent's socket in its data directory (node.agent)
 
-def data_dir() -> Path:
+
+def data_dir(given: str | os.PathLike[str] | None = None) -> Path:
+    """``given`` (a ``--data-dir``) when there is one, else the default above."""
+    if given:
+        return Path(given)
     home = os.environ.get("SUANLI_HOME")
     if home:
         return Path(home)

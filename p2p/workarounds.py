@@ -344,7 +344,6 @@ def lean_frame_io() -> None:
     _LEAN_FRAME_IO.append(True)
 
 
-
 # --- found here: a TCP listener half-way through closing makes host.get_addrs() raise ---------------
 # TCPListener.close() closes its sockets, and forgets them only after an await. A task that asks for the
 # host's addresses in between gets OSError EBADF: libp2p's identify handler does exactly that (it waits

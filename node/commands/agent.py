@@ -6,7 +6,6 @@ import argparse
 import json
 import logging
 import signal
-from pathlib import Path
 
 import trio
 
@@ -24,11 +23,11 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
 
 async def _agent(args: argparse.Namespace, bootstrap: tuple[str, ...]) -> None:
-    from node.agent import AGENT_SOCKET, open_agent
-    from node.paths import client_listen, data_dir
+    from node.agent import open_agent
+    from node.paths import AGENT_SOCKET, client_listen, data_dir
     from p2p.identity import load_or_create_key
 
-    home = Path(args.data_dir) if args.data_dir else data_dir()
+    home = data_dir(args.data_dir)
     home.mkdir(parents=True, exist_ok=True)
     key, created = load_or_create_key(home / "node.key")
     if created:

@@ -7,7 +7,6 @@ import json
 import logging
 import signal
 import sys
-from pathlib import Path
 
 import trio
 
@@ -75,7 +74,7 @@ async def _provide(config, as_json: bool) -> None:  # type: ignore[no-untyped-de
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    path = (Path(args.data_dir) if args.data_dir else data_dir()) / SOCKET_NAME
+    path = data_dir(args.data_dir) / SOCKET_NAME
     reply = query(path)
     status = reply["status"]
     if args.json:

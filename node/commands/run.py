@@ -158,9 +158,9 @@ def agent_socket(args: argparse.Namespace) -> Path | None:
         return Path(args.agent)
     if args.no_agent or args.key:
         return None
-    from node.paths import data_dir
+    from node.paths import AGENT_SOCKET, data_dir
 
-    path = (Path(args.data_dir) if args.data_dir else data_dir()) / "agent.sock"
+    path = data_dir(args.data_dir) / AGENT_SOCKET
     return path if path.exists() else None
 
 
@@ -172,7 +172,7 @@ async def _run(args: argparse.Namespace, command: list[str]) -> int:
     from p2p.host import HostConfig, open_host
     from p2p.identity import load_or_create_key
 
-    home = Path(args.data_dir) if args.data_dir else data_dir()
+    home = data_dir(args.data_dir)
     key, _ = load_or_create_key(Path(args.key) if args.key else home / "node.key")
     bootstrap = bootstrap_peers(args.bootstrap)
     check_job_args(args)

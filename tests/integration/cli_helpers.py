@@ -187,6 +187,16 @@ def run_cli(*args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[st
     return subprocess.run([*suanli(), *args], capture_output=True, text=True, timeout=timeout_s)
 
 
+
+def start_bootstrap(procs: Processes, root: Path) -> str:
+    """A ``suanli bootstrap`` process on 127.0.0.1 with a new key under ``root``; its first address."""
+    key = root / "bootstrap.key"
+    done = run_cli("keys", "new", "--out", str(key))
+    assert done.returncode == 0, done.stderr
+    boot = procs.start("bootstrap", [*suanli(), "bootstrap", "--key", str(key), "--listen",
+                                     "/ip4/127.0.0.1/tcp/0", "--json"])
+    return str(boot.json_line("the bootstrap node ready")["addrs"][0])
+
 def audit_json(*paths: Path) -> tuple[int, dict[str, Any]]:
     """``suanli audit --json PATH...``: (exit code, the document)."""
     done = run_cli("audit", "--json", *map(str, paths))

@@ -39,6 +39,15 @@ class AgentNet:
         self.home = root / "buyer"
         self.image = ""
 
+    def start_provider(self, name: str, cpu_price: int):  # noqa: ANN201
+        """A provider with short receipt terms, its data under ``root / name``: (process, its ready line)."""
+        config = self.root / f"{name}.toml"
+        config.write_text(PROVIDER_TOML.format(
+            data_dir=self.root / name, bootstrap=self.bootstrap_addr, cpu_price=cpu_price, interval_ms=1000,
+            countersign_timeout_ms=2000, grace_ms=2000, exposure_cap_micros=100))
+        proc = self.procs.start(name, [*suanli(), "provide", "--config", str(config), "--json"])
+        return proc, proc.json_line(f"the {name} provider ready")
+
     def start_agent(self, name: str = "agent"):  # noqa: ANN201
         return self.procs.start(name, [*suanli(), "agent", "--bootstrap", self.bootstrap_addr, "--local",
                                        "--data-dir", str(self.home), "--json"])
@@ -55,17 +64,8 @@ def net(tmp_path_factory, demo_image):
     net = AgentNet(root, procs)
     net.image = demo_image
     try:
-        key = root / "bootstrap.key"
-        assert run_cli("keys", "new", "--out", str(key)).returncode == 0
-        boot = procs.start("bootstrap", [*suanli(), "bootstrap", "--key", str(key), "--listen",
-                                         "/ip4/127.0.0.1/tcp/0", "--json"])
-        net.bootstrap_addr = boot.json_line("the bootstrap node ready")["addrs"][0]
-        config = root / "provider.toml"
-        config.write_text(PROVIDER_TOML.format(
-            data_dir=root / "provider", bootstrap=net.bootstrap_addr, cpu_price=40, interval_ms=1000,
-            countersign_timeout_ms=2000, grace_ms=2000, exposure_cap_micros=100))
-        provider = procs.start("provider", [*suanli(), "provide", "--config", str(config), "--json"])
-        assert provider.json_line("the provider ready")["event"] == "ready"
+        net.bootstrap_addr = _h.start_bootstrap(procs, root)
+        assert net.start_provider("provider", cpu_price=40)[1]["event"] == "ready"
         agent = net.start_agent()
         net.agent = agent
         net.ready = wait_until("the agent to know the provider's offer", lambda: _agent_ready(net), 90, every_s=1)
@@ -211,12 +211,8 @@ def _dry_run_candidates(net: AgentNet) -> list[str]:
 
 
 def test_a_provider_that_has_gone_costs_one_try_then_its_offer_is_set_aside(net):
-    config = net.root / "cheap.toml"
-    config.write_text(PROVIDER_TOML.format(
-        data_dir=net.root / "cheap", bootstrap=net.bootstrap_addr, cpu_price=10, interval_ms=1000,
-        countersign_timeout_ms=2000, grace_ms=2000, exposure_cap_micros=100))
-    cheap = net.procs.start("provider-cheap", [*suanli(), "provide", "--config", str(config), "--json"])
-    gone = cheap.json_line("the cheap provider ready")["peer_id"]
+    cheap, ready = net.start_provider("cheap", cpu_price=10)
+    gone = ready["peer_id"]
     wait_until("the agent to rank the cheaper offer first", lambda: _dry_run_candidates(net)[0] == gone, 60,
                every_s=1)
     cheap.signal_group(signal.SIGKILL)

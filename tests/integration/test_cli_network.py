@@ -98,12 +98,7 @@ def network(tmp_path_factory, demo_image):
     net = Network(root, procs)
     net.image = demo_image
     try:
-        key = root / "bootstrap.key"
-        done = run_cli("keys", "new", "--out", str(key))
-        assert done.returncode == 0, done.stderr
-        boot = procs.start("bootstrap", [*suanli(), "bootstrap", "--key", str(key), "--listen",
-                                         "/ip4/127.0.0.1/tcp/0", "--json"])
-        net.bootstrap_addr = boot.json_line("the bootstrap node ready")["addrs"][0]
+        net.bootstrap_addr = _h.start_bootstrap(procs, root)
         cheap = net.start_provider("cheap", CHEAP_CPU_PRICE)
         dear = net.start_provider("dear", DEAR_CPU_PRICE)
         net.ready(cheap)
