@@ -1,8 +1,13 @@
 """The provider's configuration: one TOML file, checked completely before anything starts.
 
 Rule 1: a configuration error is one line that names the key and the problem
-(``config.toml: prices.cpu_core_micros_per_s: expected a whole number >= 0, got -3``).
+(``config.toml: prices.cpu_core_micros_per_s: expected a whole number in 0..100000000, got -3``).
 Rule 2: unknown keys are errors (a typo must not silently fall back to a default).
+Rule 3: every whole-number setting has a range (``RANGES``; a key not listed there gets
+``0..DEFAULT_MAX``), written in ``EXAMPLE`` beside the key. The ranges are chosen so that nothing derived
+from them overflows: the most one job can cost (every price at its maximum, the largest offer, the
+longest job) stays below 2^63 micro-credits, and ``offer_ttl_s * 1000`` added to a millisecond clock
+stays far below 2^64.
 ``EXAMPLE`` is what ``suanli provide --init-config PATH`` writes; the tests load it.
 """
 
@@ -22,6 +27,7 @@ from p2p.errors import ConfigError
 EXAMPLE = '''\
 # Suanli provider configuration (suanli provide --config THIS_FILE).
 # Money is in micro-credits (1 credit = 1,000,000), time in milliseconds unless a name says _s.
+# Every number is a whole number; "lo..hi" beside a key is its allowed range.
 
 # Where the node keeps its key, database and control socket.
 data_dir = "~/.local/share/suanli"
@@ -34,34 +40,55 @@ listen = ["/ip4/0.0.0.0/tcp/0"]
 bootstrap = []
 
 [prices]
-# Per second, for each unit allocated to a job.
-cpu_core_micros_per_s = 50
-memory_gib_micros_per_s = 10
+# Per second, for each unit allocated to a job. Each price: 0..100000000.
+cpu_core_micros_per_s = 50     # 0..100000000
+memory_gib_micros_per_s = 10   # 0..100000000
 
 [prices.gpu_micros_per_s]
 # One line per GPU model you sell, exactly as NVML names it. A GPU without a price is not offered.
+# Each price: 0..100000000.
 # "NVIDIA GeForce RTX 4090" = 600
 
 [limits]
-max_duration_s = 3600          # longest job accepted
-max_concurrent_jobs = 2
-cpu_millis = 0                 # CPU offered, in millicores; 0 = all cores
-memory_mib = 0                 # memory offered; 0 = three quarters of this machine's memory
+max_duration_s = 3600          # 1..2592000 (30 days); longest job accepted
+max_concurrent_jobs = 2        # 1..1024
+cpu_millis = 0                 # 0..1048576; CPU offered, in millicores; 0 = all cores
+memory_mib = 0                 # 0..16777216; memory offered; 0 = three quarters of this machine's memory
 # Images allowed, pinned by id ("sha256:..."); empty = any image the buyer supplies.
 allowed_images = []
-offer_ttl_s = 120              # how long each signed offer lives; it is re-issued at half-life
+offer_ttl_s = 120              # 10..86400; how long each signed offer lives; it is re-issued at half-life
 
 [receipts]
-interval_ms = 1000             # one co-signed receipt per interval
-countersign_timeout_ms = 3000  # pause the job when the buyer's countersignature is this late
-grace_ms = 5000                # then stop it after this much longer
-exposure_cap_micros = 50000    # the most the job may run ahead of the buyer's signatures
+interval_ms = 1000             # 100..60000; one co-signed receipt per interval
+countersign_timeout_ms = 3000  # 100..600000; pause the job when the buyer's countersignature is this late
+grace_ms = 5000                # 0..600000; then stop it after this much longer
+exposure_cap_micros = 50000    # 0..1000000000000000; the most the job may run ahead of the buyer's signatures
 
 [sandbox]
 # "runsc" runs jobs under gVisor when the engine has it registered; empty = Docker's default (runc).
 runtime = ""
-pids_limit = 256
+pids_limit = 256               # 16..4194304
 '''
+
+# Rule 3. Prices at most 100 credits per unit-second: 1,048 cores + 16 TiB + 64 GPUs at that price for
+# 30 days is about 4.5e18 micro-credits, below 2^63 (SQLite's integers) and 2^64 (the wire's U64).
+MAX_PRICE = 100_000_000
+DEFAULT_MAX = 1_000_000_000_000
+RANGES: dict[str, tuple[int, int]] = {
+    "prices.cpu_core_micros_per_s": (0, MAX_PRICE),
+    "prices.memory_gib_micros_per_s": (0, MAX_PRICE),
+    "prices.gpu_micros_per_s.*": (0, MAX_PRICE),
+    "limits.max_duration_s": (1, 2_592_000),          # 30 days
+    "limits.max_concurrent_jobs": (1, 1024),
+    "limits.cpu_millis": (0, 1_048_576),              # 1,048 cores
+    "limits.memory_mib": (0, 16_777_216),             # 16 TiB
+    "limits.offer_ttl_s": (10, 86_400),               # a day
+    "receipts.interval_ms": (100, 60_000),
+    "receipts.countersign_timeout_ms": (100, 600_000),
+    "receipts.grace_ms": (0, 600_000),
+    "receipts.exposure_cap_micros": (0, 1_000_000_000_000_000),
+    "sandbox.pids_limit": (16, 4_194_304),            # the kernel's PID_MAX_LIMIT
+}
 
 _TOP = {"data_dir", "key", "listen", "bootstrap", "prices", "limits", "receipts", "sandbox"}
 _SECTIONS: dict[str, set[str]] = {
@@ -85,11 +112,13 @@ class ProviderConfig:
     runtime: str | None
     pids_limit: int
     extra: dict[str, Any] = field(default_factory=dict)
+    ranges: dict[str, tuple[int, int]] = field(default_factory=dict)  # every whole-number key read (Rule 3)
 
 
 class _Reader:
     def __init__(self, path: Path, doc: dict[str, Any]) -> None:
         self.path, self.doc = path, doc
+        self.checked: dict[str, tuple[int, int]] = {}  # every whole-number key read, with its range
 
     def fail(self, key: str, problem: str) -> ConfigError:
         return ConfigError(f"{self.path}: {key}: {problem}", key=key, path=str(self.path))
@@ -103,16 +132,30 @@ class _Reader:
             raise self.fail(f"{name}.{sorted(unknown)[0]}", "unknown key")
         return value
 
-    def whole(self, table: dict[str, Any], section: str, key: str, default: int, minimum: int = 0) -> int:
+    def whole(self, table: dict[str, Any], section: str, key: str, default: int, minimum: int = 0,
+              *, range_key: str | None = None) -> int:
+        """``table[key]`` (or ``default``), a whole number within its range (Rule 3).
+
+        ``minimum`` is kept for callers that predate ``RANGES``; the table's bounds win when both exist.
+        """
+        name = f"{section}.{key}"
+        lo, hi = RANGES.get(range_key or name, (minimum, DEFAULT_MAX))
+        self.checked[range_key or name] = (lo, hi)
         value = table.get(key, default)
-        if type(value) is not int or value < minimum:
-            raise self.fail(f"{section}.{key}", f"expected a whole number >= {minimum}, got {value!r}")
+        if type(value) is not int or not lo <= value <= hi:  # bool is not int here: `true` is refused
+            raise self.fail(name, f"expected a whole number in {lo}..{hi}, got {_show(value)}")
         return value
 
     def strings(self, value: Any, key: str) -> tuple[str, ...]:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise self.fail(key, f"expected a list of strings, got {value!r}")
         return tuple(value)
+
+
+def _show(value: Any) -> str:
+    """A value for a one-line message: a 4,000-digit integer is not worth printing whole."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _expand(value: str) -> Path:
@@ -156,9 +199,8 @@ def load_config(path: str | os.PathLike[str]) -> ProviderConfig:
     gpu_prices = p.get("gpu_micros_per_s", {})
     if not isinstance(gpu_prices, dict):
         raise r.fail("prices.gpu_micros_per_s", "expected a table of model = price")
-    for model, price in gpu_prices.items():
-        if type(price) is not int or price < 0:
-            raise r.fail(f"prices.gpu_micros_per_s.{model}", f"expected a whole number >= 0, got {price!r}")
+    for model in gpu_prices:
+        r.whole(gpu_prices, "prices.gpu_micros_per_s", model, 0, range_key="prices.gpu_micros_per_s.*")
     prices = Prices(gpu_micros_per_s=dict(gpu_prices),
                     cpu_core_micros_per_s=r.whole(p, "prices", "cpu_core_micros_per_s", 50),
                     memory_gib_micros_per_s=r.whole(p, "prices", "memory_gib_micros_per_s", 10))
@@ -184,7 +226,7 @@ def load_config(path: str | os.PathLike[str]) -> ProviderConfig:
         listen=listen, bootstrap=bootstrap,
         terms=ProviderTerms(prices, limits, receipts, ttl_ms=r.whole(lim, "limits", "offer_ttl_s", 120, 10) * 1000),
         cpu_millis=r.whole(lim, "limits", "cpu_millis", 0), memory_mib=r.whole(lim, "limits", "memory_mib", 0),
-        runtime=runtime or None, pids_limit=r.whole(sb, "sandbox", "pids_limit", 256, 16))
+        runtime=runtime or None, pids_limit=r.whole(sb, "sandbox", "pids_limit", 256, 16), ranges=r.checked)
 
 
 def write_example(path: str | os.PathLike[str]) -> Path:

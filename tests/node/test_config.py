@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import re
+
 import pytest
 
 from node.config import EXAMPLE, load_config, write_example
@@ -49,3 +52,106 @@ def test_bad_toml_and_missing_file(tmp_path):
         load_config(bad)
     with pytest.raises(ConfigError, match="--init-config"):
         load_config(tmp_path / "none.toml")
+
+
+# L6: every whole-number setting has a range, written beside it in EXAMPLE, and a value outside it is one
+# line naming the key and the range, through the real `suanli provide --config` entry point.
+
+def _example_ranges(tmp_path) -> dict[str, tuple[int, int]]:
+    path = tmp_path / "example.toml"
+    path.write_text(EXAMPLE.replace('# "NVIDIA GeForce RTX 4090" = 600', '"Test GPU" = 600'))
+    ranges = load_config(path).ranges
+    assert "prices.gpu_micros_per_s.*" in ranges and "limits.offer_ttl_s" in ranges
+    return ranges
+
+
+def _with_value(key: str, value: str, home) -> str:  # noqa: ANN001
+    """EXAMPLE with ``key`` (``section.name``) set to the TOML literal ``value``, its data under ``home``
+    (were the value accepted, the provider would start there, never in the real home)."""
+    doc = EXAMPLE.replace('data_dir = "~/.local/share/suanli"', f'data_dir = "{home}"')
+    if key == "prices.gpu_micros_per_s.*":
+        return doc.replace('# "NVIDIA GeForce RTX 4090" = 600', f'"Test GPU" = {value}')
+    section, name = key.split(".", 1)
+    pattern = re.compile(rf"^{re.escape(name)} = \S+", re.M)
+    if pattern.search(doc):
+        return pattern.sub(f"{name} = {value}", doc, count=1)
+    return doc.replace(f"[{section}]\n", f"[{section}]\n{name} = {value}\n", 1)
+
+
+def _bad_values(lo: int, hi: int) -> list[str]:
+    values = {str(lo - 1), str(hi + 1), str(2**63 - 1), "-1", "-9223372036854775808", "1.5", "1e3", "inf", "nan",
+              "true", '"1"', "[1]"}
+    if lo > 0:
+        values.add("0")
+    return sorted(v for v in values if not (v.lstrip("-").isdigit() and lo <= int(v) <= hi))
+
+
+def test_every_whole_number_key_has_its_range_in_the_example(tmp_path):
+    lines = EXAMPLE.splitlines()
+    for key, (lo, hi) in _example_ranges(tmp_path).items():
+        name = key.split(".", 1)[1] if key != "prices.gpu_micros_per_s.*" else '"NVIDIA GeForce RTX 4090"'
+        documented = [i for i, line in enumerate(lines)
+                      if line.lstrip("# ").startswith(f"{name} =") and f"{lo}..{hi}" in "\n".join(lines[i - 1:i + 1])]
+        assert documented, f"add `# {lo}..{hi}` beside {key} in EXAMPLE"
+
+
+def test_every_whole_number_key_refuses_values_out_of_range_in_one_line(tmp_path, capsys):
+    from node.cli import EXIT_UNUSABLE, main
+
+    cases = 0
+    for key, (lo, hi) in _example_ranges(tmp_path).items():
+        shown = key.replace(".*", ".Test GPU")
+        for value in _bad_values(lo, hi):
+            path = tmp_path / "c.toml"
+            path.write_text(_with_value(key, value, tmp_path / "data"))
+            assert main(["provide", "--config", str(path)]) == EXIT_UNUSABLE, (key, value)
+            out, err = capsys.readouterr()
+            assert out == "" and err.count("\n") == 1, (key, value, err)
+            assert f": {shown}: expected a whole number in {lo}..{hi}, got " in err, (key, value, err)
+            assert len(err) < 300 and "Traceback" not in err
+            cases += 1
+        for value in (lo, hi):  # both ends are accepted
+            path = tmp_path / "c.toml"
+            path.write_text(_with_value(key, str(value), tmp_path / "data"))
+            load_config(path)
+    assert cases > 100
+
+
+def test_ranges_keep_derived_values_inside_the_wire_and_the_database(tmp_path):
+    """At every maximum at once: the offer encodes, and the most one job can cost stays below 2^63."""
+    from market.offers import OfferedGpu, build_offer
+    from market.pricing import price_per_s
+    from market.records import GpuSpec, ResourceRequest
+
+    top = {k: hi for k, (_, hi) in _example_ranges(tmp_path).items()}
+    doc = EXAMPLE.replace('# "NVIDIA GeForce RTX 4090" = 600', f'"Test GPU" = {top.pop("prices.gpu_micros_per_s.*")}')
+    for key, hi in top.items():
+        doc = re.sub(rf"^({re.escape(key.split('.', 1)[1])}) = \S+", rf"\1 = {hi}", doc, count=1, flags=re.M)
+    path = tmp_path / "top.toml"
+    path.write_text(doc)
+    cfg = load_config(path)
+    assert cfg.terms.ttl_ms == top["limits.offer_ttl_s"] * 1000 and cfg.memory_mib == top["limits.memory_mib"]
+    # 64 GPUs: more than any one machine holds.
+    gpus = [OfferedGpu(f"GPU-{i}", GpuSpec("Test GPU", 81920, "9.0", "550", "12.4")) for i in range(64)]
+    year_3000_ms = 32_503_680_000_000
+    offer = build_offer(b"\1" * 32, ["/ip4/127.0.0.1/tcp/1"], cfg.terms, gpus, cfg.cpu_millis, cfg.memory_mib,
+                        [g.uuid for g in gpus], cfg.cpu_millis, cfg.memory_mib, seq=1, now_ms=year_3000_ms)
+    assert type(offer).decode(offer.encode()) == offer
+    everything = ResourceRequest(gpus=64, gpu_model="Test GPU", min_gpu_memory_mib=0, min_compute_capability=None,
+                                 cpu_millis=cfg.cpu_millis, memory_mib=cfg.memory_mib)
+    worst = price_per_s(cfg.terms.prices, everything, tuple(g.spec for g in gpus))
+    assert worst is not None and worst * cfg.terms.limits.max_duration_s < 2**63
+    assert cfg.terms.receipts.exposure_cap_micros < 2**63 and cfg.pids_limit < 2**31
+
+
+def test_huge_ttl_through_the_real_cli_is_one_line_and_exit_2(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "c.toml"
+    path.write_text(_with_value("limits.offer_ttl_s", str(2**63 - 1), tmp_path / "data"))
+    env = {**os.environ, "HOME": str(tmp_path), "SUANLI_HOME": str(tmp_path / "data")}
+    done = subprocess.run([sys.executable, "-m", "node.cli", "provide", "--config", str(path)],
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and "limits.offer_ttl_s: expected a whole number in 10..86400" in done.stderr
