@@ -38,7 +38,7 @@ def make_book(n: int) -> list:
     offers = []
     for i in range(n):
         gpus = tuple(rng.choice(models) for _ in range(rng.choice((0, 0, 1, 2, 4))))
-        cap = Capacity(gpus, rng.choice((2000, 4000, 8000, 16000)), rng.choice((4096, 8192, 32768)))
+        cap = Capacity(gpus, rng.choice((2000, 4000, 8000, 16000)), rng.choice((4096, 8192, 32768)), 65536)
         prices = Prices({m.model: rng.randint(100, 900) for m in models}, rng.randint(5, 100), rng.randint(1, 20))
         offers.append(replace(base, provider=i.to_bytes(32, "big"), capacity=cap, free=cap, prices=prices))
     return offers

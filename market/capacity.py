@@ -1,7 +1,7 @@
 """Provider capacity reservations (pure): many buyers race for the last GPU, exactly one wins.
 
 Rule 1: ``reserve`` succeeds only if the request fits in what is free *now*, and takes it at once, so
-two reservations can never hold the same GPU, core or MiB.
+two reservations can never hold the same GPU, core or MiB (of memory or of disk).
 Rule 2: a reservation is held for a provider-signed agreement until the buyer countersigns
 (``confirm``) or ``hold_until_ms`` passes (``expire`` releases it); a confirmed one is released when the
 job ends (``release``).
@@ -18,6 +18,7 @@ class Allocation:
     gpu_uuids: tuple[str, ...]
     cpu_millis: int
     memory_mib: int
+    disk_mib: int = 0
 
 
 @dataclass
@@ -33,6 +34,7 @@ class CapacityLedger:
     cpu_millis: int
     memory_mib: int
     max_jobs: int
+    disk_mib: int = 0  # scratch disk for the jobs' /io filesystems (sandbox.disk)
     _holds: dict[bytes, _Hold] = field(default_factory=dict)
 
     def free(self) -> Allocation:
@@ -40,18 +42,19 @@ class CapacityLedger:
         return Allocation(
             gpu_uuids=tuple(u for u in self.gpu_uuids if u not in used_gpus),
             cpu_millis=self.cpu_millis - sum(h.allocation.cpu_millis for h in self._holds.values()),
-            memory_mib=self.memory_mib - sum(h.allocation.memory_mib for h in self._holds.values()))
+            memory_mib=self.memory_mib - sum(h.allocation.memory_mib for h in self._holds.values()),
+            disk_mib=self.disk_mib - sum(h.allocation.disk_mib for h in self._holds.values()))
 
     def reserve(self, key: bytes, gpu_uuids: tuple[str, ...], cpu_millis: int, memory_mib: int,
-                hold_until_ms: int, owner: bytes = b"") -> Allocation | None:
+                hold_until_ms: int, owner: bytes = b"", disk_mib: int = 0) -> Allocation | None:
         """Take the resources for ``key`` (an agreement id), or None when they are not all free."""
         if key in self._holds or len(self._holds) >= self.max_jobs:
             return None
         free = self.free()
         if (not set(gpu_uuids) <= set(free.gpu_uuids) or cpu_millis > free.cpu_millis
-                or memory_mib > free.memory_mib):
+                or memory_mib > free.memory_mib or disk_mib > free.disk_mib):
             return None
-        allocation = Allocation(tuple(gpu_uuids), cpu_millis, memory_mib)
+        allocation = Allocation(tuple(gpu_uuids), cpu_millis, memory_mib, disk_mib)
         self._holds[key] = _Hold(allocation, hold_until_ms, owner)
         return allocation
 

@@ -69,8 +69,9 @@ def decide(proposal: Proposal, proposal_id: bytes, provider: bytes, offers: Mapp
         return Refuse(NO_CAPACITY, f"needs {r.gpus} GPU(s) that fit, {len(fitting)} free")
     fitting.sort(key=lambda g: (offer.prices.gpu_micros_per_s.get(g.spec.model, 1 << 64), g.uuid))
     chosen = fitting[: r.gpus]
-    if r.cpu_millis > free.cpu_millis or r.memory_mib > free.memory_mib:
-        return Refuse(NO_CAPACITY, f"free now: {free.cpu_millis} millicores, {free.memory_mib} MiB")
+    if r.cpu_millis > free.cpu_millis or r.memory_mib > free.memory_mib or r.disk_mib > free.disk_mib:
+        return Refuse(NO_CAPACITY, f"free now: {free.cpu_millis} millicores, {free.memory_mib} MiB memory, "
+                      f"{free.disk_mib} MiB disk")
     price = price_per_s(offer.prices, r, tuple(g.spec for g in chosen))
     if price is None:
         return Refuse(NO_CAPACITY, "no price set for that GPU model")
@@ -89,7 +90,7 @@ def decide(proposal: Proposal, proposal_id: bytes, provider: bytes, offers: Mapp
         job=proposal.job, resources=r, price_micros_per_s=price, max_duration_ms=proposal.max_duration_ms,
         terms=proposal.terms, created_at_ms=now_ms, accept_by_ms=accept_by)
     allocation = ledger.reserve(agreement.record_id(), tuple(g.uuid for g in chosen), r.cpu_millis, r.memory_mib,
-                                hold_until_ms=accept_by, owner=proposal.buyer)
+                                hold_until_ms=accept_by, owner=proposal.buyer, disk_mib=r.disk_mib)
     if allocation is None:
         return Refuse(NO_CAPACITY, "capacity was taken a moment ago")
     return Bid(agreement, allocation)

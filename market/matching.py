@@ -92,6 +92,8 @@ def evaluate(offer: Offer, request: JobRequest, now_ms: int) -> tuple[int | None
         reasons.append(f"needs {r.cpu_millis / 1000:g} CPU cores, {offer.free.cpu_millis / 1000:g} free")
     if r.memory_mib > offer.free.memory_mib:
         reasons.append(f"needs {r.memory_mib} MiB memory, {offer.free.memory_mib} free")
+    if r.disk_mib > offer.free.disk_mib:
+        reasons.append(f"needs {r.disk_mib} MiB disk, {offer.free.disk_mib} free")
     limit_ms = offer.limits.max_duration_s * 1000
     if request.max_duration_ms > limit_ms:
         reasons.append(f"duration {request.max_duration_ms // 1000} s > provider max {offer.limits.max_duration_s} s")
@@ -119,6 +121,7 @@ def rank_offers(offers: Iterable[Offer], request: JobRequest, now_ms: int, *,
     latency_ms = latency_ms or {}
     r = request.resources
     cpu, mem, n_gpus, max_price = r.cpu_millis, r.memory_mib, r.gpus, request.max_price_micros_per_s
+    disk = r.disk_mib
     duration_s = -(-request.max_duration_ms // 1000)
     image = request.image
     heap: list[tuple[tuple[int, int, int, int], int]] = []  # (negated order key, negated index)
@@ -127,7 +130,7 @@ def rank_offers(offers: Iterable[Offer], request: JobRequest, now_ms: int, *,
     no_latency = 1 << 31
     for index, offer in enumerate(offers):
         free = offer.free
-        if (offer.expires_at_ms <= now_ms or cpu > free.cpu_millis or mem > free.memory_mib
+        if (offer.expires_at_ms <= now_ms or cpu > free.cpu_millis or mem > free.memory_mib or disk > free.disk_mib
                 or len(free.gpus) < n_gpus or duration_s > offer.limits.max_duration_s
                 or (offer.limits.allowed_images and image not in offer.limits.allowed_images)):
             continue

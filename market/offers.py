@@ -32,14 +32,15 @@ class OfferedGpu:
 
 def build_offer(provider: bytes, addrs: Sequence[str], terms: ProviderTerms, gpus: Sequence[OfferedGpu],
                 cpu_millis: int, memory_mib: int, free_gpu_uuids: Sequence[str], free_cpu_millis: int,
-                free_memory_mib: int, seq: int, now_ms: int) -> Offer:
+                free_memory_mib: int, seq: int, now_ms: int, *, disk_mib: int = 0, free_disk_mib: int = 0) -> Offer:
     free_set = set(free_gpu_uuids)
     return Offer(
         provider=provider, addrs=tuple(addrs)[:16], seq=seq, created_at_ms=now_ms,
         expires_at_ms=now_ms + terms.ttl_ms,
-        capacity=Capacity(gpus=tuple(g.spec for g in gpus), cpu_millis=cpu_millis, memory_mib=memory_mib),
+        capacity=Capacity(gpus=tuple(g.spec for g in gpus), cpu_millis=cpu_millis, memory_mib=memory_mib,
+                          disk_mib=disk_mib),
         free=Capacity(gpus=tuple(g.spec for g in gpus if g.uuid in free_set), cpu_millis=max(0, free_cpu_millis),
-                      memory_mib=max(0, free_memory_mib)),
+                      memory_mib=max(0, free_memory_mib), disk_mib=max(0, free_disk_mib)),
         prices=terms.prices, limits=terms.limits, terms=terms.receipts)
 
 

@@ -17,6 +17,7 @@ from typing import Annotated, ClassVar
 from p2p.records import U64, Digest, MaxLen, PublicKey, Record, ShortText, Size, record, struct
 
 ImageRef = Annotated[str, MaxLen(128)]
+DEFAULT_DISK_MIB = 1024  # a job's /io when the buyer names no size
 Command = Annotated[tuple[Annotated[str, MaxLen(4096)], ...], MaxLen(256)]
 
 
@@ -40,6 +41,7 @@ class Capacity:
     gpus: Annotated[tuple[GpuSpec, ...], MaxLen(64)]
     cpu_millis: U64
     memory_mib: U64
+    disk_mib: U64 = 0  # scratch disk for jobs' /io (a size-limited filesystem each, docs/SANDBOX.md)
 
 
 @struct
@@ -106,7 +108,8 @@ class JobSpec:
 @dataclass(frozen=True)
 class ResourceRequest:
     """What a job needs. GPUs are whole devices: a model name, or a minimum memory and compute capability
-    (``"8.6"``); CPU in millicores, memory in MiB."""
+    (``"8.6"``); CPU in millicores, memory in MiB; ``disk_mib`` is the size of the job's writable /io, a
+    filesystem of its own whose limit the kernel enforces (the job gets ENOSPC, never the host)."""
 
     gpus: U64
     gpu_model: ShortText | None
@@ -114,6 +117,7 @@ class ResourceRequest:
     min_compute_capability: ShortText | None
     cpu_millis: U64
     memory_mib: U64
+    disk_mib: U64 = DEFAULT_DISK_MIB  # a buyer sets it with `suanli run --disk SIZE`
 
 
 @record("proposal", 1)

@@ -39,7 +39,7 @@ class Evidence:
 
 
 def make_offer(provider: NodeKey, now_ms: int = 1_800_000_000_000, seq: int = 1) -> Offer:
-    cap = Capacity(gpus=(), cpu_millis=2000, memory_mib=4096)
+    cap = Capacity(gpus=(), cpu_millis=2000, memory_mib=4096, disk_mib=8192)
     return Offer(provider=provider.public, addrs=("/ip4/127.0.0.1/tcp/4001",), seq=seq, created_at_ms=now_ms,
                  expires_at_ms=now_ms + 60_000, capacity=cap, free=cap,
                  prices=Prices(gpu_micros_per_s={}, cpu_core_micros_per_s=50, memory_gib_micros_per_s=10),

@@ -26,11 +26,11 @@ def provider_market(key, gpus=(), cpu=4000, mem=8192, stored=None):
         if stored is not None:
             stored.append(agreement)
 
-    ledger = CapacityLedger(tuple(g.uuid for g in gpus), cpu, mem, max_jobs=8)
+    ledger = CapacityLedger(tuple(g.uuid for g in gpus), cpu, mem, max_jobs=8, disk_mib=8192)
     market = ProviderMarket(key=key, ledger=ledger, gpus=list(gpus), on_agreement=on_agreement, hold_ms=5000)
     now = now_ms()
-    offer = replace(make_offer(key, now), capacity=Capacity(tuple(g.spec for g in gpus), cpu, mem),
-                    free=Capacity(tuple(g.spec for g in gpus), cpu, mem),
+    offer = replace(make_offer(key, now), capacity=Capacity(tuple(g.spec for g in gpus), cpu, mem, 8192),
+                    free=Capacity(tuple(g.spec for g in gpus), cpu, mem, 8192),
                     prices=Prices({"NVIDIA H200": 700}, 50, 10))
     signed = sign_record(offer, key)
     market.publish(signed)

@@ -17,8 +17,8 @@ NOW = PROPOSAL.record.created_at_ms + 5
 H200 = GpuSpec("NVIDIA H200", 143_771, "9.0", "580.159.04", "13.0")
 
 
-def ledger(gpus=(), cpu=2000, mem=4096, jobs=4):
-    return CapacityLedger(tuple(gpus), cpu, mem, jobs)
+def ledger(gpus=(), cpu=2000, mem=4096, jobs=4, disk=8192):
+    return CapacityLedger(tuple(gpus), cpu, mem, jobs, disk)
 
 
 def run(proposal=PROPOSAL.record, offer=OFFER.record, gpus=(), book=None):
@@ -53,7 +53,7 @@ def test_refusals():
 
 def test_gpu_bid_holds_the_gpu_by_uuid():
     offer = replace(OFFER.record, prices=Prices({"NVIDIA H200": 700}, 50, 10),
-                    free=Capacity((H200,), 2000, 4096))
+                    free=Capacity((H200,), 2000, 4096, 8192))
     proposal = replace(PROPOSAL.record, max_price_micros_per_s=1000,
                        resources=replace(PROPOSAL.record.resources, gpus=1))
     book = ledger(gpus=("GPU-1",))

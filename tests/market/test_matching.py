@@ -19,9 +19,9 @@ H200 = GpuSpec("NVIDIA H200", 143_771, "9.0", "580.159.04", "13.0")
 RTX = GpuSpec("NVIDIA GeForce RTX 3060", 12_288, "8.6", "550.54", "12.4")
 
 
-def offer(label="p", seq=1, ttl=60_000, gpus=(), cpu=4000, mem=8192, prices=None, limits=None):
+def offer(label="p", seq=1, ttl=60_000, gpus=(), cpu=4000, mem=8192, prices=None, limits=None, disk=8192):
     key = key_from_label(label)
-    cap = Capacity(gpus=gpus, cpu_millis=cpu, memory_mib=mem)
+    cap = Capacity(gpus=gpus, cpu_millis=cpu, memory_mib=mem, disk_mib=disk)
     base = make_offer(key, NOW, seq)
     return sign_record(replace(base, expires_at_ms=NOW + ttl, capacity=cap, free=cap,
                                prices=prices or base.prices, limits=limits or base.limits), key)

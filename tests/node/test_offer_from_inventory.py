@@ -28,7 +28,7 @@ def test_offer_from_the_recorded_h200():
         ("NVIDIA H200", "9.0", "580.159.04", "13.0")
     assert gpu.spec.memory_mib == 150_754_820_096 >> 20
     offer = build_offer(KEY.public, ["/ip4/127.0.0.1/tcp/4001"], TERMS, gpus, 16_000, 65_536, [gpu.uuid], 16_000,
-                        65_536, 1, 0)
+                        65_536, 1, 0, disk_mib=8192, free_disk_mib=8192)
     request = JobRequest(ResourceRequest(1, None, 80_000, "9.0", 4000, 8192), 5000, 600_000, "sha256:" + "a" * 64)
     (candidate,) = rank_offers([offer], request, 1)
     assert candidate.price_micros_per_s == 2500 + 200 + 80
