@@ -110,7 +110,7 @@ def unpack(data: bytes, max_bytes: int = MAX_RECORD_BYTES) -> Any:
     except msgpack.ExtraData as exc:
         raise CodecError("trailing bytes after the record") from exc
     except (ValueError, TypeError, msgpack.UnpackException, RecursionError) as exc:
-        raise CodecError(f"not valid msgpack: {exc or type(exc).__name__}") from exc
+        raise CodecError(f"not valid msgpack: {str(exc) or type(exc).__name__}") from exc
     _check_depth_and_types(value, 0)
     if _packer.pack(value) != bytes(data):
         raise CodecError("bytes are not the canonical encoding of their value")
@@ -121,7 +121,10 @@ def unpack_canonical(data: bytes, max_bytes: int = MAX_RECORD_BYTES) -> Any:
     """Decode bytes that must re-encode to themselves, leaving key order and types to a schema.
 
     The fast path for records: their generated decoders check every map's key order and every
-    value's type, which together with the byte comparison here give Rule 4.
+    value's type, which together with the byte comparison here give Rule 4. Maps may come back with
+    byte-string keys (msgpack ``bin``) here: every caller (``p2p.records``, ``settlement.bundle``)
+    compares a map's keys with its expected text keys, which refuses them, and never sorts or
+    prints keys it has not checked (docs/PROTOCOL.md, "Map keys").
     """
     if len(data) > max_bytes:
         raise CodecError(f"record of {len(data)} bytes exceeds the limit of {max_bytes}",
@@ -133,8 +136,12 @@ def unpack_canonical(data: bytes, max_bytes: int = MAX_RECORD_BYTES) -> Any:
     except msgpack.ExtraData as exc:
         raise CodecError("trailing bytes after the record") from exc
     except (ValueError, TypeError, msgpack.UnpackException, RecursionError) as exc:
-        raise CodecError(f"not valid msgpack: {exc or type(exc).__name__}") from exc
-    if not (_packer.pack(value) == data if len(data) < _LARGE else _packs_to_large(value, data)):
+        raise CodecError(f"not valid msgpack: {str(exc) or type(exc).__name__}") from exc
+    try:
+        same = _packer.pack(value) == data if len(data) < _LARGE else _packs_to_large(value, data)
+    except (ValueError, TypeError, RecursionError) as exc:  # nesting past the packer's limit
+        raise CodecError(f"cannot be re-encoded: {str(exc) or type(exc).__name__}") from exc
+    if not same:
         raise CodecError("bytes are not the canonical encoding of their value")
     return value
 
@@ -151,6 +158,21 @@ def _packs_to_large(value: Any, data: bytes) -> bool:
                 return len(packed) == len(data) and data.startswith(packed)
         finally:
             _large_packer.reset()
+
+
+def preview(value: Any, limit: int = 40) -> str:
+    """A short rendering of a decoded (possibly hostile) value for an error message: scalars cut to
+    ``limit`` characters, arrays and maps by their size only (the repr of a nesting 1,000 deep
+    raises RecursionError, and a 64 KiB one would be built whole before being cut)."""
+    if isinstance(value, (str, bytes)):
+        return repr(value[:limit])[:limit + 3]
+    if isinstance(value, list):
+        return f"an array of {len(value)}"
+    if isinstance(value, dict):
+        return f"a map of {len(value)}"
+    if value is None or isinstance(value, (bool, int)):
+        return repr(value)[:limit]
+    return type(value).__name__
 
 
 def _refuse_ext(code: int, data: bytes) -> Any:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, TypeVar, Union
 
-from p2p.codec import MAX_RECORD_BYTES, pack_sorted, unpack_canonical
+from p2p.codec import MAX_RECORD_BYTES, pack_sorted, preview, unpack_canonical
 from p2p.errors import CodecError
 
 
@@ -120,6 +120,10 @@ def _compile_decoder(tp: Any) -> _Conv:
         def conv_dict(v: Any, path: str) -> dict[str, Any]:
             if type(v) is not dict:
                 raise _fail(path, "map", v)
+            for k in v:  # before sorting: a bin key (bytes) does not compare with text
+                if type(k) is not str:
+                    raise CodecError(f"field {path}: map keys must be text, got {type(k).__name__} "
+                                     f"{preview(k)}", field=path)
             if list(v) != sorted(v):  # for text keys, code-point order is UTF-8 byte order
                 raise CodecError(f"field {path}: map keys are not in canonical order", field=path)
             return {k: val(x, f"{path}.{k}") for k, x in v.items()}
@@ -258,7 +262,7 @@ def _describe(tp: Any, marks: list[Any]) -> str:
 
 
 def _bad(path: str, value: Any, expected: str) -> CodecError:
-    return CodecError(f"field {path}: expected {expected}, got {type(value).__name__} {value!r:.40}",
+    return CodecError(f"field {path}: expected {expected}, got {type(value).__name__} {preview(value)}",
                       field=path, expected=expected)
 
 
@@ -306,6 +310,10 @@ def _keys_error(obj: Any, keys: list[str], path: str, tag: str | None = None, ve
     if type(obj) is not dict:
         return CodecError(f"{path}: expected a map, got {type(obj).__name__}")
     have = list(obj)
+    for key in have:  # a bin key (bytes) neither sorts nor compares with text: name it first
+        if type(key) is not str:
+            return CodecError(f"{path}: map keys must be text, got {type(key).__name__} {preview(key)}",
+                              actual=type(key).__name__)
     if sorted(have) == keys and have != keys:
         return CodecError(f"{path}: map keys are not in canonical order")
     if have != keys:
@@ -314,9 +322,10 @@ def _keys_error(obj: Any, keys: list[str], path: str, tag: str | None = None, ve
         return CodecError(f"{path}: missing fields {missing}, unknown fields {unknown}", missing=missing,
                           unknown=unknown)
     if obj["t"] != tag:
-        return CodecError(f"expected a {tag!r} record, got {obj['t']!r:.40}", expected=tag, actual=obj["t"])
-    return CodecError(f"unsupported {tag} version {obj['v']!r:.20} (this build reads {version})",
-                      expected=version, actual=obj["v"])
+        return CodecError(f"expected a {tag!r} record, got {preview(obj['t'])}", expected=tag,
+                          actual=preview(obj["t"]))
+    return CodecError(f"unsupported {tag} version {preview(obj['v'], 20)} (this build reads {version})",
+                      expected=version, actual=preview(obj["v"], 20))
 
 
 def struct(cls: type[T]) -> type[T]:
@@ -365,6 +374,6 @@ def decode_one_of(payload: bytes, messages: dict[str, type[Record]], max_bytes: 
     tag = obj.get("t") if type(obj) is dict else None
     cls = messages.get(tag) if type(tag) is str else None
     if cls is None:
-        raise CodecError(f"not a {what} message (t={tag!r:.40})")
+        raise CodecError(f"not a {what} message (t={preview(tag)})")
     decoded: Record = cls._from_wire(obj)
     return decoded

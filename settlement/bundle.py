@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from p2p.codec import pack, unpack_canonical
+from p2p.codec import pack, preview, unpack_canonical
 from p2p.errors import CodecError, UnusableInputError
 from settlement.store import StoredChain
 
@@ -47,7 +47,7 @@ def decode_bundle(data: bytes, name: str = "<bundle>") -> list[StoredChain]:
     if type(obj) is not dict or list(obj) != ["chains", "t", "v"] or obj["t"] != BUNDLE_TAG:
         raise UnusableInputError(f"{name}: not a Suanli bundle", path=name)
     if type(obj["v"]) is not int or obj["v"] != BUNDLE_VERSION:  # true == 1.0 == 1 in Python
-        raise UnusableInputError(f"{name}: bundle version {obj['v']!r:.20} is not supported "
+        raise UnusableInputError(f"{name}: bundle version {preview(obj['v'], 20)} is not supported "
                                  f"(this build reads {BUNDLE_VERSION})", path=name)
     if type(obj["chains"]) is not list:
         raise UnusableInputError(f"{name}: malformed bundle (chains)", path=name)

@@ -192,3 +192,54 @@ def test_a_version_that_only_equals_1_is_refused(version, evidence):
     wire["v"] = version
     with pytest.raises(CodecError, match="version"):
         Receipt.decode(msgpack.packb(wire, use_bin_type=True))
+
+
+# H1 (issue 13): a map key sent as msgpack bin, anywhere in a record, is a CodecError, never a TypeError.
+def _with_keys(obj, bin_key):
+    """``obj`` re-encoded with ``bin_key`` (a str key at any depth) sent as a bin key instead."""
+    if isinstance(obj, dict):
+        return {(k.encode() if k == bin_key else k): _with_keys(v, bin_key) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_with_keys(v, bin_key) for v in obj]
+    return obj
+
+
+def _keys_of(obj, out):
+    if isinstance(obj, dict):
+        out.update(obj)
+        for v in obj.values():
+            _keys_of(v, out)
+    elif isinstance(obj, list):
+        for v in obj:
+            _keys_of(v, out)
+    return out
+
+
+@pytest.mark.parametrize("name", RECORDS)
+def test_a_bin_map_key_at_any_depth_is_a_codec_error(name):
+    body = protocol_vectors()[f"{name}.body"]
+    keys = sorted(_keys_of(unpack(body), set()))
+    assert "t" in keys and len(keys) > 5
+    for key in keys:
+        hostile = msgpack.packb(_with_keys(unpack(body), key), use_bin_type=True)
+        with pytest.raises(CodecError):
+            RECORDS[name].decode(hostile)
+
+
+def test_a_bin_key_in_a_text_keyed_map_field_is_a_codec_error(evidence):
+    obj = unpack(evidence.proposal.body)
+    for env in ({b"A": "1"}, {"A": "1", b"B": "2"}, {b"A": "1", "B": "2"}, {"A": "1", b"A": "2"}):
+        obj["job"]["env"] = env
+        with pytest.raises(CodecError, match="env: map keys must be text"):
+            Proposal.decode(msgpack.packb(obj, use_bin_type=True))
+
+
+@pytest.mark.parametrize("depth", [1, 100, 600, 1000])
+def test_a_deeply_nested_value_where_a_scalar_belongs_is_a_codec_error(evidence, depth):
+    obj = unpack(evidence.receipts[0].body)
+    deep = None
+    for _ in range(depth):
+        deep = [deep]
+    for field in ("seq", "t", "v"):
+        with pytest.raises(CodecError):
+            Receipt.decode(msgpack.packb({**obj, field: deep}, use_bin_type=True))
