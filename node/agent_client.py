@@ -34,7 +34,7 @@ FIELDS: dict[str, tuple[type, ...]] = {
     "gpu_model": (str, type(None)), "gpu_memory": (int, type(None)), "cpus": (float, int), "memory": (str,),
     "max_price": (int,), "max_duration": (int,), "input": (str, type(None)), "output": (str, type(None)),
     "env": (list, type(None)), "wait": (float, int), "candidates": (int,), "negotiate_timeout": (float, int),
-    "show_receipts": (bool,), "dry_run": (bool,), "json": (bool,), "verbose": (bool,),
+    "show_receipts": (bool,), "dry_run": (bool,), "json": (bool,), "verbose": (bool,), "force": (bool,),
 }
 PATH_FIELDS = ("input", "output", "image_archive")
 MAX_EVENT_BYTES = 1 << 20

@@ -83,8 +83,12 @@ def _add_network(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
                      help="most micro-credits per second you pay (default 10000)")
     run.add_argument("--max-duration", type=int, default=600, metavar="SECONDS", help="longest run (default 600)")
     run.add_argument("--input", metavar="DIR", help="directory whose files appear in /io/in")
-    run.add_argument("--output", metavar="DIR", help="directory that receives /io/out")
-    run.add_argument("--env", action="append", metavar="K=V", help="environment variable (repeatable)")
+    run.add_argument("--output", metavar="DIR", help="directory that receives /io/out; must be new or empty "
+                     "(unless --force); symlinks in it are never followed")
+    run.add_argument("--force", action="store_true", help="let outputs replace files of the same name in --output")
+    run.add_argument("--env", action="append", metavar="K=V",
+                     help="environment variable (repeatable); the provider sees its value, and it is kept in "
+                     "both sides' evidence (the signed proposal): pass no secret you would not give the provider")
     run.add_argument("--wait", type=float, default=3.0, metavar="SECONDS", help="time to collect offers")
     run.add_argument("--candidates", type=int, default=5, help="how many providers to try, best first")
     run.add_argument("--negotiate-timeout", type=float, default=10.0, metavar="SECONDS",

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from node.outputs import check_output_dir
 from p2p.errors import SuanliError
 
 log = logging.getLogger("suanli.run")
@@ -82,17 +83,17 @@ def choose_image(image: str | None, archive_path: str | None) -> ImageChoice:
     return ImageChoice(image, None, None)
 
 
-def write_outputs(data: bytes, dest: Path) -> list[str]:
-    """Extract the outputs tar (regular files only, no path leaves ``dest``)."""
-    from sandbox.jobio import read_output_tar
+def write_outputs(data: bytes, dest: Path, say: Callable[[str], None], *, force: bool = False) -> list[str]:
+    """Write the outputs tar under ``dest`` (node.outputs: no symlink followed, nothing overwritten without
+    --force); each entry skipped is a note, the first ten by name."""
+    from node.outputs import write_outputs as write_safely
 
-    files = read_output_tar(data) if data else {}
-    dest.mkdir(parents=True, exist_ok=True)
-    for name, content in files.items():
-        target = dest / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(content)
-    return sorted(files)
+    written = write_safely(data, dest, force=force)
+    for name, why in written.skipped[:10]:
+        say(f"suanli: output {name!r} not written: {why}")
+    if len(written.skipped) > 10:
+        say(f"suanli: {len(written.skipped) - 10} more output entries not written")
+    return written.files
 
 
 class Console:
@@ -192,6 +193,8 @@ def check_job_args(args: argparse.Namespace) -> None:
     """The checks of the job's options that need no network: a mistake is reported before joining."""
     parse_memory_mib(args.memory)
     parse_env(args.env or [])
+    if args.output:
+        check_output_dir(Path(args.output), force=getattr(args, "force", False))
     if not args.image_archive:
         choose_image(args.image, None)  # a missing or unpinned --image; an archive is read when the job runs
 
@@ -223,6 +226,8 @@ async def execute(node: Any, key: Any, home: Path, args: argparse.Namespace, com
 
     t0 = time.monotonic() if t0 is None else t0
     image = choose_image(args.image, args.image_archive)
+    if args.output:
+        check_output_dir(Path(args.output), force=getattr(args, "force", False))
     inputs = pack_dir(Path(args.input)) if args.input else b""
     env = parse_env(args.env or [])
     resources = ResourceRequest(gpus=args.gpus, gpu_model=args.gpu_model, min_gpu_memory_mib=args.gpu_memory or 0,
@@ -327,7 +332,8 @@ async def execute(node: Any, key: Any, home: Path, args: argparse.Namespace, com
             console.result({"ok": False, "error": message, "agreement_id": deal.agreement.record_id.hex(),
                             "provider": provider, "database": str(db_path)})
         return EXIT_JOB_FAILED
-    files = write_outputs(outcome.outputs, Path(args.output)) if args.output else []
+    files = write_outputs(outcome.outputs, Path(args.output), say,
+                          force=getattr(args, "force", False)) if args.output else []
     last = outcome.last
     summary = {
         "ok": True, "agreement_id": deal.agreement.record_id.hex(), "provider": provider,
