@@ -10,6 +10,14 @@ writes is both a legacy docker-archive (``manifest.json``) and an OCI image layo
 Rule 1: the same inputs give the same bytes, hence the same digests (every tar header has mtime 0,
 uid/gid as given, empty user and group names; entries are sorted; JSON is compact with sorted keys).
 Rule 2: an archive's digests are computed from its blobs, never trusted from its own claims.
+Rule 3 (a buyer's archive, issue 13 C1): it holds exactly one image. ``manifest.json`` (what the
+classic store loads) and ``index.json`` (what the containerd store loads) must describe the same one,
+and every member must belong to it; anything else is refused before any load. What reaches
+``docker load`` is a fresh tar (``write_clean_archive``) without a tag, an annotation, a
+``repositories`` file or a member the image does not reference, so loading can tag nothing.
+Rule 4 (issue 13 L5): for any input bytes, ``inspect_archive``/``read_digests`` return a value or
+raise ImageError, nothing else; memory stays bounded whatever the archive's size (JSON members,
+tar metadata headers and member counts have limits; blobs are streamed, never read whole).
 """
 
 from __future__ import annotations
@@ -17,9 +25,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import posixpath
+import re
 import tarfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import IO
 
 from p2p.errors import ImageError
 
@@ -138,44 +149,281 @@ def _blob(digest: str) -> str:
     return "blobs/sha256/" + digest.split(":", 1)[1]
 
 
-def read_digests(data: bytes) -> ArchiveDigests:
-    """Recompute the digests of a `docker save` or OCI archive; raise ImageError if it is not one."""
-    archive_sha = sha256_digest(data)
-    try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
-            def read(name: str) -> bytes | None:
-                try:
-                    f = tar.extractfile(name.lstrip("./"))
-                except KeyError:
-                    return None
-                return f.read() if f is not None else None
 
-            legacy = read("manifest.json")
-            index = read("index.json")
-            manifest_digest = None
-            if index is not None:
-                descriptors = json.loads(index).get("manifests") or []
-                if len(descriptors) != 1:
-                    raise ImageError("an image archive must hold exactly one image",
-                                     expected=1, actual=len(descriptors))
-                manifest_digest = descriptors[0]["digest"]
-                manifest_bytes = read(_blob(manifest_digest))
-                if manifest_bytes is None or sha256_digest(manifest_bytes) != manifest_digest:
-                    raise ImageError("the archive's manifest blob is missing or does not match its digest",
-                                     expected=manifest_digest)
-                config_name = _blob(json.loads(manifest_bytes)["config"]["digest"])
-            elif legacy is not None:
-                entries = json.loads(legacy)
-                if len(entries) != 1:
-                    raise ImageError("an image archive must hold exactly one image",
-                                     expected=1, actual=len(entries))
-                config_name = entries[0]["Config"]
-            else:
-                raise ImageError("not an image archive: neither manifest.json nor index.json found")
-            config_bytes = read(config_name)
-            if config_bytes is None:
-                raise ImageError("the archive's image config is missing", actual=config_name)
-            config = json.loads(config_bytes)
-    except (tarfile.TarError, ValueError, KeyError, TypeError) as exc:
-        raise ImageError(f"not a readable image archive: {exc}", actual=archive_sha) from exc
-    return ArchiveDigests(archive_sha, sha256_digest(config_bytes), manifest_digest, config)
+MAX_MEMBERS = 4096  # tar members of an image archive, directories included
+MAX_LAYERS = 256  # Docker itself stops at 127 on overlay
+MAX_JSON_BYTES = 4 << 20  # manifest.json, index.json, an OCI manifest, an image config
+MAX_HEADER_DATA_BYTES = 64 << 10  # one pax or GNU long-name header: tarfile reads it whole
+_COPY_BYTES = 1 << 20
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+_METADATA = frozenset({"manifest.json", "index.json", "oci-layout", "repositories"})  # rewritten or dropped
+_MANIFEST_TYPES = frozenset({"application/vnd.oci.image.manifest.v1+json",
+                             "application/vnd.docker.distribution.manifest.v2+json"})
+_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+# What tarfile, json and the checks below may raise on hostile bytes; translated once (Rule 4).
+_PARSE_ERRORS = (tarfile.TarError, ValueError, KeyError, TypeError, IndexError, AttributeError,
+                 OverflowError, EOFError, RecursionError, MemoryError, UnicodeError)
+
+
+@dataclass(frozen=True)
+class ImagePlan:
+    """The one image an archive holds, as the members a clean copy of it consists of (Rule 3)."""
+
+    digests: ArchiveDigests
+    config_name: str  # names in the clean archive: blobs/sha256/<hex> whenever index.json is present
+    layer_names: tuple[str, ...]  # in the config's order; a shared blob may repeat
+    manifest_name: str | None  # the OCI manifest blob (None: legacy-only archive)
+    manifest_media_type: str
+    manifest_size: int
+    sources: Mapping[str, str]  # clean archive name -> the member of the buyer's archive it is copied from
+    expected: Mapping[str, str]  # clean archive name -> the sha256 its bytes must have (Rule 2)
+
+
+def read_digests(data: bytes) -> ArchiveDigests:
+    """Recompute the digests of a `docker save` or OCI archive; raise ImageError if it is not one
+    (or holds anything but one image, Rule 3)."""
+    return inspect_archive(io.BytesIO(data)).digests
+
+
+def file_sha256(f: IO[bytes]) -> str:
+    f.seek(0)
+    digest = hashlib.sha256()
+    while chunk := f.read(_COPY_BYTES):
+        digest.update(chunk)
+    return "sha256:" + digest.hexdigest()
+
+
+def inspect_archive(f: IO[bytes], *, archive_sha256: str | None = None) -> ImagePlan:
+    """Read an archive (a seekable file) without trusting it: its one image, or ImageError.
+
+    ``archive_sha256``: the sha256 the caller already computed of these bytes (as they arrived);
+    recomputed here when absent.
+    """
+    try:
+        sha = archive_sha256 or file_sha256(f)
+        _check_headers(f)
+        f.seek(0)
+        with tarfile.open(fileobj=f, mode="r:") as tar:
+            return _plan(tar, _members(tar), sha)
+    except ImageError:
+        raise
+    except _PARSE_ERRORS as exc:
+        raise ImageError(f"not a readable image archive: {type(exc).__name__}: {exc}"[:300]) from exc
+
+
+def _refuse(message: str, **fields: object) -> ImageError:
+    return ImageError(message, **fields)
+
+
+def _check_headers(f: IO[bytes]) -> None:
+    """Walk the tar headers before tarfile does: it reads pax and GNU long-name data whole."""
+    f.seek(0, io.SEEK_END)
+    end, pos, count = f.tell(), 0, 0
+    while pos + 512 <= end:
+        f.seek(pos)
+        block = f.read(512)
+        if block.count(0) == 512:
+            return
+        count += 1
+        if count > 2 * MAX_MEMBERS:
+            raise _refuse("the image archive has too many members", limit=MAX_MEMBERS)
+        field = block[124:136].split(b"\0", 1)[0].strip(b" ")
+        if not field or not all(48 <= c <= 55 for c in field):
+            raise _refuse("the image archive has a tar header that is not plain ustar/pax", offset=pos)
+        size = int(field, 8)
+        if block[156:157] in (b"x", b"g", b"L", b"K") and size > MAX_HEADER_DATA_BYTES:
+            raise _refuse("the image archive has an oversized tar metadata header", limit=MAX_HEADER_DATA_BYTES)
+        pos += 512 + -(-size // 512) * 512
+
+
+def _members(tar: tarfile.TarFile) -> dict[str, tarfile.TarInfo]:
+    """Regular files by normalised name; refuses links, devices, duplicates and odd names."""
+    files: dict[str, tarfile.TarInfo] = {}
+    for count, info in enumerate(tar, 1):
+        if count > MAX_MEMBERS:
+            raise _refuse("the image archive has too many members", limit=MAX_MEMBERS)
+        name = _strip_dot(info.name)
+        name = name.rstrip("/") if info.isdir() else name
+        if not name or name == ".":
+            continue
+        if name.startswith("/") or posixpath.normpath(name) != name or name.startswith(".."):
+            raise _refuse("the image archive has a member with an unsafe name", actual=name[:200])
+        if info.isdir():
+            continue
+        if not info.isreg():
+            raise _refuse("the image archive has a link or special file", actual=name[:200])
+        if name in files:
+            raise _refuse("the image archive has a member twice", actual=name[:200])
+        files[name] = info
+    return files
+
+
+def _read_json(tar: tarfile.TarFile, files: Mapping[str, tarfile.TarInfo], name: str,
+               what: str) -> tuple[object, bytes]:
+    info = files.get(name)
+    if info is None:
+        raise _refuse(f"the archive's {what} is missing", actual=name[:200])
+    if info.size > MAX_JSON_BYTES:
+        raise _refuse(f"the archive's {what} is too large", limit=MAX_JSON_BYTES, actual=info.size)
+    f = tar.extractfile(info)
+    data = f.read() if f is not None else b""
+    try:
+        return json.loads(data), data
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, int digits
+        raise _refuse(f"the archive's {what} is not valid JSON", actual=name[:200]) from exc
+
+
+def _digest(value: object, what: str) -> str:
+    if not isinstance(value, str) or not _DIGEST.fullmatch(value):
+        raise _refuse(f"{what} is not a sha256 digest", actual=repr(value)[:100])
+    return value
+
+
+def _one(value: object, what: str) -> dict[str, object]:
+    if not isinstance(value, list) or len(value) != 1 or not isinstance(value[0], dict):
+        raise _refuse(f"an image archive must hold exactly one image ({what})", expected=1,
+                      actual=len(value) if isinstance(value, list) else type(value).__name__)
+    return value[0]
+
+
+def _layer_list(value: object, what: str) -> list[object]:
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_LAYERS:
+        raise _refuse(f"the {what} must list 1 to {MAX_LAYERS} layers", actual=repr(value)[:100])
+    return value
+
+
+def _plan(tar: tarfile.TarFile, files: dict[str, tarfile.TarInfo], sha: str) -> ImagePlan:
+    expected: dict[str, str] = {}
+    config_name = manifest_name = None
+    layer_names: list[str] = []
+    manifest_digest, media_type, manifest_size = None, _OCI_MANIFEST, 0
+    oci_config: str | None = None
+    oci_layers: list[str] = []
+    if "index.json" in files:
+        index, _ = _read_json(tar, files, "index.json", "index.json")
+        descriptor = _one(index.get("manifests") if isinstance(index, dict) else None, "index.json")
+        manifest_digest = _digest(descriptor.get("digest"), "index.json's manifest digest")
+        manifest_name = _blob(manifest_digest)
+        manifest, manifest_bytes = _read_json(tar, files, manifest_name, "image manifest")
+        if sha256_digest(manifest_bytes) != manifest_digest:
+            raise _refuse("the archive's manifest blob does not match its digest", expected=manifest_digest)
+        if not isinstance(manifest, dict) or "manifests" in manifest:
+            raise _refuse("index.json must name one image manifest, not an index (save one platform)")
+        media_type = manifest.get("mediaType", descriptor.get("mediaType", _OCI_MANIFEST))
+        if media_type not in _MANIFEST_TYPES:
+            raise _refuse("the archive's manifest has an unknown media type", actual=repr(media_type)[:100])
+        manifest_size = len(manifest_bytes)
+        config_desc = manifest.get("config")
+        oci_config = _digest(config_desc.get("digest") if isinstance(config_desc, dict) else None,
+                             "the manifest's config digest")
+        for layer in _layer_list(manifest.get("layers"), "image manifest"):
+            oci_layers.append(_digest(layer.get("digest") if isinstance(layer, dict) else None,
+                                      "a manifest layer digest"))
+        config_name, layer_names = _blob(oci_config), [_blob(d) for d in oci_layers]
+    if "manifest.json" in files:
+        legacy, _ = _read_json(tar, files, "manifest.json", "manifest.json")
+        entry = _one(legacy, "manifest.json")
+        legacy_config, legacy_layers = entry.get("Config"), _layer_list(entry.get("Layers"), "manifest.json")
+        if not isinstance(legacy_config, str) or not all(isinstance(n, str) for n in legacy_layers):
+            raise _refuse("manifest.json's Config and Layers must be file names")
+        if oci_layers and len(legacy_layers) != len(oci_layers):
+            raise _refuse("manifest.json and index.json describe different images (layer count)",
+                          expected=len(oci_layers), actual=len(legacy_layers))
+        config_name, layer_names = _strip_dot(legacy_config), [_strip_dot(str(n)) for n in legacy_layers]
+    if config_name is None:
+        raise _refuse("not an image archive: neither manifest.json nor index.json found")
+    config, config_bytes = _read_json(tar, files, config_name, "image config")
+    config_digest = sha256_digest(config_bytes)
+    if oci_config is not None and config_digest != oci_config:
+        raise _refuse("manifest.json and index.json describe different images (config)",
+                      expected=oci_config, actual=config_digest)
+    rootfs = config.get("rootfs") if isinstance(config, dict) else None
+    diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+    if not isinstance(config, dict) or not isinstance(diff_ids, list) or len(diff_ids) != len(layer_names):
+        raise _refuse("the image config does not list one diff id per layer", actual=len(layer_names))
+    for name in layer_names:
+        if name not in files:
+            raise _refuse("the archive lacks a layer of its image", actual=name[:200])
+    keep = {config_name, *layer_names} | ({manifest_name} if manifest_name else set())
+    legacy_meta = {posixpath.dirname(n) + suffix for n in layer_names if n.endswith("/layer.tar")
+                   for suffix in ("/json", "/VERSION")}
+    for name in files:
+        if name not in keep and name not in _METADATA and name not in legacy_meta:
+            raise _refuse("the archive holds a file that is not part of the agreed image", actual=name[:200])
+    # The clean archive: OCI blob names when there is an index (both stores can load it), else the
+    # legacy names; a blob named by a digest must hash to it (Rule 2).
+    sources: dict[str, str] = {}
+    if manifest_name is not None:
+        sources[manifest_name] = manifest_name
+        sources[_blob(config_digest)] = config_name
+        clean_layers = [_blob(d) for d in oci_layers]
+        for clean, source in zip(clean_layers, layer_names, strict=True):
+            if sources.setdefault(clean, source) != source:
+                raise _refuse("one layer digest names two different members", actual=source[:200])
+        expected.update({n: "sha256:" + n.rsplit("/", 1)[1] for n in sources})
+        config_name, layer_names = _blob(config_digest), clean_layers
+    else:
+        sources = {n: n for n in (config_name, *layer_names)}
+        expected.update({n: "sha256:" + n.rsplit("/", 1)[1] for n in sources
+                         if n.startswith("blobs/sha256/") and _DIGEST.fullmatch("sha256:" + n[13:])})
+    return ImagePlan(ArchiveDigests(sha, config_digest, manifest_digest, config), config_name,
+                     tuple(layer_names), manifest_name, str(media_type), manifest_size, sources, expected)
+
+
+class _HashingReader:
+    def __init__(self, f: IO[bytes]) -> None:
+        self.f, self.digest = f, hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.f.read(size)
+        self.digest.update(data)
+        return data
+
+
+def write_clean_archive(src: IO[bytes], plan: ImagePlan, dst: IO[bytes]) -> None:
+    """Copy the plan's image from ``src`` into ``dst`` as a fresh, untagged archive (Rule 3), streaming.
+
+    ImageError if a member does not hash to what the plan expects (``dst`` is then unusable).
+    """
+    legacy = [{"Config": plan.config_name, "RepoTags": None, "Layers": list(plan.layer_names)}]
+    meta: list[tuple[str, bytes]] = [("manifest.json", _canonical_json(legacy))]
+    if plan.manifest_name is not None:
+        index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                 "manifests": [{"mediaType": plan.manifest_media_type, "digest": plan.digests.manifest_digest,
+                                "size": plan.manifest_size}]}
+        meta += [("oci-layout", _canonical_json({"imageLayoutVersion": "1.0.0"})),
+                 ("index.json", _canonical_json(index))]
+    copied = list(plan.sources)
+    dirs = sorted({d for n in copied for d in _parents(n)})
+    try:
+        src.seek(0)
+        with tarfile.open(fileobj=src, mode="r:") as tar_in, \
+                tarfile.open(fileobj=dst, mode="w", format=tarfile.PAX_FORMAT) as tar_out:
+            for d in dirs:
+                tar_out.addfile(_info(d + "/", kind="dir", mode=0o755))
+            for name, data in meta:
+                tar_out.addfile(_info(name, size=len(data)), io.BytesIO(data))
+            members = {_strip_dot(m.name): m for m in tar_in if m.isreg()}
+            for name in copied:
+                member = members[plan.sources[name]]
+                reader = _HashingReader(tar_in.extractfile(member))  # type: ignore[arg-type]
+                tar_out.addfile(_info(name, size=member.size), reader)
+                actual = "sha256:" + reader.digest.hexdigest()
+                if name in plan.expected and plan.expected[name] != actual:
+                    raise _refuse("an archive member does not match its digest", expected=plan.expected[name],
+                                  actual=actual)
+    except ImageError:
+        raise
+    except _PARSE_ERRORS as exc:
+        raise ImageError(f"the image archive could not be copied: {type(exc).__name__}: {exc}"[:300]) from exc
+
+
+def _strip_dot(name: str) -> str:
+    while name.startswith("./"):
+        name = name[2:]
+    return name
+
+
+def _parents(name: str) -> list[str]:
+    parts = name.split("/")[:-1]
+    return ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]

@@ -3,6 +3,9 @@
 Rule 1: nothing is ever pulled. An image is used only by its pinned id; an archive is loaded only if
 its sha256 is the agreed one, its recomputed digests contain the agreed image id, and the engine then
 reports that id (config digest on the classic store, manifest digest on the containerd store).
+Rule 3: what `docker load` sees is never the buyer's tar but a clean copy of its one image, without a
+tag (sandbox.archive Rule 3), written to a temporary file and streamed: a load can add that image and
+nothing else, and change no tag. Only the operator's own demo image is tagged, explicitly.
 Rule 2: the demo image is `FROM scratch` + a static busybox, written as a deterministic archive in
 pure Python, so its id is known before `docker load` and equal on every machine with the same busybox.
 
@@ -12,16 +15,27 @@ pure Python, so its id is known before `docker load` and equal on every machine 
 from __future__ import annotations
 
 import argparse
+import io
 import platform
 import struct
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+from typing import IO
 
 import docker
 
 from p2p.errors import ImageError, SandboxError
-from sandbox.archive import NOBODY, ArchiveDigests, LayerEntry, image_archive, layer_tar, read_digests
+from sandbox.archive import (
+    NOBODY,
+    ArchiveDigests,
+    LayerEntry,
+    image_archive,
+    inspect_archive,
+    layer_tar,
+    write_clean_archive,
+)
 from sandbox.engine import FOREIGN, connect, translate
 from sandbox.spec import pinned_image_id
 
@@ -99,11 +113,18 @@ def local_image_id(client: docker.DockerClient, ids: frozenset[str]) -> str | No
     return None
 
 
-def load_image_archive(client: docker.DockerClient, data: bytes, *, archive_sha256: str,
-                       image_id: str) -> str:
-    """Load a buyer's archive after checking it (Rule 1); return the pinned image id."""
+def load_image_archive(client: docker.DockerClient, data: bytes | IO[bytes], *, archive_sha256: str,
+                       image_id: str, known_sha256: str | None = None, work_dir: Path | None = None) -> str:
+    """Load a buyer's archive after checking it (Rules 1 and 3); return the pinned image id.
+
+    ``data``: the archive's bytes or a seekable file holding them; ``known_sha256``: the sha256 the
+    caller computed of those bytes as they arrived (else recomputed); ``work_dir``: where the clean
+    copy is written (the system's temporary directory by default).
+    """
     pinned_image_id(image_id)
-    digests = read_digests(data)
+    source = io.BytesIO(data) if isinstance(data, bytes | bytearray) else data
+    plan = inspect_archive(source, archive_sha256=known_sha256)
+    digests = plan.digests
     if digests.archive_sha256 != archive_sha256:
         raise ImageError("the image archive's sha256 is not the agreed one; refusing to load it",
                          expected=archive_sha256, actual=digests.archive_sha256)
@@ -112,15 +133,29 @@ def load_image_archive(client: docker.DockerClient, data: bytes, *, archive_sha2
                          expected=image_id, actual=sorted(digests.image_ids()))
     if (present := local_image_id(client, frozenset({image_id}))) is not None:
         return present
-    try:
-        client.api.load_image(data)
-    except FOREIGN as exc:
-        raise translate(exc, "docker load") from exc
+    with tempfile.TemporaryFile(dir=work_dir, prefix="suanli-image-") as clean:
+        try:
+            write_clean_archive(source, plan, clean)
+            clean.seek(0)
+        except OSError as exc:  # a full disk, a closed file
+            raise ImageError(f"the image archive could not be copied for loading: {exc}") from exc
+        _docker_load(client, clean)
     loaded = local_image_id(client, digests.image_ids())
     if loaded != image_id:
         raise ImageError("after loading, the engine does not report the agreed image id",
                          expected=image_id, actual=loaded)
     return loaded
+
+
+def _docker_load(client: docker.DockerClient, clean: IO[bytes]) -> None:
+    """`docker load` of a clean archive, streamed from its file; the engine's progress is read to
+    the end, since docker-py reports a failed load only inside it."""
+    try:
+        for message in client.api.load_image(clean, quiet=True):
+            if isinstance(message, dict) and (message.get("error") or message.get("errorDetail")):
+                raise ImageError(f"docker load refused the image: {message.get('error')}"[:300])
+    except FOREIGN as exc:
+        raise translate(exc, "docker load") from exc
 
 
 def ensure_demo_image(client: docker.DockerClient, busybox_path: str = DEFAULT_BUSYBOX) -> str:
@@ -131,13 +166,19 @@ def ensure_demo_image(client: docker.DockerClient, busybox_path: str = DEFAULT_B
         return present
     expected = digests.config_digest
     try:
-        return load_image_archive(client, data, archive_sha256=digests.archive_sha256, image_id=expected)
+        loaded = load_image_archive(client, data, archive_sha256=digests.archive_sha256, image_id=expected)
     except ImageError:
         if digests.manifest_digest is None:
             raise
         # A containerd image store names the image by its manifest digest instead.
-        return load_image_archive(client, data, archive_sha256=digests.archive_sha256,
-                                  image_id=digests.manifest_digest)
+        loaded = load_image_archive(client, data, archive_sha256=digests.archive_sha256,
+                                    image_id=digests.manifest_digest)
+    repository, tag = DEMO_TAG.rsplit(":", 1)
+    try:  # the operator's own image: the one tag Suanli sets, explicitly (Rule 3)
+        client.api.tag(loaded, repository, tag)
+    except FOREIGN as exc:
+        raise translate(exc, "tag the demo image") from exc
+    return loaded
 
 
 def image_env(client: docker.DockerClient, image_id: str) -> list[str]:
