@@ -34,7 +34,10 @@ def encode_bundle(chains: list[StoredChain]) -> bytes:
 
 
 def _is_envelope(obj: Any) -> bool:
-    return type(obj) is dict and list(obj) == ["body", "sigs"]
+    """The shape of a signed envelope: what the records' decoders check after is theirs (H1: the audit
+    hashes ``body`` before decoding it, so a body that is not bytes must stop here)."""
+    return type(obj) is dict and list(obj) == ["body", "sigs"] and type(obj["body"]) is bytes \
+        and type(obj["sigs"]) is list
 
 
 def decode_bundle(data: bytes, name: str = "<bundle>") -> list[StoredChain]:
