@@ -181,7 +181,7 @@ async def open_provider(setup: ProviderSetup, *, handlers: dict[str, object] | N
                         topics: dict[str, object] | None = None, dht_mode: str = "server",
                         announce: Announce | None = None) -> AsyncIterator[ProviderRuntime]:
     key = setup.key
-    setup.data_dir.mkdir(parents=True, exist_ok=True)
+    setup.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # L3: the data directory is private
     client = await trio.to_thread.run_sync(connect)
     engine = Engine(client)
     facts = await engine.call(probe_engine, client, what="probe engine")

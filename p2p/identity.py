@@ -174,7 +174,7 @@ def key_from_file_bytes(data: bytes, path: str = "<bytes>") -> NodeKey:
 def save_key(key: NodeKey, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
     """Write ``key`` to ``path`` with mode 0600 (created that way, never widened afterwards)."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # a folder made for a key is private
     flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
     try:
         fd = os.open(target, flags, 0o600)

@@ -9,6 +9,7 @@ change; the only update is adding the buyer's countersignature where there was n
 the database enforce this, whatever code runs against the file.
 Rule 3: what comes out is what went in: bodies and signatures as they were signed, so an export is
 byte-for-byte the evidence.
+Rule 4 (privacy): the file is its owner's alone (``make_private``).
 
 Schema and queries go through sqlite-utils; the connection is plain sqlite3 so that pragmas and
 transactions are explicit.
@@ -16,7 +17,9 @@ transactions are explicit.
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -68,6 +71,31 @@ def _envelope(body: bytes, *sigs: bytes | None) -> dict[str, Any]:
     return {"body": body, "sigs": [s for s in sigs if s is not None]}
 
 
+def make_private(path: Path) -> None:
+    """Rule 4: a database opened for writing, and its -wal, -shm and -journal, are mode 0600, and a
+    directory created for it is 0700, whatever the umask: a buyer's proposals hold its ``--env`` values,
+    and evidence is nobody else's business. A wider file of ours is narrowed; sqlite gives the files it
+    creates beside it the database's own mode. StoreError when the file cannot be made."""
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            if os.fstat(fd).st_mode & 0o077:
+                os.fchmod(fd, 0o600)
+        finally:
+            os.close(fd)
+        for suffix in ("-wal", "-shm", "-journal"):
+            side = path.with_name(path.name + suffix)
+            try:
+                st = os.lstat(side)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISREG(st.st_mode) and st.st_mode & 0o077:
+                os.chmod(side, 0o600)
+    except OSError as exc:
+        raise StoreError(f"{path}: {exc.strerror}", path=str(path)) from exc
+
+
 class Store:
     """A node's database. Not thread-safe: use one Store per thread (or the async wrapper)."""
 
@@ -80,7 +108,7 @@ class Store:
                 conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True,
                                        isolation_level=None, check_same_thread=False)
             else:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                make_private(self.path)
                 conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=FULL")

@@ -28,7 +28,7 @@ async def _agent(args: argparse.Namespace, bootstrap: tuple[str, ...]) -> None:
     from p2p.identity import load_or_create_key
 
     home = data_dir(args.data_dir)
-    home.mkdir(parents=True, exist_ok=True)
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)  # L3: the data directory is private
     key, created = load_or_create_key(home / "node.key")
     if created:
         log.info("created key %s (peer id %s)", home / "node.key", key.peer_id)
