@@ -10,7 +10,13 @@ Rule 2: peer misbehaviour (garbage, oversize, a stream that ends mid-frame, a re
 type, a bad signature) raises ``RemoteProtocolError`` (or its ``CodecError`` / ``SignatureError``)
 with ``peer`` set; ``serve_framed`` turns that into a reset of that one stream and a log line.
 Rule 3: libp2p's exceptions are translated here, once, and nowhere else in Suanli.
-Rule 4: no timeouts in here; callers wrap calls in ``trio.fail_after`` (STYLE 2).
+Rule 4: no timeouts in here; callers wrap calls in ``trio.fail_after`` (STYLE 2), with one exception
+that belongs to the frame itself: a stream given ``frame_timeout_s`` (``serve_framed`` always gives
+one) refuses a frame not complete that long after its first byte arrived, so a half-sent frame
+holds its bytes and its stream for a bounded time (issue 13 M1). Idle time between frames is the
+protocol's to bound.
+Rule 5: a frame's declared length allocates nothing; its bytes are buffered as they arrive, in reads
+of at most 64 KiB, so a stream holds at most its frame so far plus one read.
 Own read loop rather than ``libp2p.utils.varint.read_varint_prefixed_bytes`` (research item 21: it
 gives up after 100 partial reads, so 8 MiB messages fail).
 """
@@ -35,6 +41,9 @@ from p2p.records import Record
 log = logging.getLogger("suanli.p2p.framing")
 
 DEFAULT_MAX_FRAME_BYTES = 256 * 1024
+# A started frame must end within this (Rule 4): 256 KiB in 30 s is 8.7 KB/s, far below any link
+# that can run a job.
+DEFAULT_FRAME_TIMEOUT_S = 30.0
 HARD_MAX_FRAME_BYTES = 16 * 1024 * 1024
 _READ_CHUNK = 64 * 1024
 _MAX_VARINT_BYTES = 4  # 4 x 7 bits = 256 MiB, above HARD_MAX_FRAME_BYTES
@@ -63,12 +72,16 @@ def encode_frame(payload: bytes) -> bytes:
 class FramedStream:
     """A libp2p stream seen as a sequence of bounded frames."""
 
-    def __init__(self, stream: INetStream, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+    def __init__(self, stream: INetStream, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+                 frame_timeout_s: float | None = None) -> None:
         if not 0 < max_frame_bytes <= HARD_MAX_FRAME_BYTES:
             raise LocalProtocolError("max_frame_bytes out of range", limit=HARD_MAX_FRAME_BYTES,
                                      actual=max_frame_bytes)
+        if frame_timeout_s is not None and not frame_timeout_s > 0:
+            raise LocalProtocolError("frame_timeout_s must be positive", actual=frame_timeout_s)
         self.stream = stream
         self.max_frame_bytes = max_frame_bytes
+        self.frame_timeout_s = frame_timeout_s
         self._buf = bytearray()
         self._eof = False
         try:
@@ -99,6 +112,18 @@ class FramedStream:
     # -- receiving ----------------------------------------------------------------------------
     async def receive_frame(self) -> bytes | None:
         """The next frame's payload, or None if the peer closed cleanly at a frame boundary."""
+        if self.frame_timeout_s is None:
+            return await self._receive_frame()
+        if not self._buf and not await self._fill():  # idle until the frame's first byte (Rule 4)
+            return None
+        with trio.move_on_after(self.frame_timeout_s):
+            return await self._receive_frame()
+        raise RemoteProtocolError(
+            f"a frame from {self.peer} was not complete {self.frame_timeout_s:g} s after it began "
+            f"({len(self._buf)} bytes so far)", peer=self.peer, reason="frame_timeout",
+            limit=self.frame_timeout_s)
+
+    async def _receive_frame(self) -> bytes | None:
         length, header = await self._read_length()
         if length is None:
             return None
@@ -224,18 +249,20 @@ FramedHandler = Callable[[FramedStream], Awaitable[None]]
 
 
 def serve_framed(handler: FramedHandler, *, protocol: str, stream_budget_s: float,
-                 max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Callable[[INetStream], Awaitable[None]]:
+                 max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+                 frame_timeout_s: float = DEFAULT_FRAME_TIMEOUT_S) -> Callable[[INetStream], Awaitable[None]]:
     """A libp2p stream handler that runs ``handler`` on a FramedStream (Rule 2).
 
     The server side is a boundary, so it sets its own budget: a stream still open after
-    ``stream_budget_s`` (a peer that stalls mid-frame, or never sends) is reset. A RemoteProtocolError
+    ``stream_budget_s`` (a peer that stalls mid-frame, or never sends) is reset, and so is one whose
+    frame is not complete ``frame_timeout_s`` after it began (Rule 4). A RemoteProtocolError
     resets that stream and is logged at INFO with the peer; the stream is closed when the handler
     returns. Other exceptions are left to ``safe_stream_handler`` (p2p.host wraps every handler in
     it), which logs them as bugs and resets the stream.
     """
 
     async def handle(stream: INetStream) -> None:
-        framed = FramedStream(stream, max_frame_bytes=max_frame_bytes)
+        framed = FramedStream(stream, max_frame_bytes=max_frame_bytes, frame_timeout_s=frame_timeout_s)
         try:
             with trio.fail_after(stream_budget_s):
                 await handler(framed)

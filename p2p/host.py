@@ -10,6 +10,8 @@ Rule 2 (item 5): leaving ``open_host`` closes listeners and connections, stops e
 thread it started, and leaves no trio task behind.
 Rule 3: every handler runs inside ``safe_stream_handler`` and every validator inside
 ``safe_validator``: a peer can end a stream, never the node.
+Rule 4 (issue 13 M1): inbound connections and streams pass ``p2p.limits.InboundGate`` (per peer, per
+IP address and in all, ``HostConfig.limits``), and Yamux never buffers past a stream's window.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from p2p import dht as dht_ops
 from p2p import workarounds
 from p2p.errors import ConfigError, LocalProtocolError, PeerUnreachableError
 from p2p.identity import NodeKey
+from p2p.limits import InboundGate, InboundLimits
 
 log = logging.getLogger("suanli.p2p.host")
 
@@ -77,6 +80,8 @@ class HostConfig:
     # Look ourselves up in the DHT right after joining, then every this many seconds (p2p.dht Rule 3).
     routing_refresh_s: float = 120.0
     gossip_heartbeat_s: int = 1
+    # Rule 4: what strangers may hold at once (p2p.limits).
+    limits: InboundLimits = field(default_factory=InboundLimits)
 
 
 def key_pair_of(key: NodeKey) -> Any:
@@ -160,7 +165,7 @@ class Node:
     """A running host and its services; made only by ``open_host``."""
 
     def __init__(self, config: HostConfig, host: IHost, pubsub: Pubsub, router: GossipSub, dht: KadDHT,
-                 subscriptions: dict[str, ISubscriptionAPI]) -> None:
+                 subscriptions: dict[str, ISubscriptionAPI], gate: InboundGate) -> None:
         self.config = config
         self.key = config.key
         self.peer_id: str = config.key.peer_id
@@ -171,6 +176,7 @@ class Node:
         self.subscriptions = subscriptions
         self.connections = ConnectionCounter()
         host.get_network().register_notifee(self.connections)
+        self.gate = gate
 
     def addrs(self) -> list[str]:
         """Full multiaddrs, ``/ip4/…/tcp/…/p2p/…``."""
@@ -323,6 +329,9 @@ async def _open_host(config: HostConfig) -> AsyncIterator[Node]:
         **({"announce_addrs": announce} if announce else {"addrs_factory": advertised_addrs}),
     )
     workarounds.dial_once(host)
+    workarounds.enforce_yamux_window()  # Rule 4
+    gate = InboundGate(config.limits)
+    workarounds.gate_inbound(host, gate)  # Rule 4, before the host listens
     workarounds.no_auto_dial(host)
     if host.get_id().to_base58() != config.key.peer_id:
         raise LocalProtocolError("libp2p peer id differs from the key's peer id", expected=config.key.peer_id,
@@ -336,7 +345,7 @@ async def _open_host(config: HostConfig) -> AsyncIterator[Node]:
                 async with background_trio_service(pubsub), background_trio_service(router):
                     await pubsub.wait_until_ready()
                     async with background_trio_service(dht):
-                        node = await _register(config, host, pubsub, router, dht)
+                        node = await _register(config, host, pubsub, router, dht, gate)
                         log.info("node %s listening on %s", node.peer_id, " ".join(node.addrs()))
                         async with trio.open_nursery() as nursery:
                             if config.bootstrap:
@@ -362,7 +371,8 @@ async def _open_host(config: HostConfig) -> AsyncIterator[Node]:
         workarounds.stop_pubsub_threads(pubsub)  # item 26
 
 
-async def _register(config: HostConfig, host: IHost, pubsub: Pubsub, router: GossipSub, dht: KadDHT) -> Node:
+async def _register(config: HostConfig, host: IHost, pubsub: Pubsub, router: GossipSub, dht: KadDHT,
+                    gate: InboundGate) -> Node:
     if dht.mode == DHTMode.SERVER:
         workarounds.silence_add_provider_echo(host, dht)  # issue 7
         workarounds.widen_kad_inbound_limit(dht)  # item 18
@@ -377,4 +387,4 @@ async def _register(config: HostConfig, host: IHost, pubsub: Pubsub, router: Gos
             pubsub.set_topic_validator(topic, workarounds.safe_validator(validator, topic),
                                        is_async_validator=False)
         subscriptions[topic] = await pubsub.subscribe(topic)
-    return Node(config, host, pubsub, router, dht, subscriptions)
+    return Node(config, host, pubsub, router, dht, subscriptions, gate)

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -61,6 +62,8 @@ from libp2p.kad_dht.common import PROTOCOL_ID as KAD_PROTOCOL_ID
 from libp2p.kad_dht.kad_dht import KadDHT
 from libp2p.kad_dht.pb.kademlia_pb2 import Message as KadMessage
 from libp2p.network.config import ConnectionConfig, RetryConfig
+from libp2p.network.connection.exceptions import RawConnError
+from libp2p.network.exceptions import SwarmException
 from libp2p.peer.id import ID
 from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
 from libp2p.pubsub.pubsub import Pubsub
@@ -73,6 +76,7 @@ from libp2p.transport.tcp.tcp import TCPListener, _multiaddr_from_socket
 from multiaddr import Multiaddr
 
 from p2p.framing import encode_frame
+from p2p.limits import YAMUX_WINDOW_BYTES, InboundGate
 
 log = logging.getLogger("suanli.p2p.workarounds")
 
@@ -156,6 +160,118 @@ LIFETIME_INBOUND_CAP = 1_000_000
 
 def connection_config() -> ConnectionConfig:
     return ConnectionConfig(max_connections=LIFETIME_INBOUND_CAP, max_connections_per_peer=1)
+
+
+# --- issue 13 M1: inbound connections and streams had no working limit --------------------------
+# With item 4's limiter made unreachable, and rcmgr's stream limit global (10,000) and not per peer,
+# anyone could hold any number of connections and streams: 6 identities x 250 half-sent frames grew
+# a provider by 414 MiB. ``gate_inbound`` puts ``p2p.limits.InboundGate`` in front of both: a stream
+# is counted from the moment the muxer hands it over (before protocol negotiation) until its handler
+# returns, and refused with a reset; a connection is counted from the start of its handshake, and
+# refused by closing the socket before any Noise work.
+def gate_inbound(host: IHost, gate: InboundGate) -> None:
+    swarm: Any = host.get_network()
+    handle_stream = swarm.common_stream_handler
+    upgrade = swarm.upgrade_inbound_raw_conn
+    handshakes: Counter[str] = Counter()
+
+    async def gated_stream(stream: INetStream) -> None:
+        peer, ip = _stream_peer(stream), _remote_ip(stream.muxed_conn)
+        reason = gate.admit_stream(peer, ip)
+        if reason is not None:
+            log.info("refused a stream from %s at %s: %s", peer, ip, reason)
+            with trio.CancelScope(shield=True), trio.move_on_after(2):
+                try:
+                    await stream.reset()
+                except Exception:  # already broken: nothing to release
+                    pass
+            return
+        try:
+            await handle_stream(stream)
+        finally:
+            gate.release_stream(peer, ip)
+
+    async def gated_upgrade(raw_conn: Any, maddr: Any) -> Any:
+        ip = _remote_ip(raw_conn)
+        held_by_ip = handshakes[ip]
+        held_total = sum(handshakes.values())
+        for conns in list(swarm.connections.values()):
+            for conn in conns:
+                held_total += 1
+                held_by_ip += _remote_ip(conn.muxed_conn) == ip
+        reason = gate.admit_connection(ip, held_by_ip, held_total)
+        if reason is not None:
+            log.info("refused a connection from %s: %s", ip, reason)
+            with trio.CancelScope(shield=True), trio.move_on_after(2):
+                try:
+                    await raw_conn.close()
+                except Exception:
+                    pass
+            raise SwarmException(f"inbound connection refused: {reason}")
+        handshakes[ip] += 1
+        try:
+            return await upgrade(raw_conn, maddr)
+        finally:
+            handshakes[ip] -= 1
+            if handshakes[ip] <= 0:
+                del handshakes[ip]
+
+    swarm.common_stream_handler = gated_stream
+    swarm.upgrade_inbound_raw_conn = gated_upgrade
+
+
+def _remote_ip(conn: Any) -> str:
+    try:
+        address = conn.get_remote_address()
+    except Exception:
+        address = None
+    return str(address[0]) if address else "?"
+
+
+# --- found here (issue 13 M1): Yamux keeps what a peer sends beyond the receive window ----------
+# The reader logs "peer exceeded receive window" and appends the bytes anyway, so a peer that
+# ignores flow control can grow one stream's buffer without limit. go-yamux treats it as a protocol
+# error and closes the connection; so does this: a stream's buffer never holds more than its window.
+class _WindowedBuffer(bytearray):
+    conn: Yamux
+    stream_id: int
+
+    def extend(self, data: Any) -> None:
+        stream = self.conn.streams.get(self.stream_id)
+        window = stream.target_recv_window if stream is not None else YAMUX_WINDOW_BYTES
+        if len(self) + len(data) > window:
+            self.conn.event_shutting_down.set()
+            raise RawConnError(f"peer {self.conn.peer_id} sent {len(self) + len(data) - window} bytes "
+                               f"beyond the receive window of stream {self.stream_id}")
+        super().extend(data)
+
+
+class _WindowedBuffers(dict):  # type: ignore[type-arg]
+    def __init__(self, conn: Yamux) -> None:
+        super().__init__()
+        self.conn = conn
+
+    def __setitem__(self, stream_id: int, buf: bytearray) -> None:
+        windowed = _WindowedBuffer(buf)
+        windowed.conn = self.conn
+        windowed.stream_id = stream_id
+        super().__setitem__(stream_id, windowed)
+
+
+_yamux_init = Yamux.__init__
+
+
+def _windowed_init(self: Yamux, *args: Any, **kwargs: Any) -> None:
+    _yamux_init(self, *args, **kwargs)
+    buffers = _WindowedBuffers(self)
+    for stream_id, buf in self.stream_buffers.items():
+        buffers[stream_id] = buf
+    self.stream_buffers = buffers
+
+
+def enforce_yamux_window() -> None:
+    if Yamux.__init__ is not _windowed_init:
+        Yamux.__init__ = _windowed_init  # type: ignore[method-assign]
 
 
 # --- found here: the swarm's auto-connector dials every peer it has heard of, towards 200 connections --
