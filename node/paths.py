@@ -4,8 +4,8 @@ command line's node joins (bootstrap peers, listen addresses).
 The data directory is ``$SUANLI_HOME`` when set, else ``$XDG_DATA_HOME/suanli``, else
 ``~/.local/share/suanli``.
 
-Rule (L3): whatever creates the data directory creates it mode 0700 (``make_private_dir``; the key's
-``save_key`` and the store's ``make_private`` do the same below the node package), and every file of
+Rule (L3): whatever creates the data directory creates it mode 0700 (``mkdir(mode=0o700)`` in the
+provider, the agent, ``p2p.identity.save_key`` and ``settlement.store.make_private``), and every file of
 ours in it is 0600: keys, databases and their -wal/-shm (a buyer's proposals hold its ``--env``
 values), the control and agent sockets. Exports (``suanli export``) are written 0600 too. An existing
 directory's mode is left as the operator set it.
@@ -32,12 +32,6 @@ def data_dir(given: str | os.PathLike[str] | None = None) -> Path:
     xdg = os.environ.get("XDG_DATA_HOME")
     base = Path(xdg) if xdg else Path.home() / ".local" / "share"
     return base / "suanli"
-
-
-def make_private_dir(path: Path) -> Path:
-    """``path`` created (with its parents) when missing, itself mode 0700 whatever the umask."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return path
 
 
 def default_key_path() -> Path:

@@ -20,7 +20,10 @@ from settlement.store import Store
 
 
 def write_atomically(path: Path, data: bytes) -> None:
-    """Write a whole file or nothing: a temporary file in the same folder, fsync, rename."""
+    """Write a whole file or nothing: a temporary file in the same folder, fsync, rename.
+
+    The file is mode 0600 (mkstemp creates it so, whatever the umask): a bundle holds the buyer's
+    ``--env`` values as signed in its proposals (L3)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
