@@ -1,9 +1,11 @@
 """The buyer's side of ``/suanli/job/1.0.0``: send the job's inputs, watch it, countersign what is right.
 
 Rule 1: a receipt is countersigned only after ``ReceiptVerifier`` found nothing wrong with it (provider
-signature, every chain rule, billed time against the buyer's own clock) and, for the final one, after
-the outputs received match its output digest. A receipt that breaks a rule is refused: the buyer
-cancels the job and reports why.
+signature, every chain rule, billed time against the buyer's own monotonic clock). A receipt that
+breaks a rule is refused: the buyer cancels the job and reports why.
+Rule 1a: the provider sends the outputs only once the final receipt is countersigned (node.provider_job
+Rule 5); the final's output digest binds them, so outputs that do not match it, or that never come,
+fail the job with the signed digest as the evidence.
 Rule 2: a countersigned receipt is stored before the countersignature is sent (the buyer's own evidence).
 Rule 3: cancelling (Ctrl-C) sends ``cancel`` and still waits, within a bound, for the final receipt.
 """
@@ -55,6 +57,11 @@ def wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def monotonic_ms() -> int:
+    """Durations are measured on this clock: a wall clock stepping back must not refuse honest receipts."""
+    return time.monotonic_ns() // 1_000_000
+
+
 class JobFailed(SuanliError):
     """The job could not run, or the provider broke the rules, or vanished; ``reason`` says which."""
 
@@ -83,6 +90,9 @@ class JobOutcome:
     outputs: bytes = b""
     oom_killed: bool = False
     started_at_ms: int | None = None
+    expected_outputs: bytes | None = None  # the countersigned final's output digest, until they arrive
+    outputs_arrived: bool = False
+    clock_note: str | None = None  # "your clock is N s ahead of the provider's", when receipts show it
 
     @property
     def last(self) -> Receipt | None:
@@ -126,7 +136,8 @@ async def run_job(node: Node, key: NodeKey, store: AsyncStore, deal: Deal, input
     framed = FramedStream(await node.open_stream(peer, PROTOCOL_ID), max_frame_bytes=MAX_FRAME_BYTES)
     sender = _Sender(framed)
     outcome = JobOutcome()
-    verifier = ReceiptVerifier(deal.agreement, confirmed_at_ms)
+    # ``confirmed_at_ms`` is a wall-clock time: moved onto the monotonic clock once, here.
+    verifier = ReceiptVerifier(deal.agreement, monotonic_ms() - max(0, wall_ms() - confirmed_at_ms))
     after_cancel_s = (ag.terms.countersign_timeout_ms + ag.terms.grace_ms) / 1000 + 30
     if budget_s is None:
         upload = len(inputs) + len(image_archive or b"")
@@ -161,6 +172,9 @@ async def run_job(node: Node, key: NodeKey, store: AsyncStore, deal: Deal, input
                                 reason="timeout")
     finally:
         await framed.aclose()
+    outcome.clock_note = verifier.clock_note()
+    if isinstance(failure, JobFailed) and outcome.clock_note and failure.reason == "receipt_refused":
+        failure = JobFailed(f"{failure} ({outcome.clock_note})", **failure.fields)
     if isinstance(failure, RemoteProtocolError):
         raise JobFailed(f"lost the provider {peer} mid-job: {failure}", reason="provider_lost") from failure
     if failure is not None:
@@ -194,7 +208,7 @@ async def _follow(sender: _Sender, key: NodeKey, store: AsyncStore, verifier: Re
                 await sender.blob("inputs", inputs)
                 # The container cannot start before the inputs are in: billed time is checked against
                 # our own clock from here, so upload time can never be billed.
-                verifier.started_at_ms = wall_ms()
+                verifier.started_at_ms = monotonic_ms()
         elif isinstance(msg, Log):
             hooks.on_log(msg.stream, msg.data)
         elif isinstance(msg, Chunk) and msg.kind == "outputs":
@@ -206,13 +220,21 @@ async def _follow(sender: _Sender, key: NodeKey, store: AsyncStore, verifier: Re
             out_digest = out_hash.digest()
             if msg.sha256 != out_digest or msg.total_bytes != len(out_buf):
                 raise JobFailed("the outputs do not match their digest", reason="outputs_corrupt")
+            if outcome.expected_outputs is not None and out_digest != outcome.expected_outputs:
+                raise JobFailed("the outputs are not the ones the final receipt names (its output digest); "
+                                "the countersigned final receipt is the evidence", reason="outputs_corrupt")
             outcome.outputs = bytes(out_buf)
+            outcome.outputs_arrived = True
         elif isinstance(msg, ReceiptMsg):
             await _countersign(sender, key, store, verifier, msg.receipt, outcome, hooks, out_digest)
         elif isinstance(msg, Done):
             outcome.exit_code = msg.exit_code
             outcome.reason = msg.reason
             outcome.oom_killed = msg.oom_killed
+            if (outcome.expected_outputs is not None and not outcome.outputs_arrived
+                    and outcome.expected_outputs != hashlib.sha256(b"").digest()):
+                raise JobFailed("the provider ended the job without the outputs its countersigned final receipt "
+                                "names; that receipt is the evidence", reason="outputs_missing")
             return
         elif isinstance(msg, Fail):
             raise JobFailed(f"the provider could not run the job: {msg.reason}: {msg.detail}",
@@ -225,10 +247,14 @@ async def _countersign(sender: _Sender, key: NodeKey, store: AsyncStore, verifie
         signed = open_signed(data, Receipt)
     except (CodecError, SignatureError) as exc:
         raise JobFailed(f"the provider sent a receipt that does not verify: {exc}", reason="bad_receipt") from exc
-    findings = verifier.check(signed, wall_ms())
+    findings = verifier.check(signed, monotonic_ms(), wall_ms())
     r = signed.record
-    if r.state == FINAL and r.output_digest is not None and r.output_digest != outputs_digest:
-        findings.append(Finding("output_digest", "the final receipt's output digest is not what arrived", r.seq))
+    if r.state == FINAL and r.output_digest is not None:
+        if outcome.outputs_arrived and r.output_digest != outputs_digest:  # a provider that sent them first
+            findings.append(Finding("output_digest", "the final receipt's output digest is not what arrived",
+                                    r.seq))
+        elif not outcome.outputs_arrived:
+            outcome.expected_outputs = r.output_digest  # Rule 1a: checked when they arrive
     if findings:
         detail = "; ".join(f.describe() for f in findings)
         try:

@@ -1,7 +1,7 @@
 """The provider's side of ``/suanli/job/1.0.0``: run one agreed job and bill it second by second.
 
-    start -> image (asked for only if missing) -> inputs -> container -> receipts + logs -> outputs
-    -> final receipt -> done
+    start -> image (asked for only if missing) -> inputs -> container -> receipts + logs -> final receipt
+    -> its countersignature -> outputs -> done
 
 Rule 1: nothing is acknowledged before it is durable: every receipt is stored (provider-signed) before
 it is sent, and every countersignature is stored before the guard counts it.
@@ -10,6 +10,10 @@ issued is treated as missing, never as valid (it is logged); the exposure guard 
 Rule 3: the job loop never blocks on the buyer: messages go through an Outbox.
 Rule 4: whatever happens (buyer gone, cancel, shutdown, an engine error), the chain ends with a final
 receipt whose reason says why, and the container and volume are removed (sandbox.runner).
+Rule 5: outputs leave only after the buyer countersigned the final receipt, which covers the whole run
+and whose output digest binds them; a buyer that never countersigns gets no outputs and owes the
+unsigned claim (settlement.billing Rule 3). A job being stopped is never paused: its run time is metered
+until the container exits, however it stops.
 """
 
 from __future__ import annotations
@@ -17,9 +21,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
 
 import trio
 
@@ -45,7 +53,9 @@ from p2p.errors import CodecError, RemoteProtocolError, SignatureError, SuanliEr
 from p2p.framing import FramedStream
 from p2p.identity import NodeKey, public_from_peer_id
 from p2p.records import Record
+from sandbox.disk import free_bytes
 from sandbox.engine import Engine
+from sandbox.image_gc import record_loaded, record_used
 from sandbox.images import image_env, load_image_archive, local_image_id
 from sandbox.jobio import read_tar_files
 from sandbox.meter import open_sampler
@@ -62,19 +72,50 @@ from settlement.session import PAUSE, RESUME, RUN, STOP, ExposureGuard, ReceiptI
 log = logging.getLogger("suanli.node.job")
 
 MAX_INPUT_BYTES = 256 << 20
-MAX_IMAGE_BYTES = 2 << 30
+MAX_IMAGE_BYTES = 2 << 30  # one upload; it lies on disk, never in memory (M2)
 MAX_WIRE_OUTPUT_BYTES = 256 << 20
 LOG_TAIL_S = 5.0  # how long the last log lines may take to arrive after the job exits
 START_TIMEOUT_S = 30.0  # a job stream must name its agreement within this
 MAX_BAD_FRAMES = 64
 UPLOAD_ALLOWANCE_S = 30.0
-MIN_UPLOAD_BYTES_PER_S = 1 << 20  # 1 MiB/s: slower uploads are cut off
-# Image archives are held in memory while they are checked and loaded: one upload at a time.
-IMAGE_UPLOADS = trio.CapacityLimiter(1)
+MIN_UPLOAD_BYTES_PER_S = 1 << 20  # 1 MiB/s on average over the whole upload, or it is cut off
+# ... and in every window of UPLOAD_WINDOW_S, at least MIN_UPLOAD_WINDOW_BYTES (or all that is left):
+# a stalled uploader is cut off within one window, whatever its total budget.
+UPLOAD_WINDOW_S = 10.0
+MIN_UPLOAD_WINDOW_BYTES = 1 << 20
+IMAGE_DISK_BUDGET_BYTES = 8 << 30  # image uploads in flight, each counted twice (upload + clean copy)
+_WRITE_BATCH_BYTES = 1 << 20
+
+
+class UploadBudget:
+    """Disk that image uploads in flight may take. An upload that does not fit is refused at once,
+    never queued: no uploader waits on another (M2)."""
+
+    def __init__(self, total_bytes: int) -> None:
+        self.total_bytes, self.used_bytes = total_bytes, 0
+
+    @contextmanager
+    def reserve(self, nbytes: int) -> Iterator[None]:
+        if self.used_bytes + nbytes > self.total_bytes:
+            raise SuanliError("the provider is receiving too many images at once; try again later",
+                              reason="busy", limit=self.total_bytes)
+        self.used_bytes += nbytes
+        try:
+            yield
+        finally:
+            self.used_bytes -= nbytes
+
+
+IMAGE_UPLOADS = UploadBudget(IMAGE_DISK_BUDGET_BYTES)
 
 
 def wall_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def monotonic_ms() -> int:
+    """For durations (the exposure guard's timeouts): a wall clock that steps would stretch or cut them."""
+    return time.monotonic_ns() // 1_000_000
 
 
 @dataclass
@@ -112,6 +153,7 @@ class JobServices:
     node_id: str
     active: dict[bytes, ActiveJob]
     on_finished: Callable[[ActiveJob, Receipt | None, bool], None]  # (job, final receipt, final countersigned)
+    image_dir: Path | None = None  # uploads, clean copies and the buyer image ledger (None: a temporary folder)
 
 
 def usage_of(sample: MeterSample) -> Usage:
@@ -146,32 +188,74 @@ def upload_budget_s(declared: int) -> float:
 
 
 async def receive_blob(framed: FramedStream, kind: str, declared: int, limit: int) -> bytearray:
-    """Chunks of ``kind`` up to the End, exactly ``declared`` bytes with the stated sha256 (Rule 2 of jobwire).
+    """Chunks of ``kind`` up to the End, exactly ``declared`` bytes with the stated sha256 (Rule 2 of jobwire),
+    in memory: for the inputs, which are small (``MAX_INPUT_BYTES``).
 
-    Bounded in size (``limit``) and in time (``upload_budget_s``): a buyer that stalls holds nothing.
+    Bounded in size (``limit``) and in time (``upload_budget_s``, and a minimum per window): a buyer that
+    stalls holds nothing.
     """
     if declared > limit:
         raise RemoteProtocolError(f"{kind} of {declared} bytes exceed the limit of {limit}", limit=limit)
-    with trio.fail_after(upload_budget_s(declared)):
-        return await _receive_blob(framed, kind, declared)
-
-
-async def _receive_blob(framed: FramedStream, kind: str, declared: int) -> bytearray:
     buf = bytearray()
+
+    async def keep(data: bytes) -> None:
+        buf.extend(data)
+
+    with trio.fail_after(upload_budget_s(declared)):
+        await _receive_blob(framed, kind, declared, keep)
+    return buf
+
+
+async def receive_blob_to_file(framed: FramedStream, kind: str, declared: int, limit: int, f: IO[bytes]) -> str:
+    """As ``receive_blob``, but written to ``f`` as it arrives (memory: one batch); return "sha256:<hex>"."""
+    if declared > limit:
+        raise RemoteProtocolError(f"{kind} of {declared} bytes exceed the limit of {limit}", limit=limit)
+    batch = bytearray()
+
+    async def flush() -> None:
+        data = bytes(batch)
+        batch.clear()
+        await trio.to_thread.run_sync(f.write, data)
+
+    async def write(data: bytes) -> None:
+        batch.extend(data)
+        if len(batch) >= _WRITE_BATCH_BYTES:
+            await flush()
+
+    with trio.fail_after(upload_budget_s(declared)):
+        digest = await _receive_blob(framed, kind, declared, write)
+    await flush()
+    await trio.to_thread.run_sync(f.flush)
+    return "sha256:" + digest.hex()
+
+
+async def _receive_blob(framed: FramedStream, kind: str, declared: int,
+                        sink: Callable[[bytes], Awaitable[None]]) -> bytes:
     digest = hashlib.sha256()
+    total = window_start_total = 0
+    window_end = trio.current_time() + UPLOAD_WINDOW_S
     while True:
-        msg = await _expect(framed, (Chunk, End))
+        msg: Record | None = None
+        with trio.move_on_at(window_end):
+            msg = await _expect(framed, (Chunk, End))
+        if msg is None:
+            raise RemoteProtocolError(f"the {kind} upload stalled: less than {MIN_UPLOAD_WINDOW_BYTES} bytes "
+                                      f"in {UPLOAD_WINDOW_S:g} s", peer=framed.peer, reason="upload_stalled")
         if msg.kind != kind:  # type: ignore[attr-defined]
             raise RemoteProtocolError(f"expected {kind} data, got {msg.kind}")  # type: ignore[attr-defined]
         if isinstance(msg, End):
-            if msg.total_bytes != len(buf) or msg.sha256 != digest.digest():
+            if msg.total_bytes != total or msg.sha256 != digest.digest():
                 raise RemoteProtocolError(f"{kind} do not match their declared size or sha256")
-            return buf
-        assert isinstance(msg, Chunk)
-        buf += msg.data
-        digest.update(msg.data)
-        if len(buf) > declared:
+            return digest.digest()
+        if not isinstance(msg, Chunk):
+            raise RemoteProtocolError(f"unexpected {type(msg).__name__} in the {kind} upload")
+        total += len(msg.data)
+        if total > declared:
             raise RemoteProtocolError(f"more {kind} than the {declared} bytes declared")
+        digest.update(msg.data)
+        await sink(msg.data)
+        if total - window_start_total >= min(MIN_UPLOAD_WINDOW_BYTES, declared - window_start_total):
+            window_start_total, window_end = total, trio.current_time() + UPLOAD_WINDOW_S
 
 
 async def send_blob(framed: FramedStream, kind: str, data: bytes) -> None:
@@ -212,7 +296,7 @@ class JobRun:
         self.issuer.issued(r, signed.body)
         self.issued[r.seq] = signed
         self._issued_by_body[signed.body] = signed
-        self.guard.sent(r.seq, r.amount_micros, wall_ms())
+        self.guard.sent(r.seq, r.amount_micros, monotonic_ms())
         self.active.metered_ms, self.active.amount_micros = r.metered_ms, r.amount_micros
         self.outbox.control(ReceiptMsg(signed.to_bytes()))
         return signed
@@ -265,7 +349,7 @@ class JobRun:
         # Stored, then counted, as one step that a cancellation cannot split (Rule 1).
         with trio.CancelScope(shield=True), trio.move_on_after(10):
             await self.s.store.append_receipt(cosigned)
-            self.guard.countersigned(seq, cosigned.record.amount_micros)
+            self.guard.countersigned(seq, cosigned.record.amount_micros, cosigned.record.metered_ms)
             self.active.cosigned_micros = self.guard.cosigned_amount
             if seq == self.final_seq:
                 self.final_cosigned.set()
@@ -295,15 +379,10 @@ class JobRun:
             if not start.image_archive_bytes or job.image_archive_sha256 is None:
                 raise SuanliError(f"image {job.image} is not on this provider and no archive was offered",
                                   reason="image_missing")
-            async with IMAGE_UPLOADS:
-                self.status("need_image", f"send the archive of {job.image}")
-                await self.outbox.drained()
-                data = await receive_blob(self.framed, "image", start.image_archive_bytes, MAX_IMAGE_BYTES)
-                self.status("loading_image")
-                image_id = await self.s.engine.call(load_image_archive, client, data,
-                                                    archive_sha256="sha256:" + job.image_archive_sha256.hex(),
-                                                    image_id=job.image, what="load image")
-                del data
+            image_id = await self._receive_image(start.image_archive_bytes, job.image,
+                                                 "sha256:" + job.image_archive_sha256.hex())
+        elif self.s.image_dir is not None:
+            await self.s.engine.call(record_used, self.s.image_dir, image_id, wall_ms(), what="note image use")
         self.status("need_inputs")
         await self.outbox.drained()
         inputs = await receive_blob(self.framed, "inputs", start.input_bytes, MAX_INPUT_BYTES)
@@ -312,15 +391,42 @@ class JobRun:
         files = await trio.to_thread.run_sync(read_input_tar, bytes(inputs))
         return image_id, files
 
+    async def _receive_image(self, declared: int, image: str, archive_sha256: str) -> str:
+        """The buyer's archive, streamed to a file on disk, checked, loaded and entered in the ledger of
+        buyer images (sandbox.image_gc). Uploads run side by side (no lock); their disk is budgeted."""
+        if declared > MAX_IMAGE_BYTES:
+            raise RemoteProtocolError(f"an image of {declared} bytes exceeds the limit of {MAX_IMAGE_BYTES}",
+                                      limit=MAX_IMAGE_BYTES)
+        image_dir = self.s.image_dir
+        if image_dir is not None:
+            image_dir.mkdir(parents=True, exist_ok=True)
+        with IMAGE_UPLOADS.reserve(2 * declared), \
+                tempfile.TemporaryFile(dir=image_dir, prefix="suanli-upload-") as f:
+            self.status("need_image", f"send the archive of {image}")
+            await self.outbox.drained()
+            sha = await receive_blob_to_file(self.framed, "image", declared, MAX_IMAGE_BYTES, f)
+            self.status("loading_image")
+            # own_thread: a long load holds none of the engine's shared worker tokens.
+            image_id = await self.s.engine.call(load_image_archive, self.s.engine.client, f,
+                                                archive_sha256=archive_sha256, image_id=image, known_sha256=sha,
+                                                work_dir=image_dir, what="load image", own_thread=True)
+        if image_dir is not None:
+            await self.s.engine.call(record_loaded, image_dir, self.s.engine.client, image_id, wall_ms(),
+                                     what="note a loaded image")
+        return image_id
+
     def plan(self, image_id: str, env: list[str]):  # type: ignore[no-untyped-def]
         ag, r = self.ag, self.ag.resources
         spec = SandboxJob(image_id=image_id, command=tuple(ag.job.command), env=dict(ag.job.env),
                           cpus_millicores=max(1, r.cpu_millis), memory_mib=max(1, r.memory_mib), gpus=r.gpus,
-                          gpu_model=r.gpu_model, max_duration_ms=ag.max_duration_ms)
+                          gpu_model=r.gpu_model, max_duration_ms=ag.max_duration_ms, disk_mib=max(1, r.disk_mib))
         gpus = [self.s.gpus[u] for u in self.active.allocation.gpu_uuids]
+        disk_dir = self.s.policy.disk_dir
+        # H4: refused (sandbox.plan Rule 3) when the disk that backs the jobs' /io has less free than promised.
+        free_disk = free_bytes(disk_dir) if disk_dir is not None else None
         return plan_container(spec, self.s.policy, self.s.facts, image_env=env, free_gpus=gpus,
                               node_id=self.s.node_id, agreement_id=self.active.agreement.record_id.hex(),
-                              job_key=os.urandom(4).hex())
+                              job_key=os.urandom(4).hex(), free_disk_bytes=free_disk)
 
     async def run(self, start: Start) -> None:
         final: Signed[Receipt] | None = None
@@ -478,9 +584,12 @@ class JobRun:
         return job.result.final if job.result is not None else last
 
     async def _tick(self, job, sample: MeterSample) -> None:  # type: ignore[no-untyped-def]
-        action = self.guard.decide(wall_ms(), amount_due(sample.wall_ms, self.ag.price_micros_per_s))
+        action = self.guard.decide(monotonic_ms(), amount_due(sample.wall_ms, self.ag.price_micros_per_s))
+        # A job being stopped is never paused: a frozen container would sit out the stop grace unmetered,
+        # and its real run time is billed until it exits (the final receipt's claim, billing Rule 3).
+        stopping = self.active.stop_requested.is_set()
         try:
-            if action == PAUSE and self.active.phase != "paused" and not job.exited.is_set():
+            if action == PAUSE and self.active.phase != "paused" and not job.exited.is_set() and not stopping:
                 log.info("job %s: countersignature late; pausing", self.ag_hex)
                 await job.pause()
                 self.status("paused", "waiting for your countersignature")
@@ -489,7 +598,7 @@ class JobRun:
                 self.status("resumed")
         except SuanliError as exc:  # the container exited between the check and the call
             log.info("job %s: %s", self.ag_hex, exc)
-        if action == STOP:
+        if action == STOP and not stopping:
             log.warning("job %s: buyer unresponsive past the grace; stopping", self.ag_hex)
             self.active.request_stop(BUYER_UNRESPONSIVE)
         billed = self.issuer.last.metered_ms if self.issuer.last else 0
@@ -499,32 +608,38 @@ class JobRun:
             await self.issue(sample.wall_ms, usage_of(sample))
 
     async def _finish(self, result, last: MeterSample | None, outputs: bytes) -> Signed[Receipt]:  # type: ignore[no-untyped-def]
+        """Final receipt, its countersignature, then the outputs (Rule 5), then ``done``."""
         reason = self.active.stop_reason or (DEADLINE if result is not None and result.timed_out else COMPLETED)
         if result is None and self.active.stop_reason is None:
             reason = PROVIDER_FAULT
         digest = hashlib.sha256(outputs).digest()
-        if outputs and not self.outbox.broken.is_set():
-            await self.outbox.drained()
-            try:
-                await send_blob(self.framed, "outputs", outputs)
-            except RemoteProtocolError as exc:
-                log.info("job %s: outputs not delivered: %s", self.ag_hex, exc)
         metered = last.wall_ms if last is not None else 0
         usage = usage_of(last) if last is not None else Usage(0, 0, 0, 0, 0, 0)
-        ceiling = self.guard.unsigned_ceiling_ms() if reason == BUYER_UNRESPONSIVE else None
         exit_code = result.exit_code if result is not None else None
+        # Whatever the reason, the final claims no more than an unsigned claim may be owed (billing
+        # Rule 3): until the buyer countersigns it, it is one.
         final = await self.issue(metered, usage, final=(reason, exit_code, digest if result is not None else None),
-                                 max_metered_ms=ceiling)
+                                 max_metered_ms=self.guard.unsigned_ceiling_ms())
         self.final_seq = final.record.seq
         if not self._reading:
             self.outer.start_soon(self.read_buyer, lambda: None)
         if reason != BUYER_UNRESPONSIVE and not self.outbox.broken.is_set():
             with trio.move_on_after((self.ag.terms.countersign_timeout_ms + self.ag.terms.grace_ms) / 1000):
                 await self.final_cosigned.wait()
+        sent = 0
+        if outputs and self.final_cosigned.is_set() and not self.outbox.broken.is_set():
+            await self.outbox.drained()
+            try:
+                await send_blob(self.framed, "outputs", outputs)
+                sent = len(outputs)
+            except RemoteProtocolError as exc:
+                log.info("job %s: outputs not delivered: %s", self.ag_hex, exc)
+        elif outputs:
+            log.info("job %s: outputs withheld: the final receipt was not countersigned", self.ag_hex)
         self.active.phase = "done"
         self.outbox.control(Done(exit_code if exit_code is not None else -1,
                                  bool(result and result.oom_killed), bool(result and result.timed_out), reason,
-                                 len(outputs)))
+                                 sent))
         return final
 
 

@@ -9,12 +9,27 @@ Rule 2 (physical bounds, with a stated tolerance): over any stretch of a job, a 
 allows for clock granularity and sampling skew between the meter and the receipt's timestamp:
 ``bound(elapsed_ms, units_milli) = elapsed_ms * units_milli // 1000 + elapsed_ms * units_milli // 100_000
 + TOLERANCE_MS * max(1, units_milli // 1000)`` i.e. 1 % plus 250 ms per unit.
+
+Rule 3 (unsigned claims, one rule whatever the final reason): after the last receipt the buyer
+countersigned (metered ``m``, amount ``a``; 0 and 0 when there is none), receipts the buyer never
+countersigned are owed up to ``unsigned_ceiling = min(amount_due(m + unsigned_window_ms), a + cap)``
+(cumulative), where ``unsigned_window_ms = 2 * interval + countersign_timeout + grace``: the longest the
+exposure guard lets a job hold its allocation past the last countersignature (the receipt in flight,
+the timeout, one tick of the guard, and the grace during which the job is paused, then stopped). So a
+buyer that never countersigns owes at most that window (and never more than the exposure cap), and a
+provider that invents a claim, whatever its size, is owed no more.
+Rule 4 (timeline): a receipt is issued no earlier than its agreement and no later than
+``timeline_end_ms``: the agreement's time plus ``START_ALLOWANCE_MS`` (the most its uploads may take
+before the container starts), the agreed duration and the unsigned window.
 """
 
 from __future__ import annotations
 
 TOLERANCE_MS = 250
 TOLERANCE_PERCENT = 1
+# Uploads before the container starts: a 2 GiB image and 256 MiB of inputs at the provider's minimum
+# rate of 1 MiB/s, plus allowances, take under 2,400 s; an hour is the protocol's bound.
+START_ALLOWANCE_MS = 3_600_000
 
 
 def amount_due(metered_ms: int, price_micros_per_s: int) -> int:
@@ -33,3 +48,27 @@ def usage_bound(elapsed_ms: int, units_milli: int) -> int:
 def metered_bound(elapsed_ms: int) -> int:
     """The most metered (allocation) milliseconds possible in ``elapsed_ms`` of wall time."""
     return usage_bound(elapsed_ms, 1000)
+
+
+def metered_within(amount_micros: int, price_micros_per_s: int) -> int:
+    """The most metered milliseconds whose ``amount_due`` stays within ``amount_micros``."""
+    if price_micros_per_s <= 0:
+        return 1 << 62
+    return ((amount_micros + 1) * 1000 - 1) // price_micros_per_s
+
+
+def unsigned_window_ms(interval_ms: int, countersign_timeout_ms: int, grace_ms: int) -> int:
+    """The metered time past the last countersigned receipt that an unsigned claim may be owed (Rule 3)."""
+    return 2 * interval_ms + countersign_timeout_ms + grace_ms
+
+
+def unsigned_ceiling(cosigned_metered_ms: int, cosigned_amount: int, price_micros_per_s: int,
+                     exposure_cap_micros: int, window_ms: int) -> int:
+    """The most (cumulative) amount owed through receipts the buyer did not countersign (Rule 3)."""
+    return min(amount_due(cosigned_metered_ms + window_ms, price_micros_per_s),
+               cosigned_amount + exposure_cap_micros)
+
+
+def timeline_end_ms(created_at_ms: int, max_duration_ms: int, window_ms: int) -> int:
+    """The latest ``issued_at_ms`` a receipt of the agreement may carry (Rule 4)."""
+    return created_at_ms + START_ALLOWANCE_MS + max_duration_ms + window_ms

@@ -14,17 +14,21 @@ Rules, each reported as a Finding with the rule's name (docs/PROTOCOL.md, "Recei
   (settlement.billing Rule 2).
 - bad_state / after_final: a running receipt has no reason, exit code or digest; a final one has a
   known reason, and ``completed`` has an exit code and an output digest; nothing follows a final one.
+- outside_timeline: a receipt is issued no earlier than its agreement and, unless it is a closing
+  receipt, no later than the agreement's timeline allows (settlement.billing Rule 4).
 - unsigned_final: a final receipt the buyer did not countersign may claim at most the last
-  countersigned amount plus the agreed exposure cap. It is *owed* only with reason
-  ``buyer_unresponsive``, and only after a running receipt the buyer left unsigned for at least
-  ``countersign_timeout_ms`` (so a provider cannot invent an unresponsive buyer). With another reason it
-  is a pending claim, never owed (a buyer that left before signing the last receipt). A final receipt
-  claiming nothing beyond the last countersigned amount is a *closing* receipt: it ends the chain,
-  withdraws the pending claims before it (so it is exempt from ``decreasing``) and leaves what is owed
-  at the last countersigned amount.
+  countersigned amount plus the agreed exposure cap.
 
-What is owed is the amount of the last countersigned receipt (or of an accepted unsigned final).
-Provider-signed receipts after the last countersigned one are pending claims, never owed.
+What is owed comes in two parts that are never added together:
+- the *co-signed debt*: the amount of the last receipt the buyer countersigned (``amount_micros``);
+- the *unsigned claim*: whatever the provider claims beyond it in receipts the buyer did not
+  countersign, whatever their state or reason, owed up to settlement.billing's Rule 3 ceiling and no
+  further (``unsigned_owed_micros``, beside the claimed ``unsigned_claim_micros``). A buyer that never
+  countersigns thus owes at most the unsigned window's worth (never more than the exposure cap), and a
+  provider that invents a claim is owed no more than that, whatever the size it states.
+A final receipt claiming nothing beyond the last countersigned amount is a *closing* receipt: it ends
+the chain, withdraws the pending claims before it (so it is exempt from ``decreasing`` and from the
+timeline's end) and leaves no unsigned claim.
 """
 
 from __future__ import annotations
@@ -36,8 +40,17 @@ from hashlib import sha256
 from market.records import Agreement
 from p2p.envelope import Signed, domain
 from p2p.identity import signature_checker
-from settlement.billing import TOLERANCE_PERCENT, amount_due, metered_bound, usage_bound
-from settlement.records import BUYER_UNRESPONSIVE, COMPLETED, FINAL, REASONS, RUNNING, Receipt
+from settlement.billing import (
+    TOLERANCE_PERCENT,
+    amount_due,
+    metered_bound,
+    metered_within,
+    timeline_end_ms,
+    unsigned_ceiling,
+    unsigned_window_ms,
+    usage_bound,
+)
+from settlement.records import COMPLETED, FINAL, REASONS, RUNNING, Receipt
 
 
 @dataclass(frozen=True)
@@ -65,6 +78,13 @@ class ChainReport:
     last_receipt_id: bytes | None = None
     receipts: int = 0
     pending: int = 0
+    # The unsigned claim, never part of ``amount_micros`` (see the module docstring).
+    unsigned_claim_micros: int = 0
+    unsigned_owed_micros: int = 0
+    unsigned_owed_ms: int = 0
+    unsigned_seq: int = 0
+    unsigned_receipt_id: bytes | None = None
+    unsigned_state: str = ""
     findings: list[Finding] = field(default_factory=list)
 
     @property
@@ -95,6 +115,9 @@ class ChainChecker:
         self._wall_tolerance = metered_bound(0)
         self._cpu_tolerance = usage_bound(0, self._cpu_milli)
         self._gpu_tolerance = usage_bound(0, self._gpus_milli)
+        t = agreement.terms
+        self.window_ms = unsigned_window_ms(t.interval_ms, t.countersign_timeout_ms, t.grace_ms)
+        self._timeline_end = timeline_end_ms(self._created_at, agreement.max_duration_ms, self.window_ms)
 
     def check_content(self, r: Receipt, receipt_id: bytes, *, monotonic: bool = True) -> list[Finding]:
         """Every rule that needs only this receipt and the one before it.
@@ -119,6 +142,8 @@ class ChainChecker:
                     and u.gpu_mem_peak_bytes >= pu.gpu_mem_peak_bytes and u.gpu_sm_pct_ms >= pu.gpu_sm_pct_ms
                     and u.energy_mj >= pu.energy_mj):
                 return False
+        if r.issued_at_ms < self._created_at or (monotonic and r.issued_at_ms > self._timeline_end):
+            return False
         elapsed = r.issued_at_ms - self._created_at
         wall = self._wall_tolerance + (elapsed + elapsed * TOLERANCE_PERCENT // 100 if elapsed > 0 else 0)
         used = metered if metered > 0 else 0
@@ -167,6 +192,11 @@ class ChainChecker:
         due = amount_due(r.metered_ms, ag.price_micros_per_s)
         if r.amount_micros != due:
             bad("wrong_amount", f"amount {r.amount_micros} != {r.metered_ms} ms x {ag.price_micros_per_s}/s = {due}")
+        if r.issued_at_ms < ag.created_at_ms:
+            bad("outside_timeline", f"issued {ag.created_at_ms - r.issued_at_ms} ms before the agreement")
+        elif monotonic and r.issued_at_ms > self._timeline_end:
+            bad("outside_timeline", f"issued {r.issued_at_ms - self._timeline_end} ms after the agreement's "
+                "timeline ends (uploads, duration and unsigned window)")
         elapsed = r.issued_at_ms - ag.created_at_ms
         if r.metered_ms > metered_bound(elapsed):
             bad("metered_exceeds_wall", f"{r.metered_ms} ms metered only {elapsed} ms after the agreement")
@@ -262,34 +292,13 @@ def verify_chain(agreement: Signed[Agreement], receipts: Sequence[Signed[Receipt
         else:
             tail_unsigned.append((r, rid))
 
-    owed = cosigned
-    owed_id = cosigned_id
-    last_cosigned_amount = cosigned.amount_micros if cosigned is not None else 0
+    if cosigned is not None:
+        report.billed_ms = cosigned.metered_ms
+        report.amount_micros = cosigned.amount_micros
+        report.last_seq = cosigned.seq
+        report.last_receipt_id = cosigned_id
     if tail_unsigned:
-        last, last_id = tail_unsigned[-1]
-        pending_running = [r for r, _ in tail_unsigned if r.state == RUNNING]
-        report.pending = len(pending_running)
-        if last.state == FINAL:
-            cap = ag.terms.exposure_cap_micros
-            if last.amount_micros <= last_cosigned_amount:
-                pass  # a closing receipt: what is owed stays the last countersigned amount
-            elif last.amount_micros > last_cosigned_amount + cap:
-                findings.append(Finding("unsigned_final", f"claims {last.amount_micros}, more than the last "
-                                        f"countersigned {last_cosigned_amount} plus the cap {cap}",
-                                        last.seq, last_id))
-            elif last.reason != BUYER_UNRESPONSIVE:
-                report.pending += 1  # an unsigned claim (the buyer left before signing): never owed
-            elif not pending_running or last.issued_at_ms < (pending_running[0].issued_at_ms
-                                                             + ag.terms.countersign_timeout_ms):
-                findings.append(Finding("unsigned_final", "buyer_unresponsive without a receipt the buyer left "
-                                        "unsigned for the agreed countersignature timeout", last.seq, last_id))
-            else:
-                owed, owed_id = last, last_id
-    if owed is not None:
-        report.billed_ms = owed.metered_ms
-        report.amount_micros = owed.amount_micros
-        report.last_seq = owed.seq
-        report.last_receipt_id = owed_id
+        _unsigned_claim(report, checker, cosigned, tail_unsigned)
     if checker.last is None:
         report.state = "empty"
     elif checker.final:
@@ -297,3 +306,30 @@ def verify_chain(agreement: Signed[Agreement], receipts: Sequence[Signed[Receipt
     else:
         report.state = RUNNING
     return report
+
+
+def _unsigned_claim(report: ChainReport, checker: ChainChecker, cosigned: Receipt | None,
+                    tail: list[tuple[Receipt, bytes]]) -> None:
+    """The receipts after the last countersigned one: pending, and what of them is owed (Rule 3 of
+    settlement.billing: one rule for every state and reason)."""
+    ag = checker.agreement
+    last, last_id = tail[-1]
+    report.pending = len(tail)
+    base_ms, base = (cosigned.metered_ms, cosigned.amount_micros) if cosigned is not None else (0, 0)
+    if last.amount_micros <= base:
+        if last.state == FINAL:
+            report.pending -= 1  # a closing receipt: it withdraws the claims before it
+        return
+    cap = ag.terms.exposure_cap_micros
+    if last.state == FINAL and last.amount_micros > base + cap:
+        report.findings.append(Finding("unsigned_final", f"claims {last.amount_micros}, more than the last "
+                                       f"countersigned {base} plus the cap {cap}", last.seq, last_id))
+    ceiling = unsigned_ceiling(base_ms, base, ag.price_micros_per_s, cap, checker.window_ms)
+    owed = min(last.amount_micros, ceiling)
+    report.unsigned_claim_micros = last.amount_micros - base
+    report.unsigned_owed_micros = owed - base
+    report.unsigned_owed_ms = min(last.metered_ms, base_ms + checker.window_ms,
+                                  metered_within(ceiling, ag.price_micros_per_s)) - base_ms
+    report.unsigned_seq = last.seq
+    report.unsigned_receipt_id = last_id
+    report.unsigned_state = last.state if last.state != FINAL else f"final:{last.reason}"

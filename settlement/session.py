@@ -8,8 +8,9 @@ Provider side:
 - ``ExposureGuard`` enforces the agreed exposure cap. Rule 2: the job is paused when a countersignature
   is ``countersign_timeout_ms`` late, or when the next interval would take the unsigned amount past
   ``exposure_cap_micros``; it is stopped ``grace_ms`` after pausing if nothing arrives. Rule 3: a final
-  receipt the buyer never signed claims at most the last countersigned amount plus the cap
-  (``cap_metered_ms``), so what a buyer can owe without signing is bounded before the job starts.
+  receipt claims at most what settlement.billing's Rule 3 lets an unsigned claim be owed (the unsigned
+  window past the last countersigned receipt, never more than the cap), whatever its reason, so what a
+  buyer can owe without signing is bounded before the job starts.
 Buyer side:
 - ``ReceiptVerifier`` checks receipt n before countersigning: the provider's signature, every chain
   rule, and metered time against the buyer's own clock (Rule 4: a provider cannot bill more time than
@@ -24,7 +25,7 @@ from dataclasses import dataclass, replace
 from market.records import Agreement
 from p2p.envelope import Signed
 from p2p.identity import verify_signature
-from settlement.billing import amount_due, metered_bound, usage_bound
+from settlement.billing import amount_due, metered_bound, metered_within, unsigned_window_ms, usage_bound
 from settlement.chain import ChainChecker, Finding
 from settlement.records import FINAL, RUNNING, Receipt, Usage
 
@@ -33,9 +34,7 @@ RUN, PAUSE, RESUME, STOP = "run", "pause", "resume", "stop"
 
 def cap_metered_ms(ceiling_micros: int, price_micros_per_s: int) -> int:
     """The most metered milliseconds whose amount stays within ``ceiling_micros``."""
-    if price_micros_per_s <= 0:
-        return 1 << 62
-    return ((ceiling_micros + 1) * 1000 - 1) // price_micros_per_s
+    return metered_within(ceiling_micros, price_micros_per_s)
 
 
 class ReceiptIssuer:
@@ -95,6 +94,7 @@ class ExposureGuard:
     cosigned_amount: int = 0
     cosigned_seq: int = 0
     paused_since_ms: int | None = None
+    cosigned_metered_ms: int = 0
 
     def __post_init__(self) -> None:
         self._pending: dict[int, tuple[int, int]] = {}  # seq -> (sent at, amount)
@@ -108,9 +108,9 @@ class ExposureGuard:
     def sent(self, seq: int, amount: int, now_ms: int) -> None:
         self._pending[seq] = (now_ms, amount)
 
-    def countersigned(self, seq: int, amount: int) -> None:
+    def countersigned(self, seq: int, amount: int, metered_ms: int) -> None:
         if seq > self.cosigned_seq:
-            self.cosigned_seq, self.cosigned_amount = seq, amount
+            self.cosigned_seq, self.cosigned_amount, self.cosigned_metered_ms = seq, amount, metered_ms
         for s in [s for s in self._pending if s <= seq]:
             del self._pending[s]
 
@@ -137,22 +137,37 @@ class ExposureGuard:
         return PAUSE
 
     def unsigned_ceiling_ms(self) -> int:
-        """Rule 3: the most metered time a final receipt without the buyer's signature may claim."""
-        return cap_metered_ms(self.cosigned_amount + self.exposure_cap_micros, self.price_micros_per_s)
+        """Rule 3: the most metered time a final receipt may claim before the buyer countersigns it."""
+        window = unsigned_window_ms(self.interval_ms, self.countersign_timeout_ms, self.grace_ms)
+        return min(self.cosigned_metered_ms + window,
+                   cap_metered_ms(self.cosigned_amount + self.exposure_cap_micros, self.price_micros_per_s))
 
 
 class ReceiptVerifier:
-    """The buyer's checks before countersigning receipt n (Rule 4)."""
+    """The buyer's checks before countersigning receipt n (Rule 4).
+
+    Rule 5 (clocks): durations are measured on the buyer's monotonic clock (``started_at_ms`` and
+    ``check``'s ``now_ms``), so a wall clock that steps never refuses an honest receipt. The buyer's
+    wall clock is only compared with the provider's timestamps to estimate the skew between them
+    (``skew_ms``: the least of "buyer's wall clock on arrival minus ``issued_at_ms``", which is the skew
+    plus the shortest delivery time), so that a clock that is off can be named.
+    """
+
+    SKEW_NOTE_MS = 2000  # below this a difference is delivery time or noise, not worth a word
 
     def __init__(self, agreement: Signed[Agreement], started_at_ms: int) -> None:
         self.checker = ChainChecker(agreement.record, agreement.record_id)
-        self.started_at_ms = started_at_ms  # the buyer's clock when the agreement was confirmed
+        self.started_at_ms = started_at_ms  # the buyer's monotonic clock when the job could start
+        self.skew_ms: int | None = None
 
-    def check(self, signed: Signed[Receipt], now_ms: int) -> list[Finding]:
+    def check(self, signed: Signed[Receipt], now_ms: int, wall_ms: int | None = None) -> list[Finding]:
         r = signed.record
         rid = signed.record_id
         if len(signed.sigs) < 1 or not verify_signature(r.provider, signed.signed_message(0), signed.sigs[0]):
             return [Finding("receipt_signature", "the provider signature is invalid", r.seq, rid)]
+        if wall_ms is not None:
+            ahead = wall_ms - r.issued_at_ms
+            self.skew_ms = ahead if self.skew_ms is None else min(self.skew_ms, ahead)
         findings = self.checker.check_content(r, rid)
         seen = now_ms - self.started_at_ms
         if r.metered_ms > metered_bound(seen):
@@ -160,12 +175,24 @@ class ReceiptVerifier:
                                     r.seq, rid))
         return findings
 
+    def clock_note(self) -> str | None:
+        """"your clock is N s ahead of (behind) the provider's", when the receipts show it."""
+        return skew_note(self.skew_ms, self.SKEW_NOTE_MS)
+
     def accept(self, signed: Signed[Receipt]) -> None:
         self.checker.advance(signed.record, signed.record_id)
 
     @property
     def last(self) -> Receipt | None:
         return self.checker.last
+
+
+def skew_note(ahead_ms: int | None, threshold_ms: int = ReceiptVerifier.SKEW_NOTE_MS) -> str | None:
+    """Name a clock difference of at least ``threshold_ms`` (``ahead_ms``: ours minus the provider's)."""
+    if ahead_ms is None or abs(ahead_ms) < threshold_ms:
+        return None
+    side = "ahead of" if ahead_ms > 0 else "behind"
+    return f"your clock is {abs(ahead_ms) / 1000:.0f} s {side} the provider's"
 
 
 def closing_receipt(agreement: Signed[Agreement], last: Receipt | None, last_id: bytes,

@@ -79,7 +79,9 @@ async def test_silent_buyer_is_paused_then_stopped_within_the_cap(tmp_path, demo
     assert final.amount_micros <= answered[-1].record.amount_micros + t.exposure_cap_micros
     (result,) = audit(read_inputs([tmp_path / "provider" / "node.db"]))
     assert result.report.ok, result.report.findings
-    assert result.report.amount_micros == final.amount_micros
+    # The co-signed debt, and apart from it the unsigned claim, owed within billing Rule 3.
+    assert result.report.amount_micros == answered[-1].record.amount_micros
+    assert result.report.unsigned_owed_micros == final.amount_micros - answered[-1].record.amount_micros > 0
 
 
 async def test_forged_and_malformed_countersignatures_count_as_missing(tmp_path, demo_image):

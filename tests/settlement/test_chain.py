@@ -10,13 +10,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from p2p.envelope import Signed, countersign, sign_record
-from settlement.billing import amount_due, metered_bound, usage_bound
+from settlement.billing import START_ALLOWANCE_MS, amount_due, metered_bound, unsigned_window_ms, usage_bound
 from settlement.chain import ChainChecker, verify_chain
 from settlement.records import BUYER_UNRESPONSIVE, COMPLETED, FINAL, PROVIDER_RESTART, RUNNING, Receipt, Usage
 from settlement.testing import TERMS, key_from_label, make_agreement, next_receipt
 
 P, B = key_from_label("provider"), key_from_label("buyer")
 OFFER, PROPOSAL, AGREEMENT = make_agreement(P, B)
+WINDOW_MS = unsigned_window_ms(TERMS.interval_ms, TERMS.countersign_timeout_ms, TERMS.grace_ms)
+TIMELINE_END = AGREEMENT.record.created_at_ms + START_ALLOWANCE_MS + AGREEMENT.record.max_duration_ms + WINDOW_MS
 
 
 def honest(n=4, final=True):
@@ -112,9 +114,12 @@ CASES = {
     "unsigned final over cap": (lambda rs: signed(rs[:3] + [amount_fixed(replace(
         rs[3], reason=BUYER_UNRESPONSIVE, metered_ms=rs[2].metered_ms + 60_000, issued_at_ms=rs[3].issued_at_ms
         + 60_000, exit_code=None, output_digest=None))], cosign=[1, 1, 1, 0], relink=True), ["unsigned_final"]),
-    "unsigned buyer_unresponsive without an unsigned receipt before it": (
-        lambda rs: signed(rs[:3] + [replace(rs[3], reason=BUYER_UNRESPONSIVE, exit_code=None, output_digest=None)],
-                          cosign=[1, 1, 1, 0], relink=True), ["unsigned_final"]),
+    "issued before the agreement": (lambda rs: signed([replace(rs[0], issued_at_ms=AGREEMENT.record.created_at_ms
+                                                               - 1, metered_ms=0, amount_micros=0)] + rs[1:],
+                                                      relink=True), ["outside_timeline", "usage_exceeds_allocation"]),
+    "issued after the agreement's timeline": (lambda rs: signed(rs[:3] + [replace(rs[3], issued_at_ms=TIMELINE_END
+                                                                                  + 1)], relink=True),
+                                              ["outside_timeline"]),
 }
 
 
@@ -124,25 +129,44 @@ def test_each_rule_is_reported(name):
     assert rules(build(honest(4))) == expected
 
 
-def test_unsigned_final_within_cap_is_owed_after_a_receipt_left_unsigned():
+def test_an_unsigned_claim_is_owed_apart_within_the_window_whatever_its_reason():
+    """One rule (settlement.billing Rule 3): the claim past the last countersigned receipt is owed up to
+    the unsigned window's worth, shown apart from the co-signed debt, for every reason."""
     rs = honest(4)
-    late = rs[3].issued_at_ms + TERMS.countersign_timeout_ms + TERMS.grace_ms
-    last = replace(rs[3], seq=5, reason=BUYER_UNRESPONSIVE, exit_code=None, output_digest=None, issued_at_ms=late)
-    pending = replace(rs[3], state="running", reason=None, exit_code=None, output_digest=None)
-    report = verify_chain(AGREEMENT, signed(rs[:3] + [pending, last], cosign=[1, 1, 1, 0, 0], relink=True))
+    price = AGREEMENT.record.price_micros_per_s
+    for reason in (BUYER_UNRESPONSIVE, COMPLETED, "buyer_cancel", "provider_fault"):
+        last = replace(rs[3], reason=reason, exit_code=0 if reason == COMPLETED else None,
+                       output_digest=rs[3].output_digest if reason == COMPLETED else None)
+        report = verify_chain(AGREEMENT, signed(rs[:3] + [last], cosign=[1, 1, 1, 0], relink=True))
+        assert report.ok, (reason, report.findings)
+        assert report.amount_micros == rs[2].amount_micros and report.last_seq == 3  # co-signed debt only
+        assert report.unsigned_claim_micros == report.unsigned_owed_micros == last.amount_micros - rs[2].amount_micros
+        assert report.unsigned_owed_ms == last.metered_ms - rs[2].metered_ms and report.unsigned_seq == 4
+        assert report.state == f"final:{reason}" and report.pending == 1
+    # A claim past the window (within the cap) is owed only up to the window.
+    far = amount_fixed(replace(rs[3], metered_ms=rs[2].metered_ms + WINDOW_MS + 20_000, reason=BUYER_UNRESPONSIVE,
+                               issued_at_ms=rs[3].issued_at_ms + WINDOW_MS + 20_000, exit_code=None,
+                               output_digest=None))
+    report = verify_chain(AGREEMENT, signed(rs[:3] + [far], cosign=[1, 1, 1, 0], relink=True))
     assert report.ok, report.findings
-    assert report.amount_micros == last.amount_micros <= rs[2].amount_micros + TERMS.exposure_cap_micros
-    assert report.state == "final:buyer_unresponsive" and report.pending == 1
-    too_soon = replace(last, issued_at_ms=rs[3].issued_at_ms + 10)
-    rules_seen = {f.rule for f in verify_chain(AGREEMENT, signed(rs[:3] + [pending, too_soon], cosign=[1, 1, 1, 0, 0],
-                                                                 relink=True)).findings}
-    assert rules_seen == {"unsigned_final"}
+    assert report.unsigned_owed_micros == amount_due(rs[2].metered_ms + WINDOW_MS, price) - rs[2].amount_micros
+    assert report.unsigned_claim_micros == far.amount_micros - rs[2].amount_micros > report.unsigned_owed_micros
 
 
-def test_unsigned_completed_final_is_a_pending_claim_not_a_debt():
-    report = verify_chain(AGREEMENT, signed(honest(4), cosign=[1, 1, 1, 0]))
-    assert report.ok and report.pending == 1 and report.state == "final:completed"
-    assert report.amount_micros == honest(4)[2].amount_micros
+def test_an_invented_debt_at_any_cap_is_owed_no_more_than_the_window():
+    """H3: a provider states cap 2^63, runs nothing, and signs a final claim for the whole duration."""
+    ag = replace(AGREEMENT.record, terms=replace(TERMS, exposure_cap_micros=(1 << 63)))
+    huge = countersign(sign_record(ag, P), B)
+    price, duration = ag.price_micros_per_s, ag.max_duration_ms
+    claim = Receipt(agreement_id=huge.record_id, provider=P.public, buyer=B.public, seq=1, prev=huge.record_id,
+                    issued_at_ms=ag.created_at_ms + duration + 1000, metered_ms=duration,
+                    usage=Usage(0, 0, 0, 0, 0, 0), amount_micros=amount_due(duration, price), state=FINAL,
+                    reason=BUYER_UNRESPONSIVE, exit_code=None, output_digest=None)
+    report = verify_chain(huge, [sign_record(claim, P)])
+    assert report.ok, report.findings
+    assert report.amount_micros == 0 and report.billed_ms == 0
+    assert report.unsigned_claim_micros == amount_due(duration, price)
+    assert report.unsigned_owed_micros == amount_due(WINDOW_MS, price) < report.unsigned_claim_micros // 50
 
 
 def test_unsigned_closing_receipt_that_claims_nothing_new_is_accepted():
@@ -153,10 +177,12 @@ def test_unsigned_closing_receipt_that_claims_nothing_new_is_accepted():
     assert report.amount_micros == rs[2].amount_micros and report.state == "final:provider_restart"
 
 
-def test_pending_tail_is_never_owed():
-    report = verify_chain(AGREEMENT, signed(honest(4, final=False), cosign=[1, 1, 0, 0]))
+def test_pending_tail_is_an_unsigned_claim_never_cosigned_debt():
+    rs = honest(4, final=False)
+    report = verify_chain(AGREEMENT, signed(rs, cosign=[1, 1, 0, 0]))
     assert report.ok and report.pending == 2
-    assert report.last_seq == 2 and report.state == "running"
+    assert report.last_seq == 2 and report.state == "running" and report.amount_micros == rs[1].amount_micros
+    assert report.unsigned_owed_micros == rs[3].amount_micros - rs[1].amount_micros and report.unsigned_seq == 4
 
 
 def test_agreement_without_countersignature_is_reported():

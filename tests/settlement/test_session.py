@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from p2p.envelope import Signed, countersign, sign_record
-from settlement.billing import amount_due
+from settlement.billing import amount_due, unsigned_window_ms
 from settlement.chain import verify_chain
 from settlement.records import BUYER_UNRESPONSIVE, COMPLETED, Usage
 from settlement.session import PAUSE, RESUME, RUN, STOP, ExposureGuard, ReceiptIssuer, ReceiptVerifier, cap_metered_ms
@@ -54,7 +54,7 @@ def test_exposure_guard_pauses_then_stops_a_silent_buyer():
     guard = ExposureGuard.for_agreement(ag)
     t = ag.terms
     guard.sent(1, 110, now_ms=0)
-    guard.countersigned(1, 110)
+    guard.countersigned(1, 110, 1000)
     assert guard.decide(1000, 110) == RUN
     guard.sent(2, 220, now_ms=2000)  # never countersigned
     assert guard.decide(2000 + t.countersign_timeout_ms, 220) == RUN
@@ -67,7 +67,7 @@ def test_a_late_countersignature_resumes():
     guard = ExposureGuard.for_agreement(AGREEMENT.record)
     guard.sent(1, 110, 0)
     assert guard.decide(10_000, 110) == PAUSE
-    guard.countersigned(1, 110)
+    guard.countersigned(1, 110, 1000)
     assert guard.decide(10_001, 110) == RESUME and guard.decide(10_002, 110) == RUN
 
 
@@ -90,7 +90,7 @@ def test_silent_buyer_owes_at_most_the_cap_and_the_audit_accepts_it():
         issuer.issued(r, s.body)
         chain.append(countersign(s, B))
         guard.sent(r.seq, r.amount_micros, now)
-        guard.countersigned(r.seq, r.amount_micros)
+        guard.countersigned(r.seq, r.amount_micros, r.metered_ms)
     # The buyer goes silent: receipt 4 is never countersigned; the job kept running for 20 more seconds
     # before the provider stopped it.
     now += 1000
@@ -103,8 +103,10 @@ def test_silent_buyer_owes_at_most_the_cap_and_the_audit_accepts_it():
     chain.append(sign_record(final, P))
     report = verify_chain(AGREEMENT, chain)
     assert report.ok, report.findings
-    assert report.amount_micros <= guard.cosigned_amount + AGREEMENT.record.terms.exposure_cap_micros
-    assert report.amount_micros > guard.cosigned_amount
+    assert report.amount_micros == guard.cosigned_amount  # the co-signed debt; the rest is apart
+    t = AGREEMENT.record.terms
+    assert final.metered_ms == 3000 + unsigned_window_ms(t.interval_ms, t.countersign_timeout_ms, t.grace_ms)
+    assert 0 < report.unsigned_owed_micros == report.unsigned_claim_micros <= t.exposure_cap_micros
 
 
 def test_buyer_refuses_time_it_did_not_see_pass():

@@ -1,0 +1,147 @@
+"""What a job costs when one side does not play along (issue 13, H2): outputs only after the final
+receipt is countersigned, the container's real run time billed until it stops, and one rule for what
+an unsigned claim is owed. Real hosts on 127.0.0.1, real Docker, real SQLite, real signatures."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import trio
+
+from market.service import negotiate_with, now_ms
+from node.buyer_job import BuyerHooks, run_job
+from node.jobwire import (
+    MAX_FRAME_BYTES,
+    PROTOCOL_ID,
+    Cancel,
+    Chunk,
+    Countersign,
+    Done,
+    End,
+    ReceiptMsg,
+    Start,
+    Status,
+    decode_message,
+)
+from node.provider import open_provider
+from node.provider_job import send_blob
+from node.testing import FAST_TERMS as TERMS
+from node.testing import local_setup, make_proposal
+from p2p.envelope import countersign, open_signed
+from p2p.framing import FramedStream
+from p2p.identity import generate_key, peer_id_from_public
+from p2p.testing import loopback_config, open_host
+from sandbox.spec import LABEL_AGREEMENT
+from settlement.astore import open_store
+from settlement.audit import audit, read_inputs
+from settlement.billing import amount_due, unsigned_window_ms
+from settlement.records import Receipt
+
+pytestmark = pytest.mark.docker
+
+T = TERMS.receipts
+WINDOW_MS = unsigned_window_ms(T.interval_ms, T.countersign_timeout_ms, T.grace_ms)
+
+
+async def _silent_buyer(client, deal, key=None, cancel_after=None):
+    """A buyer that starts the job and countersigns nothing (or, with ``key``, every receipt up to
+    ``cancel_after``, then cancels and signs no more); what it was sent."""
+    provider = peer_id_from_public(deal.agreement.record.provider)
+    framed = FramedStream(await client.open_stream(provider, PROTOCOL_ID), max_frame_bytes=MAX_FRAME_BYTES)
+    await framed.send_frame(Start(deal.agreement.record_id, 0, 0).encode())
+    receipts, output_frames = [], 0
+    while (payload := await framed.receive_frame()) is not None:
+        msg = decode_message(payload)
+        if isinstance(msg, Status) and msg.phase == "need_inputs":
+            await send_blob(framed, "inputs", b"")
+        elif isinstance(msg, ReceiptMsg):
+            receipts.append(open_signed(msg.receipt, Receipt))
+            if key is not None and len(receipts) <= cancel_after:
+                await framed.send_frame(Countersign(countersign(receipts[-1], key).to_bytes()).encode())
+                if len(receipts) == cancel_after:
+                    await framed.send_frame(Cancel("buyer_cancel").encode())
+        elif isinstance(msg, (Chunk, End)) and msg.kind == "outputs":
+            output_frames += 1
+        elif isinstance(msg, Done):
+            return receipts, output_frames, msg
+    return receipts, output_frames, None
+
+
+async def test_a_buyer_that_never_countersigns_gets_no_outputs_and_owes_the_unsigned_claim(tmp_path, demo_image):
+    provider_key, buyer = generate_key(), generate_key()
+    command = ["sh", "-c", "echo secret > /io/out/result.txt; sleep 1"]
+    async with open_provider(local_setup(tmp_path / "provider", provider_key)) as runtime:
+        async with open_host(loopback_config(buyer, bootstrap=(runtime.node.addrs()[0],))) as client:
+            deal = await negotiate_with(client, provider_key.peer_id, buyer,
+                                        make_proposal(buyer, runtime.offer, demo_image, command))
+            with trio.fail_after(60):
+                receipts, output_frames, done = await _silent_buyer(client, deal)
+    assert done is not None and done.reason == "completed" and done.output_bytes == 0
+    assert output_frames == 0  # the outputs never left the provider
+    final = receipts[-1].record
+    assert final.state == "final" and final.output_digest is not None  # the digest still binds them
+    (result,) = audit(read_inputs([tmp_path / "provider" / "node.db"]))
+    report = result.report
+    assert report.ok, report.findings
+    assert report.amount_micros == 0  # no co-signed debt ...
+    price = deal.agreement.record.price_micros_per_s
+    # ... and the unsigned claim, owed apart, within the rule's bound.
+    assert 0 < report.unsigned_owed_micros <= min(T.exposure_cap_micros, amount_due(WINDOW_MS, price))
+    assert report.unsigned_owed_micros == final.amount_micros
+
+
+async def test_a_job_ignoring_sigterm_after_a_cancel_is_billed_until_it_exits(tmp_path, demo_image, docker_client):
+    provider_key, buyer = generate_key(), generate_key()
+    cancel = trio.Event()
+    seen = []
+
+    def on_receipt(r):
+        seen.append(r)
+        if len(seen) == 3:
+            cancel.set()
+
+    since = int(time.time()) - 1
+    command = ["sh", "-c", "trap '' TERM; while true; do sleep 0.2; done"]
+    async with open_provider(local_setup(tmp_path / "provider", provider_key)) as runtime:
+        async with open_host(loopback_config(buyer, bootstrap=(runtime.node.addrs()[0],))) as client, \
+                open_store(tmp_path / "buyer.db") as store:
+            deal = await negotiate_with(client, provider_key.peer_id, buyer,
+                                        make_proposal(buyer, runtime.offer, demo_image, command))
+            await store.put_agreement(deal.agreement)
+            with trio.fail_after(90):
+                outcome = await run_job(client, buyer, store, deal, b"", None, BuyerHooks(on_receipt=on_receipt),
+                                        cancel, now_ms())
+    label = f"{LABEL_AGREEMENT}={deal.agreement.record_id.hex()}"
+    events = docker_client.api.events(since=since, until=int(time.time()) + 1, decode=True,
+                                      filters={"label": label, "type": "container"})
+    times = {e["status"]: e["timeNano"] for e in events if e.get("status") in ("start", "die")}
+    running_ms = (times["die"] - times["start"]) / 1e6
+    assert outcome.reason == "buyer_cancel" and outcome.last.reason == "buyer_cancel"
+    assert running_ms > 8000  # it sat out the stop grace (10 s), not the cancel
+    assert abs(outcome.last.metered_ms - running_ms) <= T.interval_ms, (outcome.last.metered_ms, running_ms)
+    (result,) = audit(read_inputs([tmp_path / "provider" / "node.db", tmp_path / "buyer.db"]))
+    assert result.report.ok, result.report.findings
+    assert result.report.amount_micros == outcome.last.amount_micros and result.report.unsigned_owed_micros == 0
+
+
+async def test_a_stopping_job_is_never_paused_so_its_claim_runs_until_the_rules_bound(tmp_path, demo_image):
+    """The buyer cancels, then signs nothing more: the job that ignores SIGTERM keeps running through
+    the stop grace (10 s). Pausing it would hide that time from the meter; instead the final receipt
+    claims the real run time up to what an unsigned claim may be owed (billing Rule 3)."""
+    provider_key, buyer = generate_key(), generate_key()
+    command = ["sh", "-c", "trap '' TERM; while true; do sleep 0.2; done"]
+    async with open_provider(local_setup(tmp_path / "provider", provider_key)) as runtime:
+        async with open_host(loopback_config(buyer, bootstrap=(runtime.node.addrs()[0],))) as client:
+            deal = await negotiate_with(client, provider_key.peer_id, buyer,
+                                        make_proposal(buyer, runtime.offer, demo_image, command))
+            with trio.fail_after(90):
+                receipts, output_frames, done = await _silent_buyer(client, deal, buyer, cancel_after=3)
+    assert done is not None and done.reason == "buyer_cancel"
+    cosigned, final = receipts[2].record, receipts[-1].record
+    assert final.state == "final" and final.metered_ms >= cosigned.metered_ms + WINDOW_MS - T.interval_ms
+    (result,) = audit(read_inputs([tmp_path / "provider" / "node.db"]))
+    report = result.report
+    assert report.ok, report.findings
+    assert report.amount_micros == cosigned.amount_micros
+    assert report.unsigned_owed_micros == final.amount_micros - cosigned.amount_micros > 0
