@@ -21,7 +21,7 @@ from market import wire as market_wire
 from market.records import Agreement, Offer, Proposal
 from node import jobwire
 from p2p import codec
-from p2p.envelope import open_signed, sign_record
+from p2p.envelope import Signed, open_countersigned, open_signed, sign_record
 from p2p.errors import RemoteProtocolError, UnusableInputError
 from p2p.fuzzing import Target
 from p2p.gossip import OfferLedger
@@ -37,6 +37,10 @@ REMOTE = (RemoteProtocolError,)  # CodecError and SignatureError are its subclas
 
 def _judge(ledger: OfferLedger[Offer], publisher: bytes, data: bytes) -> Any:
     return ledger.judge(data, publisher, NOW_MS + 1000)
+
+
+def _countersigned(ours: dict[bytes, Signed[Receipt]], data: bytes) -> Any:
+    return open_countersigned(data, ours)
 
 
 def _audit_bytes(path: Path, data: bytes) -> Any:
@@ -85,6 +89,11 @@ def decoder_targets() -> Iterator[list[Target]]:
     targets.append(Target("codec.unpack (frames)", codec.unpack,
                           [codec.pack({}), ev.offer.to_bytes(), codec.pack({"a": [1, "b", b"c", None, True]})],
                           REMOTE))
+    # The provider's first look at a countersignature (node.provider_job): None for anything but one
+    # of its receipts plus a valid buyer signature; it may raise nothing.
+    mine = [Signed(body=r.body, record=r.record, sigs=r.sigs[:1]) for r in ev.receipts]
+    targets.append(Target("open_countersigned", partial(_countersigned, {s.body: s for s in mine}),
+                          [r.to_bytes() for r in ev.receipts], ()))
     ledger: OfferLedger[Offer] = OfferLedger(Offer)
     targets.append(Target("gossip OfferLedger.judge", partial(_judge, ledger, provider.public),
                           [ev.offer.to_bytes()], ()))
