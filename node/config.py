@@ -54,6 +54,7 @@ max_duration_s = 3600          # 1..2592000 (30 days); longest job accepted
 max_concurrent_jobs = 2        # 1..1024
 cpu_millis = 0                 # 0..1048576; CPU offered, in millicores; 0 = all cores
 memory_mib = 0                 # 0..16777216; memory offered; 0 = three quarters of this machine's memory
+disk_mib = 0                   # 0..1073741824; scratch disk offered for jobs' /io; 0 = half the data dir's free disk
 # Images allowed, pinned by id ("sha256:..."); empty = any image the buyer supplies.
 allowed_images = []
 offer_ttl_s = 120              # 10..86400; how long each signed offer lives; it is re-issued at half-life
@@ -68,6 +69,8 @@ exposure_cap_micros = 50000    # 0..1000000000000000; the most the job may run a
 # "runsc" runs jobs under gVisor when the engine has it registered; empty = Docker's default (runc).
 runtime = ""
 pids_limit = 256               # 16..4194304
+log_rate_bytes_per_s = 65536   # 1024..104857600; a job's log lines beyond this rate are dropped, with a note
+log_burst_bytes = 262144       # 1024..1073741824; what a job may log at once before the rate applies
 '''
 
 # Rule 3. Prices at most 100 credits per unit-second: 1,048 cores + 16 TiB + 64 GPUs at that price for
@@ -82,20 +85,50 @@ RANGES: dict[str, tuple[int, int]] = {
     "limits.max_concurrent_jobs": (1, 1024),
     "limits.cpu_millis": (0, 1_048_576),              # 1,048 cores
     "limits.memory_mib": (0, 16_777_216),             # 16 TiB
+    "limits.disk_mib": (0, 1_073_741_824),            # 1 PiB
     "limits.offer_ttl_s": (10, 86_400),               # a day
     "receipts.interval_ms": (100, 60_000),
     "receipts.countersign_timeout_ms": (100, 600_000),
     "receipts.grace_ms": (0, 600_000),
     "receipts.exposure_cap_micros": (0, 1_000_000_000_000_000),
     "sandbox.pids_limit": (16, 4_194_304),            # the kernel's PID_MAX_LIMIT
+    "sandbox.log_rate_bytes_per_s": (1024, 104_857_600),  # 100 MiB/s
+    "sandbox.log_burst_bytes": (1024, 1 << 30),
 }
+
+# Rule 3 for the buyer: `suanli run`'s numeric options (argparse has checked their types; the agent's
+# request reader has too). Bounds as the provider's, so a proposal always encodes.
+RUN_RANGES: dict[str, tuple[int | float, int | float]] = {
+    "gpus": (0, 64),
+    "gpu_memory": (0, 16_777_216),
+    "cpus": (0.001, 1048.576),
+    "max_price": (0, 1_000_000_000_000_000),
+    "max_duration": (1, 2_592_000),
+    "wait": (0, 600),
+    "candidates": (1, 100),
+    "negotiate_timeout": (0.1, 600),
+}
+
+
+def check_run_numbers(values: dict[str, Any]) -> None:
+    """Each of ``values`` (``vars(args)`` of ``suanli run``) named in RUN_RANGES is a finite number in its
+    range (None: not given); otherwise ConfigError, one line naming the option and the range."""
+    for name, (lo, hi) in RUN_RANGES.items():
+        value = values.get(name)
+        if value is None:
+            continue
+        if type(value) not in (int, float) or not lo <= value <= hi:  # NaN compares False: refused too
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(f"{flag}: expected a number in {lo}..{hi}, got {_show(value)}", key=flag)
+
 
 _TOP = {"data_dir", "key", "listen", "bootstrap", "prices", "limits", "receipts", "sandbox"}
 _SECTIONS: dict[str, set[str]] = {
     "prices": {"cpu_core_micros_per_s", "memory_gib_micros_per_s", "gpu_micros_per_s"},
-    "limits": {"max_duration_s", "max_concurrent_jobs", "cpu_millis", "memory_mib", "allowed_images", "offer_ttl_s"},
+    "limits": {"max_duration_s", "max_concurrent_jobs", "cpu_millis", "memory_mib", "disk_mib", "allowed_images",
+               "offer_ttl_s"},
     "receipts": {"interval_ms", "countersign_timeout_ms", "grace_ms", "exposure_cap_micros"},
-    "sandbox": {"runtime", "pids_limit"},
+    "sandbox": {"runtime", "pids_limit", "log_rate_bytes_per_s", "log_burst_bytes"},
 }
 
 
@@ -113,6 +146,9 @@ class ProviderConfig:
     pids_limit: int
     extra: dict[str, Any] = field(default_factory=dict)
     ranges: dict[str, tuple[int, int]] = field(default_factory=dict)  # every whole-number key read (Rule 3)
+    disk_mib: int = 0  # 0: half the free disk under data_dir at start
+    log_rate_bytes_per_s: int = 65536
+    log_burst_bytes: int = 262144
 
 
 class _Reader:
@@ -226,7 +262,10 @@ def load_config(path: str | os.PathLike[str]) -> ProviderConfig:
         listen=listen, bootstrap=bootstrap,
         terms=ProviderTerms(prices, limits, receipts, ttl_ms=r.whole(lim, "limits", "offer_ttl_s", 120, 10) * 1000),
         cpu_millis=r.whole(lim, "limits", "cpu_millis", 0), memory_mib=r.whole(lim, "limits", "memory_mib", 0),
-        runtime=runtime or None, pids_limit=r.whole(sb, "sandbox", "pids_limit", 256, 16), ranges=r.checked)
+        runtime=runtime or None, pids_limit=r.whole(sb, "sandbox", "pids_limit", 256, 16),
+        disk_mib=r.whole(lim, "limits", "disk_mib", 0),
+        log_rate_bytes_per_s=r.whole(sb, "sandbox", "log_rate_bytes_per_s", 65536),
+        log_burst_bytes=r.whole(sb, "sandbox", "log_burst_bytes", 262144), ranges=r.checked)
 
 
 def write_example(path: str | os.PathLike[str]) -> Path:

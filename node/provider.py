@@ -30,19 +30,23 @@ import trio
 from market.capacity import Allocation, CapacityLedger
 from market.offers import OfferedGpu, ProviderTerms, build_offer, needs_refresh
 from market.records import Agreement, GpuSpec, Offer, Proposal
-from market.reputation import COMPLETED, REJECTED_AFTER_AGREEMENT, STOPPED_COUNTERSIGNING
+from market.reputation import COMPLETED, NEVER_STARTED, STOPPED_COUNTERSIGNING
 from market.service import ProviderMarket
 from market.wire import PROTOCOL_ID as NEGOTIATE_PROTOCOL
 from node import jobwire
+from node.daemonlock import lock_alive, take_daemon_lock
 from node.provider_job import ActiveJob, JobServices, serve_job
 from p2p.envelope import Signed, sign_record, signed_from_wire
+from p2p.errors import ConfigError, SuanliError
 from p2p.framing import serve_framed
 from p2p.host import HostConfig, Node, open_host
 from p2p.identity import NodeKey, peer_id_from_public
+from sandbox.disk import free_bytes
 from sandbox.engine import Engine, connect, probe_engine
 from sandbox.gpus import gpu_inventory
+from sandbox.image_gc import collect_buyer_images
 from sandbox.reaper import reap_orphans
-from sandbox.spec import GpuInfo, ProviderPolicy
+from sandbox.spec import LABEL_NODE, LABEL_OWNER, LABEL_ROLE, GpuInfo, ProviderPolicy
 from settlement.astore import AsyncStore, open_store
 from settlement.records import BUYER_UNRESPONSIVE, EXPIRED, PROVIDER_RESTART, PROVIDER_SHUTDOWN, Receipt
 from settlement.session import closing_receipt
@@ -65,9 +69,12 @@ class ProviderSetup:
     bootstrap: tuple[str, ...] = ()
     cpu_millis: int = 0  # 0: every core
     memory_mib: int = 0  # 0: three quarters of the machine
+    disk_mib: int = 0  # 0: half the free disk under data_dir (jobs' /io filesystems, sandbox.disk)
     policy: ProviderPolicy = field(default_factory=ProviderPolicy)
     hold_ms: int = 10_000
-    start_timeout_s: float = 60.0  # a confirmed agreement whose job never starts is closed after this
+    # issue 13 M3: a confirmed agreement whose job has not started after this is closed (reason
+    # `expired`), its capacity freed and `never_started` noted against the buyer.
+    start_timeout_s: float = 30.0
     shutdown_grace_s: float = 30.0
 
 
@@ -118,7 +125,8 @@ class ProviderRuntime:
         return build_offer(
             self.setup.key.public, self.node.addrs(), self.setup.terms, self.gpus, self.ledger.cpu_millis,
             self.ledger.memory_mib, free.gpu_uuids if self.accepting else (),
-            free.cpu_millis if self.accepting else 0, free.memory_mib if self.accepting else 0, self.seq + 1, now_ms)
+            free.cpu_millis if self.accepting else 0, free.memory_mib if self.accepting else 0, self.seq + 1, now_ms,
+            disk_mib=self.ledger.disk_mib, free_disk_mib=free.disk_mib if self.accepting else 0)
 
     async def publish_if_needed(self, announce: Announce | None, *, force: bool = False) -> None:
         now = wall_ms()
@@ -182,20 +190,38 @@ async def open_provider(setup: ProviderSetup, *, handlers: dict[str, object] | N
                         announce: Announce | None = None) -> AsyncIterator[ProviderRuntime]:
     key = setup.key
     setup.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # L3: the data directory is private
-    client = await trio.to_thread.run_sync(connect)
-    engine = Engine(client)
-    facts = await engine.call(probe_engine, client, what="probe engine")
-    await reap_orphans(engine, key.peer_id)
+    lock = take_daemon_lock(setup.data_dir)  # one daemon per data dir (node.daemonlock)
+    try:
+        client = await trio.to_thread.run_sync(connect)
+        engine = Engine(client)
+        facts = await engine.call(probe_engine, client, what="probe engine")
+        disk_dir = setup.data_dir / "disks"
+        reaped = await reap_orphans(engine, key.peer_id, disk_dir=disk_dir,
+                                    owner_alive=lambda owner: owner != lock.label and lock_alive(owner))
+        if reaped.spared:  # two daemons with one key would bill, and once reaped, each other's jobs
+            raise ConfigError(f"another suanli provider with this key ({key.peer_id}) is running on this Docker "
+                              f"engine (its lock: {reaped.spared[0]}); stop it, or give this one its own key",
+                              reason="already_running", path=reaped.spared[0])
+    except BaseException:
+        lock.close()
+        raise
     inventory = await trio.to_thread.run_sync(gpu_inventory)
     if not inventory.gpus:
         log.info("no GPU offered: %s", inventory.reason)
     gpus = offered_gpus(list(inventory.gpus), setup.terms)
     cpu = setup.cpu_millis or machine_cpu_millis()
     mem = setup.memory_mib or machine_memory_mib() * 3 // 4
-    ledger = CapacityLedger(tuple(g.uuid for g in gpus), cpu, mem, setup.terms.limits.max_concurrent_jobs)
-    policy = replace(setup.policy, max_cpus_millicores=cpu, max_memory_mib=mem,
-                     max_duration_ms=setup.terms.limits.max_duration_s * 1000)
+    disk = setup.disk_mib or free_bytes(setup.data_dir) // (1 << 20) // 2  # H4: half the free disk by default
+    ledger = CapacityLedger(tuple(g.uuid for g in gpus), cpu, mem, setup.terms.limits.max_concurrent_jobs,
+                            disk_mib=disk)
+    policy = replace(setup.policy, max_cpus_millicores=cpu, max_memory_mib=mem, max_disk_mib=disk,
+                     max_duration_ms=setup.terms.limits.max_duration_s * 1000, disk_dir=str(disk_dir),
+                     owner_lock=lock.label)
     async with AsyncExitStack() as stack:
+        stack.callback(lock.close)
+        await engine.call(client.api.create_volume, name=lock.marker_volume(), what="marker volume",
+                          labels={LABEL_NODE: key.peer_id, LABEL_ROLE: "daemon", LABEL_OWNER: lock.label})
+        stack.push_async_callback(_remove_marker, engine, lock.marker_volume())
         store = await stack.enter_async_context(open_store(setup.data_dir / "node.db"))
         await close_open_agreements(store, key)
         runtime_box: list[ProviderRuntime] = []
@@ -231,13 +257,17 @@ async def open_provider(setup: ProviderSetup, *, handlers: dict[str, object] | N
                 rt.changed.set()
             reason = final.reason if final is not None else None
             outcome = (STOPPED_COUNTERSIGNING if reason == BUYER_UNRESPONSIVE
-                       else REJECTED_AFTER_AGREEMENT if reason == EXPIRED else COMPLETED)
+                       else NEVER_STARTED if reason == EXPIRED else COMPLETED)
             services_nursery.start_soon(store.record_outcome, job.agreement.record.buyer, outcome, ag_id, wall_ms())
 
-        market = ProviderMarket(key=key, ledger=ledger, gpus=gpus, on_agreement=on_agreement, hold_ms=setup.hold_ms)
+        def unstarted(buyer: bytes) -> int:  # market.deal Rule 5: what a buyer holds and has not started
+            return sum(1 for job in services.active.values() if job.agreement.record.buyer == buyer and not job.started)
+
+        market = ProviderMarket(key=key, ledger=ledger, gpus=gpus, on_agreement=on_agreement, hold_ms=setup.hold_ms,
+                                unstarted=unstarted)
         services = JobServices(key=key, store=store, engine=engine, facts=facts, policy=policy,
                                gpus={g.uuid: g for g in inventory.gpus}, node_id=key.peer_id, active={},
-                               on_finished=on_finished)
+                               on_finished=on_finished, image_dir=setup.data_dir / "images")
         max_job_s = setup.terms.limits.max_duration_s + 600
         all_handlers: dict[str, object] = {
             NEGOTIATE_PROTOCOL: serve_framed(market.handle, protocol=NEGOTIATE_PROTOCOL, stream_budget_s=60),
@@ -254,12 +284,38 @@ async def open_provider(setup: ProviderSetup, *, handlers: dict[str, object] | N
         runtime_box.append(runtime)
         await runtime.publish_if_needed(announce, force=True)
         services_nursery.start_soon(_publisher, runtime, announce)
+        services_nursery.start_soon(_collect_buyer_images, services)  # at start, then periodically
         try:
             yield runtime
         finally:
             with trio.CancelScope(shield=True):
                 await _shutdown(runtime, announce)
             services_nursery.cancel_scope.cancel()
+
+
+async def _remove_marker(engine: Engine, name: str) -> None:
+    with trio.CancelScope(shield=True), trio.move_on_after(10):
+        try:
+            await engine.call(engine.api.remove_volume, name, force=True, what="remove marker volume")
+        except SuanliError as exc:  # the next start reaps it
+            log.warning("marker volume %s not removed: %s", name, exc)
+
+
+IMAGE_COLLECT_INTERVAL_S = 60.0
+
+
+async def _collect_buyer_images(services: JobServices) -> None:
+    """Buyer images over their disk budget are removed, least recently used first (sandbox.image_gc)."""
+    if services.image_dir is None:
+        return
+    while True:
+        in_use = frozenset(job.agreement.record.job.image for job in services.active.values())
+        try:
+            await services.engine.call(collect_buyer_images, services.engine.client, services.image_dir, in_use,
+                                       what="collect buyer images")
+        except SuanliError as exc:
+            log.warning("buyer images not collected: %s", exc)
+        await trio.sleep(IMAGE_COLLECT_INTERVAL_S)
 
 
 async def _publisher(runtime: ProviderRuntime, announce: Announce | None) -> None:

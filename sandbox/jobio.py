@@ -105,6 +105,111 @@ def read_output_tar(data: bytes, *, max_files: int = 10_000) -> dict[str, bytes]
     return read_tar_files(data, what="the job's outputs", strip="out", max_files=max_files)
 
 
+class LogRateLimit:
+    """A token bucket over one job's log bytes (pure: ``now_s`` is passed in).
+
+    Lines are admitted while the bucket holds their bytes (plus one for the newline); it refills at
+    ``rate_bytes_per_s`` up to ``burst_bytes``. What is refused is counted, so the buyer can be told.
+    Over any window of t seconds at most ``rate × t + burst`` bytes are admitted.
+    """
+
+    def __init__(self, rate_bytes_per_s: int, burst_bytes: int) -> None:
+        if rate_bytes_per_s <= 0 or burst_bytes <= 0:
+            raise SandboxError("a log rate limit needs a positive rate and burst",
+                               actual=(rate_bytes_per_s, burst_bytes))
+        self.rate, self.burst = rate_bytes_per_s, burst_bytes
+        self._tokens = float(burst_bytes)
+        self._at: float | None = None
+        self.admitted_bytes = 0
+        self.dropped_bytes = 0
+        self.dropped_lines = 0
+
+    def _refill(self, now_s: float) -> None:
+        if self._at is not None and now_s > self._at:
+            self._tokens = min(float(self.burst), self._tokens + (now_s - self._at) * self.rate)
+        if self._at is None or now_s > self._at:
+            self._at = now_s
+
+    def admit(self, nbytes: int, now_s: float) -> bool:
+        """Take ``nbytes`` (a line and its newline) if the bucket holds them; count a drop otherwise."""
+        self._refill(now_s)
+        if nbytes <= self._tokens:
+            self._tokens -= nbytes
+            self.admitted_bytes += nbytes
+            return True
+        self.dropped_bytes += nbytes
+        self.dropped_lines += 1
+        return False
+
+    def note(self) -> str | None:
+        """The one line the buyer is told at the end, or None when nothing was dropped."""
+        if not self.dropped_bytes:
+            return None
+        return f"{self.dropped_bytes} bytes of logs dropped: rate limit {self.rate} B/s"
+
+
+class LogFrames:
+    """The engine's ``/logs`` body as it comes off the socket → the log bytes it carries (pure).
+
+    Two layers, both undone here on whole buffers rather than per line: HTTP/1.1 chunked encoding
+    (``<hex size>\r\n<data>\r\n``, a zero size ends it), and inside it Docker's stream multiplexing
+    (an 8-byte header: stream type, three zero bytes, a big-endian 32-bit length; then the payload).
+    Anything malformed ends the stream (``ended``) rather than raising: it is the engine's bytes.
+    """
+
+    def __init__(self) -> None:
+        self._raw = bytearray()  # chunked-encoded bytes not yet decoded
+        self._body = bytearray()  # decoded body bytes not yet demultiplexed
+        self._chunk_left = 0  # data bytes left in the current chunk; -2: its trailing CRLF is next
+        self.ended = False
+
+    def feed(self, data: bytes) -> bytes:
+        self._raw += data
+        raw = self._raw
+        pos = 0
+        while not self.ended and pos < len(raw):
+            if self._chunk_left > 0:
+                take = min(self._chunk_left, len(raw) - pos)
+                self._body += raw[pos:pos + take]
+                pos += take
+                self._chunk_left -= take
+                if self._chunk_left == 0:
+                    self._chunk_left = -2
+            elif self._chunk_left == -2:
+                if len(raw) - pos < 2:
+                    break
+                pos += 2
+                self._chunk_left = 0
+            else:
+                eol = raw.find(b"\r\n", pos)
+                if eol < 0:
+                    if len(raw) - pos > 64:
+                        self.ended = True
+                    break
+                try:
+                    size = int(bytes(raw[pos:eol]).split(b";")[0], 16)
+                except ValueError:
+                    self.ended = True
+                    break
+                pos = eol + 2
+                if size == 0:
+                    self.ended = True
+                self._chunk_left = size if size else 0
+        del raw[:pos]
+        return self._demux()
+
+    def _demux(self) -> bytes:
+        body, out, pos = self._body, bytearray(), 0
+        while len(body) - pos >= 8:
+            length = int.from_bytes(body[pos + 4:pos + 8], "big")
+            if len(body) - pos - 8 < length:
+                break
+            out += body[pos + 8:pos + 8 + length]
+            pos += 8 + length
+        del body[:pos]
+        return bytes(out)
+
+
 class LineSplitter:
     """Chunks of one stream → complete lines; a line longer than `max_line` is cut into pieces."""
 

@@ -10,6 +10,8 @@ Rule 1: a refusal happens here, before anything is created: a GPU job with no NV
 old toolkit, an image whose config sets LD_PRELOAD / LD_LIBRARY_PATH / NVIDIA_* (CVE-2025-23266), a
 request above the policy.
 Rule 2: GPUs are named by UUID, never by count (a count maps to indices 0..n-1 on the host).
+Rule 3: with a `disk_dir`, /io is a filesystem of the agreed `disk_mib` (sandbox.disk), and a job is
+refused when the host has less free disk than that: the provider never promises space it lacks.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from p2p.errors import ConfigError, GpuUnavailableError, ImageError, SandboxErro
 from sandbox.spec import (
     LABEL_AGREEMENT,
     LABEL_NODE,
+    LABEL_OWNER,
     LABEL_ROLE,
     EngineFacts,
     GpuInfo,
@@ -34,6 +37,8 @@ USER = "65534:65534"
 IO_DIR = "/io"
 GPU_CAPABILITIES = (("gpu", "compute", "utility"),)
 _FORBIDDEN_ENV = re.compile(r"(LD_PRELOAD|LD_LIBRARY_PATH|NVIDIA_.*)")
+MIN_DISK_MIB = 16  # mkfs.ext4 leaves a job almost nothing below this
+DISK_SUFFIX = ".ext4"
 _VERSION = re.compile(r"version\s*:?\s*v?(\d+)\.(\d+)\.(\d+)", re.IGNORECASE)
 
 
@@ -65,6 +70,8 @@ class ContainerPlan:
     deadline_ms: int
     output_max_bytes: int
     oom_score_adj: int
+    disk_bytes: int = 0  # the size of the job's /io filesystem; 0 with disk_file None: a plain volume
+    disk_file: str | None = None  # <policy.disk_dir>/<volume_name>.ext4 (sandbox.disk)
 
 
 def forbidden_env(env_entries: Sequence[str] | Mapping[str, str]) -> list[str]:
@@ -118,7 +125,8 @@ def _check_limits(spec: JobSpec, policy: ProviderPolicy) -> None:
     for asked, limit, key in ((spec.cpus_millicores, policy.max_cpus_millicores, "cpus_millicores"),
                               (spec.memory_mib, policy.max_memory_mib, "memory_mib"),
                               (spec.gpus, policy.max_gpus, "gpus"),
-                              (spec.max_duration_ms, policy.max_duration_ms, "max_duration_ms")):
+                              (spec.max_duration_ms, policy.max_duration_ms, "max_duration_ms"),
+                              (spec.disk_mib, policy.max_disk_mib, "disk_mib")):
         if asked > limit:
             raise SandboxError(f"the job asks for {key}={asked}, above this provider's limit {limit}",
                                key=key, expected=limit, actual=asked)
@@ -126,11 +134,12 @@ def _check_limits(spec: JobSpec, policy: ProviderPolicy) -> None:
 
 def plan_container(spec: JobSpec, policy: ProviderPolicy, facts: EngineFacts, *, image_env: Sequence[str],
                    free_gpus: Sequence[GpuInfo], node_id: str, agreement_id: str,
-                   job_key: str) -> ContainerPlan:
+                   job_key: str, free_disk_bytes: int | None = None) -> ContainerPlan:
     """The hardened plan for one job, or a SuanliError that says why it cannot run (Rule 1).
 
     `image_env` is the image config's Env ("K=V" entries, from inspect or the archive);
-    `job_key` makes container and volume names unique per attempt.
+    `job_key` makes container and volume names unique per attempt; `free_disk_bytes` is what the
+    filesystem under `policy.disk_dir` has free now (Rule 3).
     """
     if policy.allowed_images is not None and spec.image_id not in policy.allowed_images:
         raise ImageError("this provider does not run that image", image_id=spec.image_id)
@@ -155,7 +164,17 @@ def plan_container(spec: JobSpec, policy: ProviderPolicy, facts: EngineFacts, *,
         env["NVIDIA_DRIVER_CAPABILITIES"] = "compute,utility"
     else:
         env["NVIDIA_VISIBLE_DEVICES"] = "void"
+    disk_bytes, disk_file = 0, None
+    if policy.disk_dir is not None:
+        disk_bytes = max(spec.disk_mib, MIN_DISK_MIB) * MIB
+        if free_disk_bytes is not None and free_disk_bytes < disk_bytes:
+            raise SandboxError(f"this provider has {free_disk_bytes >> 20} MiB of disk free, less than the "
+                               f"{disk_bytes >> 20} MiB it promised the job; refusing to start it",
+                               reason="disk_full", expected=disk_bytes, actual=free_disk_bytes)
+        disk_file = f"{policy.disk_dir.rstrip('/')}/suanli-io-{job_key}{DISK_SUFFIX}"
     labels = {LABEL_NODE: node_id, LABEL_AGREEMENT: agreement_id, LABEL_ROLE: "job"}
+    if policy.owner_lock is not None:
+        labels[LABEL_OWNER] = policy.owner_lock
     security_opt = ["no-new-privileges:true"]
     if policy.seccomp_profile_json is not None:
         security_opt.append("seccomp=" + policy.seccomp_profile_json)
@@ -172,4 +191,5 @@ def plan_container(spec: JobSpec, policy: ProviderPolicy, facts: EngineFacts, *,
         log_max_size_mib=policy.log_max_size_mib, log_max_files=policy.log_max_files,
         stop_timeout_s=-(-policy.stop_grace_ms // 1000), deadline_ms=spec.max_duration_ms,
         output_max_bytes=policy.output_max_bytes, oom_score_adj=policy.oom_score_adj,
+        disk_bytes=disk_bytes, disk_file=disk_file,
     )

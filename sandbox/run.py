@@ -15,6 +15,7 @@ from typing import TypeVar
 
 import trio
 
+from sandbox.disk import free_bytes
 from sandbox.engine import Engine, probe_engine
 from sandbox.images import image_env
 from sandbox.jobio import LogLine
@@ -40,8 +41,9 @@ async def prepare_job(engine: Engine, spec: JobSpec, policy: ProviderPolicy, *, 
     if facts is None:
         facts = await engine.call(probe_engine, engine.client, what="probe engine")
     env = await engine.call(image_env, engine.client, spec.image_id, what="inspect image")
+    free_disk = None if policy.disk_dir is None else await trio.to_thread.run_sync(free_bytes, policy.disk_dir)
     return plan_container(spec, policy, facts, image_env=env, free_gpus=free_gpus, node_id=node_id,
-                          agreement_id=agreement_id, job_key=job_key)
+                          agreement_id=agreement_id, job_key=job_key, free_disk_bytes=free_disk)
 
 
 async def _drain(receive: trio.MemoryReceiveChannel[T], callback: Callable[[T], None] | None) -> None:

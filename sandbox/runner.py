@@ -12,33 +12,46 @@ Rule 2: the low-level API only (create_container + create_host_config): `contain
 missing images silently and cannot set a stop timeout. The image is referenced by pinned id.
 Rule 3: the deadline is ours (trio clock): docker's wait timeout is only an HTTP timeout. At the
 deadline the container is stopped with the plan's grace (SIGTERM to the init, SIGKILL after).
+Rule 4: a job is `killed_externally` when its container vanished, or the engine recorded a `kill`
+event for it (docker stop / kill / rm -f) that this runner did not send: such an end is never
+reported as a normal exit (docs/PROTOCOL.md's `killed_externally`).
+Rule 5: a job's logs cost the provider in proportion to its log rate limit, not to what the job
+writes: one thread per stream reads, splits and drops; the job's task forwards admitted lines in
+batches; reading is held to READ_FACTOR times the limit.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import logging
 import math
 import os
-from collections.abc import AsyncIterator, Mapping
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import docker.errors
 import docker.types
 import trio
 
 from p2p.errors import SandboxError
-from sandbox.engine import Engine
-from sandbox.jobio import LineSplitter, LogLine, input_tar, parse_log_line, stamp_key
+from sandbox.disk import make_disk, release_disk
+from sandbox.engine import FOREIGN, Engine, translate
+from sandbox.jobio import LineSplitter, LogFrames, LogLine, LogRateLimit, input_tar, parse_log_line, stamp_key
 from sandbox.metering import Meter, MeterSample
 from sandbox.plan import IO_DIR, ContainerPlan
 
 log = logging.getLogger(__name__)
 CLEANUP_BUDGET_S = 30
 TAIL_LINES = 16
+LOG_POLL_S = 0.05  # how often admitted log lines are handed from the reader thread to the job
+READ_FACTOR = 4  # with a log rate limit, logs are read at most this many times faster than the limit
 
 
 @dataclass(frozen=True)
@@ -47,6 +60,7 @@ class ExitResult:
     oom_killed: bool
     timed_out: bool  # stopped by our deadline
     final: MeterSample
+    killed_externally: bool = False  # stopped, killed or removed on the engine by someone else (Rule 4)
 
 
 @dataclass(frozen=True)
@@ -57,8 +71,14 @@ class OutputArchive:
 
 
 def _create(api: docker.APIClient, plan: ContainerPlan) -> str:
-    """Blocking: the named volume, then the hardened container (see sandbox.plan for the why)."""
-    api.create_volume(name=plan.volume_name, labels=dict(plan.labels))
+    """Blocking: the named volume (on the job's own filesystem when it has a disk), then the hardened
+    container (see sandbox.plan for the why)."""
+    if plan.disk_file is not None:
+        device = make_disk(Path(plan.disk_file), plan.disk_bytes)
+        api.create_volume(name=plan.volume_name, driver="local", labels=dict(plan.labels),
+                          driver_opts={"type": "ext4", "device": device, "o": "nosuid,nodev"})
+    else:
+        api.create_volume(name=plan.volume_name, labels=dict(plan.labels))
     devices = [docker.types.DeviceRequest(device_ids=list(plan.gpu_uuids),
                                           capabilities=[list(c) for c in plan.gpu_capabilities])]
     host_config = api.create_host_config(
@@ -79,14 +99,114 @@ def _create(api: docker.APIClient, plan: ContainerPlan) -> str:
     return str(created["Id"])
 
 
-def _remove(api: docker.APIClient, name: str, volume: str) -> None:
-    """Blocking: remove the container (if any) and then its volume (if any)."""
+class _LogReader:
+    """Blocking half of one log stream: frames → lines → the rate limit → a queue the trio side takes.
+
+    The limit is shared by a job's two streams, so it is used under a lock. With a limit, reading itself
+    is held to READ_FACTOR times its rate: past that, this thread sleeps, the engine's follower waits on
+    the socket, and neither this process nor dockerd spends CPU on lines that would be dropped (what the
+    json-file driver rotates away meanwhile is never read, and so not counted in the drop note).
+    """
+
+    def __init__(self, gen: Iterator[bytes], limit: LogRateLimit | None, lock: threading.Lock) -> None:
+        self.gen, self.limit, self.lock = gen, limit, lock
+        self.splitter = LineSplitter()
+        self.lines: collections.deque[bytes] = collections.deque()
+        self.done = trio.Event()
+        self.error: SandboxError | None = None
+        self.closed = False
+        self._read_tokens = 0.0
+        self._read_at = time.monotonic()
+
+    def admit(self, nbytes: int) -> bool:
+        if self.limit is None:
+            return True
+        with self.lock:
+            return self.limit.admit(nbytes, time.monotonic())
+
+    def _throttle(self, nbytes: int) -> None:
+        if self.limit is None:
+            return
+        rate, burst = self.limit.rate * READ_FACTOR, self.limit.burst * READ_FACTOR
+        now = time.monotonic()
+        self._read_tokens = min(float(burst), self._read_tokens + (now - self._read_at) * rate) - nbytes
+        self._read_at = now
+        if self._read_tokens < 0:
+            time.sleep(min(1.0, -self._read_tokens / rate))
+
+    def _chunks(self) -> Iterator[bytes]:
+        """The log bytes: straight off the response's buffered socket, 64 KiB a read, when docker-py
+        exposes it (one read per buffer instead of two urllib3 reads per line); else docker-py's frames."""
+        fp = _response_file(self.gen)
+        if fp is None:
+            yield from self.gen
+            return
+        frames = LogFrames()
+        while not frames.ended and (data := fp.read1(1 << 16)):
+            if payload := frames.feed(data):
+                yield payload
+
+    def run(self) -> None:
+        try:
+            for chunk in self._chunks():
+                if self.closed:
+                    return
+                for raw in self.splitter.feed(chunk):
+                    if self.admit(len(raw) + 1):
+                        self.lines.append(raw)
+                self._throttle(len(chunk))
+            self.lines.extend(self.splitter.flush())
+        except FOREIGN as exc:
+            self.error = translate(exc, "logs")
+        except ValueError as exc:  # the socket was shut under the read (close on cancel)
+            self.error = SandboxError(f"logs: {exc}")
+
+    def take(self, *, flush: bool = False) -> list[bytes]:
+        out = []
+        while self.lines:
+            out.append(self.lines.popleft())
+        if flush:
+            out.extend(self.splitter.flush())
+        return out
+
+
+def _response_file(stream: object) -> Any:
+    """The buffered socket file under docker-py's log stream (`CancellableStream._response`), with the
+    client's read timeout lifted as docker-py's own helper does; None where the SDK is shaped otherwise."""
+    response = getattr(stream, "_response", None)
+    fp = getattr(getattr(getattr(response, "raw", None), "_fp", None), "fp", None)
+    if fp is None or not hasattr(fp, "read1"):
+        return None
+    raw_io = getattr(fp, "raw", None)
+    sock = getattr(raw_io, "sock", None) or getattr(raw_io, "_sock", None)
+    if sock is not None:
+        sock.settimeout(None)
+    return fp
+
+
+def _killed_by_others(api: docker.APIClient, container: str, since_s: float) -> bool:
+    """Blocking: did the engine record a `kill` (docker stop / kill / rm -f) for `container` since
+    `since_s`? Called only when this runner sent none (Rule 4); `until` makes the query return at once."""
+    events = api.events(since=int(since_s) - 1, until=f"{time.time():.9f}", decode=True,
+                        filters={"container": container, "event": ["kill"]})
+    try:
+        return any(e.get("Action") == "kill" for e in events)
+    finally:
+        close = getattr(events, "close", None)
+        if close is not None:
+            close()
+
+
+def _remove(api: docker.APIClient, name: str, volume: str, disk_file: str | None = None) -> None:
+    """Blocking: remove the container (if any), then its volume (if any), then the job's disk."""
     for remove, target in ((lambda n: api.remove_container(n, force=True, v=True), name),
                            (lambda n: api.remove_volume(n, force=True), volume)):
         try:
             remove(target)
         except docker.errors.NotFound:
             pass
+    if disk_file is not None:
+        release_disk(Path(disk_file))
 
 
 class Job:
@@ -100,11 +220,14 @@ class Job:
         self.exited = trio.Event()
         self.result: ExitResult | None = None
         self._deadline: float | None = None
+        self._started_wall_s = 0.0
+        self._stopping = False  # this runner asked the engine to stop or kill the container (Rule 4)
 
     def now_ms(self) -> int:
         return int(trio.current_time() * 1000)
 
     async def start(self) -> None:
+        self._started_wall_s = time.time()
         await self.engine.call(self.api.start, self.id, what="start container")
         self.meter.event("start", self.now_ms())
         self._deadline = trio.current_time() + self.plan.deadline_ms / 1000
@@ -123,6 +246,7 @@ class Job:
 
     async def stop(self) -> None:
         """Stop with the plan's grace period (SIGTERM, then SIGKILL); a paused job is thawed first."""
+        self._stopping = True
         if self.meter.state == "paused":
             await self.resume()
         try:
@@ -135,54 +259,93 @@ class Job:
     async def wait(self) -> ExitResult:
         """Wait for the exit, enforcing the deadline (Rule 3); return the code, OOM flag and usage."""
         with trio.move_on_at(self._deadline if self._deadline is not None else math.inf) as scope:
-            await self.engine.call(self.api.wait, self.id, timeout=None, own_thread=True, what="wait")
+            try:
+                await self.engine.call(self.api.wait, self.id, timeout=None, own_thread=True, what="wait")
+            except SandboxError as exc:
+                if getattr(exc, "status", None) != 404:  # a vanished container is judged below (Rule 4)
+                    raise
         timed_out = scope.cancelled_caught
         if timed_out:
             await self.stop()
             with trio.fail_after(self.plan.stop_timeout_s + 30):
                 await self.engine.call(self.api.wait, self.id, timeout=None, own_thread=True)
         self.meter.event("stop", self.now_ms())
-        state = (await self.engine.call(self.api.inspect_container, self.id))["State"]
+        try:
+            state = (await self.engine.call(self.api.inspect_container, self.id))["State"]
+        except SandboxError as exc:
+            if getattr(exc, "status", None) != 404:
+                raise
+            state = {"ExitCode": -1}  # removed under us: someone else's doing (Rule 4)
+            external = True
+        else:
+            external = not self._stopping and await self.engine.call(
+                _killed_by_others, self.api, self.id, self._started_wall_s, what="events")
         self.result = ExitResult(exit_code=int(state.get("ExitCode", -1)),
                                  oom_killed=bool(state.get("OOMKilled")) or self.meter.oom_kills > 0,
                                  timed_out=timed_out,
-                                 final=self.meter.sample(self.now_ms()))
+                                 final=self.meter.sample(self.now_ms()),
+                                 killed_externally=external)
+        if external:
+            log.warning("container %s was stopped or removed by someone else", self.id[:12])
         self.exited.set()
         return self.result
 
-    async def stream_logs(self, send: trio.MemorySendChannel[LogLine]) -> None:
-        """Send stdout and stderr lines as the engine's log driver receives them, until the exit."""
+    async def stream_logs(self, send: trio.MemorySendChannel[LogLine], limit: LogRateLimit | None = None) -> None:
+        """Send stdout and stderr lines as the engine's log driver receives them, until the exit.
+
+        With a `limit`, lines beyond its rate are dropped here (and counted in it), before they cost
+        anything further; reading itself is held to `READ_FACTOR` times the rate (Rule 5).
+        """
+        lock = threading.Lock()  # the two streams' reader threads share the limit
         async with trio.open_nursery() as nursery:
             for stream in ("stdout", "stderr"):
-                nursery.start_soon(self._pump_logs, stream, send)
+                nursery.start_soon(self._pump_logs, stream, send, limit, lock)
 
-    async def _pump_logs(self, stream: str, send: trio.MemorySendChannel[LogLine]) -> None:
+    async def _pump_logs(self, stream: str, send: trio.MemorySendChannel[LogLine],
+                         limit: LogRateLimit | None = None, lock: threading.Lock | None = None) -> None:
         gen = await self.engine.call(self.api.logs, self.id, stdout=stream == "stdout",
                                      stderr=stream == "stderr", stream=True, follow=True,
                                      timestamps=True, what="logs")
-        splitter = LineSplitter()
+        # One thread reads, splits and rate-limits the whole stream; this task only forwards what was
+        # admitted, every LOG_POLL_S: a flood costs no trio wake-up or thread hop per line (Rule 5).
+        reader = _LogReader(gen, limit, lock or threading.Lock())
         last_stamp = ""
-        try:
-            while (chunk := await self.engine.call(next, gen, None, own_thread=True, what="logs")):
-                for raw in splitter.feed(chunk):
-                    line = parse_log_line(stream, raw)
-                    last_stamp = line.timestamp or last_stamp
-                    await send.send(line)
-            for raw in splitter.flush():
+
+        async def forward() -> None:
+            nonlocal last_stamp
+            for raw in reader.take():
                 line = parse_log_line(stream, raw)
                 last_stamp = line.timestamp or last_stamp
                 await send.send(line)
+
+        try:
+            async with trio.open_nursery() as nursery:
+                async def read() -> None:
+                    await trio.to_thread.run_sync(reader.run, abandon_on_cancel=True,
+                                                  limiter=trio.CapacityLimiter(1))
+                    reader.done.set()
+
+                nursery.start_soon(read)
+                while not reader.done.is_set():
+                    await forward()
+                    with trio.move_on_after(LOG_POLL_S):
+                        await reader.done.wait()
+            await forward()
+            if reader.error is not None:
+                raise reader.error
             # The engine can store a process's last, unterminated line after a follow stream ended
             # (seen under load): look once more at the tail and pass on whatever is newer.
             for line in await self._tail_after(stream, last_stamp):
-                await send.send(line)
+                if limit is None or reader.admit(len(line.text) + 32):
+                    await send.send(line)
         except SandboxError as exc:  # the container went away under the stream: the stream ends
             log.info("log stream of %s ended: %s", self.id[:12], exc)
         finally:
-            for raw in splitter.flush():  # cancelled mid-line: what did arrive is still passed on
+            reader.closed = True
+            for raw in reader.take(flush=True):  # cancelled mid-line: what did arrive is still passed on
                 with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
                     send.send_nowait(parse_log_line(stream, raw))
-            gen.close()
+            gen.close()  # docker-py's CancellableStream: shuts the socket under a reader still blocked
 
     async def _tail_after(self, stream: str, last_stamp: str) -> list[LogLine]:
         data = await self.engine.call(self.api.logs, self.id, stdout=stream == "stdout",
@@ -248,7 +411,8 @@ async def open_job(engine: Engine, plan: ContainerPlan, *,
         with trio.CancelScope(shield=True):
             with trio.move_on_after(CLEANUP_BUDGET_S) as budget:
                 try:
-                    await engine.call(_remove, engine.api, plan.name, plan.volume_name, what="remove job")
+                    await engine.call(_remove, engine.api, plan.name, plan.volume_name, plan.disk_file,
+                                      what="remove job")
                 except SandboxError as exc:  # never mask the job's own outcome; the reaper retries
                     log.warning("cleanup of %s failed: %s", plan.name, exc)
             if budget.cancelled_caught:

@@ -26,6 +26,9 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 LABEL_NODE = "suanli.node"
 LABEL_AGREEMENT = "suanli.agreement"
 LABEL_ROLE = "suanli.role"
+# The daemon that owns a container or volume: its lock file (node.lock); it is alive while that file is
+# locked, and then nobody else may remove its objects (reaper Rule 3).
+LABEL_OWNER = "suanli.owner"
 
 
 def pinned_image_id(value: str) -> ImageId:
@@ -48,6 +51,7 @@ class JobSpec:
     gpus: int = 0
     gpu_model: str | None = None
     max_duration_ms: int = 3_600_000
+    disk_mib: int = 1024  # the job's /io filesystem (sandbox.disk), when the policy gives jobs disks
 
     def __post_init__(self) -> None:
         pinned_image_id(self.image_id)
@@ -57,7 +61,7 @@ class JobSpec:
         for name in self.env:
             if not _ENV_NAME.fullmatch(name):
                 raise ConfigError("a job's environment variable name is not valid", actual=name)
-        for name in ("cpus_millicores", "memory_mib", "max_duration_ms"):
+        for name in ("cpus_millicores", "memory_mib", "max_duration_ms", "disk_mib"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"a job's {name} must be a positive integer", key=name, actual=value)
@@ -86,6 +90,13 @@ class ProviderPolicy:
     seccomp_profile_json: str | None = None  # None: Docker's default profile
     allowed_images: frozenset[str] | None = None  # None: any pinned image
     min_toolkit_version: tuple[int, int, int] = (1, 17, 8)  # earlier NVIDIA toolkits: container escapes
+    max_disk_mib: int = 64 * 1024
+    # Where each job's /io filesystem file lives (sandbox.disk). None: /io is a plain Docker volume with no
+    # size limit, for library use only; the provider daemon always sets it (<data dir>/disks).
+    disk_dir: str | None = None
+    owner_lock: str | None = None  # the daemon's lock file, labelled on everything it creates (LABEL_OWNER)
+    log_rate_bytes_per_s: int = 64 * 1024  # a job's log lines beyond this are dropped (node.provider_job)
+    log_burst_bytes: int = 256 * 1024
 
 
 @dataclass(frozen=True)

@@ -28,8 +28,9 @@ PROVIDER_SHUTDOWN = "provider_shutdown"
 PROVIDER_RESTART = "provider_restart"
 EXPIRED = "expired"
 DEADLINE = "deadline"
+KILLED_EXTERNALLY = "killed_externally"  # stopped or removed by someone else on the engine, not by the provider
 REASONS = frozenset({COMPLETED, BUYER_CANCEL, OWNER_PREEMPT, BUYER_UNRESPONSIVE, PROVIDER_FAULT,
-                     PROVIDER_SHUTDOWN, PROVIDER_RESTART, EXPIRED, DEADLINE})
+                     PROVIDER_SHUTDOWN, PROVIDER_RESTART, EXPIRED, DEADLINE, KILLED_EXTERNALLY})
 
 
 @struct

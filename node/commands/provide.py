@@ -47,7 +47,10 @@ async def _provide(config, as_json: bool) -> None:  # type: ignore[no-untyped-de
         log.info("created key %s (peer id %s)", config.key_path, key.peer_id)
     setup = ProviderSetup(key=key, data_dir=config.data_dir, terms=config.terms, listen=config.listen,
                           bootstrap=config.bootstrap, cpu_millis=config.cpu_millis, memory_mib=config.memory_mib,
-                          policy=replace(ProviderPolicy(), runtime=config.runtime, pids_limit=config.pids_limit))
+                          disk_mib=config.disk_mib,
+                          policy=replace(ProviderPolicy(), runtime=config.runtime, pids_limit=config.pids_limit,
+                                         log_rate_bytes_per_s=config.log_rate_bytes_per_s,
+                                         log_burst_bytes=config.log_burst_bytes))
     overlay = provider_overlay()
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with open_provider(setup, handlers=overlay.handlers, topics=overlay.topics,

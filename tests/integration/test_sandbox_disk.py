@@ -1,0 +1,125 @@
+"""H4: a job's /io is a filesystem of the agreed size, on the REAL Docker engine (no registry).
+
+A job that writes past its disk gets ENOSPC and the host's free space drops by no more than the
+agreed size; a job is refused when the host has less free disk than it promised; the disk file and
+its loop device are gone after the job and, after a crash, after the reaper.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import replace
+
+import pytest
+
+from p2p.errors import SandboxError
+from sandbox.disk import disk_files, free_bytes, loop_devices
+from sandbox.engine import probe_engine
+from sandbox.plan import plan_container
+from sandbox.reaper import reap_orphans
+from sandbox.run import prepare_job, run_job
+from sandbox.runner import _create
+from sandbox.spec import LABEL_NODE, JobSpec, ProviderPolicy
+
+pytestmark = [pytest.mark.docker,
+              pytest.mark.skipif(os.geteuid() != 0, reason="loop devices need root (the provider daemon runs as root)")]
+AGREEMENT = "d1" * 32
+MIB = 1 << 20
+
+
+@pytest.fixture
+def node(docker_client):
+    node_id = f"test-{uuid.uuid4().hex[:12]}"
+    yield node_id
+    label = {"label": f"{LABEL_NODE}={node_id}"}
+    containers = docker_client.api.containers(all=True, filters=label)
+    volumes = docker_client.api.volumes(filters=label).get("Volumes") or []
+    for c in containers:
+        docker_client.api.remove_container(c["Id"], force=True, v=True)
+    for v in volumes:
+        docker_client.api.remove_volume(v["Name"], force=True)
+    assert not containers and not volumes, "the sandbox left containers or volumes behind"
+
+
+@pytest.fixture
+def policy(tmp_path):
+    return ProviderPolicy(stop_grace_ms=1000, disk_dir=str(tmp_path / "disks"))
+
+
+@pytest.fixture
+def engine(docker_client):
+    from sandbox.engine import Engine
+    return Engine(docker_client)
+
+
+async def _run(engine, image, node, policy, command, disk_mib, **kw):
+    spec = JobSpec(image, ("sh", "-c", command), disk_mib=disk_mib, max_duration_ms=60_000, **kw)
+    plan = await prepare_job(engine, spec, policy, node_id=node, agreement_id=AGREEMENT,
+                             job_key=uuid.uuid4().hex[:12])
+    logs = []
+    outcome = await run_job(engine, plan, on_log=logs.append, meter_interval_s=1.0)
+    return plan, outcome.exit, [line.text for line in logs]
+
+
+async def test_a_job_that_writes_past_its_disk_gets_enospc_and_the_host_does_not(engine, demo_image, node, policy,
+                                                                                   tmp_path):
+    before = free_bytes(tmp_path)
+    plan, result, lines = await _run(
+        engine, demo_image, node, policy,
+        "dd if=/dev/zero of=/io/out/big bs=1M count=200 2>&1; echo rc=$?; df -k /io | tail -1", disk_mib=32)
+    text = "\n".join(lines)
+    assert "No space left on device" in text and "rc=1" in text, text
+    assert result.exit_code == 0
+    # The filesystem is the agreed 32 MiB (ext4's own metadata takes a little of it).
+    size_k = int(lines[-1].split()[1])
+    assert 24 * 1024 <= size_k <= 32 * 1024, lines[-1]
+    # Nothing is left: no file, no loop device; the host's free space is back (within other writers' noise).
+    assert disk_files(tmp_path / "disks") == []
+    assert loop_devices(tmp_path / "disks" / (plan.volume_name + ".ext4")) == []
+    assert free_bytes(tmp_path) > before - 16 * MIB
+
+
+async def test_the_disk_holds_the_inputs_and_hands_back_outputs(engine, demo_image, node, policy):
+    spec = JobSpec(demo_image, ("sh", "-c", "cat /io/in/a.txt > /io/out/b.txt; id -u; touch /io/x && echo w"),
+                   disk_mib=16, max_duration_ms=60_000)
+    plan = await prepare_job(engine, spec, policy, node_id=node, agreement_id=AGREEMENT, job_key=uuid.uuid4().hex[:12])
+    from sandbox.runner import open_job
+    async with open_job(engine, plan, inputs={"a.txt": b"hello"}) as job:
+        await job.start()
+        result = await job.wait()
+        out = await job.read_outputs()
+    assert result.exit_code == 0
+    from sandbox.jobio import read_output_tar
+    assert read_output_tar(out) == {"b.txt": b"hello"}
+
+
+async def test_a_job_is_refused_when_the_host_has_less_free_disk_than_promised(engine, demo_image, node, policy,
+                                                                               tmp_path):
+    free_mib = free_bytes(tmp_path) // MIB
+    asked = free_mib + 1024
+    spec = JobSpec(demo_image, ("true",), disk_mib=asked, max_duration_ms=60_000)
+    big = replace(policy, max_disk_mib=asked)
+    with pytest.raises(SandboxError) as caught:
+        await prepare_job(engine, spec, big, node_id=node, agreement_id=AGREEMENT, job_key="x")
+    assert caught.value.fields.get("reason") == "disk_full"
+    # Without the planner's check (a race with another writer), reserving the space itself fails.
+    facts = await engine.call(probe_engine, engine.client)
+    plan = plan_container(spec, big, facts, image_env=[], free_gpus=(), node_id=node, agreement_id=AGREEMENT,
+                          job_key=uuid.uuid4().hex[:12])
+    with pytest.raises(SandboxError) as caught:
+        await engine.call(_create, engine.api, plan)
+    assert caught.value.fields.get("reason") == "disk_full"
+    assert disk_files(tmp_path / "disks") == []
+
+
+async def test_the_reaper_removes_a_crashed_jobs_disk(engine, demo_image, node, policy, tmp_path):
+    spec = JobSpec(demo_image, ("sleep", "60"), disk_mib=16, max_duration_ms=60_000)
+    plan = await prepare_job(engine, spec, policy, node_id=node, agreement_id=AGREEMENT, job_key=uuid.uuid4().hex[:12])
+    await engine.call(_create, engine.api, plan)  # as if the runner was killed after creating the job
+    await engine.call(engine.api.start, plan.name)
+    disk = tmp_path / "disks" / (plan.volume_name + ".ext4")
+    assert disk.exists() and loop_devices(disk)
+    report = await reap_orphans(engine, node, disk_dir=tmp_path / "disks")
+    assert report.containers and report.volumes and report.disks == (disk.name,)
+    assert not disk.exists() and loop_devices(disk) == []
