@@ -38,28 +38,30 @@ class Evidence:
                            proposal=self.proposal.to_wire(), receipts=[r.to_wire() for r in self.receipts])
 
 
-def make_offer(provider: NodeKey, now_ms: int = 1_800_000_000_000, seq: int = 1) -> Offer:
+def make_offer(provider: NodeKey, now_ms: int = 1_800_000_000_000, seq: int = 1,
+               terms: ReceiptTerms = TERMS) -> Offer:
     cap = Capacity(gpus=(), cpu_millis=2000, memory_mib=4096, disk_mib=8192)
     return Offer(provider=provider.public, addrs=("/ip4/127.0.0.1/tcp/4001",), seq=seq, created_at_ms=now_ms,
                  expires_at_ms=now_ms + 60_000, capacity=cap, free=cap,
                  prices=Prices(gpu_micros_per_s={}, cpu_core_micros_per_s=50, memory_gib_micros_per_s=10),
-                 limits=Limits(max_duration_s=3600, max_concurrent_jobs=4, allowed_images=()), terms=TERMS)
+                 limits=Limits(max_duration_s=3600, max_concurrent_jobs=4, allowed_images=()), terms=terms)
 
 
 def make_agreement(provider: NodeKey, buyer: NodeKey, now_ms: int = 1_800_000_000_000, price: int = 110,
-                   nonce: bytes = b"\x07" * 16) -> tuple[Signed[Offer], Signed[Proposal], Signed[Agreement]]:
-    offer = sign_record(make_offer(provider, now_ms), provider)
+                   nonce: bytes = b"\x07" * 16, terms: ReceiptTerms = TERMS
+                   ) -> tuple[Signed[Offer], Signed[Proposal], Signed[Agreement]]:
+    offer = sign_record(make_offer(provider, now_ms, terms=terms), provider)
     job = JobSpec(image=DEMO_IMAGE, image_archive_sha256=None, command=("sh", "-c", "echo hello"), env={},
                   input_sha256=None)
     resources = ResourceRequest(gpus=0, gpu_model=None, min_gpu_memory_mib=0, min_compute_capability=None,
                                 cpu_millis=1000, memory_mib=1024)
     proposal = sign_record(Proposal(
         buyer=buyer.public, provider=provider.public, offer_id=offer.record_id, job=job, resources=resources,
-        max_price_micros_per_s=price, max_duration_ms=600_000, terms=TERMS, nonce=nonce,
+        max_price_micros_per_s=price, max_duration_ms=600_000, terms=terms, nonce=nonce,
         created_at_ms=now_ms + 10, expires_at_ms=now_ms + 10_010), buyer)
     agreement = sign_record(Agreement(
         provider=provider.public, buyer=buyer.public, offer_id=offer.record_id, proposal_id=proposal.record_id,
-        job=job, resources=resources, price_micros_per_s=price, max_duration_ms=600_000, terms=TERMS,
+        job=job, resources=resources, price_micros_per_s=price, max_duration_ms=600_000, terms=terms,
         created_at_ms=now_ms + 20, accept_by_ms=now_ms + 5_020), provider)
     return offer, proposal, countersign(agreement, buyer)
 

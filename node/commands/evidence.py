@@ -67,6 +67,10 @@ def audit_json(result: ChainAudit) -> dict[str, Any]:
         "state": r.state, "billed_ms": r.billed_ms, "amount_micros": r.amount_micros,
         "price_micros_per_s": r.price_micros_per_s, "receipts": r.receipts, "pending": r.pending,
         "last_seq": r.last_seq, "sources": result.sources, "ok": r.ok,
+        # Never part of amount_micros (settlement.chain): what the buyer did not countersign.
+        "unsigned_claim": None if r.unsigned_receipt_id is None else {
+            "seq": r.unsigned_seq, "state": r.unsigned_state, "claimed_micros": r.unsigned_claim_micros,
+            "owed_micros": r.unsigned_owed_micros, "owed_ms": r.unsigned_owed_ms},
         "findings": [{"rule": f.rule, "seq": f.seq, "detail": f.detail,
                       "receipt_id": f.receipt_id.hex() if f.receipt_id else None} for f in r.findings],
     }
@@ -78,6 +82,10 @@ def _print_text(results: list[ChainAudit]) -> None:
         print(f"agreement {r.agreement_id.hex()[:16]}  provider {_peer(r.provider)}  buyer {_peer(r.buyer)}")
         print(f"  state {r.state}  billed {r.billed_ms / 1000:.3f} s  amount {r.amount_micros} micro-credits  "
               f"receipts {r.receipts} (pending {r.pending})  from {', '.join(result.sources)}")
+        if r.unsigned_receipt_id is not None:
+            print(f"  unsigned claim (not co-signed, apart from the amount above): receipt {r.unsigned_seq} "
+                  f"({r.unsigned_state}) claims {r.unsigned_claim_micros} more; owed at most "
+                  f"{r.unsigned_owed_micros} micro-credits ({r.unsigned_owed_ms / 1000:.3f} s)")
         if r.ok:
             print("  ok")
         for finding in r.findings:
@@ -114,17 +122,23 @@ def cmd_settle(args: argparse.Namespace) -> int:
     signed = sign_record(statement, key)
     write_atomically(Path(args.out), signed.to_bytes())
     balances = net_balances(statement)
+    claims = net_balances(statement, unsigned=True)
     findings = sum(e.findings for e in statement.entries)
+    disputed = len({e.agreement_id for e in statement.entries if e.findings})
+    agreements = len({e.agreement_id for e in statement.entries})
     if args.json:
         print(json.dumps({
             "statement": args.out, "statement_id": signed.record_id.hex(), "auditor": key.peer_id,
-            "agreements": len(statement.entries), "disputed": sum(1 for e in statement.entries if e.findings),
+            "agreements": agreements, "disputed": disputed,
             "balances": [{"payer": _peer(p), "payee": _peer(q), "amount_micros": a}
-                         for (p, q), a in sorted(balances.items())]}, indent=1))
+                         for (p, q), a in sorted(balances.items())],
+            "unsigned_claims": [{"payer": _peer(p), "payee": _peer(q), "owed_micros": a}
+                                for (p, q), a in sorted(claims.items())]}, indent=1))
     else:
         for (payer, payee), amount in sorted(balances.items()):
-            print(f"{_peer(payer)} owes {_peer(payee)} {amount} micro-credits")
-        disputed = sum(1 for e in statement.entries if e.findings)
-        print(f"statement {signed.record_id.hex()[:16]} signed by {key.peer_id}: {len(statement.entries)} "
+            print(f"{_peer(payer)} owes {_peer(payee)} {amount} micro-credits (co-signed)")
+        for (payer, payee), amount in sorted(claims.items()):
+            print(f"{_peer(payee)} claims {amount} micro-credits from {_peer(payer)} (not countersigned; apart)")
+        print(f"statement {signed.record_id.hex()[:16]} signed by {key.peer_id}: {agreements} "
               f"agreement(s), {disputed} disputed (held back) -> {args.out}")
     return EXIT_OK if findings == 0 else EXIT_FINDINGS

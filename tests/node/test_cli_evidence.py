@@ -248,3 +248,47 @@ def test_a_tampered_copy_is_reported_whatever_the_order_of_inputs(tmp_path):
         (ag,) = doc["agreements"]
         results.append((code, sorted({f["rule"] for f in ag["findings"]}), ag["amount_micros"]))
     assert results[0] == results[1] == (1, ["receipt_signature"], rs[-1].record.amount_micros)
+
+
+def test_an_invented_debt_at_cap_2_63_is_owed_at_most_the_unsigned_window(tmp_path):
+    """H3 through real signed records in a real database: a provider states cap 2^63, runs nothing,
+    and signs a final claim for the whole duration. The audit owes no co-signed debt, shows the claim
+    apart, owed at most billing Rule 3's bound; the statement never merges the two."""
+    from settlement.billing import amount_due, unsigned_window_ms
+    from settlement.records import BUYER_UNRESPONSIVE, FINAL, ZERO_USAGE, Receipt
+    from settlement.testing import TERMS, make_agreement
+
+    terms = replace(TERMS, exposure_cap_micros=(1 << 63))
+    offer, proposal, agreement = make_agreement(P, B, terms=terms)
+    ag = agreement.record
+    claim = sign_record(Receipt(
+        agreement_id=agreement.record_id, provider=P.public, buyer=B.public, seq=1, prev=agreement.record_id,
+        issued_at_ms=ag.created_at_ms + ag.max_duration_ms + 1000, metered_ms=ag.max_duration_ms, usage=ZERO_USAGE,
+        amount_micros=amount_due(ag.max_duration_ms, ag.price_micros_per_s), state=FINAL,
+        reason=BUYER_UNRESPONSIVE, exit_code=None, output_digest=None), P)
+    db = tmp_path / "provider.db"
+    with Store(db) as store:
+        store.put_offer(offer)
+        store.put_proposal(proposal)
+        store.put_agreement(agreement)
+        store.append_receipt(claim)
+    bound = amount_due(unsigned_window_ms(TERMS.interval_ms, TERMS.countersign_timeout_ms, TERMS.grace_ms),
+                       ag.price_micros_per_s)
+    code, out, err = run("audit", "--json", db)
+    assert code == 0, (out, err)
+    (doc,) = json.loads(out)["agreements"]
+    assert doc["amount_micros"] == 0 and doc["billed_ms"] == 0
+    assert doc["unsigned_claim"]["claimed_micros"] == claim.record.amount_micros == 66_000
+    assert doc["unsigned_claim"]["owed_micros"] == bound == 1100
+    code, out, err = run("audit", db)
+    assert code == 0 and "unsigned claim" in out, (out, err)
+    key = tmp_path / "auditor.key"
+    run("keys", "new", "--out", key)
+    code, out, err = run("settle", db, "--key", key, "--out", tmp_path / "s.bin", "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["balances"] == [] and doc["agreements"] == 1
+    assert doc["unsigned_claims"] == [{"payer": B.peer_id, "payee": P.peer_id, "owed_micros": bound}]
+    statement = open_signed((tmp_path / "s.bin").read_bytes(), Statement).record
+    assert [(e.state, e.amount_micros) for e in statement.entries] == [
+        ("final:buyer_unresponsive", 0), ("unsigned:final:buyer_unresponsive", bound)]
