@@ -377,7 +377,7 @@ async def _one_level(node, buyer, store, peer: str, pid: int, image: str, jobs: 
 
     async def one(i: int) -> None:
         async with negotiate_slots:
-            for attempt in range(10):
+            for attempt in range(1200):  # 60 s at most
                 offer = await fetch_offer(node, peer, Offer)
                 proposal = make_proposal(buyer, offer, image, ["sleep", "3600"], cpu_millis=JOB_CPU_MILLIS,
                                          memory_mib=JOB_MEMORY_MIB, duration_ms=3_600_000, max_price=1000, env={})
@@ -386,8 +386,8 @@ async def _one_level(node, buyer, store, peer: str, pid: int, image: str, jobs: 
                     break
                 except NegotiationRefused as exc:
                     # The offer may have been re-issued meanwhile (free capacity changed), or this buyer's
-                    # other bids are not countersigned yet (market.deal: MAX_OPEN_BIDS_PER_BUYER).
-                    if exc.reason not in ("expired_offer", "busy") or attempt == 9:
+                    # other bids or agreements have not started yet (market.deal: MAX_UNSTARTED_PER_BUYER).
+                    if exc.reason not in ("expired_offer", "busy", "unstarted_agreements") or attempt == 1199:
                         raise
                     refused[0] += 1
                     await trio.sleep(0.05)

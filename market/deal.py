@@ -7,6 +7,10 @@ same GPU; the hold lasts until ``accept_by_ms`` and is released if the buyer nev
 Rule 3: when the only problem is price, the answer is a counter with the provider's price.
 Rule 4: a deal is refused when the agreed exposure cap is below ``MIN_CAP_INTERVALS`` receipt
 intervals at its price: the exposure guard (settlement.session) would pause it at once.
+Rule 5 (issue 13 M3): a buyer holds at most ``MAX_UNSTARTED_PER_BUYER`` bids and agreements whose job
+has not started (``unstarted``, counted by the caller); beyond that its proposals are refused with
+``unstarted_agreements`` before any capacity is looked at. An agreement not started in time is closed
+by the provider (node.provider), which frees its capacity and this count.
 """
 
 from __future__ import annotations
@@ -16,15 +20,24 @@ from dataclasses import dataclass
 
 from market.capacity import Allocation, CapacityLedger
 from market.matching import gpu_fits
-from market.negotiation import BUSY, EXPIRED_OFFER, NO_CAPACITY, PRICE_TOO_LOW, TERMS_UNACCEPTABLE, check_proposal
+from market.negotiation import (
+    BUSY,
+    EXPIRED_OFFER,
+    NO_CAPACITY,
+    PRICE_TOO_LOW,
+    TERMS_UNACCEPTABLE,
+    UNSTARTED_AGREEMENTS,
+    check_proposal,
+)
 from market.offers import OfferedGpu
 from market.pricing import price_per_s
 from market.records import Agreement, Offer, Proposal
 
 MIN_CAP_INTERVALS = 3
-# One buyer cannot tie up capacity with bids it never countersigns (each lasts until accept_by_ms);
-# a few at once let one buyer start several jobs in parallel.
-MAX_OPEN_BIDS_PER_BUYER = 4
+# Rule 5: one buyer cannot tie up capacity with bids it never countersigns (each lasts until
+# accept_by_ms) nor with agreements it never starts (each lasts until the provider's start window
+# ends); two at once let a buyer negotiate its next job while one is starting.
+MAX_UNSTARTED_PER_BUYER = 2
 
 
 @dataclass(frozen=True)
@@ -49,7 +62,9 @@ Decision = Refuse | CounterPrice | Bid
 
 
 def decide(proposal: Proposal, proposal_id: bytes, provider: bytes, offers: Mapping[bytes, Offer],
-           gpus: Sequence[OfferedGpu], ledger: CapacityLedger, now_ms: int, hold_ms: int) -> Decision:
+           gpus: Sequence[OfferedGpu], ledger: CapacityLedger, now_ms: int, hold_ms: int,
+           unstarted: int = 0) -> Decision:
+    """``unstarted``: agreements of this buyer that are confirmed and whose job has not started."""
     offer = offers.get(proposal.offer_id)
     if offer is None or offer.expires_at_ms <= now_ms:
         return Refuse(EXPIRED_OFFER, "that offer is gone; fetch the current one with /suanli/offer/1.0.0")
@@ -58,8 +73,10 @@ def decide(proposal: Proposal, proposal_id: bytes, provider: bytes, offers: Mapp
         return Refuse(reason, f"proposal refused: {reason}")
     r = proposal.resources
     ledger.expire(now_ms)
-    if ledger.unconfirmed_by(proposal.buyer) >= MAX_OPEN_BIDS_PER_BUYER:
-        return Refuse(BUSY, "you already hold a bid from this provider that you have not countersigned")
+    open_deals = ledger.unconfirmed_by(proposal.buyer) + unstarted
+    if open_deals >= MAX_UNSTARTED_PER_BUYER:  # Rule 5
+        return Refuse(UNSTARTED_AGREEMENTS, f"you hold {open_deals} bids or agreements from this provider whose job "
+                      f"has not started (at most {MAX_UNSTARTED_PER_BUYER}); start them, or wait until they expire")
     if ledger.held() >= ledger.max_jobs:
         return Refuse(BUSY, f"{ledger.held()} jobs running or promised, the most this provider takes")
     free = ledger.free()

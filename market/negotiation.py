@@ -15,11 +15,15 @@ example its price), ``reject`` (a machine-readable reason) and finally ``confirm
 Rule 1: ``MOVES`` is the whole machine: (role, phase, direction, message) -> next phase. A move not in
 the table is LocalProtocolError when we try it (our bug) and RemoteProtocolError when the peer does.
 Rule 2: at most ``MAX_ROUNDS`` proposals per stream.
+Rule 3 (issue 13 L7): one proposal gets at most one agreement. The provider remembers the id of every
+proposal it bid on (``ProposalMemory``) until that proposal expires, and refuses it again with
+``duplicate_proposal``; a bid the buyer never countersigned is forgotten, so the buyer may retry it.
+A proposal must expire within ``MAX_PROPOSAL_LIFETIME_MS``, so what is remembered is bounded in time.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from market.records import Agreement, Offer, Proposal
 from p2p.errors import LocalProtocolError, RemoteProtocolError
@@ -59,8 +63,14 @@ BUSY = "busy"
 TERMS_UNACCEPTABLE = "terms_unacceptable"
 BAD_PROPOSAL = "bad_proposal"
 AGREEMENT_EXPIRED = "agreement_expired"
+DUPLICATE_PROPOSAL = "duplicate_proposal"  # Rule 3
+UNSTARTED_AGREEMENTS = "unstarted_agreements"  # market.deal Rule 5
 REJECT_REASONS = frozenset({NO_CAPACITY, PRICE_TOO_LOW, IMAGE_NOT_ALLOWED, DURATION_TOO_LONG, EXPIRED_OFFER,
-                            EXPIRED_PROPOSAL, BUSY, TERMS_UNACCEPTABLE, BAD_PROPOSAL, AGREEMENT_EXPIRED})
+                            EXPIRED_PROPOSAL, BUSY, TERMS_UNACCEPTABLE, BAD_PROPOSAL, AGREEMENT_EXPIRED,
+                            DUPLICATE_PROPOSAL, UNSTARTED_AGREEMENTS})
+
+# Rule 3: buyers set 30 s; ten minutes leaves room for slow buyers and skewed clocks.
+MAX_PROPOSAL_LIFETIME_MS = 10 * 60_000
 
 
 @dataclass
@@ -103,6 +113,8 @@ def check_proposal(proposal: Proposal, offer: Offer, provider: bytes, now_ms: in
         return BAD_PROPOSAL
     if proposal.expires_at_ms <= now_ms:
         return EXPIRED_PROPOSAL
+    if proposal.expires_at_ms > now_ms + MAX_PROPOSAL_LIFETIME_MS:  # Rule 3: remembered for a bounded time
+        return BAD_PROPOSAL
     if offer.expires_at_ms <= now_ms:
         return EXPIRED_OFFER
     if not proposal.job.image.startswith("sha256:") or len(proposal.job.image) != 71:
@@ -114,6 +126,37 @@ def check_proposal(proposal: Proposal, offer: Offer, provider: bytes, now_ms: in
     if proposal.terms != offer.terms:  # an offer states the receipt terms its provider accepts
         return TERMS_UNACCEPTABLE
     return None
+
+
+@dataclass
+class ProposalMemory:
+    """Rule 3: ids of proposals that got a bid, each kept until its proposal expires.
+
+    Entries are created only by bids, which hold capacity, and last at most
+    ``MAX_PROPOSAL_LIFETIME_MS``: the memory is bounded by the bids a provider can make in that time.
+    """
+
+    _until_ms: dict[bytes, int] = field(default_factory=dict)
+
+    def seen(self, proposal_id: bytes, now_ms: int) -> bool:
+        self._forget_expired(now_ms)
+        return proposal_id in self._until_ms
+
+    def remember(self, proposal_id: bytes, expires_at_ms: int, now_ms: int) -> None:
+        self._forget_expired(now_ms)
+        self._until_ms[proposal_id] = expires_at_ms
+
+    def forget(self, proposal_id: bytes) -> None:
+        """The bid was never countersigned: the same proposal may be tried again."""
+        self._until_ms.pop(proposal_id, None)
+
+    def __len__(self) -> int:
+        return len(self._until_ms)
+
+    def _forget_expired(self, now_ms: int) -> None:
+        gone = [pid for pid, until in self._until_ms.items() if until <= now_ms]
+        for pid in gone:
+            del self._until_ms[pid]
 
 
 def check_agreement(agreement: Agreement, proposal: Proposal, proposal_id: bytes, now_ms: int) -> list[str]:

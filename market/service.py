@@ -13,6 +13,10 @@ Rule 2: a bid's capacity is released the moment its stream ends without a counte
 the ledger's hold timeout as a backstop).
 Rule 3: time budgets are the caller's (the buyer wraps ``negotiate`` in ``trio.fail_after``; the
 provider's handler runs under ``serve_framed``'s per-stream budget).
+Rule 4 (issue 13 L7): a proposal that already has a bid or an agreement is refused
+(``duplicate_proposal``), on this stream or any other, until it expires (market.negotiation Rule 3).
+Rule 5 (issue 13 M3): the buyer's unstarted agreements, counted by the daemon (``unstarted``), bound
+its new bids (market.deal Rule 5).
 """
 
 from __future__ import annotations
@@ -26,7 +30,15 @@ import trio
 
 from market.capacity import Allocation, CapacityLedger
 from market.deal import Bid, CounterPrice, Refuse, decide
-from market.negotiation import AGREEMENT_EXPIRED, BUYER, PROVIDER, Negotiation, check_agreement
+from market.negotiation import (
+    AGREEMENT_EXPIRED,
+    BUYER,
+    DUPLICATE_PROPOSAL,
+    PROVIDER,
+    Negotiation,
+    ProposalMemory,
+    check_agreement,
+)
 from market.offers import OfferedGpu
 from market.records import Agreement, Offer, Proposal
 from market.wire import NAMES, PROTOCOL_ID, Accept, Agree, Confirm, Counter, Propose, Reject, decode_message
@@ -40,6 +52,11 @@ from p2p.records import Record
 log = logging.getLogger("suanli.market")
 
 OnAgreement = Callable[[Signed[Agreement], Signed[Proposal], Allocation], Awaitable[None]]
+Unstarted = Callable[[bytes], int]  # buyer public key -> its confirmed agreements whose job has not started
+
+
+def no_unstarted(buyer: bytes) -> int:
+    return 0
 
 
 def now_ms() -> int:
@@ -73,6 +90,8 @@ class ProviderMarket:
     hold_ms: int = 10_000
     clock: Callable[[], int] = now_ms
     offers: dict[bytes, Offer] = field(default_factory=dict)  # live offers by id (the current one and recent)
+    unstarted: Unstarted = no_unstarted  # Rule 5
+    proposals: ProposalMemory = field(default_factory=ProposalMemory)  # Rule 4
 
     def publish(self, signed: Signed[Offer]) -> None:
         """Make an offer negotiable; forget offers that have expired."""
@@ -95,9 +114,15 @@ class ProviderMarket:
                                                   peer=framed.peer)
                     if bid is not None:  # a new proposal replaces an earlier bid on this stream
                         self.ledger.release(bid[0].record_id)
+                        self.proposals.forget(bid[1].record_id)
                         bid = None
+                    now = self.clock()
+                    if self.proposals.seen(proposal.record_id, now):  # Rule 4
+                        await _send(framed, n, Reject(DUPLICATE_PROPOSAL, "this proposal already has a bid or "
+                                                      "an agreement; sign a new one (a new nonce) for another job"))
+                        continue
                     decision = decide(proposal.record, proposal.record_id, self.key.public, self.offers, self.gpus,
-                                      self.ledger, self.clock(), self.hold_ms)
+                                      self.ledger, now, self.hold_ms, self.unstarted(proposal.record.buyer))
                     if isinstance(decision, Refuse):
                         await _send(framed, n, Reject(decision.reason, decision.detail))
                     elif isinstance(decision, CounterPrice):
@@ -105,6 +130,7 @@ class ProviderMarket:
                     elif isinstance(decision, Bid):
                         signed = sign_record(decision.agreement, self.key)
                         bid = (signed, proposal, decision.allocation)
+                        self.proposals.remember(proposal.record_id, proposal.record.expires_at_ms, now)
                         await _send(framed, n, Agree(signed.to_bytes()))
                 elif isinstance(msg, Accept) and bid is not None:  # the table allows accept only after agree
                     ours, proposal, allocation = bid
@@ -124,6 +150,7 @@ class ProviderMarket:
         finally:
             if bid is not None and not confirmed:
                 self.ledger.release(bid[0].record_id)
+                self.proposals.forget(bid[1].record_id)  # never agreed: the buyer may try it again
 
 
 @dataclass(frozen=True)

@@ -74,16 +74,25 @@ def test_a_cap_below_three_intervals_at_this_price_is_refused():
     assert isinstance(run(proposal=replace(PROPOSAL.record, terms=ok), offer=replace(OFFER.record, terms=ok)), Bid)
 
 
-def test_open_bids_per_buyer_are_limited():
-    from market.deal import MAX_OPEN_BIDS_PER_BUYER
+def test_bids_and_unstarted_agreements_per_buyer_are_limited():
+    """Issue 13 M3: bids not yet countersigned and agreements not yet started count together."""
+    from market.deal import MAX_UNSTARTED_PER_BUYER
+    from market.negotiation import UNSTARTED_AGREEMENTS
 
     book = ledger(cpu=16_000, mem=16_384, jobs=16)
 
-    def bid(i):
-        return decide(PROPOSAL.record, bytes([i]) * 32, P.public, {OFFER.record_id: OFFER.record}, (), book, NOW,
-                      hold_ms=5000)
+    def bid(i, unstarted=0, proposal=PROPOSAL.record):
+        return decide(proposal, bytes([i]) * 32, P.public, {OFFER.record_id: OFFER.record}, (), book, NOW,
+                      hold_ms=5000, unstarted=unstarted)
 
-    for i in range(MAX_OPEN_BIDS_PER_BUYER):
-        assert isinstance(bid(i), Bid)
-    again = bid(255)
-    assert isinstance(again, Refuse) and again.reason == BUSY
+    assert MAX_UNSTARTED_PER_BUYER == 2
+    assert isinstance(bid(0), Bid)
+    refused = bid(1, unstarted=1)  # one open bid + one agreement not started
+    assert isinstance(refused, Refuse) and refused.reason == UNSTARTED_AGREEMENTS
+    assert "not started (at most 2)" in refused.detail
+    assert isinstance(bid(2), Bid)  # two open bids, nothing unstarted
+    again = bid(3)
+    assert isinstance(again, Refuse) and again.reason == UNSTARTED_AGREEMENTS
+    other = replace(PROPOSAL.record, buyer=P.public)  # another buyer is not held back
+    assert isinstance(bid(4, proposal=other), Bid)
+    assert book.free().cpu_millis == 16_000 - 3 * 1000

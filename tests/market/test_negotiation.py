@@ -14,6 +14,7 @@ from market.negotiation import (
     EXPIRED_OFFER,
     EXPIRED_PROPOSAL,
     IMAGE_NOT_ALLOWED,
+    MAX_PROPOSAL_LIFETIME_MS,
     MAX_ROUNDS,
     MOVES,
     PROVIDER,
@@ -21,6 +22,7 @@ from market.negotiation import (
     SEND,
     TERMS_UNACCEPTABLE,
     Negotiation,
+    ProposalMemory,
     check_agreement,
     check_proposal,
 )
@@ -96,6 +98,8 @@ NOW = PROPOSAL.record.created_at_ms + 1
     ({"max_duration_ms": 3600 * 1000 + 1}, {}, NOW, DURATION_TOO_LONG),
     ({"max_duration_ms": 0}, {}, NOW, DURATION_TOO_LONG),
     ({"terms": "cap"}, {}, NOW, TERMS_UNACCEPTABLE),
+    ({"expires_at_ms": NOW + MAX_PROPOSAL_LIFETIME_MS}, {}, NOW, None),
+    ({"expires_at_ms": NOW + MAX_PROPOSAL_LIFETIME_MS + 1}, {}, NOW, BAD_PROPOSAL),  # L7: remembered too long
 ])
 def test_provider_checks_of_a_proposal(change, offer_change, now, reason):
     proposal = PROPOSAL.record
@@ -123,3 +127,14 @@ def test_buyer_checks_of_an_agreement(change, problem):
         change = {"job": replace(ag.job, command=("rm", "-rf", "/"))}
     problems = check_agreement(replace(ag, **change), PROPOSAL.record, PROPOSAL.record_id, NOW)
     assert problems == ([] if problem is None else [problem])
+
+
+# --- issue 13 L7: one proposal, at most one agreement ------------------------------------------
+def test_a_proposal_is_remembered_until_it_expires():
+    memory = ProposalMemory()
+    memory.remember(b"p1", expires_at_ms=1_000, now_ms=0)
+    memory.remember(b"p2", expires_at_ms=5_000, now_ms=0)
+    assert memory.seen(b"p1", 999) and memory.seen(b"p2", 999) and not memory.seen(b"p3", 999)
+    assert not memory.seen(b"p1", 1_000) and len(memory) == 1  # expired proposals are forgotten
+    memory.forget(b"p2")  # a bid never countersigned
+    assert not memory.seen(b"p2", 1_001) and len(memory) == 0
