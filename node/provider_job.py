@@ -57,7 +57,7 @@ from sandbox.disk import free_bytes
 from sandbox.engine import Engine
 from sandbox.image_gc import record_loaded, record_used
 from sandbox.images import image_env, load_image_archive, local_image_id
-from sandbox.jobio import read_tar_files
+from sandbox.jobio import LogRateLimit, read_tar_files
 from sandbox.meter import open_sampler
 from sandbox.metering import MeterSample
 from sandbox.plan import plan_container
@@ -66,7 +66,16 @@ from sandbox.spec import EngineFacts, GpuInfo, ProviderPolicy
 from sandbox.spec import JobSpec as SandboxJob
 from settlement.astore import AsyncStore
 from settlement.billing import amount_due
-from settlement.records import BUYER_CANCEL, BUYER_UNRESPONSIVE, COMPLETED, DEADLINE, PROVIDER_FAULT, Receipt, Usage
+from settlement.records import (
+    BUYER_CANCEL,
+    BUYER_UNRESPONSIVE,
+    COMPLETED,
+    DEADLINE,
+    KILLED_EXTERNALLY,
+    PROVIDER_FAULT,
+    Receipt,
+    Usage,
+)
 from settlement.session import PAUSE, RESUME, RUN, STOP, ExposureGuard, ReceiptIssuer, closing_receipt
 
 log = logging.getLogger("suanli.node.job")
@@ -74,6 +83,7 @@ log = logging.getLogger("suanli.node.job")
 MAX_INPUT_BYTES = 256 << 20
 MAX_IMAGE_BYTES = 2 << 30  # one upload; it lies on disk, never in memory (M2)
 MAX_WIRE_OUTPUT_BYTES = 256 << 20
+LOGS_DROPPED = "logs_dropped"  # a Status phase: its detail says how many log bytes the rate limit dropped
 LOG_TAIL_S = 5.0  # how long the last log lines may take to arrive after the job exits
 START_TIMEOUT_S = 30.0  # a job stream must name its agreement within this
 MAX_BAD_FRAMES = 64
@@ -537,17 +547,22 @@ class JobRun:
             outer.start_soon(_stop_quietly, job)
 
         pump_scope = trio.CancelScope()
+        # M5: lines beyond the operator's rate are dropped in the runner's reader thread, before they cost
+        # a wake-up here or a frame to the buyer; the buyer gets one note with the count at the end.
+        limit = LogRateLimit(self.s.policy.log_rate_bytes_per_s, self.s.policy.log_burst_bytes)
 
         async def pump_logs() -> None:
             async with logs_send:  # closing it ends forward_logs once every line is through
                 with pump_scope:
-                    await job.stream_logs(logs_send)
+                    await job.stream_logs(logs_send, limit)
 
         async def forward_logs() -> None:
             # Never closes its receive side early (see the samples loop below); it ends with the senders.
             async for line in logs:
                 self.outbox.log_line(Log(line.stream, line.text.encode("utf-8", "replace")[:CHUNK_BYTES]))
             logs_done.set()
+            if (note := limit.note()) is not None:
+                self.outbox.control(Status(LOGS_DROPPED, wall_ms(), note))
 
         async def watch_stop() -> None:
             await self.active.stop_requested.wait()
@@ -578,6 +593,8 @@ class JobRun:
                 with trio.move_on_after(2):
                     await logs_done.wait()
             log_nursery.cancel_scope.cancel()
+        if job.result is not None and job.result.killed_externally:  # M6: never reported as completed
+            self.active.request_stop(KILLED_EXTERNALLY)
         # Keep reading the buyer: the final countersignature comes later.
         self._reading = True
         outer.start_soon(self.read_buyer, lambda: None)
