@@ -22,14 +22,32 @@ import pytest
 import trio
 
 from market.records import Offer
+from market.service import negotiate_with
+from node.jobwire import (
+    MAX_FRAME_BYTES,
+    PROTOCOL_ID,
+    Cancel,
+    Countersign,
+    Done,
+    ReceiptMsg,
+    Start,
+    Status,
+    decode_message,
+)
+from node.provider import open_provider
+from node.provider_job import send_blob
+from node.testing import local_setup, make_proposal
 from p2p import dht
 from p2p.codec import unpack
-from p2p.envelope import domain
-from p2p.framing import serve_framed
+from p2p.envelope import countersign, domain, open_signed
+from p2p.framing import FramedStream, serve_framed
 from p2p.gossip import OFFERS_TOPIC
 from p2p.host import HostConfig, open_host
 from p2p.identity import generate_key
 from p2p.offer_query import MAX_OFFER_FRAME_BYTES, OFFER_PROTOCOL
+from p2p.testing import loopback_config
+from settlement.audit import audit, read_inputs
+from settlement.records import FINAL, Receipt
 from settlement.testing import key_from_label, make_chain, make_offer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -117,3 +135,49 @@ async def test_audit_of_a_bundle_with_a_bin_key_is_unusable_or_a_finding_never_a
     doc = json.loads(done.stdout)
     assert not doc["ok"] and doc["findings"] >= 1, doc
     assert "map keys must be text" in json.dumps(doc), doc
+
+
+@pytest.mark.docker
+async def test_a_bin_keyed_frame_mid_job_is_one_bad_frame_and_the_job_goes_on(tmp_path, demo_image):
+    """The provider's job handler (node.provider_job.read_buyer) meets bin keys in the job frame itself
+    and in the receipt inside a countersignature, between honest countersignatures; the job runs on
+    until the buyer cancels, every receipt countersigned, and the provider's database audits clean."""
+    provider_key, buyer = generate_key(), generate_key()
+    bad_frames = [_bin_keyed(Countersign(b"x" * 80).encode(), "receipt"),
+                  _bin_keyed(Cancel("buyer_cancel").encode(), "reason"),
+                  _bin_keyed(Cancel("buyer_cancel").encode(), "t")]
+    sent_bad = 0
+
+    async with open_provider(local_setup(tmp_path / "provider", provider_key)) as runtime:
+        async with open_host(loopback_config(buyer, bootstrap=(runtime.node.addrs()[0],))) as client:
+            deal = await negotiate_with(client, runtime.setup.key.peer_id, buyer,
+                                        make_proposal(buyer, runtime.offer, demo_image, ["sleep", "600"]))
+            framed = FramedStream(await client.open_stream(runtime.setup.key.peer_id, PROTOCOL_ID),
+                                  max_frame_bytes=MAX_FRAME_BYTES)
+            await framed.send_frame(Start(deal.agreement.record_id, 0, 0).encode())
+            receipts, done = [], None
+            with trio.fail_after(60):
+                while done is None and (payload := await framed.receive_frame()) is not None:
+                    msg = decode_message(payload)
+                    if isinstance(msg, Status) and msg.phase == "need_inputs":
+                        await send_blob(framed, "inputs", b"")
+                    elif isinstance(msg, ReceiptMsg):
+                        signed = open_signed(msg.receipt, Receipt)
+                        receipts.append(signed)
+                        if signed.record.state != FINAL:
+                            hostile_body = _bin_keyed(signed.body, "seq")
+                            hostile = msgpack.packb({"body": hostile_body, "sigs": [signed.sigs[0], bytes(64)]},
+                                                    use_bin_type=True)
+                            for frame in (*bad_frames, Countersign(hostile).encode()):
+                                await framed.send_frame(frame)
+                                sent_bad += 1
+                        await framed.send_frame(Countersign(countersign(signed, buyer).to_bytes()).encode())
+                        if signed.record.seq == 3:
+                            await framed.send_frame(Cancel("buyer_cancel").encode())
+                    elif isinstance(msg, Done):
+                        done = msg
+    assert done is not None and done.reason == "buyer_cancel", done
+    assert sent_bad >= 12 and receipts[-1].record.state == FINAL and receipts[-1].record.seq >= 4
+    (result,) = audit(read_inputs([tmp_path / "provider" / "node.db"]))
+    assert result.report.ok, result.report.findings
+    assert result.report.last_seq == receipts[-1].record.seq
