@@ -4,8 +4,8 @@ Rule 1 (order): feasible offers first, then by price per second, then by local r
 first), then by measured latency (lower first), then by provider key bytes — a total, deterministic
 order.
 Rule 2 (explanations): every offer that is refused gets human-readable reasons ("price 120 > max 100",
-"needs 24576 MiB GPU memory, has 12288"), so a buyer whose job matches nothing sees why, instead of a
-job that hangs.
+"needs 24576 MiB GPU memory, has 12288", "exposure cap 2000000 > your max exposure 100000"), so a
+buyer whose job matches nothing sees why, instead of a job that hangs.
 Rule 3 (speed): ranking takes the top ``limit`` with a heap; reasons are computed only for the offers
 the caller asks to explain.
 """
@@ -29,6 +29,9 @@ class JobRequest:
     max_price_micros_per_s: int
     max_duration_ms: int
     image: str
+    # The most the buyer lets a provider claim beyond what it countersigned (node.buyer_config);
+    # None: no limit of its own.
+    max_exposure_micros: int | None = None
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,10 @@ def evaluate(offer: Offer, request: JobRequest, now_ms: int) -> tuple[int | None
         reasons.append(f"duration {request.max_duration_ms // 1000} s > provider max {offer.limits.max_duration_s} s")
     if offer.limits.allowed_images and request.image not in offer.limits.allowed_images:
         reasons.append("image not allowed by the provider")
+    cap = offer.terms.exposure_cap_micros
+    if request.max_exposure_micros is not None and cap > request.max_exposure_micros:
+        reasons.append(f"exposure cap {cap} > your max exposure {request.max_exposure_micros} "
+                       "(micro-credits it may claim that you have not countersigned; see --max-exposure)")
     price = None
     if gpus is not None:  # without enough GPUs there is no allocation to price
         price = price_per_s(offer.prices, r, gpus)
@@ -124,6 +131,7 @@ def rank_offers(offers: Iterable[Offer], request: JobRequest, now_ms: int, *,
     disk = r.disk_mib
     duration_s = -(-request.max_duration_ms // 1000)
     image = request.image
+    max_exposure = request.max_exposure_micros if request.max_exposure_micros is not None else 1 << 64
     heap: list[tuple[tuple[int, int, int, int], int]] = []  # (negated order key, negated index)
     kept: dict[int, tuple[Offer, int]] = {}
     model, min_mem, min_cc = r.gpu_model, r.min_gpu_memory_mib, _cc(r.min_compute_capability)
@@ -132,7 +140,8 @@ def rank_offers(offers: Iterable[Offer], request: JobRequest, now_ms: int, *,
         free = offer.free
         if (offer.expires_at_ms <= now_ms or cpu > free.cpu_millis or mem > free.memory_mib or disk > free.disk_mib
                 or len(free.gpus) < n_gpus or duration_s > offer.limits.max_duration_s
-                or (offer.limits.allowed_images and image not in offer.limits.allowed_images)):
+                or (offer.limits.allowed_images and image not in offer.limits.allowed_images)
+                or offer.terms.exposure_cap_micros > max_exposure):
             continue
         prices = offer.prices
         price = -(-cpu * prices.cpu_core_micros_per_s // 1000) - (-mem * prices.memory_gib_micros_per_s // 1024)

@@ -38,6 +38,7 @@ from market.matching import JobRequest, rank_offers
 from market.records import Offer
 from market.service import now_ms
 from node.agent_client import FIELDS, MAX_EVENT_BYTES, PATH_FIELDS
+from node.buyer_config import MAX_EXPOSURE_RANGE
 from node.commands.run import Console, execute
 from node.control import listen_private
 from node.overlay import BuyerOverlay, capability_for
@@ -92,6 +93,8 @@ def parse_run_request(line: bytes) -> tuple[argparse.Namespace, list[str]]:
     for name, low, high in (("wait", 0, 600), ("negotiate_timeout", 0.1, 600), ("candidates", 1, 100)):
         if not low <= fields[name] <= high:
             raise RequestError(f"args.{name}: expected {low} to {high}")
+    if fields["max_exposure"] is not None and not 0 <= fields["max_exposure"] <= MAX_EXPOSURE_RANGE[1]:
+        raise RequestError(f"args.max_exposure: expected 0 to {MAX_EXPOSURE_RANGE[1]}")
     if not isinstance(command, list) or not command or not all(isinstance(a, str) for a in command):
         raise RequestError("command: expected a non-empty list of strings")
     return argparse.Namespace(**fields), command

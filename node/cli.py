@@ -82,6 +82,10 @@ def _add_network(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     run.add_argument("--max-price", type=int, default=10_000, metavar="MICROS_PER_S",
                      help="most micro-credits per second you pay (default 10000)")
     run.add_argument("--max-duration", type=int, default=600, metavar="SECONDS", help="longest run (default 600)")
+    run.add_argument("--max-exposure", type=int, metavar="MICROS",
+                     help="the most a provider may claim that you have not countersigned: offers whose exposure "
+                          "cap is higher are refused (default: max_exposure_micros in <data dir>/buyer.toml, "
+                          "else 100000)")
     run.add_argument("--input", metavar="DIR", help="directory whose files appear in /io/in")
     run.add_argument("--output", metavar="DIR", help="directory that receives /io/out; must be new or empty "
                      "(unless --force); symlinks in it are never followed")

@@ -176,7 +176,7 @@ async def _run(args: argparse.Namespace, command: list[str]) -> int:
     home = data_dir(args.data_dir)
     key, _ = load_or_create_key(Path(args.key) if args.key else home / "node.key")
     bootstrap = bootstrap_peers(args.bootstrap)
-    check_job_args(args)
+    check_job_args(args, home)
     t0 = time.monotonic()
     overlay = BuyerOverlay()
     config = HostConfig(key=key, listen=client_listen(args.local), bootstrap=bootstrap, dht_mode="client",
@@ -189,10 +189,14 @@ async def _run(args: argparse.Namespace, command: list[str]) -> int:
                              interruptible=True, t0=t0)
 
 
-def check_job_args(args: argparse.Namespace) -> None:
+def check_job_args(args: argparse.Namespace, home: Path | None = None) -> None:
     """The checks of the job's options that need no network: a mistake is reported before joining."""
     parse_memory_mib(args.memory)
     parse_env(args.env or [])
+    if home is not None:
+        from node.buyer_config import load_max_exposure
+
+        load_max_exposure(home, getattr(args, "max_exposure", None))  # the flag, else buyer.toml
     if args.output:
         check_output_dir(Path(args.output), force=getattr(args, "force", False))
     if not args.image_archive:
@@ -219,6 +223,7 @@ async def execute(node: Any, key: Any, home: Path, args: argparse.Namespace, com
     from market.records import JobSpec, Proposal, ResourceRequest
     from market.reputation import COMPLETED, FAILED
     from market.service import negotiate_first, now_ms
+    from node.buyer_config import load_max_exposure
     from node.buyer_job import JobFailed, pack_dir, run_job
     from p2p.envelope import sign_record
     from p2p.identity import peer_id_from_public
@@ -233,7 +238,10 @@ async def execute(node: Any, key: Any, home: Path, args: argparse.Namespace, com
     resources = ResourceRequest(gpus=args.gpus, gpu_model=args.gpu_model, min_gpu_memory_mib=args.gpu_memory or 0,
                                 min_compute_capability=None, cpu_millis=int(args.cpus * 1000),
                                 memory_mib=parse_memory_mib(args.memory))
-    request = JobRequest(resources, args.max_price, args.max_duration * 1000, image.image_id)
+    # Issue 13, H3: no offer whose provider may claim more than this without our countersignature.
+    max_exposure = load_max_exposure(home, getattr(args, "max_exposure", None))
+    request = JobRequest(resources, args.max_price, args.max_duration * 1000, image.image_id,
+                         max_exposure_micros=max_exposure)
     say = console.say
     offers = await find(request)
     now = now_ms()
@@ -270,7 +278,7 @@ async def execute(node: Any, key: Any, home: Path, args: argparse.Namespace, com
             "cpu_millis": first.resources.cpu_millis, "memory_mib": first.resources.memory_mib,
             "gpus": first.resources.gpus, "max_price_micros_per_s": first.max_price_micros_per_s,
             "max_duration_ms": first.max_duration_ms, "receipt_interval_ms": first.terms.interval_ms,
-            "exposure_cap_micros": first.terms.exposure_cap_micros}}
+            "exposure_cap_micros": first.terms.exposure_cap_micros, "max_exposure_micros": max_exposure}}
         console.result(doc, indent=None if args.json else 1)
         return 0
     db_path = home / "buyer.db"
@@ -325,6 +333,8 @@ async def execute(node: Any, key: Any, home: Path, args: argparse.Namespace, com
         # Local reputation (market.reputation): what this buyer saw of this provider.
         seen = COMPLETED if outcome is not None and outcome.reason in ("completed", "buyer_cancel") else FAILED
         await store.record_outcome(ag.provider, seen, deal.agreement.record_id, now_ms())
+    if outcome is not None and outcome.clock_note:  # L1: a clock that is off is named, not guessed at
+        say(f"suanli: note: {outcome.clock_note} (from its receipts' times); set your clock right (NTP)")
     if failure is not None or outcome is None:
         message = str(failure) if failure else "interrupted"
         say(f"suanli: job failed: {message}; evidence in {db_path}")
