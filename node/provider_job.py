@@ -83,6 +83,7 @@ log = logging.getLogger("suanli.node.job")
 MAX_INPUT_BYTES = 256 << 20
 MAX_IMAGE_BYTES = 2 << 30  # one upload; it lies on disk, never in memory (M2)
 MAX_WIRE_OUTPUT_BYTES = 256 << 20
+OUTPUTS_SKIPPED = "outputs_skipped"  # a Status phase: the /io/out entries not handed back, and why
 LOGS_DROPPED = "logs_dropped"  # a Status phase: its detail says how many log bytes the rate limit dropped
 LOG_TAIL_S = 5.0  # how long the last log lines may take to arrive after the job exits
 START_TIMEOUT_S = 30.0  # a job stream must name its agreement within this
@@ -531,6 +532,9 @@ class JobRun:
                 if result is not None:
                     try:
                         outputs = await job.read_outputs(min(self.s.policy.output_max_bytes, MAX_WIRE_OUTPUT_BYTES))
+                        if job.skipped_outputs:  # L4: named to the buyer; the rest are delivered
+                            self.outbox.control(Status(OUTPUTS_SKIPPED, wall_ms(), "; ".join(
+                                f"{name}: {why}" for name, why in job.skipped_outputs)[:2048]))
                     except SuanliError as exc:
                         log.warning("job %s: outputs could not be read: %s", self.ag_hex, exc)
         except SuanliError as exc:

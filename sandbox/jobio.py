@@ -7,6 +7,8 @@ Rule 1: every path is relative and stays inside its folder; absolute paths, `..`
 are refused, both for the buyer's inputs and for the outputs a job hands back.
 Rule 2: the input tar creates /io/in and /io/out owned by 65534:65534 (the job's user), so any image
 works, not only ones that ship those folders.
+Rule 3: one bad entry in /io/out (a symlink, a device, a fifo) is skipped with its name and why, and
+the rest of the outputs are handed back: the buyer has paid for them.
 """
 
 from __future__ import annotations
@@ -100,9 +102,45 @@ def read_tar_files(data: bytes, *, what: str, strip: str | None = None, max_file
     return files
 
 
+def output_entry_problem(member: tarfile.TarInfo) -> str | None:
+    """Why one entry of a `get_archive('/io/out')` tar is not handed back, or None when it is (Rule 3).
+
+    Only directories and regular files inside ``out/`` are kept; everything else is skipped, by name.
+    """
+    if member.issym():
+        return f"a symbolic link (to {member.linkname[:200]!r})"
+    if member.islnk():
+        return "a hard link"
+    if member.ischr() or member.isblk() or member.isfifo() or member.isdev():
+        return "a device or fifo"
+    if not (member.isfile() or member.isdir()):
+        return "not a regular file"
+    if member.issparse() or any(k.startswith("GNU.sparse") for k in member.pax_headers):
+        return "a sparse file"
+    name = member.name.rstrip("/")
+    if name != "out" and not name.startswith("out/"):
+        return "outside out/"
+    if name != "out":
+        try:
+            safe_relpath(name[4:])
+        except UnusableInputError:
+            return "a path that leaves out/"
+    return None
+
+
 def read_output_tar(data: bytes, *, max_files: int = 10_000) -> dict[str, bytes]:
-    """Regular files of a `get_archive('/io/out')` tar, keyed by path relative to out/ (Rule 1)."""
-    return read_tar_files(data, what="the job's outputs", strip="out", max_files=max_files)
+    """Regular files of a `get_archive('/io/out')` tar, keyed by path relative to out/ (Rule 1); other
+    entries are skipped, never a reason to lose the rest (Rule 3)."""
+    kept = io.BytesIO()
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as src, \
+            tarfile.open(fileobj=kept, mode="w", format=tarfile.PAX_FORMAT) as dst:
+        try:
+            for member in src:
+                if output_entry_problem(member) is None and member.isfile():
+                    dst.addfile(member, src.extractfile(member))
+        except tarfile.TarError as exc:
+            raise SandboxError(f"the job's outputs are not a readable tar: {exc}") from exc
+    return read_tar_files(kept.getvalue(), what="the job's outputs", strip="out", max_files=max_files)
 
 
 class LogRateLimit:

@@ -28,6 +28,7 @@ import hashlib
 import logging
 import math
 import os
+import tarfile
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -43,7 +44,16 @@ import trio
 from p2p.errors import SandboxError
 from sandbox.disk import make_disk, release_disk
 from sandbox.engine import FOREIGN, Engine, translate
-from sandbox.jobio import LineSplitter, LogFrames, LogLine, LogRateLimit, input_tar, parse_log_line, stamp_key
+from sandbox.jobio import (
+    LineSplitter,
+    LogFrames,
+    LogLine,
+    LogRateLimit,
+    input_tar,
+    output_entry_problem,
+    parse_log_line,
+    stamp_key,
+)
 from sandbox.metering import Meter, MeterSample
 from sandbox.plan import IO_DIR, ContainerPlan
 
@@ -68,6 +78,7 @@ class OutputArchive:
     path: Path
     size_bytes: int
     sha256: str
+    skipped: tuple[tuple[str, str], ...] = ()  # (name in the tar, why) of entries not handed back
 
 
 def _create(api: docker.APIClient, plan: ContainerPlan) -> str:
@@ -222,6 +233,7 @@ class Job:
         self._deadline: float | None = None
         self._started_wall_s = 0.0
         self._stopping = False  # this runner asked the engine to stop or kill the container (Rule 4)
+        self.skipped_outputs: tuple[tuple[str, str], ...] = ()
 
     def now_ms(self) -> int:
         return int(trio.current_time() * 1000)
@@ -360,9 +372,11 @@ class Job:
         return await self.engine.call(_export, self.api, self.id, Path(dest), cap, what="get outputs")
 
     async def read_outputs(self, max_bytes: int | None = None) -> bytes:
+        """The outputs tar's bytes; what was skipped is in `skipped_outputs` (jobio Rule 3)."""
         tmp = Path(await trio.to_thread.run_sync(_tempfile))
         try:
-            await self.export_outputs(tmp, max_bytes)
+            archive = await self.export_outputs(tmp, max_bytes)
+            self.skipped_outputs = archive.skipped
             return await trio.Path(tmp).read_bytes()
         finally:
             await trio.Path(tmp).unlink(missing_ok=True)
@@ -377,24 +391,50 @@ def _tempfile() -> str:
 
 
 def _export(api: docker.APIClient, container: str, dest: Path, cap: int) -> OutputArchive:
+    """Blocking: the engine's tar of /io/out, capped, then rewritten with only its directories and
+    regular files (jobio Rule 3: a symlink or device is skipped by name, never the reason to lose the rest)."""
+    raw = dest.with_name(dest.name + ".raw")
     chunks, _stat = api.get_archive(container, IO_DIR + "/out")
-    digest, size = hashlib.sha256(), 0
+    size = 0
     try:
-        with open(dest, "wb") as f:
+        with open(raw, "wb") as f:
             for chunk in chunks:
                 size += len(chunk)
                 if size > cap:
                     raise SandboxError("the job's outputs exceed the size cap", expected=cap, actual=size)
-                digest.update(chunk)
                 f.write(chunk)
+        skipped = _keep_regular(raw, dest)
+        digest, size = hashlib.sha256(), 0
+        with open(dest, "rb") as f:
+            while block := f.read(1 << 20):
+                digest.update(block)
+                size += len(block)
     except BaseException:
         dest.unlink(missing_ok=True)
         raise
     finally:
+        raw.unlink(missing_ok=True)
         close = getattr(chunks, "close", None)
         if close is not None:
             close()
-    return OutputArchive(dest, size, "sha256:" + digest.hexdigest())
+    return OutputArchive(dest, size, "sha256:" + digest.hexdigest(), tuple(skipped))
+
+
+def _keep_regular(src: Path, dest: Path) -> list[tuple[str, str]]:
+    """Copy `src`'s directories and regular files to the tar `dest`, streaming; the rest, with why."""
+    skipped: list[tuple[str, str]] = []
+    try:
+        with tarfile.open(src, mode="r:") as tin, open(dest, "wb") as out, \
+                tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tout:
+            for member in tin:
+                problem = output_entry_problem(member)
+                if problem is not None:
+                    skipped.append((member.name[:256], problem))
+                    continue
+                tout.addfile(member, tin.extractfile(member) if member.isfile() else None)
+    except tarfile.TarError as exc:
+        raise SandboxError(f"the job's outputs are not a readable tar: {exc}") from exc
+    return skipped
 
 
 @asynccontextmanager

@@ -31,6 +31,7 @@ from p2p.identity import generate_key
 from p2p.testing import loopback_config, open_host, wait_until
 from sandbox.disk import free_bytes
 from sandbox.engine import Engine
+from sandbox.jobio import read_output_tar
 from sandbox.reaper import reap_orphans
 from sandbox.spec import LABEL_AGREEMENT, LABEL_NODE, LABEL_OWNER
 from settlement.astore import open_store
@@ -183,3 +184,20 @@ async def test_a_job_killed_from_outside_ends_killed_externally_never_completed(
     assert outcome.reason == "killed_externally" and outcome.last.reason == "killed_externally"
     (result,) = audit(read_inputs([tmp_path / "provider" / "node.db"]))
     assert result.report.ok, result.report.findings
+
+
+async def test_a_symlink_in_io_out_is_skipped_with_a_note_and_the_rest_delivered(tmp_path, demo_image):
+    """L4: the job leaves a symlink and a fifo beside its real outputs."""
+    provider_key, buyer = generate_key(), generate_key()
+    notes = []
+    hooks = BuyerHooks(on_status=lambda phase, detail: notes.append((phase, detail)))
+    command = ["sh", "-c", "echo a > /io/out/a.txt; mkdir /io/out/sub; echo b > /io/out/sub/b.txt;"
+               " ln -s /etc/passwd /io/out/link; mkfifo /io/out/pipe"]
+    async with open_provider(local_setup(tmp_path / "provider", provider_key)) as runtime:
+        with trio.fail_after(60):
+            outcome = await _buyer(runtime, buyer, tmp_path, make_proposal(buyer, runtime.offer, demo_image, command),
+                                   hooks)
+    assert outcome.reason == "completed" and outcome.outputs_arrived
+    assert read_output_tar(outcome.outputs) == {"a.txt": b"a\n", "sub/b.txt": b"b\n"}
+    (skipped,) = [d for p, d in notes if p == "outputs_skipped"]
+    assert "out/link: a symbolic link (to '/etc/passwd')" in skipped and "out/pipe: a device or fifo" in skipped

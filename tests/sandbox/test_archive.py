@@ -8,10 +8,10 @@ import tarfile
 
 import pytest
 
-from p2p.errors import ImageError, SandboxError, UnusableInputError
+from p2p.errors import ImageError, UnusableInputError
 from sandbox.archive import LayerEntry, image_archive, layer_tar, read_digests, sha256_digest
 from sandbox.images import build_demo_archive, is_static_elf
-from sandbox.jobio import LineSplitter, input_tar, parse_log_line, read_output_tar, safe_relpath
+from sandbox.jobio import LineSplitter, input_tar, output_entry_problem, parse_log_line, read_output_tar, safe_relpath
 
 ENTRIES = [LayerEntry("bin", "dir"), LayerEntry("bin/x", "file", 0o755, data=b"x"),
            LayerEntry("bin/y", "symlink", target="x"), LayerEntry("io", "dir", uid=65534, gid=65534)]
@@ -106,15 +106,24 @@ def test_input_tar_owns_in_and_out_as_nobody():
     assert all(m.uid == m.gid == 65534 for m in members.values())
 
 
-def test_output_tar_refuses_links():
+def test_output_tar_skips_links_and_devices_and_keeps_the_rest():
+    """L4: one symlink in /io/out used to lose every output; now it is skipped, by name."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         link = tarfile.TarInfo("out/evil")
         link.type, link.linkname = tarfile.SYMTYPE, "/etc/shadow"
         tar.addfile(link)
-    with pytest.raises(SandboxError):
-        read_output_tar(buf.getvalue())
-    assert read_output_tar(_tar({"out/r.txt": b"ok"})) == {"r.txt": b"ok"}
+        fifo = tarfile.TarInfo("out/pipe")
+        fifo.type = tarfile.FIFOTYPE
+        tar.addfile(fifo)
+        good = tarfile.TarInfo("out/r.txt")
+        good.size = 2
+        tar.addfile(good, io.BytesIO(b"ok"))
+    assert read_output_tar(buf.getvalue()) == {"r.txt": b"ok"}
+    with tarfile.open(fileobj=io.BytesIO(buf.getvalue())) as tar:
+        problems = {m.name: output_entry_problem(m) for m in tar.getmembers()}
+    assert problems == {"out/evil": "a symbolic link (to '/etc/shadow')", "out/pipe": "a device or fifo",
+                        "out/r.txt": None}
 
 
 @pytest.mark.parametrize("chunks, lines", [
