@@ -154,6 +154,8 @@ MAX_MEMBERS = 4096  # tar members of an image archive, directories included
 MAX_LAYERS = 256  # Docker itself stops at 127 on overlay
 MAX_JSON_BYTES = 4 << 20  # manifest.json, index.json, an OCI manifest, an image config
 MAX_HEADER_DATA_BYTES = 64 << 10  # one pax or GNU long-name header: tarfile reads it whole
+MAX_UNPACKED_BYTES = 8 << 30  # the image's files once unpacked (gzip/bzip2/xz layers are expanded)
+MAX_LAYER_ENTRIES = 1_000_000  # entries of one layer
 _COPY_BYTES = 1 << 20
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _METADATA = frozenset({"manifest.json", "index.json", "oci-layout", "repositories"})  # rewritten or dropped
@@ -162,7 +164,7 @@ _MANIFEST_TYPES = frozenset({"application/vnd.oci.image.manifest.v1+json",
 _OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 # What tarfile, json and the checks below may raise on hostile bytes; translated once (Rule 4).
 _PARSE_ERRORS = (tarfile.TarError, ValueError, KeyError, TypeError, IndexError, AttributeError,
-                 OverflowError, EOFError, RecursionError, MemoryError, UnicodeError)
+                 OverflowError, EOFError, RecursionError, MemoryError, UnicodeError, OSError)
 
 
 @dataclass(frozen=True)
@@ -193,22 +195,52 @@ def file_sha256(f: IO[bytes]) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def inspect_archive(f: IO[bytes], *, archive_sha256: str | None = None) -> ImagePlan:
+def inspect_archive(f: IO[bytes], *, archive_sha256: str | None = None,
+                    max_unpacked_bytes: int = MAX_UNPACKED_BYTES) -> ImagePlan:
     """Read an archive (a seekable file) without trusting it: its one image, or ImageError.
 
     ``archive_sha256``: the sha256 the caller already computed of these bytes (as they arrived);
-    recomputed here when absent.
+    recomputed here when absent. ``max_unpacked_bytes``: what the image's layers may hold once
+    unpacked on the engine's disk (a compressed layer is expanded to count; a sparse file, which
+    the engine would write out in full, is refused).
     """
     try:
         sha = archive_sha256 or file_sha256(f)
         _check_headers(f)
         f.seek(0)
         with tarfile.open(fileobj=f, mode="r:") as tar:
-            return _plan(tar, _members(tar), sha)
+            files = _members(tar)
+            plan = _plan(tar, files, sha)
+            unpacked = 0
+            for source in set(plan.sources[n] for n in plan.layer_names):
+                unpacked += _unpacked_size(tar, files[source], max_unpacked_bytes - unpacked)
+            return plan
     except ImageError:
         raise
     except _PARSE_ERRORS as exc:
         raise ImageError(f"not a readable image archive: {type(exc).__name__}: {exc}"[:300]) from exc
+
+
+def _unpacked_size(tar: tarfile.TarFile, member: tarfile.TarInfo, allowed: int) -> int:
+    """The bytes one layer writes when unpacked, read as a stream (bounded memory); ImageError past
+    ``allowed``, for a sparse file, or for too many entries."""
+    layer = tar.extractfile(member)
+    if layer is None:
+        raise _refuse("a layer of the archive is not a file", actual=member.name[:200])
+    total = 0
+    with tarfile.open(fileobj=layer, mode="r|*") as inner:
+        for _ in range(MAX_LAYER_ENTRIES + 1):
+            info = inner.next()
+            inner.members.clear()  # type: ignore[attr-defined]  # stream mode keeps every header: keep none
+            if info is None:
+                return total
+            if info.issparse() or info.type == tarfile.GNUTYPE_SPARSE:
+                raise _refuse("a layer holds a sparse file, which would unpack to its full size",
+                              actual=info.name[:200])
+            total += max(0, info.size) if info.isreg() else 0
+            if total > allowed:
+                raise _refuse("the image would take too much disk once unpacked", limit=MAX_UNPACKED_BYTES)
+    raise _refuse("a layer has too many entries", limit=MAX_LAYER_ENTRIES)
 
 
 def _refuse(message: str, **fields: object) -> ImageError:
