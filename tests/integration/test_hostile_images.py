@@ -182,3 +182,13 @@ def test_consistent_oci_and_legacy_archive_loads_untagged(docker_client, saved_d
     assert _load(docker_client, data, buyer.id) == buyer.id
     assert docker_client.api.inspect_image(buyer.id)["RepoTags"] == []
     assert _present(docker_client, "suanli-test-buyer:y") is None
+
+
+def test_a_plain_docker_save_reads_as_its_one_image(docker_client, demo_image):
+    """What an honest buyer sends: `docker save` by tag (with `repositories`, `<id>/json`, `VERSION`)."""
+    from sandbox.archive import read_digests
+    from sandbox.images import DEMO_TAG
+
+    data = b"".join(docker_client.api.get_image(DEMO_TAG))
+    assert "repositories" in _files(data)
+    assert demo_image in read_digests(data).image_ids()
