@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from p2p.codec import MAX_RECORD_BYTES, pack, unpack, unpack_canonical
+from p2p.codec import MAX_RECORD_BYTES, pack, preview, unpack, unpack_canonical
 from p2p.errors import CodecError, RemoteProtocolError
 
 values = st.recursive(
@@ -88,3 +88,31 @@ def test_large_inputs_are_compared_in_the_packers_buffer_as_strictly():
         assert msgpack.unpackb(bad) == items
         with pytest.raises(CodecError, match="canonical"):
             unpack_canonical(bad, len(bad))
+
+
+def test_preview_of_hostile_values_is_short_and_never_recurses():
+    deep: list = []
+    for _ in range(5000):
+        deep = [deep]
+    assert preview(deep) == "an array of 1"
+    assert preview({b"k": 1}) == "a map of 1"
+    assert preview("x" * 10_000) == repr("x" * 40) and len(preview(b"y" * 10_000)) <= 43
+    assert preview(2**64 - 1) == str(2**64 - 1)
+
+
+@pytest.mark.parametrize("depth", [17, 511, 600, 1000, 1023, 1024, 5000])
+def test_unpack_canonical_of_any_nesting_is_a_value_or_a_codec_error(depth):
+    data = b"\x91" * depth + b"\xc0"
+    try:
+        unpack_canonical(data)
+    except CodecError:
+        pass
+    with pytest.raises(CodecError):
+        unpack(data)  # the generic decoder bounds nesting at MAX_DEPTH
+
+
+def test_unpack_canonical_leaves_bin_keys_to_the_schema_and_unpack_refuses_them():
+    data = msgpack.packb({b"a": 1, "b": 2}, use_bin_type=True)
+    assert unpack_canonical(data) == {b"a": 1, "b": 2}  # records and bundles compare keys with text keys
+    with pytest.raises(CodecError, match="map key is not text"):
+        unpack(data)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import msgpack
 import pytest
 
 from market.records import Agreement
+from p2p.codec import unpack
 from p2p.envelope import Signed, countersign, domain, open_signed, sign_record, signed_from_wire, signed_list_from_wire
 from p2p.errors import CodecError, LocalProtocolError, SignatureError
 from settlement.records import Receipt
@@ -99,3 +101,14 @@ def test_the_first_bad_envelope_in_a_list_raises_what_it_raises_alone(evidence):
         signed_list_from_wire([good, bad_sig, short], Receipt, verify=False)
     with pytest.raises(SignatureError, match="buyer signature"):
         signed_list_from_wire([good, bad_sig, short], Receipt)
+
+
+def test_bin_keys_in_an_envelope_or_in_its_validly_signed_body_are_codec_errors(evidence, provider_key):
+    ag = evidence.agreement
+    with pytest.raises(CodecError):
+        open_signed(msgpack.packb({b"body": ag.body, "sigs": list(ag.sigs)}, use_bin_type=True), Agreement)
+    body = msgpack.packb({(k.encode() if k == "buyer" else k): v for k, v in unpack(ag.body).items()},
+                         use_bin_type=True)
+    sig = provider_key.sign(domain(Agreement, "provider") + body)  # the signer's own, valid signature
+    with pytest.raises(CodecError, match="map keys must be text"):
+        open_signed(msgpack.packb({"body": body, "sigs": [sig]}, use_bin_type=True), Agreement)
