@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from node.config import check_run_numbers
 from node.outputs import check_output_dir
 from p2p.errors import SuanliError
 
@@ -193,6 +194,7 @@ def check_job_args(args: argparse.Namespace, home: Path | None = None) -> None:
     """The checks of the job's options that need no network: a mistake is reported before joining."""
     parse_memory_mib(args.memory)
     parse_env(args.env or [])
+    check_run_numbers(vars(args))
     if home is not None:
         from node.buyer_config import load_max_exposure
 
@@ -231,6 +233,7 @@ async def execute(node: Any, key: Any, home: Path, args: argparse.Namespace, com
 
     t0 = time.monotonic() if t0 is None else t0
     image = choose_image(args.image, args.image_archive)
+    check_run_numbers(vars(args))
     if args.output:
         check_output_dir(Path(args.output), force=getattr(args, "force", False))
     inputs = pack_dir(Path(args.input)) if args.input else b""
