@@ -32,6 +32,7 @@ from typing import Any
 FIELDS: dict[str, tuple[type, ...]] = {
     "image": (str, type(None)), "image_archive": (str, type(None)), "gpus": (int,),
     "gpu_model": (str, type(None)), "gpu_memory": (int, type(None)), "cpus": (float, int), "memory": (str,),
+    "disk": (str,),
     "max_price": (int,), "max_duration": (int,), "max_exposure": (int, type(None)), "input": (str, type(None)),
     "output": (str, type(None)),
     "env": (list, type(None)), "wait": (float, int), "candidates": (int,), "negotiate_timeout": (float, int),

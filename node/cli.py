@@ -79,6 +79,8 @@ def _add_network(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     run.add_argument("--gpu-memory", type=int, metavar="MIB", help="minimum GPU memory per GPU")
     run.add_argument("--cpus", type=float, default=1.0, metavar="N", help="CPU cores (default 1)")
     run.add_argument("--memory", default="512m", metavar="SIZE", help="memory, e.g. 512m, 2g (default 512m)")
+    run.add_argument("--disk", default="1g", metavar="SIZE",
+                     help="the job's writable /io, a filesystem of this size, e.g. 256m, 20g (default 1g)")
     run.add_argument("--max-price", type=int, default=10_000, metavar="MICROS_PER_S",
                      help="most micro-credits per second you pay (default 10000)")
     run.add_argument("--max-duration", type=int, default=600, metavar="SECONDS", help="longest run (default 600)")

@@ -45,6 +45,17 @@ def parse_memory_mib(text: str) -> int:
     return int(mib)
 
 
+def parse_disk_mib(text: str) -> int:
+    """``--disk``: the size of the job's /io filesystem (issue 13 H4); at least 16m, whole MiB."""
+    m = _SIZE.match(text.strip())
+    if not m or m.group(2).lower() not in ("m", "g"):
+        raise SuanliError(f"--disk {text!r}: give a size such as 256m or 20g")
+    mib = int(m.group(1)) * (1024 if m.group(2).lower() == "g" else 1)
+    if not 16 <= mib <= 1 << 30:
+        raise SuanliError(f"--disk {text!r} is out of range (16m to 1048576g)")
+    return mib
+
+
 def parse_env(items: list[str]) -> dict[str, str]:
     env = {}
     for item in items:
@@ -193,6 +204,7 @@ async def _run(args: argparse.Namespace, command: list[str]) -> int:
 def check_job_args(args: argparse.Namespace, home: Path | None = None) -> None:
     """The checks of the job's options that need no network: a mistake is reported before joining."""
     parse_memory_mib(args.memory)
+    parse_disk_mib(getattr(args, "disk", "1g"))
     parse_env(args.env or [])
     check_run_numbers(vars(args))
     if home is not None:
@@ -240,7 +252,8 @@ async def execute(node: Any, key: Any, home: Path, args: argparse.Namespace, com
     env = parse_env(args.env or [])
     resources = ResourceRequest(gpus=args.gpus, gpu_model=args.gpu_model, min_gpu_memory_mib=args.gpu_memory or 0,
                                 min_compute_capability=None, cpu_millis=int(args.cpus * 1000),
-                                memory_mib=parse_memory_mib(args.memory))
+                                memory_mib=parse_memory_mib(args.memory),
+                                disk_mib=parse_disk_mib(getattr(args, "disk", "1g")))
     # Issue 13, H3: no offer whose provider may claim more than this without our countersignature.
     max_exposure = load_max_exposure(home, getattr(args, "max_exposure", None))
     request = JobRequest(resources, args.max_price, args.max_duration * 1000, image.image_id,
