@@ -2,8 +2,10 @@
 
 - A hostile peer (a real py-libp2p host on 127.0.0.1, in this process) provides the "any" capability
   key in the DHT, answers ``/suanli/offer/1.0.0`` with an offer it signed validly whose body has a bin
-  key, and gossips it. `suanli offers` (a real process, joined through a real `suanli bootstrap`)
-  asks it, exits 0 with no traceback, and lists the honest provider (`suanli provide`, real Docker).
+  key, and gossips it. `suanli offers` and `suanli run --dry-run` (real processes, joined through a
+  real `suanli bootstrap`) ask it, exit 0 with no traceback, and list the honest provider (`suanli
+  provide`, real Docker). `suanli agent` collects offers through the same `collect_offers`.
+- Mid-job, bin-keyed frames from a buyer are bad frames to the provider's job handler, which runs on.
 - A crafted bundle file: a bin key in the bundle's own structure makes the file unusable (`suanli
   audit` exit 2, one line); a bin key inside a signed record of a well-formed bundle is a finding
   (exit 1, the JSON report says "malformed"). README: exit 0 clean, 1 findings, 2 unusable input.
@@ -72,7 +74,7 @@ async def _cli(*args: str, timeout_s: float = 90) -> trio.CompletedProcess:  # t
 
 @pytest.mark.docker
 @pytest.mark.slow
-async def test_offers_survives_a_hostile_offer_with_a_bin_key_and_lists_the_honest_one(tmp_path, docker_client):
+async def test_offers_and_run_survive_a_hostile_offer_with_a_bin_key_and_list_the_honest_one(tmp_path, demo_image):
     procs = _h.Processes()
     try:
         boot_addr = await trio.to_thread.run_sync(_h.start_bootstrap, procs, tmp_path)
@@ -102,11 +104,20 @@ async def test_offers_survives_a_hostile_offer_with_a_bin_key_and_lists_the_hone
             await dht.provide(node, [dht.ANY_COMPUTE])
             await node.pubsub.publish(OFFERS_TOPIC, hostile)
             done = await _cli("offers", "--bootstrap", boot_addr, "--json", "--local", "--wait", "8")
+            asked_by_offers = len(asked)
+            dry = await _cli("run", "--dry-run", "--json", "--local", "--bootstrap", boot_addr, "--data-dir",
+                             str(tmp_path / "buyer"), "--image", demo_image, "--wait", "8", "--cpus", "0.5",
+                             "--memory", "64m", "--", "true")
         stderr = done.stderr.decode()
         assert done.returncode == 0 and "Traceback" not in stderr, stderr[-3000:]
         providers = {row["provider"] for row in json.loads(done.stdout)["offers"]}
         assert ready["peer_id"] in providers and hostile_key.peer_id not in providers, (providers, stderr[-2000:])
-        assert asked, "the buyer never asked the hostile peer: the test did not reach the decoder"
+        assert asked_by_offers, "`suanli offers` never asked the hostile peer: the test did not reach the decoder"
+        stderr = dry.stderr.decode()
+        assert dry.returncode == 0 and "Traceback" not in stderr, stderr[-3000:]
+        candidates = {c["provider"] for c in json.loads(dry.stdout)["candidates"]}
+        assert candidates == {ready["peer_id"]}, (candidates, stderr[-2000:])
+        assert len(asked) > asked_by_offers, "`suanli run` never asked the hostile peer"
     finally:
         await trio.to_thread.run_sync(procs.stop_all)
 
