@@ -399,7 +399,7 @@ def _hooks(args: argparse.Namespace, console: Console) -> Any:
                 + (f" (final: {r.reason})" if r.state == "final" else ""))
 
     def on_status(phase: str, detail: str) -> None:
-        if phase in ("paused", "resumed", "loading_image") or args.verbose:
+        if phase in ("paused", "resumed", "loading_image", "logs_dropped", "outputs_skipped") or args.verbose:
             say(f"suanli: provider says {phase}" + (f": {detail}" if detail else ""))
 
     def on_progress(kind: str, done: int, total: int) -> None:
