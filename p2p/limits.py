@@ -34,10 +34,11 @@ STREAM_OVERHEAD_BYTES = 64 * 1024
 
 @dataclass(frozen=True)
 class InboundLimits:
-    # Defaults: a peer runs a few jobs and negotiations beside its gossip and DHT streams; 256
-    # streams in all bound strangers to 160 MiB (inbound_memory_bound at 256 KiB frames). A bootstrap
-    # serving more peers, or a benchmark of many nodes on one address, raises them (HostConfig.limits).
-    streams_per_peer: int = 32
+    # Defaults: a buyer may run 50 jobs on one provider (bench/e2e.py does), each one stream, beside
+    # its negotiations, gossip and DHT streams; 256 streams in all bound strangers to 160 MiB
+    # (inbound_memory_bound at 256 KiB frames). A bootstrap serving more peers, or a benchmark of many
+    # nodes on one address, raises them (HostConfig.limits).
+    streams_per_peer: int = 64
     streams_per_ip: int = 128
     streams_total: int = 256
     connections_per_ip: int = 64

@@ -52,7 +52,7 @@ from typing import Any
 import libp2p
 import libp2p.pubsub.pubsub as _pubsub_module
 import trio
-from libp2p.abc import IHost, INetStream
+from libp2p.abc import IHost, INetStream, INotifee
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as _new_x25519_key_pair
 from libp2p.custom_types import TProtocol
@@ -153,7 +153,8 @@ def safe_validator(validator: SyncValidator, topic: str) -> SyncValidator:
 # --- item 4: permanent inbound lockout after 250 connections in a node's lifetime ---------------
 # The swarm's inbound limiter has max_connections - min_connections = 250 tokens and a token is only
 # released when the swarm stops, so connection 251 onward is refused forever. A huge max_connections
-# makes the limiter unreachable (one trio task per inbound connection still leaks: item 24).
+# makes the limiter unreachable. (``gate_inbound`` now ends each connection's handler, and so returns
+# its token, when the connection closes; p2p.limits bounds connections per IP and in all.)
 # --- item 7: every dial stalls 250 ms (happy-eyeballs delay) unless one connection per peer ------
 LIFETIME_INBOUND_CAP = 1_000_000
 
@@ -169,11 +170,35 @@ def connection_config() -> ConnectionConfig:
 # is counted from the moment the muxer hands it over (before protocol negotiation) until its handler
 # returns, and refused with a reset; a connection is counted from the start of its handshake, and
 # refused by closing the socket before any Noise work.
+#
+# Items 4 and 24 as well: the swarm's handler of an inbound connection waits for the swarm to stop
+# (its "intentional barrier"), so one task and its objects (8 KiB measured) outlived every inbound
+# connection, and so did a token of the swarm's inbound limiter. The handler is now cancelled when its
+# connection is gone: tasks no longer grow with connection churn (tests/p2p/test_limits.py).
 def gate_inbound(host: IHost, gate: InboundGate) -> None:
     swarm: Any = host.get_network()
     handle_stream = swarm.common_stream_handler
     upgrade = swarm.upgrade_inbound_raw_conn
+    handle_connection = swarm._handle_inbound_connection
     handshakes: Counter[str] = Counter()
+    handlers: dict[int, trio.CancelScope] = {}  # id(the listener's stream) -> its handler's scope
+    by_conn: dict[Any, trio.CancelScope] = {}  # muxed connection -> its handler's scope
+
+    async def released_connection(read_write_closer: Any, maddr: Any) -> None:
+        with trio.CancelScope() as scope:
+            handlers[id(read_write_closer)] = scope
+            try:
+                await handle_connection(read_write_closer, maddr)
+            finally:
+                del handlers[id(read_write_closer)]
+                for conn in [c for c, s in by_conn.items() if s is scope]:
+                    del by_conn[conn]
+
+    class _Release(_QuietNotifee):
+        async def disconnected(self, network: Any, conn: Any) -> None:
+            scope = by_conn.pop(getattr(conn, "muxed_conn", None), None)
+            if scope is not None:
+                scope.cancel()
 
     async def gated_stream(stream: INetStream) -> None:
         peer, ip = _stream_peer(stream), _remote_ip(stream.muxed_conn)
@@ -210,14 +235,42 @@ def gate_inbound(host: IHost, gate: InboundGate) -> None:
             raise SwarmException(f"inbound connection refused: {reason}")
         handshakes[ip] += 1
         try:
-            return await upgrade(raw_conn, maddr)
+            muxed = await upgrade(raw_conn, maddr)
         finally:
             handshakes[ip] -= 1
             if handshakes[ip] <= 0:
                 del handshakes[ip]
+        scope = handlers.get(id(getattr(raw_conn, "stream", None)))
+        if scope is not None:
+            by_conn[muxed] = scope
+            if getattr(muxed, "is_closed", False):  # gone already: no disconnect will come
+                scope.cancel()
+        return muxed
 
     swarm.common_stream_handler = gated_stream
     swarm.upgrade_inbound_raw_conn = gated_upgrade
+    swarm._handle_inbound_connection = released_connection
+    swarm.register_notifee(_Release())
+
+
+class _QuietNotifee(INotifee):
+    async def connected(self, network: Any, conn: Any) -> None:
+        return None
+
+    async def disconnected(self, network: Any, conn: Any) -> None:
+        return None
+
+    async def opened_stream(self, network: Any, stream: Any) -> None:
+        return None
+
+    async def closed_stream(self, network: Any, stream: Any) -> None:
+        return None
+
+    async def listen(self, network: Any, multiaddr: Any) -> None:
+        return None
+
+    async def listen_close(self, network: Any, multiaddr: Any) -> None:
+        return None
 
 
 def _remote_ip(conn: Any) -> str:

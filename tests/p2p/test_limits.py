@@ -20,7 +20,7 @@ from libp2p.stream_muxer.yamux.yamux import TYPE_DATA, YAMUX_HEADER_FORMAT
 from p2p.framing import DEFAULT_MAX_FRAME_BYTES, FramedStream, encode_varint, serve_framed
 from p2p.host import PeerUnreachableError, open_host
 from p2p.limits import InboundGate, InboundLimits, inbound_memory_bound
-from p2p.testing import loopback_config, wait_until
+from p2p.testing import count_trio_tasks, loopback_config, wait_until
 
 ECHO = "/suanli/test/echo/1"
 SINK = "/suanli/test/sink/1"  # never reads
@@ -186,3 +186,24 @@ async def test_a_peer_that_ignores_the_yamux_window_loses_its_connection_not_our
                     pass
                 await wait_until(lambda: target.peer_id not in attacker.connected_peers()
                                  and attacker.peer_id not in target.connected_peers(), timeout_s=15)
+
+
+async def test_connection_churn_leaves_no_task_behind_and_the_node_keeps_serving():
+    """Items 4 and 24: the swarm's handler of each inbound connection used to wait for the swarm to
+    stop (one task and ~8 KiB per connection, forever); it now ends with its connection."""
+    async with open_host(_target_config(InboundLimits(), frame_timeout_s=4)) as target:
+        boot = (target.addrs()[0],)
+        async with open_host(loopback_config(bootstrap=boot)):
+            pass  # the first connection's one-off tasks
+        await trio.sleep(0.5)
+        tasks = count_trio_tasks()
+        with trio.fail_after(120):
+            for _ in range(30):
+                async with open_host(loopback_config(bootstrap=boot, connect_attempts=1)):
+                    pass
+            await wait_until(lambda: not target.connected_peers(), timeout_s=10)
+            await trio.sleep(0.5)
+            grown = count_trio_tasks() - tasks
+            assert grown < 10, f"{grown} more tasks after 30 connections came and went"
+            async with open_host(loopback_config(bootstrap=boot)) as honest:
+                assert await _echo_once(honest, target) == b"honest"
