@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -37,6 +37,36 @@ REMOTE = (RemoteProtocolError,)  # CodecError and SignatureError are its subclas
 
 def _judge(ledger: OfferLedger[Offer], publisher: bytes, data: bytes) -> Any:
     return ledger.judge(data, publisher, NOW_MS + 1000)
+
+
+def _plain(value: Any, schema_checks: bool) -> bool:
+    """Whether a decoded value holds only the codec's types (Rule 1 of p2p.codec): no ext, no
+    timestamp, text keys. ``unpack_canonical`` leaves keys and floats to the schema that reads its
+    result (records, bundles), so there bytes keys and floats are the schema's to refuse. Iterative:
+    a decoded value may nest 1,000 deep."""
+    scalars = (bool, int, str, bytes, float) if schema_checks else (bool, int, str, bytes)
+    keys = (str, bytes) if schema_checks else (str,)
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if item is None or type(item) in scalars:
+            continue
+        if type(item) is list:
+            stack.extend(item)
+        elif type(item) is dict:
+            if not all(type(k) in keys for k in item):
+                return False
+            stack.extend(item.values())
+        else:
+            return False
+    return True
+
+
+def _checked(decode: Callable[[bytes], Any], schema_checks: bool, data: bytes) -> Any:
+    value = decode(data)
+    if not _plain(value, schema_checks):
+        raise AssertionError(f"decoded a value outside the codec's types: {codec.preview(value)}")
+    return value
 
 
 def _countersigned(ours: dict[bytes, Signed[Receipt]], data: bytes) -> Any:
@@ -86,8 +116,9 @@ def decoder_targets() -> Iterator[list[Target]]:
                    market_wire.Accept(ev.agreement.to_bytes()), market_wire.Confirm(ev.agreement.record_id)]
     targets.append(Target("market.wire.decode_message", market_wire.decode_message,
                           [m.encode() for m in negotiation], REMOTE))
-    targets.append(Target("codec.unpack (frames)", codec.unpack,
-                          [codec.pack({}), ev.offer.to_bytes(), codec.pack({"a": [1, "b", b"c", None, True]})],
+    plain = [codec.pack({}), ev.offer.to_bytes(), codec.pack({"a": [1, "b", b"c", None, True]})]
+    targets.append(Target("codec.unpack (frames)", partial(_checked, codec.unpack, False), plain, REMOTE))
+    targets.append(Target("codec.unpack_canonical", partial(_checked, codec.unpack_canonical, True), plain,
                           REMOTE))
     # The provider's first look at a countersignature (node.provider_job): None for anything but one
     # of its receipts plus a valid buyer signature; it may raise nothing.

@@ -23,6 +23,11 @@ from p2p.errors import CodecError
 MAX_RECORD_BYTES = 64 * 1024
 MAX_DEPTH = 16
 
+# msgpack decodes ext type -1 (timestamp) itself, without calling ext_hook. As a float it is refused:
+# by ``unpack``'s type check, and by ``unpack_canonical``'s byte comparison (a float never packs to an
+# ext), at no cost to the fast path (H1).
+_TIMESTAMP_AS_FLOAT = 1
+
 _INT_MIN = -(2**63)
 _INT_MAX = 2**64 - 1
 
@@ -103,7 +108,7 @@ def unpack(data: bytes, max_bytes: int = MAX_RECORD_BYTES) -> Any:
     try:
         value = msgpack.unpackb(
             data, raw=False, use_list=True, strict_map_key=True, object_pairs_hook=_pairs_hook,
-            ext_hook=_refuse_ext,
+            ext_hook=_refuse_ext, timestamp=_TIMESTAMP_AS_FLOAT,
         )
     except CodecError:
         raise
@@ -130,7 +135,8 @@ def unpack_canonical(data: bytes, max_bytes: int = MAX_RECORD_BYTES) -> Any:
         raise CodecError(f"record of {len(data)} bytes exceeds the limit of {max_bytes}",
                          limit=max_bytes, actual=len(data))
     try:
-        value = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True, ext_hook=_refuse_ext)
+        value = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True, ext_hook=_refuse_ext,
+                                timestamp=_TIMESTAMP_AS_FLOAT)
     except CodecError:
         raise
     except msgpack.ExtraData as exc:
@@ -183,7 +189,7 @@ def _check_depth_and_types(value: Any, depth: int) -> None:
     if depth > MAX_DEPTH:
         raise CodecError("value nested too deeply", limit=MAX_DEPTH)
     if isinstance(value, float):
-        raise CodecError("floats are not allowed in records")
+        raise CodecError("floats and timestamps (ext type -1) are not allowed in records")
     if isinstance(value, list):
         for item in value:
             _check_depth_and_types(item, depth + 1)

@@ -116,3 +116,13 @@ def test_unpack_canonical_leaves_bin_keys_to_the_schema_and_unpack_refuses_them(
     assert unpack_canonical(data) == {b"a": 1, "b": 2}  # records and bundles compare keys with text keys
     with pytest.raises(CodecError, match="map key is not text"):
         unpack(data)
+
+
+@pytest.mark.parametrize("data", [b"\xd6\xff\x00\x00\x00\x01", b"\x81\xa1a\xd6\xff\x00\x00\x00\x01",
+                                  b"\x91\xd6\xff\x00\x00\x00\x01"])
+def test_the_timestamp_ext_type_is_refused_like_every_ext_type(data):
+    """msgpack decodes ext type -1 as a Timestamp without calling the ext hook (Rule 1: no ext types)."""
+    with pytest.raises(CodecError):
+        unpack(data)
+    with pytest.raises(CodecError):
+        unpack_canonical(data)
