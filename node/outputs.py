@@ -11,10 +11,10 @@ Rule 3: before the job, DIR must be missing or empty unless ``force`` (``check_o
 job's outputs are not refused at the end for a conflict the buyer could have seen at the start.
 Rule 4: an entry that cannot be written safely is skipped with a reason and the rest are written (a
 provider's one bad entry must not lose the outputs the buyer paid for): links, devices, fifos and sparse
-files; absolute names, ``..`` and NUL; a component over 255 bytes or a path over 4,096; a name given twice;
-a file where a directory must be; a symlink or a non-directory in the way; an existing file without
-``force``. The whole tar is refused only when it is unreadable or too big: over ``max_files`` files,
-``max_dirs`` directories, or members claiming more bytes than the archive holds.
+files; absolute names, ``..`` and NUL; a component over 255 bytes, a path over 4,096 bytes or deeper
+than 64 levels; a name given twice; a file where a directory must be; a symlink or a non-directory in
+the way; an existing file without ``force``. The whole tar is refused only when it is unreadable or too
+big: over ``max_files`` files, ``max_dirs`` directories, or members claiming more bytes than it holds.
 Rule 5: files get mode 0644 (0755 when the owner could execute it in the tar), directories 0755, both
 less the umask; owners, set-id bits and times from the tar are ignored.
 """
@@ -37,6 +37,7 @@ MAX_FILES = 10_000
 MAX_DIRS = 10_000
 MAX_NAME_BYTES = 255  # NAME_MAX
 MAX_PATH_BYTES = 4096  # PATH_MAX
+MAX_DEPTH = 64  # 2,047 levels cost 5.6 s of openat walks and a RecursionError in shutil.rmtree
 _CHUNK = 1 << 20
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -80,6 +81,8 @@ def split_name(name: str) -> tuple[str, ...]:
         raise _Skip(f"a name component over {MAX_NAME_BYTES} bytes")
     if len("/".join(parts).encode(errors="surrogateescape")) > MAX_PATH_BYTES:
         raise _Skip(f"a path over {MAX_PATH_BYTES} bytes")
+    if len(parts) > MAX_DEPTH:
+        raise _Skip(f"a path deeper than {MAX_DEPTH} levels")
     return parts
 
 
@@ -175,33 +178,56 @@ def _copy(src: IO[bytes], fd: int) -> None:
             dst.write(chunk)
 
 
-def _write_file(tar: tarfile.TarFile, root: int, parts: tuple[str, ...], member: tarfile.TarInfo,
-                force: bool) -> None:
-    parent = _open_dir(root, parts[:-1])
-    name, mode = parts[-1], 0o755 if member.mode & 0o100 else 0o644
+def _write_file(tar: tarfile.TarFile, parent: int, name: str, member: tarfile.TarInfo, force: bool) -> None:
+    """``member``'s bytes as ``name`` in the directory ``parent`` (Rule 2)."""
+    mode = 0o755 if member.mode & 0o100 else 0o644
+    src = tar.extractfile(member) or io.BytesIO()
+    if not force:
+        try:
+            fd = os.open(name, _NEW_FILE_FLAGS, mode, dir_fd=parent)
+        except FileExistsError:
+            raise _Skip("exists; not replaced without --force") from None
+        _copy(src, fd)
+        return
     try:
-        src = tar.extractfile(member) or io.BytesIO()
-        if not force:
+        if stat.S_ISDIR(os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode):
+            raise _Skip("a directory of that name exists")
+    except FileNotFoundError:
+        pass
+    tmp = f".suanli-{secrets.token_hex(8)}.part"
+    _copy(src, os.open(tmp, _NEW_FILE_FLAGS, mode, dir_fd=parent))
+    try:
+        os.replace(tmp, name, src_dir_fd=parent, dst_dir_fd=parent)  # replaces a link, never its target
+    except OSError:
+        os.unlink(tmp, dir_fd=parent)
+        raise
+
+
+def _write_all(tar: tarfile.TarFile, root: int, plan: _Plan, force: bool, out: WrittenOutputs) -> None:
+    """Files in sorted order, so those of one directory come together and share one walk to it; then
+    the directories no file needed (empty ones the tar named)."""
+    held: tuple[tuple[str, ...], int] | None = None  # the last parent walked to, and its descriptor
+    try:
+        for parts, member in sorted(plan.files.items()):
             try:
-                fd = os.open(name, _NEW_FILE_FLAGS, mode, dir_fd=parent)
-            except FileExistsError:
-                raise _Skip("exists; not replaced without --force") from None
-            _copy(src, fd)
-            return
-        try:
-            if stat.S_ISDIR(os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode):
-                raise _Skip("a directory of that name exists")
-        except FileNotFoundError:
-            pass
-        tmp = f".suanli-{secrets.token_hex(8)}.part"
-        _copy(src, os.open(tmp, _NEW_FILE_FLAGS, mode, dir_fd=parent))
-        try:
-            os.replace(tmp, name, src_dir_fd=parent, dst_dir_fd=parent)  # replaces a link, never its target
-        except OSError:
-            os.unlink(tmp, dir_fd=parent)
-            raise
+                if held is None or held[0] != parts[:-1]:
+                    if held is not None:
+                        os.close(held[1])
+                        held = None
+                    held = (parts[:-1], _open_dir(root, parts[:-1]))
+                _write_file(tar, held[1], parts[-1], member, force)
+                out.files.append("/".join(parts))
+            except _Skip as exc:
+                out.skipped.append(("/".join(parts), str(exc)))
     finally:
-        os.close(parent)
+        if held is not None:
+            os.close(held[1])
+    needed = {parts[:i] for parts in plan.files for i in range(1, len(parts))}
+    for parts in sorted(plan.dirs - needed):
+        try:
+            os.close(_open_dir(root, parts))
+        except _Skip as exc:
+            out.skipped.append(("/".join(parts), str(exc)))
 
 
 def write_outputs(data: bytes, dest: Path, *, force: bool = False, max_files: int = MAX_FILES,
@@ -223,17 +249,7 @@ def write_outputs(data: bytes, dest: Path, *, force: bool = False, max_files: in
             except OSError as exc:
                 raise SuanliError(f"--output {dest}: {exc.strerror}") from exc
             try:
-                for parts in sorted(plan.dirs, key=len):
-                    try:
-                        os.close(_open_dir(root, parts))
-                    except _Skip as exc:
-                        out.skipped.append(("/".join(parts), str(exc)))
-                for parts, member in sorted(plan.files.items()):
-                    try:
-                        _write_file(tar, root, parts, member, force)
-                        out.files.append("/".join(parts))
-                    except _Skip as exc:
-                        out.skipped.append(("/".join(parts), str(exc)))
+                _write_all(tar, root, plan, force, out)
             except OSError as exc:
                 raise SuanliError(f"--output {dest}: writing the outputs failed: {exc.strerror}") from exc
             finally:
