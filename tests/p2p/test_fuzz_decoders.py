@@ -48,10 +48,10 @@ def test_every_decoder_returns_a_value_or_its_error_for_10000_fuzzed_frames(targ
     crashes = [c for r in results for c in r.crashes]
     assert not crashes, f"replay with SUANLI_FUZZ_SEED={RUN_SEED}:\n" + "\n".join(map(str, crashes[:5]))
     assert sum(r.frames for r in results) == FRAMES_PER_DECODER
-    # Mutations reach past the first check: some frames decode, most are refused with the allowed error.
+    # Mutations reach past the first check: some frames decode, many are refused with the allowed error.
     assert sum(r.values for r in results) > 0
     if target.allowed:
-        assert sum(sum(r.errors.values()) for r in results) > FRAMES_PER_DECODER // 2
+        assert sum(sum(r.errors.values()) for r in results) > FRAMES_PER_DECODER // 10
 
 
 def _sorting_decoder(data: bytes) -> object:
