@@ -50,6 +50,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import libp2p
+import libp2p.kad_dht.kad_dht as _kad_module
 import libp2p.pubsub.pubsub as _pubsub_module
 import trio
 from libp2p.abc import IHost, INetStream, INotifee
@@ -75,7 +76,7 @@ from libp2p.stream_muxer.yamux.yamux import Yamux, YamuxStream
 from libp2p.transport.tcp.tcp import TCPListener, _multiaddr_from_socket
 from multiaddr import Multiaddr
 
-from p2p.framing import encode_frame
+from p2p.framing import DEFAULT_MAX_FRAME_BYTES, encode_frame
 from p2p.limits import YAMUX_WINDOW_BYTES, InboundGate
 
 log = logging.getLogger("suanli.p2p.workarounds")
@@ -601,9 +602,18 @@ def _is_add_provider(body: bytes) -> bool:
 # find_providers found as few as 1 of 25 providers). Suanli's lookups are bounded (p2p.dht).
 KAD_INBOUND_STREAMS = 128
 
+# --- issue 13 M1: py-libp2p's own protocols buffer large half-sent messages ------------------------
+# The Kademlia server reads messages of up to 4 MiB and Pubsub RPCs of up to 1 MiB, as they arrive
+# and with no deadline, so one stream with a half-sent message held up to 4 MiB: 16 times what
+# p2p.limits counts per stream. Suanli's DHT messages (provider records, peer lists) and gossip RPCs
+# (signed offers) are a few KiB, so both are held to the frame size of our own protocols, and the
+# bound of p2p.limits holds for every inbound stream.
+LIBP2P_MESSAGE_BYTES = DEFAULT_MAX_FRAME_BYTES
+
 
 def widen_kad_inbound_limit(dht: KadDHT) -> None:
     dht._inbound_limiter = trio.CapacityLimiter(KAD_INBOUND_STREAMS)
+    _kad_module.MAX_DHT_MESSAGE_SIZE = LIBP2P_MESSAGE_BYTES  # read by the inbound handler only
 
 
 def silence_add_provider_echo(host: IHost, dht: KadDHT) -> None:
@@ -658,7 +668,8 @@ def new_pubsub(host: IHost, *, heartbeat_interval_s: int = 1) -> tuple[Pubsub, G
         adaptive_gossip_enabled=False,
         spam_protection_enabled=False,
     )
-    pubsub = Pubsub(host, router, strict_signing=True, msg_id_constructor=offer_message_id)
+    pubsub = Pubsub(host, router, strict_signing=True, msg_id_constructor=offer_message_id,
+                    max_inbound_rpc_size=LIBP2P_MESSAGE_BYTES)  # issue 13 M1
     pubsub.validation_cache = _NoValidationCache()  # type: ignore[assignment]
     return pubsub, router
 

@@ -14,7 +14,9 @@ import tracemalloc
 import pytest
 import trio
 from libp2p.custom_types import TProtocol
+from libp2p.kad_dht.common import PROTOCOL_ID as KAD
 from libp2p.peer.id import ID
+from libp2p.pubsub.gossipsub import PROTOCOL_ID_V12
 from libp2p.stream_muxer.yamux.yamux import TYPE_DATA, YAMUX_HEADER_FORMAT
 
 from p2p.framing import DEFAULT_MAX_FRAME_BYTES, FramedStream, encode_varint, serve_framed
@@ -207,3 +209,19 @@ async def test_connection_churn_leaves_no_task_behind_and_the_node_keeps_serving
             assert grown < 10, f"{grown} more tasks after 30 connections came and went"
             async with open_host(loopback_config(bootstrap=boot)) as honest:
                 assert await _echo_once(honest, target) == b"honest"
+
+
+@pytest.mark.parametrize("protocol", [KAD, PROTOCOL_ID_V12])
+async def test_dht_and_gossip_messages_larger_than_a_frame_are_refused_from_their_length(protocol):
+    """py-libp2p buffered half-sent DHT messages of up to 4 MiB and gossip RPCs of up to 1 MiB per
+    stream; both are now held to our frame size, so p2p.limits' per-stream bound holds for them."""
+    async with open_host(_target_config(InboundLimits(), frame_timeout_s=4)) as target:
+        async with open_host(loopback_config(bootstrap=(target.addrs()[0],))) as attacker:
+            stream = await attacker.host.new_stream(ID.from_base58(target.peer_id), [TProtocol(str(protocol))])
+            await stream.write(encode_varint(DEFAULT_MAX_FRAME_BYTES + 1) + b"x" * 1000)
+            with trio.fail_after(10):
+                try:
+                    while await stream.read(65536):
+                        pass
+                except Exception:
+                    pass  # reset: cut off either way
