@@ -39,10 +39,12 @@ def parse_memory_mib(text: str) -> int:
     if not m:
         raise SuanliError(f"--memory {text!r}: give a size such as 512m or 2g")
     n, unit = int(m.group(1)), m.group(2).lower()
-    mib = {"": n / (1 << 20), "k": n / 1024, "m": n, "g": n * 1024}[unit]
+    mib = {"": n >> 20, "k": n >> 10, "m": n, "g": n << 10}[unit]  # whole MiB; a float overflows
     if mib < 6:
         raise SuanliError(f"--memory {text!r} is too small (at least 6m)")
-    return int(mib)
+    if mib > 16_777_216:  # L6: as the provider's limits.memory_mib, so a proposal always encodes
+        raise SuanliError(f"--memory {text!r} is too large (at most 16384g)")
+    return mib
 
 
 def parse_disk_mib(text: str) -> int:

@@ -45,3 +45,14 @@ def test_values_at_the_ends_of_each_range_pass():
         with pytest.raises(ConfigError):
             check_run_numbers({name: True})  # a JSON true from an agent request is not a number
     check_run_numbers({"gpu_memory": None})
+
+
+@pytest.mark.parametrize("value", ["9" * 400, "99999999999999999999g", "16385g"])
+def test_memory_beyond_sixteen_tib_is_one_line(tmp_path, capsys, value):
+    from node.cli import EXIT_UNUSABLE, main
+
+    code = main(["run", "--no-agent", "--local", "--data-dir", str(tmp_path / "buyer"),
+                 "--bootstrap", "/ip4/127.0.0.1/tcp/9/p2p/12D3KooWQgxNqkkbcNdQU34ngX72n9izZc4xaodSBz9kbttwibaQ",
+                 "--image", "sha256:" + "0" * 64, "--memory", value, "--", "true"])
+    out, err = capsys.readouterr()
+    assert code == EXIT_UNUSABLE and err.count("\n") == 1 and "--memory" in err and "Traceback" not in err, err
