@@ -330,6 +330,7 @@ async def _open_host(config: HostConfig) -> AsyncIterator[Node]:
     )
     workarounds.dial_once(host)
     workarounds.enforce_yamux_window()  # Rule 4
+    workarounds.limit_identify_messages()  # Rule 4
     gate = InboundGate(config.limits)
     workarounds.gate_inbound(host, gate)  # Rule 4, before the host listens
     workarounds.no_auto_dial(host)

@@ -52,6 +52,7 @@ from typing import Any
 import libp2p
 import libp2p.kad_dht.kad_dht as _kad_module
 import libp2p.pubsub.pubsub as _pubsub_module
+import libp2p.utils.varint as _varint_module
 import trio
 from libp2p.abc import IHost, INetStream, INotifee
 from libp2p.crypto.keys import KeyPair
@@ -603,7 +604,8 @@ def _is_add_provider(body: bytes) -> bool:
 KAD_INBOUND_STREAMS = 128
 
 # --- issue 13 M1: py-libp2p's own protocols buffer large half-sent messages ------------------------
-# The Kademlia server reads messages of up to 4 MiB and Pubsub RPCs of up to 1 MiB, as they arrive
+# The Kademlia server reads messages of up to 4 MiB, Pubsub RPCs and identify(-push) messages of up to
+# 1 MiB, as they arrive
 # and with no deadline, so one stream with a half-sent message held up to 4 MiB: 16 times what
 # p2p.limits counts per stream. Suanli's DHT messages (provider records, peer lists) and gossip RPCs
 # (signed offers) are a few KiB, so both are held to the frame size of our own protocols, and the
@@ -614,6 +616,13 @@ LIBP2P_MESSAGE_BYTES = DEFAULT_MAX_FRAME_BYTES
 def widen_kad_inbound_limit(dht: KadDHT) -> None:
     dht._inbound_limiter = trio.CapacityLimiter(KAD_INBOUND_STREAMS)
     _kad_module.MAX_DHT_MESSAGE_SIZE = LIBP2P_MESSAGE_BYTES  # read by the inbound handler only
+
+
+def limit_identify_messages() -> None:
+    """Identify and identify-push read messages of up to 1 MiB (the reader's default length)."""
+    reader = _varint_module.read_length_prefixed_protobuf
+    if reader.__defaults__ != (True, LIBP2P_MESSAGE_BYTES):
+        reader.__defaults__ = (True, LIBP2P_MESSAGE_BYTES)
 
 
 def silence_add_provider_echo(host: IHost, dht: KadDHT) -> None:
