@@ -7,6 +7,9 @@ Rule 2: the same agreement may come from several inputs (both parties' databases
 receipts are merged by body, so an identical receipt seen twice is one receipt, while a receipt
 repeated inside one input is a duplicate and two different receipts for one seq are equivocation.
 Rule 3: work is spread over processes by agreement; the result does not depend on ``jobs``.
+Rule 4 (issue 13, L2): an input is a regular file no larger than its limit (``MAX_BUNDLE_BYTES``,
+``MAX_DATABASE_BYTES``), checked before it is read; a database is opened read-only with its schema
+distrusted and its reading time bounded (settlement.store Rule 5).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import gc
 import hashlib
 import multiprocessing
 import os
+import stat
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,6 +33,9 @@ from settlement.bundle import decode_bundle
 from settlement.chain import ChainReport, Finding, verify_chain
 from settlement.records import Receipt
 from settlement.store import SQLITE_MAGIC, Store, StoredChain
+
+MAX_BUNDLE_BYTES = 1 << 30  # docs/PROTOCOL.md section 1: a bundle is at most 1 GiB
+MAX_DATABASE_BYTES = 16 << 30  # a node database: read by sqlite page by page, under a time limit
 
 
 @dataclass
@@ -90,32 +97,47 @@ def read_inputs(paths: Iterable[str | Path]) -> list[ChainJob]:
 
 
 def _read_one(path: Path) -> list[StoredChain]:
+    """Rule 4: a regular file within its size limit, checked before a byte is read (no device, FIFO or
+    directory); a database is then read by the store under its own rules (settlement.store Rule 5)."""
     try:
-        with open(path, "rb", buffering=0) as fh:
-            head = fh.read(len(SQLITE_MAGIC))
-            is_database = head == SQLITE_MAGIC
-            data = b"" if is_database else _read_all(fh, head)  # a database is read by the store, not here
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise UnusableInputError(f"{path}: no such file", path=str(path)) from None
-    except IsADirectoryError:
-        raise UnusableInputError(f"{path}: is a directory, not a bundle or database", path=str(path)) from None
+    except OSError as exc:
+        raise UnusableInputError(f"{path}: {exc.strerror}", path=str(path)) from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            what = "is a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file (a device, FIFO or socket)"
+            raise UnusableInputError(f"{path}: {what}, not a bundle or database", path=str(path))
+        with FileIO(fd, "rb", closefd=True) as fh:
+            head = fh.read(len(SQLITE_MAGIC))
+            is_database = head == SQLITE_MAGIC
+            limit = MAX_DATABASE_BYTES if is_database else MAX_BUNDLE_BYTES
+            if st.st_size > limit:
+                raise UnusableInputError(f"{path}: larger than the {limit >> 20} MiB an input may be",
+                                         path=str(path))
+            data = b"" if is_database else _read_all(fh, limit)  # a database is read by the store
     except OSError as exc:
         raise UnusableInputError(f"{path}: {exc.strerror}", path=str(path)) from exc
     if is_database:
         with Store(path, readonly=True) as store:
-            return [store.load_chain(a) for a in store.agreement_ids()]
+            return store.read_chains()
     if not data:
         raise UnusableInputError(f"{path}: empty file", path=str(path))
     return decode_bundle(data, str(path))
 
 
-def _read_all(fh: FileIO, head: bytes) -> bytes:
-    """The whole file of which ``head`` was read: in one piece where it can seek, so that a large
-    bundle is copied into memory once (reading on, then joining, copies it three times)."""
-    if fh.seekable():
-        fh.seek(0)
-        return fh.readall()
-    return head + fh.readall()
+def _read_all(fh: FileIO, limit: int) -> bytes:
+    """The whole (regular, so seekable) file in one piece, so that a large bundle is copied into memory
+    once (reading on, then joining, copies it three times). A file that grew past ``limit`` since it
+    was measured is refused."""
+    fh.seek(0)
+    data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise UnusableInputError(f"{fh.name}: larger than the {limit >> 20} MiB an input may be")
+    return data
 
 
 def _decode(obj: dict[str, Any], cls: type[Any], what: str, min_sigs: int = 1) -> tuple[Signed[Any] | None,

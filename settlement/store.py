@@ -9,6 +9,10 @@ change; the only update is adding the buyer's countersignature where there was n
 the database enforce this, whatever code runs against the file.
 Rule 3: what comes out is what went in: bodies and signatures as they were signed, so an export is
 byte-for-byte the evidence.
+Rule 5 (hostile files): a read-only store opens only a regular file, with ``mode=ro``,
+``trusted_schema=OFF`` and ``query_only``, checks that the tables it reads are plain tables (never a
+view, a virtual table or a generated column) before reading one, caps the size of a value, and stops
+any statement past a time limit that grows with the file (UnusableInputError, exit 2).
 Rule 4 (privacy): the file is its owner's alone (``make_private``).
 
 Schema and queries go through sqlite-utils; the connection is plain sqlite3 so that pragmas and
@@ -51,6 +55,26 @@ _TRIGGERS = [
          OR (OLD.buyer_sig IS NOT NULL AND OLD.buyer_sig IS NOT NEW.buyer_sig)
        BEGIN SELECT RAISE(ABORT, 'agreements are append-only'); END""",
 ]
+
+
+# Rule 5: how a read-only store (``suanli audit``, ``export``) reads a file that may be hostile.
+_READ_TABLES = ("meta", "offers", "proposals", "agreements", "receipts")
+READ_TIME_LIMIT_S = 30.0  # plus 1 s per 4 MiB of file: reading a database never takes longer
+MAX_VALUE_BYTES = 64 << 20  # no text or blob the store reads is larger (a Statement is at most 16 MiB)
+PROGRESS_STEPS = 10_000  # sqlite virtual-machine steps between two looks at the clock
+
+
+def read_time_limit_s(size_bytes: int) -> float:
+    return READ_TIME_LIMIT_S + size_bytes / (4 << 20)
+
+
+def _distrust(conn: sqlite3.Connection, deadline: float) -> None:
+    """Rule 5: nothing in the file's schema runs with trust, nothing is written, no value grows past
+    ``MAX_VALUE_BYTES``, and every statement is interrupted past ``deadline`` (time.monotonic)."""
+    conn.execute("PRAGMA trusted_schema=OFF")
+    conn.execute("PRAGMA query_only=ON")
+    conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES)
+    conn.set_progress_handler(lambda: time.monotonic() > deadline, PROGRESS_STEPS)
 
 
 @dataclass(frozen=True)
@@ -104,9 +128,10 @@ class Store:
         self.readonly = readonly
         try:
             if readonly:
-                self._check_is_store_file()
+                size = self._check_is_store_file()
                 conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True,
                                        isolation_level=None, check_same_thread=False)
+                _distrust(conn, time.monotonic() + read_time_limit_s(size))
             else:
                 make_private(self.path)
                 conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -117,18 +142,55 @@ class Store:
             self.db = sqlite_utils.Database(conn)
             if not readonly:
                 self._create_schema()
+            else:
+                self._check_untrusted_schema()
             self._check_schema()
         except sqlite3.DatabaseError as exc:
-            raise UnusableInputError(f"{self.path}: not a usable Suanli database ({exc})", path=str(path)) from exc
+            raise self._read_error(exc) from exc
 
-    def _check_is_store_file(self) -> None:
+    def _read_error(self, exc: sqlite3.DatabaseError) -> UnusableInputError:
+        if isinstance(exc, sqlite3.OperationalError) and "interrupted" in str(exc):
+            return UnusableInputError(f"{self.path}: reading it took longer than {READ_TIME_LIMIT_S:g} s (plus "
+                                      "1 s per 4 MiB): not a usable Suanli database", path=str(self.path))
+        return UnusableInputError(f"{self.path}: not a usable Suanli database ({exc})", path=str(self.path))
+
+    def _check_is_store_file(self) -> int:
+        """Rule 5: a regular file (a FIFO is not even opened for long: O_NONBLOCK) that starts like an
+        SQLite database; its size."""
         try:
-            with open(self.path, "rb") as fh:
-                head = fh.read(len(SQLITE_MAGIC))
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            try:
+                st = os.fstat(fd)
+                head = os.read(fd, len(SQLITE_MAGIC)) if stat.S_ISREG(st.st_mode) else b""
+            finally:
+                os.close(fd)
         except OSError as exc:
             raise UnusableInputError(f"{self.path}: {exc.strerror}", path=str(self.path)) from exc
+        if not stat.S_ISREG(st.st_mode):
+            raise UnusableInputError(f"{self.path}: not a regular file", path=str(self.path))
         if head != SQLITE_MAGIC:
             raise UnusableInputError(f"{self.path}: not an SQLite database", path=str(self.path))
+        return st.st_size
+
+    def _check_untrusted_schema(self) -> None:
+        """Rule 5: the tables a read-only store reads are plain tables: no view (which could loop), no
+        virtual table, no generated column (computed on every read). Nothing else in the file is read."""
+        rows = self.conn.execute(
+            f"SELECT name, type, sql FROM sqlite_master WHERE name IN ({', '.join('?' * len(_READ_TABLES))})",
+            _READ_TABLES).fetchall()
+        found = {name: (kind, sql or "") for name, kind, sql in rows}
+        for name in _READ_TABLES:
+            kind, sql = found.get(name, ("missing", ""))
+            if kind != "table":
+                what = f"is a {kind}, not a table" if kind != "missing" else "is missing"
+                raise UnusableInputError(f"{self.path}: not a Suanli node database: {name} {what}",
+                                         path=str(self.path))
+            if sql.lstrip()[:14].upper().startswith("CREATE VIRTUAL"):
+                raise UnusableInputError(f"{self.path}: not a Suanli node database: {name} is a virtual table",
+                                         path=str(self.path))
+            if any(row[6] for row in self.conn.execute(f'PRAGMA table_xinfo("{name}")')):
+                raise UnusableInputError(f"{self.path}: not a Suanli node database: {name} has generated or "
+                                         "hidden columns", path=str(self.path))
 
     def _create_schema(self) -> None:
         db = self.db
@@ -310,6 +372,14 @@ class Store:
             offer=_envelope(offer["body"], offer["sig"]) if offer else None,
             proposal=_envelope(proposal["body"], proposal["sig"]) if proposal else None,
             receipts=receipts)
+
+    def read_chains(self) -> list[StoredChain]:
+        """Every agreement's evidence, as the audit reads it; sqlite's errors (the time limit of Rule 5
+        among them) become UnusableInputError here, once."""
+        try:
+            return [self.load_chain(a) for a in self.agreement_ids()]
+        except sqlite3.DatabaseError as exc:
+            raise self._read_error(exc) from exc
 
     def max_offer_seq(self, provider: bytes) -> int:
         """The highest offer seq this node stored for ``provider`` (0 if none): seq survives restarts."""
