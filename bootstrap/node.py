@@ -25,6 +25,7 @@ from p2p import dht
 from p2p.gossip import OfferLedger, offer_feed, offer_topics, wall_ms
 from p2p.host import HostConfig, Node, open_host
 from p2p.identity import NodeKey
+from p2p.limits import BOOTSTRAP_LIMITS
 from p2p.records import Record
 
 log = logging.getLogger("suanli.bootstrap")
@@ -61,7 +62,7 @@ async def run_bootstrap(key: NodeKey, listen: Sequence[str] = DEFAULT_LISTEN, *,
     """
     ledger: OfferLedger[Any] = OfferLedger(offer_cls)
     config = HostConfig(key=key, listen=tuple(listen), bootstrap=tuple(bootstrap), dht_mode="server",
-                        topics=offer_topics(ledger), require_bootstrap=False)
+                        topics=offer_topics(ledger), require_bootstrap=False, limits=BOOTSTRAP_LIMITS)
     async with open_host(config) as node:
         log.info("bootstrap %s ready: %s", node.peer_id, " ".join(node.addrs()))
         async with trio.open_nursery() as nursery:

@@ -51,6 +51,12 @@ class InboundLimits:
                 raise ValueError(f"{name} must be at least 1")
 
 
+# A bootstrap serves DHT and gossip to every peer of the network (one gossip stream and a few DHT
+# streams each) and runs no jobs: fewer streams per peer, many more peers. Bound: 640 MiB.
+BOOTSTRAP_LIMITS = InboundLimits(streams_per_peer=16, streams_per_ip=256, streams_total=1024,
+                                 connections_per_ip=128, connections_total=1024)
+
+
 def inbound_memory_bound(limits: InboundLimits, max_frame_bytes: int) -> int:
     """Most bytes strangers' inbound streams can make this node hold at once: each admitted stream
     holds at most one frame in progress, one read chunk past it, an unread Yamux window, and its

@@ -21,7 +21,7 @@ from libp2p.stream_muxer.yamux.yamux import TYPE_DATA, YAMUX_HEADER_FORMAT
 
 from p2p.framing import DEFAULT_MAX_FRAME_BYTES, FramedStream, encode_varint, serve_framed
 from p2p.host import PeerUnreachableError, open_host
-from p2p.limits import InboundGate, InboundLimits, inbound_memory_bound
+from p2p.limits import BOOTSTRAP_LIMITS, InboundGate, InboundLimits, inbound_memory_bound
 from p2p.testing import count_trio_tasks, loopback_config, wait_until
 
 ECHO = "/suanli/test/echo/1"
@@ -59,8 +59,9 @@ def test_limits_below_one_are_refused():
         InboundLimits(streams_total=0)
 
 
-def test_the_default_bound():
-    assert inbound_memory_bound(InboundLimits(), DEFAULT_MAX_FRAME_BYTES) == 256 * 640 * 1024  # 160 MiB
+def test_the_default_bounds():
+    assert inbound_memory_bound(InboundLimits(), DEFAULT_MAX_FRAME_BYTES) == 160 * 2**20
+    assert inbound_memory_bound(BOOTSTRAP_LIMITS, DEFAULT_MAX_FRAME_BYTES) == 640 * 2**20
 
 
 # --- real hosts ------------------------------------------------------------------------------------
