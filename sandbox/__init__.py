@@ -7,12 +7,14 @@ Pure cores (no docker, trio or pynvml import; `now` and data in, data out; table
     metering.py  Meter: run-state clock (paused time excluded) + cumulative integer usage → MeterSample
     nvml.py      NVML records → GPU inventory, per-job GPU readings (host PID → container id)
     archive.py   deterministic docker-archive/OCI image archives; digests recomputed from any archive
-    jobio.py     the /io volume as tar bytes (inputs in, outputs out), log line splitting
+    jobio.py     the /io volume as tar bytes (inputs in, outputs out; which /io/out entries go back),
+                 log line splitting, the log body decoder (LogFrames), the log rate limit (LogRateLimit)
 
 Readers without docker or trio (blocking, tiny):
 
     cgroups.py   a container's cgroup v1/v2 counter files, located from its host PID, and parsed
     gpus.py      the only pynvml import: NVML answers → records of the recorded-fixture shape
+    disk.py      a job's /io filesystem: fallocate, mkfs.ext4, a loop device; released by name
 
 Shells (docker SDK calls in worker threads behind a CapacityLimiter; trio):
 
@@ -21,7 +23,8 @@ Shells (docker SDK calls in worker threads behind a CapacityLimiter; trio):
                  (`python -m sandbox.images build-demo`)
     runner.py    open_job: volume + container, start, logs, deadline, stop, pause/resume, outputs, removal
     meter.py     run_meter: once a second per job, cgroup files (or the stats API) and NVML → samples
-    reaper.py    reap_orphans: remove this node's labelled containers and volumes left by a crash
+    reaper.py    reap_orphans: remove this node's labelled containers, volumes and disks left by a crash,
+                 never those of a live daemon sharing the key
     run.py       prepare_job (all refusals before anything exists) and run_job (the whole life of a job)
 
 docs/SANDBOX.md gives the reasons: the hardening list, the metering sources, image pinning and GPU gating.

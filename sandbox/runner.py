@@ -62,6 +62,7 @@ CLEANUP_BUDGET_S = 30
 TAIL_LINES = 16
 LOG_POLL_S = 0.05  # how often admitted log lines are handed from the reader thread to the job
 READ_FACTOR = 4  # with a log rate limit, logs are read at most this many times faster than the limit
+MAX_PENDING_LINES = 1024  # lines read but not yet taken by the job's task (at most 64 KiB each)
 
 
 @dataclass(frozen=True)
@@ -166,6 +167,8 @@ class _LogReader:
                     if self.admit(len(raw) + 1):
                         self.lines.append(raw)
                 self._throttle(len(chunk))
+                while len(self.lines) > MAX_PENDING_LINES and not self.closed:  # the consumer is behind:
+                    time.sleep(LOG_POLL_S / 5)  # wait for it rather than hold an unbounded queue
             self.lines.extend(self.splitter.flush())
         except FOREIGN as exc:
             self.error = translate(exc, "logs")
