@@ -179,5 +179,12 @@ def check_agreement(agreement: Agreement, proposal: Proposal, proposal_id: bytes
     if agreement.max_duration_ms > proposal.max_duration_ms:
         problems.append("extends the duration")
     if agreement.accept_by_ms <= now_ms:
-        problems.append("already expired")
+        # Issue 13, L1: a bid made a moment ago cannot have expired unless our clock is off; say so.
+        ahead = now_ms - agreement.created_at_ms
+        problems.append("already expired" if ahead < CLOCK_NOTE_MS else
+                        f"already expired by your clock, which is {ahead / 1000:.0f} s ahead of the provider's "
+                        "(its bid's time); set your clock right (NTP)")
     return problems
+
+
+CLOCK_NOTE_MS = 2000  # a bid older than this on arrival means a clock is off, not a slow network

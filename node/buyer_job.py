@@ -136,8 +136,9 @@ async def run_job(node: Node, key: NodeKey, store: AsyncStore, deal: Deal, input
     framed = FramedStream(await node.open_stream(peer, PROTOCOL_ID), max_frame_bytes=MAX_FRAME_BYTES)
     sender = _Sender(framed)
     outcome = JobOutcome()
-    # ``confirmed_at_ms`` is a wall-clock time: moved onto the monotonic clock once, here.
-    verifier = ReceiptVerifier(deal.agreement, monotonic_ms() - max(0, wall_ms() - confirmed_at_ms))
+    # Durations are on the monotonic clock (``confirmed_at_ms``, a wall-clock time, is not mixed in); the
+    # start is moved to when the inputs are sent, below.
+    verifier = ReceiptVerifier(deal.agreement, monotonic_ms())
     after_cancel_s = (ag.terms.countersign_timeout_ms + ag.terms.grace_ms) / 1000 + 30
     if budget_s is None:
         upload = len(inputs) + len(image_archive or b"")

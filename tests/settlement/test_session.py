@@ -117,3 +117,28 @@ def test_buyer_refuses_time_it_did_not_see_pass():
     assert [f.rule for f in findings] == ["metered_exceeds_wall"]
     forged = Signed(sign_record(r, P).body, r, (bytes(64),))
     assert [f.rule for f in verifier.check(forged, T0 + 60_000)] == ["receipt_signature"]
+
+
+def test_durations_are_monotonic_so_a_wall_clock_stepping_back_refuses_nothing():
+    """Issue 13, L1: the buyer's checks take the monotonic clock for durations; the wall clock, which
+    here steps back 5 s in the middle of the job, only feeds the skew estimate."""
+    issuer = ReceiptIssuer(AGREEMENT)
+    mono0, wall0 = 7_000, T0 + 200  # the buyer's monotonic clock and wall clock when the job may start
+    verifier = ReceiptVerifier(AGREEMENT, started_at_ms=mono0)
+    for n in range(1, 6):
+        r = issuer.next(n * 1000, usage(n * 900), T0 + 200 + n * 1000)
+        signed = sign_record(r, P)
+        stepped = -5000 if n >= 3 else 0
+        assert verifier.check(signed, now_ms=mono0 + n * 1000 + 20, wall_ms=wall0 + n * 1000 + 20 + stepped) == []
+        issuer.issued(r, signed.body)
+        verifier.accept(signed)
+    assert verifier.clock_note() == "your clock is 5 s behind the provider's"
+
+
+def test_a_clock_ahead_of_the_providers_is_named_and_a_small_difference_is_not():
+    issuer = ReceiptIssuer(AGREEMENT)
+    r = issuer.next(1000, usage(900), T0 + 1200)
+    for ahead, note in ((30_000, "your clock is 30 s ahead of the provider's"), (150, None), (-1999, None)):
+        verifier = ReceiptVerifier(AGREEMENT, started_at_ms=0)
+        assert verifier.check(sign_record(r, P), now_ms=1100, wall_ms=r.issued_at_ms + ahead) == []
+        assert verifier.clock_note() == note
