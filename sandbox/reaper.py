@@ -95,5 +95,5 @@ async def reap_orphans(engine: Engine, node_id: str, live_agreements: Collection
         log.warning("reaped %d container(s), %d volume(s) and %d disk(s) left by an earlier run",
                     len(report.containers), len(report.volumes), len(report.disks))
     if report.spared:
-        log.warning("left %d object(s) of another live daemon with this key alone", len(report.spared))
+        log.debug("left the objects of %d other live daemon(s) with this key alone", len(report.spared))
     return report
