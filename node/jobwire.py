@@ -11,9 +11,10 @@
     countersign(envelope) ───────────────────────▶  (the same receipt, countersigned)
                                          ◀───────── status("paused" | "resumed", ...)
     cancel() ────────────────────────────────────▶  (Ctrl-C)
-                                         ◀───────── chunk("outputs", ...)* end("outputs", sha256)
-                                         ◀───────── receipt(final envelope)
+                                         ◀───────── receipt(final envelope, output digest)
     countersign(final envelope) ─────────────────▶
+                                         ◀───────── chunk("outputs", ...)* end("outputs", sha256)
+                                                    (only once the final is countersigned)
                                          ◀───────── done(exit_code, ...)
 
 Rule 1: every frame is one canonical record (p2p.records); chunks carry at most ``CHUNK_BYTES``.
