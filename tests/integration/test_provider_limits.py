@@ -75,7 +75,7 @@ async def test_a_job_is_refused_when_free_disk_is_below_what_the_provider_promis
 async def test_a_log_flood_reaches_the_buyer_at_the_rate_limit_with_one_note(tmp_path, demo_image):
     provider_key, buyer = generate_key(), generate_key()
     setup = local_setup(tmp_path / "provider", provider_key)
-    rate, burst = 4096, 8192
+    rate, burst = 1024, 2048
     setup = replace(setup, policy=replace(setup.policy, log_rate_bytes_per_s=rate, log_burst_bytes=burst))
     received, notes = [], []
     hooks = BuyerHooks(on_log=lambda stream, data: received.append(data),
