@@ -8,10 +8,12 @@ its loop device are gone after the job and, after a crash, after the reaper.
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from dataclasses import replace
 
 import pytest
+import trio
 
 from p2p.errors import SandboxError
 from sandbox.disk import disk_files, free_bytes, loop_devices
@@ -113,13 +115,33 @@ async def test_a_job_is_refused_when_the_host_has_less_free_disk_than_promised(e
     assert disk_files(tmp_path / "disks") == []
 
 
-async def test_the_reaper_removes_a_crashed_jobs_disk(engine, demo_image, node, policy, tmp_path):
-    spec = JobSpec(demo_image, ("sleep", "60"), disk_mib=16, max_duration_ms=60_000)
-    plan = await prepare_job(engine, spec, policy, node_id=node, agreement_id=AGREEMENT, job_key=uuid.uuid4().hex[:12])
-    await engine.call(_create, engine.api, plan)  # as if the runner was killed after creating the job
-    await engine.call(engine.api.start, plan.name)
-    disk = tmp_path / "disks" / (plan.volume_name + ".ext4")
-    assert disk.exists() and loop_devices(disk)
-    report = await reap_orphans(engine, node, disk_dir=tmp_path / "disks")
-    assert report.containers and report.volumes and report.disks == (disk.name,)
+CRASHING_RUNNER = """
+import os, signal, sys, trio
+from sandbox.engine import Engine, connect
+from sandbox.run import prepare_job
+from sandbox.runner import open_job
+from sandbox.spec import JobSpec, ProviderPolicy
+
+async def main(image, node, disk_dir):
+    engine = Engine(connect())
+    plan = await prepare_job(engine, JobSpec(image, ("sleep", "600"), disk_mib=16),
+                             ProviderPolicy(disk_dir=disk_dir), node_id=node, agreement_id="ee" * 32, job_key=node)
+    async with open_job(engine, plan) as job:
+        await job.start()
+        print(plan.volume_name, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)  # a crash: no finally runs
+
+trio.run(main, *sys.argv[1:])
+"""
+
+
+async def test_the_reaper_removes_a_crashed_runners_disk(engine, demo_image, node, tmp_path):
+    disks = tmp_path / "disks"
+    proc = await trio.run_process([sys.executable, "-c", CRASHING_RUNNER, demo_image, node, str(disks)],
+                                  capture_stdout=True, check=False)
+    assert proc.returncode == -9
+    disk = disks / (proc.stdout.decode().strip() + ".ext4")
+    assert disk.exists() and loop_devices(disk)  # left behind, attached and mounted
+    report = await reap_orphans(engine, node, disk_dir=disks)
+    assert len(report.containers) == 1 and len(report.volumes) == 1 and report.disks == (disk.name,)
     assert not disk.exists() and loop_devices(disk) == []
