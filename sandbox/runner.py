@@ -394,50 +394,66 @@ def _tempfile() -> str:
 
 
 def _export(api: docker.APIClient, container: str, dest: Path, cap: int) -> OutputArchive:
-    """Blocking: the engine's tar of /io/out, capped, then rewritten with only its directories and
-    regular files (jobio Rule 3: a symlink or device is skipped by name, never the reason to lose the rest)."""
-    raw = dest.with_name(dest.name + ".raw")
+    """Blocking: the engine's tar of /io/out, read as a stream under the byte cap and written to `dest`
+    with only its directories and regular files (jobio Rule 3: a symlink or device is skipped by name,
+    never the reason to lose the rest). One file on disk, one pass."""
     chunks, _stat = api.get_archive(container, IO_DIR + "/out")
-    size = 0
+    skipped: list[tuple[str, str]] = []
     try:
-        with open(raw, "wb") as f:
-            for chunk in chunks:
-                size += len(chunk)
-                if size > cap:
-                    raise SandboxError("the job's outputs exceed the size cap", expected=cap, actual=size)
-                f.write(chunk)
-        skipped = _keep_regular(raw, dest)
-        digest, size = hashlib.sha256(), 0
-        with open(dest, "rb") as f:
-            while block := f.read(1 << 20):
-                digest.update(block)
-                size += len(block)
+        with open(dest, "wb") as raw_out:
+            out = _Digesting(raw_out)
+            with tarfile.open(fileobj=_CappedStream(iter(chunks), cap), mode="r|") as tin, \
+                    tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tout:
+                for member in tin:
+                    problem = output_entry_problem(member)
+                    if problem is not None:
+                        skipped.append((member.name[:256], problem))
+                        continue
+                    tout.addfile(member, tin.extractfile(member) if member.isfile() else None)
+    except tarfile.TarError as exc:
+        dest.unlink(missing_ok=True)
+        raise SandboxError(f"the job's outputs are not a readable tar: {exc}") from exc
     except BaseException:
         dest.unlink(missing_ok=True)
         raise
     finally:
-        raw.unlink(missing_ok=True)
         close = getattr(chunks, "close", None)
         if close is not None:
             close()
-    return OutputArchive(dest, size, "sha256:" + digest.hexdigest(), tuple(skipped))
+    return OutputArchive(dest, out.size, "sha256:" + out.digest.hexdigest(), tuple(skipped))
 
 
-def _keep_regular(src: Path, dest: Path) -> list[tuple[str, str]]:
-    """Copy `src`'s directories and regular files to the tar `dest`, streaming; the rest, with why."""
-    skipped: list[tuple[str, str]] = []
-    try:
-        with tarfile.open(src, mode="r:") as tin, open(dest, "wb") as out, \
-                tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tout:
-            for member in tin:
-                problem = output_entry_problem(member)
-                if problem is not None:
-                    skipped.append((member.name[:256], problem))
-                    continue
-                tout.addfile(member, tin.extractfile(member) if member.isfile() else None)
-    except tarfile.TarError as exc:
-        raise SandboxError(f"the job's outputs are not a readable tar: {exc}") from exc
-    return skipped
+class _CappedStream:
+    """A read()-able view of the engine's archive chunks that refuses to pass `cap` bytes."""
+
+    def __init__(self, chunks: Iterator[bytes], cap: int) -> None:
+        self.chunks, self.cap, self.seen, self.buf = chunks, cap, 0, b""
+
+    def read(self, n: int = -1) -> bytes:
+        while n < 0 or len(self.buf) < n:
+            chunk = next(self.chunks, None)
+            if chunk is None:
+                break
+            self.seen += len(chunk)
+            if self.seen > self.cap:
+                raise SandboxError("the job's outputs exceed the size cap", expected=self.cap, actual=self.seen)
+            self.buf += chunk
+        if n < 0:
+            n = len(self.buf)
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+
+class _Digesting:
+    """A write()-able file that also hashes and counts what it writes (the digest of what is delivered)."""
+
+    def __init__(self, f: Any) -> None:
+        self.f, self.digest, self.size = f, hashlib.sha256(), 0
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        self.size += len(data)
+        return int(self.f.write(data))
 
 
 @asynccontextmanager
