@@ -294,6 +294,7 @@ async def execute(node: Any, key: Any, home: Path, args: argparse.Namespace, com
         doc = {"dry_run": True, "candidates": plan, "would_propose": {
             "provider": candidates[0][0], "image": first.job.image, "command": list(first.job.command),
             "cpu_millis": first.resources.cpu_millis, "memory_mib": first.resources.memory_mib,
+            "disk_mib": first.resources.disk_mib,
             "gpus": first.resources.gpus, "max_price_micros_per_s": first.max_price_micros_per_s,
             "max_duration_ms": first.max_duration_ms, "receipt_interval_ms": first.terms.interval_ms,
             "exposure_cap_micros": first.terms.exposure_cap_micros, "max_exposure_micros": max_exposure}}
