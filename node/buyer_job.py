@@ -174,7 +174,7 @@ async def run_job(node: Node, key: NodeKey, store: AsyncStore, deal: Deal, input
     finally:
         await framed.aclose()
     outcome.clock_note = verifier.clock_note()
-    if isinstance(failure, JobFailed) and outcome.clock_note and failure.reason == "receipt_refused":
+    if isinstance(failure, JobFailed) and outcome.clock_note and getattr(failure, "reason", None) == "receipt_refused":
         failure = JobFailed(f"{failure} ({outcome.clock_note})", **failure.fields)
     if isinstance(failure, RemoteProtocolError):
         raise JobFailed(f"lost the provider {peer} mid-job: {failure}", reason="provider_lost") from failure
@@ -267,5 +267,10 @@ async def _countersign(sender: _Sender, key: NodeKey, store: AsyncStore, verifie
     await store.append_receipt(cosigned)  # Rule 2
     verifier.accept(signed)
     outcome.receipts.append(cosigned)
-    await sender.send(Countersign(cosigned.to_bytes()).encode())
+    try:
+        await sender.send(Countersign(cosigned.to_bytes()).encode())
+    except RemoteProtocolError as exc:
+        # Stored already (Rule 2): read on, since what the provider sent before it went (a final
+        # receipt, ``done``) may still be waiting; a stream that is gone ends the job when read.
+        log.info("countersignature of receipt %d not delivered: %s", r.seq, exc)
     hooks.on_receipt(cosigned)

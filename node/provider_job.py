@@ -633,13 +633,15 @@ class JobRun:
         reason = self.active.stop_reason or (DEADLINE if result is not None and result.timed_out else COMPLETED)
         if result is None and self.active.stop_reason is None:
             reason = PROVIDER_FAULT
-        digest = hashlib.sha256(outputs).digest()
+        # An unresponsive buyer is not waited for, so it is offered no outputs: its final names none.
+        offered = result is not None and reason != BUYER_UNRESPONSIVE
+        digest = hashlib.sha256(outputs).digest() if offered else None
         metered = last.wall_ms if last is not None else 0
         usage = usage_of(last) if last is not None else Usage(0, 0, 0, 0, 0, 0)
         exit_code = result.exit_code if result is not None else None
         # Whatever the reason, the final claims no more than an unsigned claim may be owed (billing
         # Rule 3): until the buyer countersigns it, it is one.
-        final = await self.issue(metered, usage, final=(reason, exit_code, digest if result is not None else None),
+        final = await self.issue(metered, usage, final=(reason, exit_code, digest),
                                  max_metered_ms=self.guard.unsigned_ceiling_ms())
         self.final_seq = final.record.seq
         if not self._reading:
@@ -648,7 +650,7 @@ class JobRun:
             with trio.move_on_after((self.ag.terms.countersign_timeout_ms + self.ag.terms.grace_ms) / 1000):
                 await self.final_cosigned.wait()
         sent = 0
-        if outputs and self.final_cosigned.is_set() and not self.outbox.broken.is_set():
+        if outputs and offered and self.final_cosigned.is_set() and not self.outbox.broken.is_set():
             await self.outbox.drained()
             try:
                 await send_blob(self.framed, "outputs", outputs)
