@@ -12,6 +12,8 @@ volume is never "in use" by a container that is about to go; then the job disk f
 that no remaining volume uses (sandbox.disk), with their loop devices.
 Rule 3: an object whose owner is another daemon that is still alive (its lock file is locked) is never
 touched, even when it has this node's id: two daemons sharing one key must not reap each other's jobs.
+Rule 4: daemon marker volumes (`suanli.role=daemon`, node.daemonlock) hold no job; those whose daemon is
+dead are removed whatever their node.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import docker.errors
 
 from sandbox.disk import SUFFIX, disk_files, release_disk
 from sandbox.engine import Engine
-from sandbox.spec import LABEL_AGREEMENT, LABEL_NODE, LABEL_OWNER
+from sandbox.spec import LABEL_AGREEMENT, LABEL_NODE, LABEL_OWNER, LABEL_ROLE
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,7 @@ class ReapReport:
 
 
 def _reap(api: docker.APIClient, node_id: str, live: frozenset[str], disk_dir: Path | None,
-          owner_alive: Callable[[str], bool]) -> ReapReport:
+          owner_alive: Callable[[str], bool] | None) -> ReapReport:
     label = f"{LABEL_NODE}={node_id}"
     gone_containers, gone_volumes, spared = [], [], []
 
@@ -48,7 +50,7 @@ def _reap(api: docker.APIClient, node_id: str, live: frozenset[str], disk_dir: P
         if labels.get(LABEL_AGREEMENT) in live:
             return True
         owner = labels.get(LABEL_OWNER)
-        if owner is not None and owner_alive(owner):
+        if owner is not None and owner_alive is not None and owner_alive(owner):
             if owner not in spared:
                 spared.append(owner)
             return True
@@ -70,6 +72,19 @@ def _reap(api: docker.APIClient, node_id: str, live: frozenset[str], disk_dir: P
             gone_volumes.append(v["Name"])
         except docker.errors.NotFound:
             pass
+    # A daemon's marker volume holds nothing; one whose daemon is dead (kill -9, never restarted with
+    # its key) is removed whatever its node, or crashed daemons would leave one each forever (Rule 4).
+    markers = []
+    if owner_alive is not None:
+        markers = api.volumes(filters={"label": f"{LABEL_ROLE}=daemon"}).get("Volumes") or []
+    for v in markers:
+        owner = (v.get("Labels") or {}).get(LABEL_OWNER)
+        if owner is not None and owner_alive is not None and not owner_alive(owner) and v["Name"] not in gone_volumes:
+            try:
+                api.remove_volume(v["Name"], force=True)
+                gone_volumes.append(v["Name"])
+            except docker.errors.APIError:  # gone already, or in use by something that is not ours
+                pass
     gone_disks = []
     if disk_dir is not None:
         in_use = {v["Name"] for v in api.volumes(filters={"label": label}).get("Volumes") or []}
@@ -80,15 +95,12 @@ def _reap(api: docker.APIClient, node_id: str, live: frozenset[str], disk_dir: P
     return ReapReport(tuple(gone_containers), tuple(gone_volumes), tuple(gone_disks), tuple(spared))
 
 
-def _never_alive(owner: str) -> bool:
-    return False
-
-
 async def reap_orphans(engine: Engine, node_id: str, live_agreements: Collection[str] = (), *,
                        disk_dir: Path | None = None,
-                       owner_alive: Callable[[str], bool] = _never_alive) -> ReapReport:
+                       owner_alive: Callable[[str], bool] | None = None) -> ReapReport:
     """Remove this node's containers, volumes and job disks whose agreement is not in `live_agreements`
-    and whose owning daemon is not alive (`owner_alive(lock path)`, Rule 3)."""
+    and whose owning daemon is not alive (`owner_alive(lock path)`, Rule 3), and dead daemons' markers
+    (Rule 4). Without `owner_alive` (library use) owners are not consulted and markers are left alone."""
     report = await engine.call(_reap, engine.api, node_id, frozenset(live_agreements), disk_dir, owner_alive,
                                what="reap")
     if report.containers or report.volumes or report.disks:

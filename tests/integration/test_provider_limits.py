@@ -33,7 +33,7 @@ from sandbox.disk import free_bytes
 from sandbox.engine import Engine
 from sandbox.jobio import read_output_tar
 from sandbox.reaper import reap_orphans
-from sandbox.spec import LABEL_AGREEMENT, LABEL_NODE, LABEL_OWNER
+from sandbox.spec import LABEL_AGREEMENT, LABEL_NODE, LABEL_OWNER, LABEL_ROLE
 from settlement.astore import open_store
 from settlement.audit import audit, read_inputs
 
@@ -137,6 +137,12 @@ async def test_the_reaper_spares_a_live_daemons_container_and_reaps_it_once_dead
         ctr = docker_client.api.create_container(demo_image, ["sleep", "60"], labels={
             LABEL_NODE: node_id, LABEL_AGREEMENT: "ab" * 32, LABEL_OWNER: owner})
         docker_client.api.start(ctr)
+        # Marker volumes: the live daemon's, and one a daemon of another key left when it was killed.
+        live_marker, dead_marker = f"suanli-daemon-{node_id}-live", f"suanli-daemon-{node_id}-dead"
+        docker_client.api.create_volume(live_marker, labels={LABEL_NODE: node_id, LABEL_ROLE: "daemon",
+                                                             LABEL_OWNER: owner})
+        docker_client.api.create_volume(dead_marker, labels={LABEL_NODE: "someone-else", LABEL_ROLE: "daemon",
+                                                             LABEL_OWNER: str(tmp_path / "gone" / "provider.lock")})
         mine = take_daemon_lock(tmp_path)
         try:
             def alive(path):
@@ -146,11 +152,12 @@ async def test_the_reaper_spares_a_live_daemons_container_and_reaps_it_once_dead
             report = await reap_orphans(engine, node_id, owner_alive=alive)
             assert report.containers == () and report.spared == (owner,)
             assert docker_client.api.inspect_container(ctr)["State"]["Running"]
+            assert dead_marker in report.volumes and live_marker not in report.volumes
             holder.kill()
             with trio.fail_after(10):
                 await holder.wait()
             report = await reap_orphans(engine, node_id, owner_alive=alive)
-            assert report.containers == (ctr["Id"],)
+            assert report.containers == (ctr["Id"],) and live_marker in report.volumes
         finally:
             mine.close()
     finally:
