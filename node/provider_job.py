@@ -13,7 +13,8 @@ receipt whose reason says why, and the container and volume are removed (sandbox
 Rule 5: outputs leave only after the buyer countersigned the final receipt, which covers the whole run
 and whose output digest binds them; a buyer that never countersigns gets no outputs and owes the
 unsigned claim (settlement.billing Rule 3). A job being stopped is never paused: its run time is metered
-until the container exits, however it stops.
+until the container exits, however it stops; a job paused for a silent buyer is killed where it is
+frozen, never thawed for a graceful stop.
 """
 
 from __future__ import annotations
@@ -621,6 +622,13 @@ class JobRun:
             log.info("job %s: %s", self.ag_hex, exc)
         if action == STOP and not stopping:
             log.warning("job %s: buyer unresponsive past the grace; stopping", self.ag_hex)
+            if self.active.phase == "paused" and not job.exited.is_set():
+                # Killed where it is frozen: a graceful stop would thaw it and hand a job that ignores
+                # SIGTERM the stop grace of compute nobody countersigned (Rule 5).
+                try:
+                    await self.s.engine.call(job.api.kill, job.id, what="kill container")
+                except SuanliError as exc:
+                    log.info("job %s: %s", self.ag_hex, exc)
             self.active.request_stop(BUYER_UNRESPONSIVE)
         billed = self.issuer.last.metered_ms if self.issuer.last else 0
         # The meter's first sample comes as the container starts: no receipt for a few milliseconds.

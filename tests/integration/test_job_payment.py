@@ -145,3 +145,31 @@ async def test_a_stopping_job_is_never_paused_so_its_claim_runs_until_the_rules_
     assert report.ok, report.findings
     assert report.amount_micros == cosigned.amount_micros
     assert report.unsigned_owed_micros == final.amount_micros - cosigned.amount_micros > 0
+
+
+async def test_a_silent_buyers_job_is_killed_where_it_is_paused_not_thawed_for_a_graceful_stop(
+        tmp_path, demo_image, docker_client):
+    """A graceful stop thaws the job and, for one that ignores SIGTERM, gives the stop grace (10 s) of
+    compute nobody countersigned; a buyer that never countersigns gets only what ran before the pause."""
+    provider_key, buyer = generate_key(), generate_key()
+    since = int(time.time()) - 1
+    command = ["sh", "-c", "trap '' TERM; while true; do sleep 0.2; done"]
+    async with open_provider(local_setup(tmp_path / "provider", provider_key)) as runtime:
+        async with open_host(loopback_config(buyer, bootstrap=(runtime.node.addrs()[0],))) as client:
+            deal = await negotiate_with(client, provider_key.peer_id, buyer,
+                                        make_proposal(buyer, runtime.offer, demo_image, command))
+            with trio.fail_after(60):
+                receipts, output_frames, done = await _silent_buyer(client, deal)
+    assert done is not None and done.reason == "buyer_unresponsive" and output_frames == 0
+    label = f"{LABEL_AGREEMENT}={deal.agreement.record_id.hex()}"
+    events = docker_client.api.events(since=since, until=int(time.time()) + 1, decode=True,
+                                      filters={"label": label, "type": "container"})
+    times: dict[str, list[int]] = {}
+    for e in events:
+        times.setdefault(e.get("status") or e.get("Action"), []).append(e["timeNano"])
+    assert "pause" in times and "die" in times, times
+    assert "unpause" not in times, times  # never thawed again
+    running_ms = (min(times["pause"]) - min(times["start"])) / 1e6
+    final = receipts[-1].record
+    assert final.metered_ms <= running_ms + T.interval_ms and final.metered_ms <= WINDOW_MS
+    assert final.output_digest is None  # an unresponsive buyer is offered no outputs
