@@ -25,7 +25,14 @@ from dataclasses import dataclass, replace
 from market.records import Agreement
 from p2p.envelope import Signed
 from p2p.identity import verify_signature
-from settlement.billing import amount_due, metered_bound, metered_within, unsigned_window_ms, usage_bound
+from settlement.billing import (
+    amount_due,
+    metered_bound,
+    metered_within,
+    timeline_end_ms,
+    unsigned_window_ms,
+    usage_bound,
+)
 from settlement.chain import ChainChecker, Finding
 from settlement.records import FINAL, RUNNING, Receipt, Usage
 
@@ -45,6 +52,9 @@ class ReceiptIssuer:
         self.last_id = self.agreement_id
         ag = self.agreement
         self._max_metered = ag.max_duration_ms + ag.terms.interval_ms
+        t = ag.terms
+        self._timeline_end = timeline_end_ms(ag.created_at_ms, ag.max_duration_ms,
+                                             unsigned_window_ms(t.interval_ms, t.countersign_timeout_ms, t.grace_ms))
 
     def next(self, metered_ms: int, usage: Usage, now_ms: int, *, final: tuple[str, int | None, bytes | None] | None
              = None, max_metered_ms: int | None = None) -> Receipt:
@@ -53,7 +63,9 @@ class ReceiptIssuer:
         metered = min(metered_ms, self._max_metered)
         if max_metered_ms is not None:
             metered = min(metered, max_metered_ms)
-        issued = now_ms
+        # Within the agreement's timeline (settlement.billing Rule 4) whatever the wall clock says: a
+        # clock stepped back or far forward must not make an honest receipt break a chain rule.
+        issued = min(max(now_ms, ag.created_at_ms), self._timeline_end)
         if prev is not None:
             metered = max(metered, prev.metered_ms)
             issued = max(issued, prev.issued_at_ms)

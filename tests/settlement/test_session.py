@@ -142,3 +142,23 @@ def test_a_clock_ahead_of_the_providers_is_named_and_a_small_difference_is_not()
         verifier = ReceiptVerifier(AGREEMENT, started_at_ms=0)
         assert verifier.check(sign_record(r, P), now_ms=1100, wall_ms=r.issued_at_ms + ahead) == []
         assert verifier.clock_note() == note
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3000), st.sampled_from([0, 0, -5000, -60_000, 5000, 10 ** 10])),
+                min_size=1, max_size=8))
+def test_a_provider_wall_clock_that_steps_never_makes_an_issued_receipt_break_a_rule(steps):
+    """Issue 13, L1/H3: issued_at is held inside the agreement's timeline, so a provider whose wall clock
+    steps back before the agreement or leaps past its end still issues a chain that verifies."""
+    issuer = ReceiptIssuer(AGREEMENT)
+    chain, metered, now = [], 0, T0 + 100
+    for i, (dm, jump) in enumerate(steps):
+        metered += dm
+        now += 1000 + jump
+        final = (COMPLETED, 0, b"\4" * 32) if i == len(steps) - 1 else None
+        r = issuer.next(metered, usage(), now, final=final)
+        signed = sign_record(r, P)
+        issuer.issued(r, signed.body)
+        chain.append(countersign(signed, B))
+    report = verify_chain(AGREEMENT, chain)
+    assert report.ok, report.findings
