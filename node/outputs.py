@@ -172,10 +172,20 @@ def _open_dir(root: int, parts: tuple[str, ...]) -> int:
     return fd
 
 
-def _copy(src: IO[bytes], fd: int) -> None:
-    with os.fdopen(fd, "wb", closefd=True) as dst:
-        while chunk := src.read(_CHUNK):
-            dst.write(chunk)
+def _copy_new(src: IO[bytes], parent: int, name: str, mode: int) -> None:
+    """Create ``name`` (O_EXCL, Rule 2) and copy ``src`` into it; a copy that fails (ENOSPC, EIO)
+    removes the file it created, so no partial file is left behind."""
+    fd = os.open(name, _NEW_FILE_FLAGS, mode, dir_fd=parent)
+    try:
+        with os.fdopen(fd, "wb", closefd=True) as dst:
+            while chunk := src.read(_CHUNK):
+                dst.write(chunk)
+    except BaseException:
+        try:
+            os.unlink(name, dir_fd=parent)
+        except OSError:
+            pass
+        raise
 
 
 def _write_file(tar: tarfile.TarFile, parent: int, name: str, member: tarfile.TarInfo, force: bool) -> None:
@@ -184,10 +194,9 @@ def _write_file(tar: tarfile.TarFile, parent: int, name: str, member: tarfile.Ta
     src = tar.extractfile(member) or io.BytesIO()
     if not force:
         try:
-            fd = os.open(name, _NEW_FILE_FLAGS, mode, dir_fd=parent)
+            _copy_new(src, parent, name, mode)
         except FileExistsError:
             raise _Skip("exists; not replaced without --force") from None
-        _copy(src, fd)
         return
     try:
         if stat.S_ISDIR(os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode):
@@ -195,7 +204,7 @@ def _write_file(tar: tarfile.TarFile, parent: int, name: str, member: tarfile.Ta
     except FileNotFoundError:
         pass
     tmp = f".suanli-{secrets.token_hex(8)}.part"
-    _copy(src, os.open(tmp, _NEW_FILE_FLAGS, mode, dir_fd=parent))
+    _copy_new(src, parent, tmp, mode)
     try:
         os.replace(tmp, name, src_dir_fd=parent, dst_dir_fd=parent)  # replaces a link, never its target
     except OSError:
@@ -234,8 +243,9 @@ def write_outputs(data: bytes, dest: Path, *, force: bool = False, max_files: in
                   max_dirs: int = MAX_DIRS) -> WrittenOutputs:
     """Write the outputs tar ``data`` under ``dest`` by Rules 1, 2, 4 and 5; what was written and skipped.
 
-    UnusableInputError when the tar is unreadable or too big (nothing is written then); SuanliError when
-    ``dest`` cannot be used or the disk refuses a write.
+    UnusableInputError when the tar is unreadable or too big (found before anything is written);
+    SuanliError when ``dest`` cannot be used or the disk refuses a write (the files written before it
+    stay, the one being written is removed: never a partial file, never a ``.part`` left behind).
     """
     out = WrittenOutputs()
     if not data:

@@ -183,3 +183,42 @@ def test_check_output_dir(tmp_path):
     with pytest.raises(SuanliError, match="not empty"):
         check_output_dir(tmp_path, force=False)
     check_output_dir(tmp_path, force=True)
+
+
+_REFUSING_DISK = r"""
+import resource, signal, sys
+from pathlib import Path
+from node.outputs import write_outputs
+from p2p.errors import SuanliError
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit a write fails with EFBIG, as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+try:
+    write_outputs(Path(sys.argv[1]).read_bytes(), Path(sys.argv[2]), force=sys.argv[3] == "force")
+except SuanliError as exc:
+    print(exc)
+    sys.exit(3)
+"""
+
+
+@pytest.mark.parametrize("force", ["force", "no-force"])
+def test_a_write_the_disk_refuses_leaves_no_partial_file(tmp_path, force):
+    """A disk that refuses a write mid-file (here RLIMIT_FSIZE in a child process): a clear error, the
+    files written before it stay, and neither the half-written file nor a ``.part`` is left."""
+    import subprocess
+    import sys
+
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "big.bin").write_bytes(b"old")  # with force, the old file must survive a failed replace
+    archive = tmp_path / "out.tar"
+    archive.write_bytes(_tar(("file", "out/a.txt", b"small"), ("file", "out/big.bin", b"x" * (3 << 20)),
+                             ("file", "out/c/big2.bin", b"y" * (3 << 20))))
+    proc = subprocess.run([sys.executable, "-c", _REFUSING_DISK, str(archive), str(dest), force],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 3, proc.stderr
+    assert "writing the outputs failed" in proc.stdout
+    names = sorted(str(p.relative_to(dest)) for p in dest.rglob("*"))
+    assert not [n for n in names if n.endswith(".part")]
+    assert (dest / "a.txt").read_bytes() == b"small"
+    assert (dest / "big.bin").read_bytes() == b"old"  # never replaced by a partial copy
+    assert not (dest / "c" / "big2.bin").exists()
