@@ -123,6 +123,9 @@ class _LogReader:
     def __init__(self, gen: Iterator[bytes], limit: LogRateLimit | None, lock: threading.Lock) -> None:
         self.gen, self.limit, self.lock = gen, limit, lock
         self.splitter = LineSplitter()
+        # The splitter's buffer is touched by this thread (feed) and, at the end, by the trio side
+        # (flush) while an abandoned thread may still be feeding: both hold this lock.
+        self._split_lock = threading.Lock()
         self.lines: collections.deque[bytes] = collections.deque()
         self.done = trio.Event()
         self.error: SandboxError | None = None
@@ -161,26 +164,36 @@ class _LogReader:
     def run(self) -> None:
         try:
             for chunk in self._chunks():
-                if self.closed:
-                    return
-                for raw in self.splitter.feed(chunk):
-                    if self.admit(len(raw) + 1):
-                        self.lines.append(raw)
+                with self._split_lock:
+                    if self.closed:
+                        return
+                    raws = list(self.splitter.feed(chunk))
+                self.lines.extend(raw for raw in raws if self.admit(len(raw) + 1))
                 self._throttle(len(chunk))
                 while len(self.lines) > MAX_PENDING_LINES and not self.closed:  # the consumer is behind:
                     time.sleep(LOG_POLL_S / 5)  # wait for it rather than hold an unbounded queue
-            self.lines.extend(self.splitter.flush())
+            self.lines.extend(self._flush())
         except FOREIGN as exc:
             self.error = translate(exc, "logs")
         except ValueError as exc:  # the socket was shut under the read (close on cancel)
             self.error = SandboxError(f"logs: {exc}")
 
+    def _flush(self, *, close: bool = False) -> list[bytes]:
+        """The unterminated last line, through the rate limit like every other line (Rule 5); with
+        `close`, the reader thread feeds nothing more after it."""
+        with self._split_lock:
+            self.closed = self.closed or close
+            rest = list(self.splitter.flush())
+        return [raw for raw in rest if self.admit(len(raw) + 1)]
+
     def take(self, *, flush: bool = False) -> list[bytes]:
+        """The admitted lines so far; with `flush` (the end: the thread is done or abandoned), the
+        reader is closed and its unterminated last line is added, if admitted."""
         out = []
         while self.lines:
             out.append(self.lines.popleft())
         if flush:
-            out.extend(self.splitter.flush())
+            out.extend(self._flush(close=True))
         return out
 
 
@@ -236,6 +249,7 @@ class Job:
         self._deadline: float | None = None
         self._started_wall_s = 0.0
         self._stopping = False  # this runner asked the engine to stop or kill the container (Rule 4)
+        self._killed = False  # this runner sent SIGKILL (`kill`)
         self.skipped_outputs: tuple[tuple[str, str], ...] = ()
 
     def now_ms(self) -> int:
@@ -259,9 +273,23 @@ class Job:
         await self.engine.call(self.api.unpause, self.id, what="unpause container")
         self.meter.event("resume", self.now_ms())
 
+    async def kill(self) -> None:
+        """SIGKILL now, where it is: a paused job is killed frozen, never thawed. Marked as ours first
+        (Rule 4), so the exit is never taken for someone else's kill; a graceful stop asked for later
+        (or already under way) is not thawed or waited for."""
+        self._stopping = self._killed = True
+        try:
+            await self.engine.call(self.api.kill, self.id, what="kill container")
+        except SandboxError:
+            self._killed = False  # not killed after all: a later stop must still do its work
+            raise
+
     async def stop(self) -> None:
-        """Stop with the plan's grace period (SIGTERM, then SIGKILL); a paused job is thawed first."""
+        """Stop with the plan's grace period (SIGTERM, then SIGKILL); a paused job is thawed first,
+        unless it is being killed (`kill`)."""
         self._stopping = True
+        if self._killed:
+            return
         if self.meter.state == "paused":
             await self.resume()
         try:
@@ -356,7 +384,6 @@ class Job:
         except SandboxError as exc:  # the container went away under the stream: the stream ends
             log.info("log stream of %s ended: %s", self.id[:12], exc)
         finally:
-            reader.closed = True
             for raw in reader.take(flush=True):  # cancelled mid-line: what did arrive is still passed on
                 with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
                     send.send_nowait(parse_log_line(stream, raw))
