@@ -54,7 +54,7 @@ from p2p.errors import CodecError, RemoteProtocolError, SignatureError, SuanliEr
 from p2p.framing import FramedStream
 from p2p.identity import NodeKey, public_from_peer_id
 from p2p.records import Record
-from sandbox.disk import free_bytes
+from sandbox.disk import check_room
 from sandbox.engine import Engine
 from sandbox.image_gc import record_loaded, record_used
 from sandbox.images import image_env, load_image_archive, local_image_id
@@ -412,6 +412,11 @@ class JobRun:
         image_dir = self.s.image_dir
         if image_dir is not None:
             image_dir.mkdir(parents=True, exist_ok=True)
+        # H4: an upload must leave the provider's disk reserve free (sandbox.plan Rule 3); uploads in flight
+        # count in full. Measured in a thread; refused with `disk_full` before a byte is received.
+        await trio.to_thread.run_sync(lambda: check_room(image_dir or tempfile.gettempdir(),
+                                                         2 * declared + IMAGE_UPLOADS.used_bytes,
+                                                         what=f"the image upload of {declared} bytes"))
         with IMAGE_UPLOADS.reserve(2 * declared), \
                 tempfile.TemporaryFile(dir=image_dir, prefix="suanli-upload-") as f:
             self.status("need_image", f"send the archive of {image}")
@@ -433,12 +438,10 @@ class JobRun:
                           cpus_millicores=max(1, r.cpu_millis), memory_mib=max(1, r.memory_mib), gpus=r.gpus,
                           gpu_model=r.gpu_model, max_duration_ms=ag.max_duration_ms, disk_mib=max(1, r.disk_mib))
         gpus = [self.s.gpus[u] for u in self.active.allocation.gpu_uuids]
-        disk_dir = self.s.policy.disk_dir
-        # H4: refused (sandbox.plan Rule 3) when the disk that backs the jobs' /io has less free than promised.
-        free_disk = free_bytes(disk_dir) if disk_dir is not None else None
+        # H4: free disk is checked where the job's disk is reserved, in a worker thread (sandbox.plan Rule 3).
         return plan_container(spec, self.s.policy, self.s.facts, image_env=env, free_gpus=gpus,
                               node_id=self.s.node_id, agreement_id=self.active.agreement.record_id.hex(),
-                              job_key=os.urandom(4).hex(), free_disk_bytes=free_disk)
+                              job_key=os.urandom(4).hex())
 
     async def run(self, start: Start) -> None:
         final: Signed[Receipt] | None = None
@@ -620,16 +623,24 @@ class JobRun:
                 self.status("resumed")
         except SuanliError as exc:  # the container exited between the check and the call
             log.info("job %s: %s", self.ag_hex, exc)
-        if action == STOP and not stopping:
-            log.warning("job %s: buyer unresponsive past the grace; stopping", self.ag_hex)
-            if self.active.phase == "paused" and not job.exited.is_set():
-                # Killed where it is frozen: a graceful stop would thaw it and hand a job that ignores
-                # SIGTERM the stop grace of compute nobody countersigned (Rule 5).
-                try:
-                    await self.s.engine.call(job.api.kill, job.id, what="kill container")
-                except SuanliError as exc:
-                    log.info("job %s: %s", self.ag_hex, exc)
-            self.active.request_stop(BUYER_UNRESPONSIVE)
+        # A job being stopped is not paused, so a job that ignores SIGTERM runs on through the stop grace
+        # (10 s by default) while the final receipt may claim only up to the unsigned ceiling (billing
+        # Rule 3): it is killed at the last tick before it would run past that ceiling.
+        past_ceiling = stopping and sample.wall_ms + self.ag.terms.interval_ms > self.guard.unsigned_ceiling_ms()
+        if (action == STOP or past_ceiling) and not job.exited.is_set() and not job.killed:
+            # Killed at once, where it is (a paused job is never thawed for a graceful stop: Rule 5). The
+            # reason is set before the kill, and the kill goes through the runner, which marks it as its
+            # own: the exit it causes is never taken for someone else's (killed_externally).
+            if action == STOP:
+                log.warning("job %s: buyer unresponsive past the grace; killing it", self.ag_hex)
+                self.active.request_stop(BUYER_UNRESPONSIVE)
+            else:
+                log.warning("job %s: still running past what is countersigned, while stopping; killing it",
+                            self.ag_hex)
+            try:
+                await job.kill()
+            except SuanliError as exc:  # it exited between the check and the call
+                log.info("job %s: %s", self.ag_hex, exc)
         billed = self.issuer.last.metered_ms if self.issuer.last else 0
         # The meter's first sample comes as the container starts: no receipt for a few milliseconds.
         worth_a_receipt = self.issuer.last is not None or sample.wall_ms * 2 >= self.ag.terms.interval_ms

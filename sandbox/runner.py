@@ -273,6 +273,11 @@ class Job:
         await self.engine.call(self.api.unpause, self.id, what="unpause container")
         self.meter.event("resume", self.now_ms())
 
+    @property
+    def killed(self) -> bool:
+        """This runner has sent the container SIGKILL (`kill`)."""
+        return self._killed
+
     async def kill(self) -> None:
         """SIGKILL now, where it is: a paused job is killed frozen, never thawed. Marked as ours first
         (Rule 4), so the exit is never taken for someone else's kill; a graceful stop asked for later

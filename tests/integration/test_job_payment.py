@@ -32,7 +32,10 @@ from p2p.envelope import countersign, open_signed
 from p2p.framing import FramedStream
 from p2p.identity import generate_key, peer_id_from_public
 from p2p.testing import loopback_config, open_host
-from sandbox.spec import LABEL_AGREEMENT
+from sandbox.engine import Engine
+from sandbox.run import prepare_job
+from sandbox.runner import Job, open_job
+from sandbox.spec import LABEL_AGREEMENT, JobSpec, ProviderPolicy
 from settlement.astore import open_store
 from settlement.audit import audit, read_inputs
 from settlement.billing import amount_due, unsigned_window_ms
@@ -44,9 +47,10 @@ T = TERMS.receipts
 WINDOW_MS = unsigned_window_ms(T.interval_ms, T.countersign_timeout_ms, T.grace_ms)
 
 
-async def _silent_buyer(client, deal, key=None, cancel_after=None):
+async def _silent_buyer(client, deal, key=None, cancel_after=None, marks=None):
     """A buyer that starts the job and countersigns nothing (or, with ``key``, every receipt up to
-    ``cancel_after``, then cancels and signs no more); what it was sent."""
+    ``cancel_after``, then cancels and signs no more); what it was sent. ``marks["last_cosign_ns"]``:
+    the wall clock when it sent its last countersignature."""
     provider = peer_id_from_public(deal.agreement.record.provider)
     framed = FramedStream(await client.open_stream(provider, PROTOCOL_ID), max_frame_bytes=MAX_FRAME_BYTES)
     await framed.send_frame(Start(deal.agreement.record_id, 0, 0).encode())
@@ -59,6 +63,8 @@ async def _silent_buyer(client, deal, key=None, cancel_after=None):
             receipts.append(open_signed(msg.receipt, Receipt))
             if key is not None and len(receipts) <= cancel_after:
                 await framed.send_frame(Countersign(countersign(receipts[-1], key).to_bytes()).encode())
+                if marks is not None:
+                    marks["last_cosign_ns"] = time.time_ns()
                 if len(receipts) == cancel_after:
                     await framed.send_frame(Cancel("buyer_cancel").encode())
         elif isinstance(msg, (Chunk, End)) and msg.kind == "outputs":
@@ -173,3 +179,100 @@ async def test_a_silent_buyers_job_is_killed_where_it_is_paused_not_thawed_for_a
     final = receipts[-1].record
     assert final.metered_ms <= running_ms + T.interval_ms and final.metered_ms <= WINDOW_MS
     assert final.output_digest is None  # an unresponsive buyer is offered no outputs
+
+
+def _container_events(docker_client, deal, since):
+    label = f"{LABEL_AGREEMENT}={deal.agreement.record_id.hex()}"
+    events = docker_client.api.events(since=since, until=int(time.time()) + 1, decode=True,
+                                      filters={"label": label, "type": "container"})
+    times: dict[str, list[int]] = {}
+    for e in events:
+        times.setdefault(e.get("status") or e.get("Action"), []).append(e["timeNano"])
+    return times
+
+
+async def test_the_runners_own_kill_is_never_taken_for_someone_elses(demo_image, docker_client):
+    """``Job.kill`` marks the kill as the runner's before sending it (runner Rule 4), and a graceful stop
+    asked for afterwards neither thaws the frozen job nor waits out its grace."""
+    engine, node = Engine(docker_client), f"test-{time.time_ns()}"
+    since = int(time.time()) - 1
+    plan = await prepare_job(engine, JobSpec(demo_image, ("sh", "-c", "trap '' TERM; while true; do sleep 0.2; done"),
+                                             max_duration_ms=30_000), ProviderPolicy(stop_grace_ms=10_000),
+                             node_id=node, agreement_id="b2" * 32, job_key=node[-12:])
+    with trio.fail_after(60):
+        async with open_job(engine, plan) as job:
+            await job.start()
+            await job.pause()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(job.wait)
+                await job.kill()
+                await job.stop()  # what the provider's stop watcher does once a stop is requested
+            assert job.killed and job.result is not None
+            assert not job.result.killed_externally
+    events = docker_client.api.events(since=since, until=int(time.time()) + 1, decode=True,
+                                      filters={"container": job.id})
+    actions = [e.get("Action") for e in events]
+    assert "kill" in actions and "unpause" not in actions, actions
+
+
+async def test_a_silent_buyers_job_ends_buyer_unresponsive_even_when_the_exit_is_seen_first(
+        tmp_path, demo_image, docker_client, monkeypatch, caplog):
+    """The race of the guard's kill: the runner's wait() sees the exit before the provider's tick goes
+    on. Made certain here by holding the kill call until the job has exited. The end is still
+    ``buyer_unresponsive``, never taken for someone else's kill (``killed_externally``)."""
+    jobs: list[Job] = []
+    real_start, real_call = Job.start, Engine.call
+
+    async def start(self):
+        jobs.append(self)
+        await real_start(self)
+
+    async def call(self, fn, *args, what="", **kwargs):
+        result = await real_call(self, fn, *args, what=what, **kwargs)
+        if what == "kill container" and jobs:
+            with trio.move_on_after(20):
+                await jobs[-1].exited.wait()
+        return result
+
+    monkeypatch.setattr(Job, "start", start)
+    monkeypatch.setattr(Engine, "call", call)
+    provider_key, buyer = generate_key(), generate_key()
+    command = ["sh", "-c", "trap '' TERM; while true; do sleep 0.2; done"]
+    async with open_provider(local_setup(tmp_path / "provider", provider_key)) as runtime:
+        async with open_host(loopback_config(buyer, bootstrap=(runtime.node.addrs()[0],))) as client:
+            deal = await negotiate_with(client, provider_key.peer_id, buyer,
+                                        make_proposal(buyer, runtime.offer, demo_image, command))
+            with trio.fail_after(60):
+                receipts, output_frames, done = await _silent_buyer(client, deal)
+    assert jobs and jobs[-1].result is not None and not jobs[-1].result.killed_externally
+    assert not [r for r in caplog.records if "by someone else" in r.getMessage()]
+    assert done is not None and done.reason == "buyer_unresponsive" and output_frames == 0
+    assert receipts[-1].record.reason == "buyer_unresponsive"
+
+
+async def test_a_job_ignoring_sigterm_after_a_cancel_is_killed_when_the_buyer_falls_silent(
+        tmp_path, demo_image, docker_client):
+    """The buyer cancels, then countersigns nothing more. The job traps SIGTERM, so the graceful stop
+    would run the whole stop grace (10 s), of which the final receipt may claim only the unsigned
+    window W: the guard's stop kills it at once instead. Its real run time after the last
+    countersignature stays within W, give or take the guard's tick and the kill itself."""
+    provider_key, buyer = generate_key(), generate_key()
+    since = int(time.time()) - 1
+    marks: dict[str, int] = {}
+    command = ["sh", "-c", "trap '' TERM; while true; do sleep 0.2; done"]
+    async with open_provider(local_setup(tmp_path / "provider", provider_key)) as runtime:
+        async with open_host(loopback_config(buyer, bootstrap=(runtime.node.addrs()[0],))) as client:
+            deal = await negotiate_with(client, provider_key.peer_id, buyer,
+                                        make_proposal(buyer, runtime.offer, demo_image, command))
+            with trio.fail_after(90):
+                receipts, output_frames, done = await _silent_buyer(client, deal, buyer, cancel_after=3,
+                                                                    marks=marks)
+    assert done is not None and done.reason == "buyer_cancel"
+    times = _container_events(docker_client, deal, since)
+    assert "kill" in times and "die" in times, times
+    after_ms = (max(times["die"]) - marks["last_cosign_ns"]) / 1e6
+    cosigned = receipts[2].record
+    after_metered_ms = (max(times["die"]) - min(times["start"])) / 1e6 - cosigned.metered_ms
+    print(f"run time after the last countersignature: {after_ms:.0f} ms (past its metered point: "
+          f"{after_metered_ms:.0f} ms); W = {WINDOW_MS} ms, interval {T.interval_ms} ms")
+    assert after_ms <= WINDOW_MS + T.interval_ms, (after_ms, WINDOW_MS)
