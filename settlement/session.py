@@ -39,11 +39,6 @@ from settlement.records import FINAL, RUNNING, Receipt, Usage
 RUN, PAUSE, RESUME, STOP = "run", "pause", "resume", "stop"
 
 
-def cap_metered_ms(ceiling_micros: int, price_micros_per_s: int) -> int:
-    """The most metered milliseconds whose amount stays within ``ceiling_micros``."""
-    return metered_within(ceiling_micros, price_micros_per_s)
-
-
 class ReceiptIssuer:
     def __init__(self, agreement: Signed[Agreement]) -> None:
         self.agreement = agreement.record
@@ -152,7 +147,7 @@ class ExposureGuard:
         """Rule 3: the most metered time a final receipt may claim before the buyer countersigns it."""
         window = unsigned_window_ms(self.interval_ms, self.countersign_timeout_ms, self.grace_ms)
         return min(self.cosigned_metered_ms + window,
-                   cap_metered_ms(self.cosigned_amount + self.exposure_cap_micros, self.price_micros_per_s))
+                   metered_within(self.cosigned_amount + self.exposure_cap_micros, self.price_micros_per_s))
 
 
 class ReceiptVerifier:

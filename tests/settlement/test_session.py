@@ -8,10 +8,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from p2p.envelope import Signed, countersign, sign_record
-from settlement.billing import amount_due, unsigned_window_ms
+from settlement.billing import amount_due, metered_within, unsigned_window_ms
 from settlement.chain import verify_chain
 from settlement.records import BUYER_UNRESPONSIVE, COMPLETED, Usage
-from settlement.session import PAUSE, RESUME, RUN, STOP, ExposureGuard, ReceiptIssuer, ReceiptVerifier, cap_metered_ms
+from settlement.session import PAUSE, RESUME, RUN, STOP, ExposureGuard, ReceiptIssuer, ReceiptVerifier
 from settlement.testing import key_from_label, make_agreement
 
 P, B = key_from_label("provider"), key_from_label("buyer")
@@ -43,9 +43,10 @@ def test_issued_chains_always_verify_whatever_the_meter_says(steps):
     assert verify_chain(AGREEMENT, chain).ok
 
 
-def test_cap_metered_ms_is_the_largest_within_the_ceiling():
+def test_metered_within_is_the_largest_within_the_ceiling():
+    """The guard's unsigned ceiling under the cap (settlement.billing.metered_within)."""
     for ceiling, price in ((0, 7), (1, 7), (5000, 110), (123_456, 999), (10, 1)):
-        m = cap_metered_ms(ceiling, price)
+        m = metered_within(ceiling, price)
         assert amount_due(m, price) <= ceiling < amount_due(m + 1, price)
 
 
