@@ -23,6 +23,7 @@ from market.offers import ProviderTerms
 from market.records import Limits, Prices, ReceiptTerms
 from node.paths import data_dir as default_data_dir
 from p2p.errors import ConfigError
+from sandbox.plan import MAX_DISK_MIB
 
 EXAMPLE = '''\
 # Suanli provider configuration (suanli provide --config THIS_FILE).
@@ -54,7 +55,8 @@ max_duration_s = 3600          # 1..2592000 (30 days); longest job accepted
 max_concurrent_jobs = 2        # 1..1024
 cpu_millis = 0                 # 0..1048576; CPU offered, in millicores; 0 = all cores
 memory_mib = 0                 # 0..16777216; memory offered; 0 = three quarters of this machine's memory
-disk_mib = 0                   # 0..1073741824; scratch disk offered for jobs' /io; 0 = half the data dir's free disk
+disk_mib = 0                   # 0..1073741824; scratch disk offered for jobs' /io; 0 = half the data dir's free
+                               # disk after a reserve (1 GiB or 5 %) and the image budgets (8 + 10 GiB)
 # Images allowed, pinned by id ("sha256:..."); empty = any image the buyer supplies.
 allowed_images = []
 offer_ttl_s = 120              # 10..86400; how long each signed offer lives; it is re-issued at half-life
@@ -85,7 +87,7 @@ RANGES: dict[str, tuple[int, int]] = {
     "limits.max_concurrent_jobs": (1, 1024),
     "limits.cpu_millis": (0, 1_048_576),              # 1,048 cores
     "limits.memory_mib": (0, 16_777_216),             # 16 TiB
-    "limits.disk_mib": (0, 1_073_741_824),            # 1 PiB
+    "limits.disk_mib": (0, MAX_DISK_MIB),             # 1 PiB, as `suanli run --disk`
     "limits.offer_ttl_s": (10, 86_400),               # a day
     "receipts.interval_ms": (100, 60_000),
     "receipts.countersign_timeout_ms": (100, 600_000),
@@ -146,7 +148,7 @@ class ProviderConfig:
     pids_limit: int
     extra: dict[str, Any] = field(default_factory=dict)
     ranges: dict[str, tuple[int, int]] = field(default_factory=dict)  # every whole-number key read (Rule 3)
-    disk_mib: int = 0  # 0: half the free disk under data_dir at start
+    disk_mib: int = 0  # 0: at start, sandbox.plan.default_disk_mib of the free disk under data_dir
     log_rate_bytes_per_s: int = 65536
     log_burst_bytes: int = 262144
 

@@ -9,8 +9,11 @@ docs/SANDBOX.md says why this and not a tmpfs volume or overlay quotas.
 
 Rule 1: everything here is undone by ``release_disk`` (detach every loop device backed by the file,
 then unlink it), which the runner calls in its shielded ``finally`` and the reaper after a crash.
-Rule 2: attaching a loop device needs CAP_SYS_ADMIN (the provider daemon runs as root); without it
-the job is refused with one line, never run without a limit.
+Rule 2: attaching a loop device needs CAP_SYS_ADMIN (the provider daemon runs as root), losetup and
+mkfs.ext4; without them the provider refuses to start (``disk_support_problem``, node.provider), and a
+library caller's job is refused with one line, never run without a limit.
+Rule 3: free disk is measured here, in the worker thread that reserves the space, and checked with the
+planner's reserve (sandbox.plan.check_disk_room) for both job disks and image uploads.
 """
 
 from __future__ import annotations
@@ -19,27 +22,60 @@ import errno
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 from p2p.errors import SandboxError
+from sandbox.plan import DISK_SUFFIX, check_disk_room
 
-SUFFIX = ".ext4"  # sandbox.plan.DISK_SUFFIX
+SUFFIX = DISK_SUFFIX  # one definition (sandbox.plan); this name is kept for the reaper
+DISK_TOOLS = ("losetup", "mkfs.ext4")
 _SYS_BLOCK = Path("/sys/block")
 
 
-def free_bytes(directory: str | os.PathLike[str]) -> int:
-    """Bytes an unprivileged writer may still use on the filesystem that holds ``directory`` (or would
-    hold it: the nearest existing parent)."""
+def disk_room(directory: str | os.PathLike[str]) -> tuple[int, int]:
+    """(free bytes an unprivileged writer may still use, size in bytes) of the filesystem that holds
+    ``directory`` (or would hold it: the nearest existing parent). Blocking: call it from a thread."""
     path = Path(directory)
     while not path.exists() and path != path.parent:
         path = path.parent
     st = os.statvfs(path)
-    return st.f_bavail * st.f_frsize
+    return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+
+
+def free_bytes(directory: str | os.PathLike[str]) -> int:
+    """Bytes an unprivileged writer may still use on the filesystem of ``directory`` (``disk_room``)."""
+    return disk_room(directory)[0]
+
+
+def check_room(directory: str | os.PathLike[str], need_bytes: int, *, what: str) -> None:
+    """SandboxError (``disk_full``) unless ``need_bytes`` fit under ``directory`` with the reserve left
+    (Rule 3). Blocking: call it from a thread."""
+    free, size = disk_room(directory)
+    check_disk_room(need_bytes, free, size, what=what)
+
+
+def find_tool(name: str) -> str | None:
+    """The path of a system tool, looking in the sbin directories too (root's PATH has them; others' not)."""
+    return shutil.which(name) or next((p for p in (f"/usr/sbin/{name}", f"/sbin/{name}") if os.path.exists(p)),
+                                      None)
+
+
+def disk_support_problem(euid: int | None = None, find: Callable[[str], str | None] = find_tool) -> str | None:
+    """Why job disks cannot work on this machine, in one line, or None (Rule 2). ``euid`` and ``find``
+    are the seams a test passes in (CI runs as root with the tools installed)."""
+    if (os.geteuid() if euid is None else euid) != 0:
+        return ("the provider daemon must run as root: each job's /io is a loop-mounted filesystem of the agreed "
+                "size, and only root may attach loop devices (docs/SANDBOX.md, \"Disk\")")
+    missing = [name for name in DISK_TOOLS if find(name) is None]
+    if missing:
+        return (f"{' and '.join(missing)} not found: job disks need them (apt-get install e2fsprogs mount; "
+                "docs/SANDBOX.md, \"Disk\")")
+    return None
 
 
 def _tool(name: str) -> str:
-    path = shutil.which(name) or next((p for p in (f"/usr/sbin/{name}", f"/sbin/{name}") if os.path.exists(p)),
-                                      None)
+    path = find_tool(name)
     if path is None:
         raise SandboxError(f"{name} is not installed; job disks need it (apt-get install e2fsprogs mount)",
                            reason="no_disk_tools")
@@ -62,6 +98,7 @@ def make_disk(path: Path, size_bytes: int) -> str:
         raise SandboxError("job disks need loop devices, which only root may attach: run the provider daemon "
                            "as root (docs/SANDBOX.md)", reason="disk_needs_root")
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    check_room(path.parent, size_bytes, what="the job's disk")  # Rule 3, just before the space is taken
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     except OSError as exc:

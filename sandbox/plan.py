@@ -10,8 +10,11 @@ Rule 1: a refusal happens here, before anything is created: a GPU job with no NV
 old toolkit, an image whose config sets LD_PRELOAD / LD_LIBRARY_PATH / NVIDIA_* (CVE-2025-23266), a
 request above the policy.
 Rule 2: GPUs are named by UUID, never by count (a count maps to indices 0..n-1 on the host).
-Rule 3: with a `disk_dir`, /io is a filesystem of the agreed `disk_mib` (sandbox.disk), and a job is
-refused when the host has less free disk than that: the provider never promises space it lacks.
+Rule 3: with a `disk_dir`, /io is a filesystem of the agreed `disk_mib` (sandbox.disk). Free disk is
+measured once, where the space is reserved (sandbox.disk.make_disk, in a worker thread), and checked
+here by `check_disk_room`: a job or an upload is refused unless it leaves `disk_reserve_bytes` free
+(max(1 GiB, 5 % of the filesystem)), so the provider's own SQLite appends and logs never meet a full
+disk (issue 13 H4).
 """
 
 from __future__ import annotations
@@ -37,8 +40,11 @@ USER = "65534:65534"
 IO_DIR = "/io"
 GPU_CAPABILITIES = (("gpu", "compute", "utility"),)
 _FORBIDDEN_ENV = re.compile(r"(LD_PRELOAD|LD_LIBRARY_PATH|NVIDIA_.*)")
-MIN_DISK_MIB = 16  # mkfs.ext4 leaves a job almost nothing below this
-DISK_SUFFIX = ".ext4"
+MIN_DISK_MIB = 16  # mkfs.ext4 leaves a job almost nothing below this; `suanli run --disk`'s floor too
+MAX_DISK_MIB = 1 << 30  # 1 PiB: limits.disk_mib's and `--disk`'s ceiling, so a proposal always encodes
+DISK_SUFFIX = ".ext4"  # a job's disk file: <disk_dir>/<volume name>.ext4 (sandbox.disk, the reaper)
+DISK_RESERVE_MIN_BYTES = 1 << 30
+DISK_RESERVE_PERCENT = 5
 _VERSION = re.compile(r"version\s*:?\s*v?(\d+)\.(\d+)\.(\d+)", re.IGNORECASE)
 
 
@@ -121,6 +127,30 @@ def select_gpus(spec: JobSpec, free: Sequence[GpuInfo]) -> tuple[str, ...]:
     return tuple(g.uuid for g in fit[: spec.gpus])
 
 
+def disk_reserve_bytes(fs_bytes: int) -> int:
+    """What the provider keeps free for itself on a filesystem of `fs_bytes` (Rule 3)."""
+    return max(DISK_RESERVE_MIN_BYTES, fs_bytes * DISK_RESERVE_PERCENT // 100)
+
+
+def check_disk_room(need_bytes: int, free_bytes: int, fs_bytes: int, *, what: str) -> None:
+    """Raise SandboxError (reason ``disk_full``) unless `need_bytes` fit in `free_bytes` with the
+    reserve left over (Rule 3); `what` names the asker in the one line the buyer reads."""
+    reserve = disk_reserve_bytes(fs_bytes)
+    usable = max(0, free_bytes - reserve)
+    if need_bytes > usable:
+        raise SandboxError(f"{what} needs {-(-need_bytes >> 20)} MiB of disk, but this provider has "
+                           f"{free_bytes >> 20} MiB free and keeps {reserve >> 20} MiB of it for itself; "
+                           "refusing (try again later, or a smaller size)",
+                           reason="disk_full", expected=need_bytes, actual=usable)
+
+
+def default_disk_mib(free_bytes: int, fs_bytes: int, other_budgets_bytes: int) -> int:
+    """``limits.disk_mib = 0``: half of what the filesystem has free once the reserve and the disk
+    budgets that share it (image uploads in flight, kept buyer images) are taken off; never negative."""
+    spare = free_bytes - disk_reserve_bytes(fs_bytes) - other_budgets_bytes
+    return max(0, spare) // MIB // 2
+
+
 def _check_limits(spec: JobSpec, policy: ProviderPolicy) -> None:
     for asked, limit, key in ((spec.cpus_millicores, policy.max_cpus_millicores, "cpus_millicores"),
                               (spec.memory_mib, policy.max_memory_mib, "memory_mib"),
@@ -134,12 +164,12 @@ def _check_limits(spec: JobSpec, policy: ProviderPolicy) -> None:
 
 def plan_container(spec: JobSpec, policy: ProviderPolicy, facts: EngineFacts, *, image_env: Sequence[str],
                    free_gpus: Sequence[GpuInfo], node_id: str, agreement_id: str,
-                   job_key: str, free_disk_bytes: int | None = None) -> ContainerPlan:
+                   job_key: str) -> ContainerPlan:
     """The hardened plan for one job, or a SuanliError that says why it cannot run (Rule 1).
 
     `image_env` is the image config's Env ("K=V" entries, from inspect or the archive);
-    `job_key` makes container and volume names unique per attempt; `free_disk_bytes` is what the
-    filesystem under `policy.disk_dir` has free now (Rule 3).
+    `job_key` makes container and volume names unique per attempt. Free disk is checked where the
+    disk is reserved (Rule 3), not here: a measure taken now would be stale by then.
     """
     if policy.allowed_images is not None and spec.image_id not in policy.allowed_images:
         raise ImageError("this provider does not run that image", image_id=spec.image_id)
@@ -167,10 +197,6 @@ def plan_container(spec: JobSpec, policy: ProviderPolicy, facts: EngineFacts, *,
     disk_bytes, disk_file = 0, None
     if policy.disk_dir is not None:
         disk_bytes = max(spec.disk_mib, MIN_DISK_MIB) * MIB
-        if free_disk_bytes is not None and free_disk_bytes < disk_bytes:
-            raise SandboxError(f"this provider has {free_disk_bytes >> 20} MiB of disk free, less than the "
-                               f"{disk_bytes >> 20} MiB it promised the job; refusing to start it",
-                               reason="disk_full", expected=disk_bytes, actual=free_disk_bytes)
         disk_file = f"{policy.disk_dir.rstrip('/')}/suanli-io-{job_key}{DISK_SUFFIX}"
     labels = {LABEL_NODE: node_id, LABEL_AGREEMENT: agreement_id, LABEL_ROLE: "job"}
     if policy.owner_lock is not None:

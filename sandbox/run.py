@@ -2,7 +2,8 @@
 
 `prepare_job` asks the engine what it can do and what the image's config says, then calls the pure
 planner: every refusal (GPU without a toolkit, forbidden image env, limits) happens here, before any
-container or volume exists. `run_job` is the whole life of one job for callers that need no more
+container or volume exists; too little free disk is refused when the disk is reserved, before the
+container exists (sandbox.disk Rule 3). `run_job` is the whole life of one job for callers that need no more
 control than callbacks (the provider daemon uses `open_job` directly for pause/resume).
 """
 
@@ -15,7 +16,6 @@ from typing import TypeVar
 
 import trio
 
-from sandbox.disk import free_bytes
 from sandbox.engine import Engine, probe_engine
 from sandbox.images import image_env
 from sandbox.jobio import LogLine
@@ -41,9 +41,9 @@ async def prepare_job(engine: Engine, spec: JobSpec, policy: ProviderPolicy, *, 
     if facts is None:
         facts = await engine.call(probe_engine, engine.client, what="probe engine")
     env = await engine.call(image_env, engine.client, spec.image_id, what="inspect image")
-    free_disk = None if policy.disk_dir is None else await trio.to_thread.run_sync(free_bytes, policy.disk_dir)
+    # Free disk is checked where the disk is reserved, in a worker thread (sandbox.plan Rule 3).
     return plan_container(spec, policy, facts, image_env=env, free_gpus=free_gpus, node_id=node_id,
-                          agreement_id=agreement_id, job_key=job_key, free_disk_bytes=free_disk)
+                          agreement_id=agreement_id, job_key=job_key)
 
 
 async def _drain(receive: trio.MemoryReceiveChannel[T], callback: Callable[[T], None] | None) -> None:

@@ -27,6 +27,7 @@ from typing import Any
 from node.config import check_run_numbers
 from node.outputs import check_output_dir
 from p2p.errors import SuanliError
+from sandbox.plan import MAX_DISK_MIB, MIN_DISK_MIB
 
 log = logging.getLogger("suanli.run")
 EXIT_NO_PROVIDER = 3
@@ -48,13 +49,15 @@ def parse_memory_mib(text: str) -> int:
 
 
 def parse_disk_mib(text: str) -> int:
-    """``--disk``: the size of the job's /io filesystem (issue 13 H4); at least 16m, whole MiB."""
+    """``--disk``: the size of the job's /io filesystem (issue 13 H4), in whole MiB, within the planner's
+    floor and the provider's ceiling (sandbox.plan: MIN_DISK_MIB, MAX_DISK_MIB). A size string, so it is
+    checked here like --memory, not in RUN_RANGES (which holds the plain numbers)."""
     m = _SIZE.match(text.strip())
     if not m or m.group(2).lower() not in ("m", "g"):
         raise SuanliError(f"--disk {text!r}: give a size such as 256m or 20g")
     mib = int(m.group(1)) * (1024 if m.group(2).lower() == "g" else 1)
-    if not 16 <= mib <= 1 << 30:
-        raise SuanliError(f"--disk {text!r} is out of range (16m to 1048576g)")
+    if not MIN_DISK_MIB <= mib <= MAX_DISK_MIB:
+        raise SuanliError(f"--disk {text!r} is out of range ({MIN_DISK_MIB}m to {MAX_DISK_MIB >> 10}g)")
     return mib
 
 

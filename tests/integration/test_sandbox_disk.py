@@ -1,13 +1,15 @@
 """H4: a job's /io is a filesystem of the agreed size, on the REAL Docker engine (no registry).
 
 A job that writes past its disk gets ENOSPC and the host's free space drops by no more than the
-agreed size; a job is refused when the host has less free disk than it promised; the disk file and
+agreed size; a job is refused when the host has less free disk than it promised, or when it would eat
+into the provider's own reserve (1 GiB or 5 %); the disk file and
 its loop device are gone after the job and, after a crash, after the reaper.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import uuid
 from dataclasses import replace
@@ -17,11 +19,8 @@ import trio
 
 from p2p.errors import SandboxError
 from sandbox.disk import disk_files, free_bytes, loop_devices
-from sandbox.engine import probe_engine
-from sandbox.plan import plan_container
 from sandbox.reaper import reap_orphans
 from sandbox.run import prepare_job, run_job
-from sandbox.runner import _create
 from sandbox.spec import LABEL_NODE, JobSpec, ProviderPolicy
 
 pytestmark = [pytest.mark.docker,
@@ -102,17 +101,35 @@ async def test_a_job_is_refused_when_the_host_has_less_free_disk_than_promised(e
     asked = free_mib + 1024
     spec = JobSpec(demo_image, ("true",), disk_mib=asked, max_duration_ms=60_000)
     big = replace(policy, max_disk_mib=asked)
-    with pytest.raises(SandboxError) as caught:
-        await prepare_job(engine, spec, big, node_id=node, agreement_id=AGREEMENT, job_key="x")
-    assert caught.value.fields.get("reason") == "disk_full"
-    # Without the planner's check (a race with another writer), reserving the space itself fails.
-    facts = await engine.call(probe_engine, engine.client)
-    plan = plan_container(spec, big, facts, image_env=[], free_gpus=(), node_id=node, agreement_id=AGREEMENT,
-                          job_key=uuid.uuid4().hex[:12])
-    with pytest.raises(SandboxError) as caught:
-        await engine.call(_create, engine.api, plan)
+    plan = await prepare_job(engine, spec, big, node_id=node, agreement_id=AGREEMENT, job_key=uuid.uuid4().hex[:12])
+    with pytest.raises(SandboxError) as caught:  # measured where the disk is reserved, before any container
+        await run_job(engine, plan)
     assert caught.value.fields.get("reason") == "disk_full"
     assert disk_files(tmp_path / "disks") == []
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real filesystem of 1 GiB + 64 MiB (tmpfs: nothing is written until a job takes space)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1088m,mode=0700", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+async def test_a_job_may_not_take_the_providers_reserve(engine, demo_image, node, small_disk):
+    # 1088 MiB free, 1 GiB of it the provider's reserve: 64 MiB for jobs. 128 MiB fits in what is free,
+    # but would leave the provider's own database 960 MiB (a bigger job: 0 bytes).
+    policy = ProviderPolicy(stop_grace_ms=1000, disk_dir=str(small_disk / "disks"))
+    with pytest.raises(SandboxError, match="keeps 1024 MiB of it for itself") as caught:
+        await _run(engine, demo_image, node, policy, "true", disk_mib=128)
+    assert caught.value.fields.get("reason") == "disk_full"
+    assert disk_files(small_disk / "disks") == [] and free_bytes(small_disk) == 1088 * MIB
+    _, result, _ = await _run(engine, demo_image, node, policy, "df -k /io | tail -1", disk_mib=32)  # fits
+    assert result.exit_code == 0
 
 
 CRASHING_RUNNER = """

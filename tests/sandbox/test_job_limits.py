@@ -8,8 +8,9 @@ import tarfile
 import pytest
 
 from p2p.errors import SandboxError
+from sandbox.disk import disk_support_problem
 from sandbox.jobio import LogFrames, LogRateLimit, output_entry_problem
-from sandbox.plan import plan_container
+from sandbox.plan import check_disk_room, default_disk_mib, disk_reserve_bytes, plan_container
 from sandbox.spec import EngineFacts, JobSpec, ProviderPolicy
 
 IMAGE = "sha256:" + "ab" * 32
@@ -17,30 +18,74 @@ RUNC = EngineFacts("1.41", frozenset({"runc"}), 1, "cgroupfs")
 MIB = 1 << 20
 
 
-def plan(spec, policy, free=None):
+def plan(spec, policy):
     return plan_container(spec, policy, RUNC, image_env=[], free_gpus=(), node_id="n", agreement_id="cd" * 32,
-                          job_key="k1", free_disk_bytes=free)
+                          job_key="k1")
 
 
 # -- H4: disk ------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("disk_mib, free, outcome", [
-    (1024, 2048 * MIB, 1024 * MIB),      # fits
-    (1024, 1024 * MIB, 1024 * MIB),      # exactly
-    (1, 100 * MIB, 16 * MIB),            # the floor: mkfs leaves nothing below 16 MiB
-    (1024, 1023 * MIB, "disk_full"),     # less free than promised: refused before anything exists
-    (1024, None, 1024 * MIB),            # not measured (library use): the kernel still limits it
+@pytest.mark.parametrize("disk_mib, outcome", [
+    (1024, 1024 * MIB),
+    (1, 16 * MIB),            # the floor: mkfs leaves nothing below 16 MiB
 ])
-def test_the_plan_sizes_the_disk_and_refuses_when_free_disk_is_short(disk_mib, free, outcome):
-    policy = ProviderPolicy(disk_dir="/var/lib/suanli/disks")
-    spec = JobSpec(IMAGE, ("true",), disk_mib=disk_mib)
-    if outcome == "disk_full":
-        with pytest.raises(SandboxError) as caught:
-            plan(spec, policy, free)
-        assert caught.value.reason == "disk_full"
-        return
-    p = plan(spec, policy, free)
+def test_the_plan_sizes_the_disk(disk_mib, outcome):
+    p = plan(JobSpec(IMAGE, ("true",), disk_mib=disk_mib), ProviderPolicy(disk_dir="/var/lib/suanli/disks"))
     assert p.disk_bytes == outcome and p.disk_file == "/var/lib/suanli/disks/suanli-io-k1.ext4"
+
+
+GIB = 1 << 30
+
+
+@pytest.mark.parametrize("fs, reserve", [
+    (4 * GIB, GIB),            # a small disk: at least 1 GiB
+    (20 * GIB, GIB),           # 5 % = 1 GiB
+    (100 * GIB, 5 * GIB),      # 5 %
+    (2000 * GIB, 100 * GIB),
+])
+def test_the_provider_keeps_a_reserve_of_1_gib_or_5_percent(fs, reserve):
+    assert disk_reserve_bytes(fs) == reserve
+
+
+@pytest.mark.parametrize("need, free, fs, ok", [
+    (GIB, 10 * GIB, 100 * GIB, True),           # 10 free - 5 reserve = 5 usable
+    (5 * GIB, 10 * GIB, 100 * GIB, True),       # exactly the usable space
+    (5 * GIB + 1, 10 * GIB, 100 * GIB, False),  # one byte into the reserve
+    (10 * GIB, 10 * GIB, 100 * GIB, False),     # all that is free: the provider's SQLite would find 0 bytes
+    (1, GIB, 4 * GIB, False),                   # free is all reserve
+    (1, 0, 4 * GIB, False),
+    (512 * MIB, 2 * GIB, 4 * GIB, True),
+])
+def test_a_job_or_upload_must_leave_the_reserve_free(need, free, fs, ok):
+    if ok:
+        check_disk_room(need, free, fs, what="the job's disk")
+        return
+    with pytest.raises(SandboxError, match="the job's disk needs .* MiB of disk, but this provider has") as caught:
+        check_disk_room(need, free, fs, what="the job's disk")
+    assert caught.value.reason == "disk_full" and caught.value.fields["actual"] == max(0, free - disk_reserve_bytes(fs))
+
+
+@pytest.mark.parametrize("free, fs, budgets, mib", [
+    (100 * GIB, 200 * GIB, 18 * GIB, (100 - 10 - 18) * 1024 // 2),  # half of what the reserve and budgets leave
+    (20 * GIB, 40 * GIB, 18 * GIB, (20 - 2 - 18) * 1024 // 2),
+    (10 * GIB, 40 * GIB, 18 * GIB, 0),                               # nothing to offer, never negative
+])
+def test_the_default_disk_offer_leaves_the_reserve_and_the_image_budgets(free, fs, budgets, mib):
+    assert default_disk_mib(free, fs, budgets) == mib
+
+
+@pytest.mark.parametrize("euid, tools, needle", [
+    (1000, {"losetup", "mkfs.ext4"}, "must run as root"),
+    (0, {"losetup"}, "mkfs.ext4 not found"),
+    (0, set(), "losetup and mkfs.ext4 not found"),
+    (0, {"losetup", "mkfs.ext4"}, None),
+])
+def test_a_provider_that_cannot_make_job_disks_says_why_in_one_line(euid, tools, needle):
+    problem = disk_support_problem(euid, lambda name: f"/sbin/{name}" if name in tools else None)
+    if needle is None:
+        assert problem is None
+    else:
+        assert needle in problem and "\n" not in problem and "docs/SANDBOX.md" in problem
 
 
 def test_without_a_disk_dir_io_is_a_plain_volume_and_a_policy_limit_still_applies():
