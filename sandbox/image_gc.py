@@ -9,13 +9,18 @@ remove one that a container uses (that refusal is not an error: it is tried agai
 Rule 3: the images in the ledger may take ``budget_bytes`` of the engine's disk. Over it, the least
 recently used go first (``choose_evictions``, pure). A buyer who runs the same image again finds it
 and uploads nothing; why LRU and not removal after each job is in docs/SANDBOX.md.
+Rule 4: the ledger is bookkeeping. ``record_loaded``/``record_used`` never fail a paid job: a write the
+disk refuses is logged and the job goes on (at worst an image is not collected, or collected early);
+a write that happens is atomic and durable (own temporary file, fsync, rename).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import tempfile
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -70,33 +75,60 @@ def _read(ledger: Path) -> dict[str, LoadedImage]:
 
 
 def _write(ledger: Path, images: Mapping[str, LoadedImage]) -> None:
+    """Replace the ledger atomically and durably: a temporary file of its own (two providers sharing a
+    data dir, or a crash mid-write, never leave a torn or foreign ``.tmp``), fsynced before the rename."""
     ledger.parent.mkdir(parents=True, exist_ok=True)
-    tmp = ledger.with_suffix(".tmp")
-    tmp.write_text(json.dumps({k: {"size_bytes": v.size_bytes, "loaded_ms": v.loaded_ms, "used_ms": v.used_ms}
-                               for k, v in images.items()}, sort_keys=True))
-    os.replace(tmp, ledger)
+    data = json.dumps({k: {"size_bytes": v.size_bytes, "loaded_ms": v.loaded_ms, "used_ms": v.used_ms}
+                       for k, v in images.items()}, sort_keys=True).encode()
+    fd, tmp = tempfile.mkstemp(dir=ledger.parent, prefix=ledger.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, ledger)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):  # the rename itself made durable; a filesystem without it still has the file
+        dir_fd = os.open(ledger.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
 
-def record_loaded(image_dir: Path, client: docker.DockerClient, image_id: str, now_ms: int) -> None:
-    """Enter an image that was just loaded for a buyer (Rule 1)."""
+def record_loaded(image_dir: Path, client: docker.DockerClient, image_id: str, now_ms: int) -> bool:
+    """Enter an image that was just loaded for a buyer (Rule 1). Best effort (Rule 4): False, logged,
+    when it cannot be entered."""
     try:
         size = int(client.api.inspect_image(image_id).get("Size") or 0)
-    except FOREIGN as exc:
-        raise translate(exc, "inspect a loaded image") from exc
-    with _LOCK:
-        images = _read(image_dir / LEDGER_NAME)
-        images[image_id] = LoadedImage(image_id, size, now_ms, now_ms)
-        _write(image_dir / LEDGER_NAME, images)
-
-
-def record_used(image_dir: Path, image_id: str, now_ms: int) -> None:
-    """A job uses an image: if it is a buyer's, it becomes the most recently used."""
-    with _LOCK:
-        images = _read(image_dir / LEDGER_NAME)
-        if image_id in images:
-            old = images[image_id]
-            images[image_id] = LoadedImage(image_id, old.size_bytes, old.loaded_ms, now_ms)
+        with _LOCK:
+            images = _read(image_dir / LEDGER_NAME)
+            images[image_id] = LoadedImage(image_id, size, now_ms, now_ms)
             _write(image_dir / LEDGER_NAME, images)
+        return True
+    except (OSError, ValueError, TypeError, *FOREIGN) as exc:
+        log.warning("image %s is loaded but not entered in the buyer image ledger (%s); it will not be "
+                    "collected", image_id[:19], exc)
+        return False
+
+
+def record_used(image_dir: Path, image_id: str, now_ms: int) -> bool:
+    """A job uses an image: if it is a buyer's, it becomes the most recently used. Best effort (Rule 4):
+    False, logged, when the ledger cannot be written."""
+    try:
+        with _LOCK:
+            images = _read(image_dir / LEDGER_NAME)
+            if image_id in images:
+                old = images[image_id]
+                images[image_id] = LoadedImage(image_id, old.size_bytes, old.loaded_ms, now_ms)
+                _write(image_dir / LEDGER_NAME, images)
+        return True
+    except OSError as exc:
+        log.warning("the use of image %s is not noted in the buyer image ledger (%s)", image_id[:19], exc)
+        return False
 
 
 def collect_buyer_images(client: docker.DockerClient, image_dir: Path, in_use: frozenset[str],

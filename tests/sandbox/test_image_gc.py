@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import resource
+import signal
 import uuid
 
 import docker.errors
 import pytest
 
 from sandbox.archive import LayerEntry, image_archive, layer_tar
-from sandbox.image_gc import LoadedImage, choose_evictions, collect_buyer_images, record_loaded, record_used
+from sandbox.image_gc import (
+    LEDGER_NAME,
+    LoadedImage,
+    choose_evictions,
+    collect_buyer_images,
+    record_loaded,
+    record_used,
+)
 from sandbox.images import load_image_archive
 
 A, B, C = (LoadedImage(f"sha256:{c * 64}", 100, 0, used) for c, used in (("a", 3), ("b", 1), ("c", 2)))
@@ -59,3 +70,56 @@ def test_collection_removes_only_idle_untagged_buyer_images(tmp_path, docker_cli
                 docker_client.api.remove_image(image_id, force=True)
             except docker.errors.NotFound:
                 pass
+
+
+@contextlib.contextmanager
+def _disk_refuses_writes(limit_bytes: int = 16):
+    """Writes past ``limit_bytes`` fail with EFBIG, as on a full disk (RLIMIT_FSIZE, this process only)."""
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills the process
+    old_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, old_limit[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
+        signal.signal(signal.SIGXFSZ, old_handler)
+
+
+def _ledger_with(tmp_path, *images: LoadedImage) -> bytes:
+    ledger = tmp_path / LEDGER_NAME
+    ledger.write_text(json.dumps({i.image_id: {"size_bytes": i.size_bytes, "loaded_ms": i.loaded_ms,
+                                               "used_ms": i.used_ms} for i in images}))
+    return ledger.read_bytes()
+
+
+def test_a_ledger_write_the_disk_refuses_does_not_fail_the_job(tmp_path, caplog):
+    before = _ledger_with(tmp_path, A, B, C)
+    with _disk_refuses_writes():
+        noted = record_used(tmp_path, B.image_id, now_ms=99)
+    assert noted is False
+    assert "not noted in the buyer image ledger" in caplog.text
+    assert (tmp_path / LEDGER_NAME).read_bytes() == before  # the old ledger, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == [LEDGER_NAME]  # no temporary file left behind
+    assert record_used(tmp_path, B.image_id, now_ms=99) is True  # the disk has room again
+    assert json.loads((tmp_path / LEDGER_NAME).read_text())[B.image_id]["used_ms"] == 99
+
+
+def test_a_stale_temporary_name_does_not_block_the_ledger(tmp_path):
+    _ledger_with(tmp_path, A)
+    (tmp_path / "buyer-images.tmp").mkdir()  # what a fixed temporary name would collide with
+    assert record_used(tmp_path, A.image_id, now_ms=7) is True
+    assert json.loads((tmp_path / LEDGER_NAME).read_text())[A.image_id]["used_ms"] == 7
+
+
+@pytest.mark.docker
+def test_a_loaded_image_the_ledger_cannot_enter_does_not_fail_the_job(tmp_path, docker_client, caplog):
+    image_id = _tiny_image(docker_client)
+    try:
+        before = _ledger_with(tmp_path, A)
+        with _disk_refuses_writes():
+            entered = record_loaded(tmp_path, docker_client, image_id, now_ms=5)
+        assert entered is False and "not entered in the buyer image ledger" in caplog.text
+        assert (tmp_path / LEDGER_NAME).read_bytes() == before
+        assert sorted(p.name for p in tmp_path.iterdir()) == [LEDGER_NAME]
+    finally:
+        docker_client.api.remove_image(image_id, force=True)
