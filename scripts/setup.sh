@@ -22,6 +22,9 @@ pick_python() {
 missing=()
 [ -e /usr/include/gmp.h ] || [ -e "/usr/include/$(uname -m)-linux-gnu/gmp.h" ] || missing+=(libgmp-dev)
 command -v cc >/dev/null 2>&1 || missing+=(gcc)
+# - e2fsprogs and mount: every job's /io is an ext4 file of the agreed size on a loop device (docs/SANDBOX.md, Disk).
+command -v mkfs.ext4 >/dev/null 2>&1 || [ -x /usr/sbin/mkfs.ext4 ] || [ -x /sbin/mkfs.ext4 ] || missing+=(e2fsprogs)
+command -v losetup >/dev/null 2>&1 || [ -x /usr/sbin/losetup ] || [ -x /sbin/losetup ] || missing+=(mount)
 if command -v dpkg >/dev/null 2>&1; then
     dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
 fi
