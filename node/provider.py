@@ -8,6 +8,10 @@
       publisher                      re-signs and announces the offer on change and before expiry
       control socket                 ``suanli status`` (node/control.py)
 
+Rule 0: a provider that cannot give jobs their disks (not root, no losetup or mkfs.ext4) refuses to
+start with one line, rather than advertise disk and fail every job (docs/SANDBOX.md, "Disk"). It
+takes its data-dir lock and its key lock (node.daemonlock Rules 1 and 3) before it looks at the engine,
+so of two daemons with one key that start together exactly one runs.
 Rule 1: graceful shutdown stops taking work, ends running jobs with a final receipt
 (``provider_shutdown``), then withdraws the offer; ``kill -9`` is handled at the next start (reaper
 and closing receipts), so the database always audits clean.
@@ -34,17 +38,19 @@ from market.reputation import COMPLETED, NEVER_STARTED, STOPPED_COUNTERSIGNING
 from market.service import ProviderMarket
 from market.wire import PROTOCOL_ID as NEGOTIATE_PROTOCOL
 from node import jobwire
-from node.daemonlock import lock_alive, take_daemon_lock
-from node.provider_job import ActiveJob, JobServices, serve_job
+from node.daemonlock import lock_alive, take_daemon_lock, take_key_lock
+from node.provider_job import IMAGE_DISK_BUDGET_BYTES, ActiveJob, JobServices, serve_job
 from p2p.envelope import Signed, sign_record, signed_from_wire
 from p2p.errors import ConfigError, SuanliError
 from p2p.framing import serve_framed
 from p2p.host import HostConfig, Node, open_host
 from p2p.identity import NodeKey, peer_id_from_public
-from sandbox.disk import free_bytes
+from sandbox.disk import disk_room, disk_support_problem
 from sandbox.engine import Engine, connect, probe_engine
 from sandbox.gpus import gpu_inventory
+from sandbox.image_gc import DEFAULT_BUDGET_BYTES as IMAGE_KEEP_BUDGET_BYTES
 from sandbox.image_gc import collect_buyer_images
+from sandbox.plan import default_disk_mib
 from sandbox.reaper import reap_orphans
 from sandbox.spec import LABEL_NODE, LABEL_OWNER, LABEL_ROLE, GpuInfo, ProviderPolicy
 from settlement.astore import AsyncStore, open_store
@@ -69,13 +75,16 @@ class ProviderSetup:
     bootstrap: tuple[str, ...] = ()
     cpu_millis: int = 0  # 0: every core
     memory_mib: int = 0  # 0: three quarters of the machine
-    disk_mib: int = 0  # 0: half the free disk under data_dir (jobs' /io filesystems, sandbox.disk)
+    # 0: half the free disk under data_dir once the reserve and the image budgets are taken off
+    # (sandbox.plan.default_disk_mib; jobs' /io filesystems, sandbox.disk)
+    disk_mib: int = 0
     policy: ProviderPolicy = field(default_factory=ProviderPolicy)
     hold_ms: int = 10_000
     # issue 13 M3: a confirmed agreement whose job has not started after this is closed (reason
     # `expired`), its capacity freed and `never_started` noted against the buyer.
     start_timeout_s: float = 30.0
     shutdown_grace_s: float = 30.0
+    key_lock_dir: Path | None = None  # None: /run/lock, else the temporary directory (node.daemonlock Rule 3)
 
 
 def offered_gpus(infos: list[GpuInfo], terms: ProviderTerms) -> list[OfferedGpu]:
@@ -187,22 +196,37 @@ async def close_open_agreements(store: AsyncStore, key: NodeKey) -> int:
 @asynccontextmanager
 async def open_provider(setup: ProviderSetup, *, handlers: dict[str, object] | None = None,
                         topics: dict[str, object] | None = None, dht_mode: str = "server",
-                        announce: Announce | None = None) -> AsyncIterator[ProviderRuntime]:
+                        announce: Announce | None = None,
+                        disk_support: Callable[[], str | None] = disk_support_problem,
+                        ) -> AsyncIterator[ProviderRuntime]:
+    """``disk_support`` says why job disks cannot work here (Rule 0); a test passes its own."""
     key = setup.key
+    if (problem := disk_support()) is not None:
+        raise ConfigError(f"cannot provide: {problem}", reason="no_job_disks")
     setup.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # L3: the data directory is private
     lock = take_daemon_lock(setup.data_dir)  # one daemon per data dir (node.daemonlock)
+    try:
+        key_lock = take_key_lock(key.peer_id, setup.key_lock_dir)  # one daemon per key on this host (Rule 0)
+    except BaseException:
+        lock.close()
+        raise
     try:
         client = await trio.to_thread.run_sync(connect)
         engine = Engine(client)
         facts = await engine.call(probe_engine, client, what="probe engine")
         disk_dir = setup.data_dir / "disks"
+        # Only labels on objects of this node are ever opened as lock files (node.daemonlock Rule 4):
+        # another node's markers are not ours to judge, and are left to that node's daemon.
+        ours = await engine.call(_owners_of_node, engine.api, key.peer_id, what="list this node's objects")
         reaped = await reap_orphans(engine, key.peer_id, disk_dir=disk_dir,
-                                    owner_alive=lambda owner: owner != lock.label and lock_alive(owner))
+                                    owner_alive=lambda owner: owner != lock.label
+                                    and (owner not in ours or lock_alive(owner)))
         if reaped.spared:  # two daemons with one key would bill, and once reaped, each other's jobs
             raise ConfigError(f"another suanli provider with this key ({key.peer_id}) is running on this Docker "
                               f"engine (its lock: {reaped.spared[0]}); stop it, or give this one its own key",
                               reason="already_running", path=reaped.spared[0])
     except BaseException:
+        key_lock.close()
         lock.close()
         raise
     inventory = await trio.to_thread.run_sync(gpu_inventory)
@@ -211,7 +235,10 @@ async def open_provider(setup: ProviderSetup, *, handlers: dict[str, object] | N
     gpus = offered_gpus(list(inventory.gpus), setup.terms)
     cpu = setup.cpu_millis or machine_cpu_millis()
     mem = setup.memory_mib or machine_memory_mib() * 3 // 4
-    disk = setup.disk_mib or free_bytes(setup.data_dir) // (1 << 20) // 2  # H4: half the free disk by default
+    # H4: by default half of what is free once the reserve, the uploads in flight and the kept buyer images
+    # (all on this disk, none counted in disk_mib) are taken off.
+    disk = setup.disk_mib or default_disk_mib(*await trio.to_thread.run_sync(disk_room, setup.data_dir),
+                                              IMAGE_DISK_BUDGET_BYTES + IMAGE_KEEP_BUDGET_BYTES)
     ledger = CapacityLedger(tuple(g.uuid for g in gpus), cpu, mem, setup.terms.limits.max_concurrent_jobs,
                             disk_mib=disk)
     policy = replace(setup.policy, max_cpus_millicores=cpu, max_memory_mib=mem, max_disk_mib=disk,
@@ -219,6 +246,7 @@ async def open_provider(setup: ProviderSetup, *, handlers: dict[str, object] | N
                      owner_lock=lock.label)
     async with AsyncExitStack() as stack:
         stack.callback(lock.close)
+        stack.callback(key_lock.close)
         await engine.call(client.api.create_volume, name=lock.marker_volume(), what="marker volume",
                           labels={LABEL_NODE: key.peer_id, LABEL_ROLE: "daemon", LABEL_OWNER: lock.label})
         stack.push_async_callback(_remove_marker, engine, lock.marker_volume())
@@ -291,6 +319,13 @@ async def open_provider(setup: ProviderSetup, *, handlers: dict[str, object] | N
             with trio.CancelScope(shield=True):
                 await _shutdown(runtime, announce)
             services_nursery.cancel_scope.cancel()
+
+
+def _owners_of_node(api, node_id: str) -> frozenset[str]:  # type: ignore[no-untyped-def]
+    """Blocking: the owner labels (lock files) on this node's containers and volumes."""
+    label = {"label": f"{LABEL_NODE}={node_id}"}
+    objects = api.containers(all=True, filters=label) + (api.volumes(filters=label).get("Volumes") or [])
+    return frozenset(o for obj in objects if (o := (obj.get("Labels") or {}).get(LABEL_OWNER)) is not None)
 
 
 async def _remove_marker(engine: Engine, name: str) -> None:

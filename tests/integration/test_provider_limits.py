@@ -4,8 +4,11 @@ real processes holding real locks.
 - H4: a provider refuses a job whose disk it cannot supply (free disk below what it promised).
 - M5: a job that floods its logs reaches the buyer at most at the rate limit, with one note; it still
   finishes and is billed.
-- M6: a second daemon with the same key refuses to start; the reaper spares the jobs of a live daemon
-  and reaps them once it is dead; a job killed from outside ends `killed_externally`.
+- M6: a second daemon with the same key refuses to start, also when two start at the same moment; the
+  reaper spares the jobs of a live daemon and reaps them once it is dead; a label naming a FIFO never
+  hangs the start; a job killed from outside ends `killed_externally`.
+- Review of issue 13: an image upload that would eat into the provider's disk reserve is refused before
+  a byte arrives; a provider that cannot make job disks refuses to start with one line.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import pytest
 import trio
 
 from market.service import negotiate_with, now_ms
-from node.buyer_job import BuyerHooks, JobFailed, run_job
+from node.buyer_job import BuyerHooks, run_job
 from node.daemonlock import lock_alive, take_daemon_lock
 from node.provider import open_provider
 from node.testing import local_setup, make_proposal
@@ -64,9 +67,12 @@ async def test_a_job_is_refused_when_free_disk_is_below_what_the_provider_promis
     async with open_provider(setup) as runtime:
         assert runtime.offer.record.capacity.disk_mib == free_mib * 4
         with trio.fail_after(60):
-            with pytest.raises(JobFailed, match="disk"):
-                await _buyer(runtime, buyer, tmp_path,
-                             proposal_with_disk(buyer, runtime.offer, demo_image, ["true"], free_mib + 1024))
+            # Refused where the disk is reserved (sandbox.disk, before any container): the job ends
+            # before it ran, and nothing is owed.
+            outcome = await _buyer(runtime, buyer, tmp_path,
+                                   proposal_with_disk(buyer, runtime.offer, demo_image, ["true"], free_mib + 1024))
+    assert outcome.reason == "provider_fault" and outcome.exit_code in (None, -1)
+    assert outcome.last.amount_micros == 0
     assert not list((tmp_path / "provider" / "disks").glob("*.ext4"))
     (result,) = audit(read_inputs([tmp_path / "provider" / "node.db"]))
     assert result.report.ok and result.report.amount_micros == 0
@@ -96,19 +102,137 @@ async def test_a_log_flood_reaches_the_buyer_at_the_rate_limit_with_one_note(tmp
     assert int(dropped[0].split()[0]) > 10 * burst
 
 
+def _setup(data_dir, key, key_lock_dir):
+    return replace(local_setup(data_dir, key), key_lock_dir=key_lock_dir)
+
+
 async def test_a_second_daemon_with_the_same_key_refuses_to_start(tmp_path, docker_client):
     key = generate_key()
-    async with open_provider(local_setup(tmp_path / "a", key)):
+    (tmp_path / "locks").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    async with open_provider(_setup(tmp_path / "a", key, tmp_path / "locks")):
         with pytest.raises(ConfigError, match="already running with data dir"):  # the same data dir
-            async with open_provider(local_setup(tmp_path / "a", key)):
+            async with open_provider(_setup(tmp_path / "a", key, tmp_path / "locks")):
                 pass
+        with pytest.raises(ConfigError, match="with this key .* is running on this host"):
+            async with open_provider(_setup(tmp_path / "b", key, tmp_path / "locks")):  # another data dir
+                pass
+        # Without the host's key lock (another lock directory), the engine's marker still tells.
         with pytest.raises(ConfigError, match="with this key .* is running on this Docker engine"):
-            async with open_provider(local_setup(tmp_path / "b", key)):  # another data dir, the same key
+            async with open_provider(_setup(tmp_path / "b", key, tmp_path / "elsewhere")):
                 pass
-    async with open_provider(local_setup(tmp_path / "b", key)):  # once the first has stopped, it may
+    async with open_provider(_setup(tmp_path / "b", key, tmp_path / "locks")):  # once the first has stopped
         pass
+    assert list((tmp_path / "locks").iterdir()) == []  # the key lock goes with its daemon
     label = {"label": f"{LABEL_NODE}={key.peer_id}"}
     assert not docker_client.api.volumes(filters=label).get("Volumes")
+
+
+async def test_of_two_daemons_with_one_key_starting_together_exactly_one_runs(tmp_path, docker_client):
+    """Defect 8 of the review: each used to reap before creating its marker, so both saw nobody."""
+    key = generate_key()
+    (tmp_path / "locks").mkdir()
+    ran, refused, tried = [], [], [trio.Event(), trio.Event()]
+
+    async def start(index: int) -> None:
+        try:
+            async with open_provider(_setup(tmp_path / str(index), key, tmp_path / "locks")):
+                ran.append(index)
+                tried[index].set()
+                await tried[1 - index].wait()  # still running while the other one tries
+        except ConfigError as exc:
+            refused.append((index, exc))
+            tried[index].set()
+
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(start, 0)
+            nursery.start_soon(start, 1)
+    assert len(ran) == 1 and len(refused) == 1, (ran, refused)
+    assert refused[0][1].fields.get("reason") == "already_running"
+    assert not docker_client.api.volumes(filters={"label": f"{LABEL_NODE}={key.peer_id}"}).get("Volumes")
+
+
+async def test_a_label_naming_a_fifo_does_not_hang_the_start_and_other_nodes_markers_are_left_alone(
+        tmp_path, docker_client):
+    """Defect 9 of the review: the reaper opened every node's marker label, blocking on a FIFO."""
+    fifo = tmp_path / "provider.lock"
+    os.mkfifo(fifo)
+    foreign = f"suanli-daemon-test-{uuid.uuid4().hex[:12]}"
+    docker_client.api.create_volume(foreign, labels={LABEL_NODE: "someone-else", LABEL_ROLE: "daemon",
+                                                     LABEL_OWNER: str(fifo)})
+    unblocked = []
+
+    async def watchdog() -> None:  # a reader blocked in open() cannot be cancelled: a writer releases it
+        await trio.sleep(30)
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            unblocked.append(True)
+        except OSError:
+            pass
+
+    try:
+        with trio.fail_after(90):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(watchdog)
+                async with open_provider(_setup(tmp_path / "p", generate_key(), tmp_path)):
+                    pass
+                nursery.cancel_scope.cancel()
+        assert unblocked == [], "the provider's start blocked on the FIFO"
+        assert docker_client.api.inspect_volume(foreign)["Name"] == foreign  # another node's: not ours to judge
+    finally:
+        docker_client.api.remove_volume(foreign, force=True)
+
+
+async def test_a_provider_that_cannot_make_job_disks_refuses_to_start_with_one_line(tmp_path):
+    """Defect 7 of the review: a non-root provider advertised disk and then failed every job."""
+    from sandbox.disk import disk_support_problem
+
+    setup = local_setup(tmp_path / "provider", generate_key())
+    with pytest.raises(ConfigError) as caught:
+        async with open_provider(setup, disk_support=lambda: disk_support_problem(1000)):
+            pass
+    assert "must run as root" in str(caught.value) and "\n" not in str(caught.value)
+    assert not (tmp_path / "provider").exists()  # refused before anything was created
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real filesystem of 1 GiB + 64 MiB: 64 MiB above the provider's reserve."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1088m,mode=0700", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+async def test_an_image_upload_that_would_eat_the_disk_reserve_is_refused_before_it_starts(small_disk, tmp_path):
+    from node.jobwire import MAX_FRAME_BYTES, PROTOCOL_ID, Fail, Start, Status, decode_message
+    from p2p.framing import FramedStream
+
+    provider_key, buyer = generate_key(), generate_key()
+    setup = replace(local_setup(small_disk / "provider", provider_key), disk_mib=32, key_lock_dir=tmp_path)
+    image = "sha256:" + "5e" * 32  # not on this engine: the provider must ask for its archive
+    async with open_provider(setup) as runtime, \
+            open_host(loopback_config(buyer, bootstrap=(runtime.node.addrs()[0],))) as client:
+        base = make_proposal(buyer, runtime.offer, image, ["true"]).record
+        proposal = sign_record(replace(base, job=replace(base.job, image_archive_sha256=b"\x11" * 32),
+                                       resources=replace(base.resources, disk_mib=16)), buyer)
+        with trio.fail_after(60):
+            deal = await negotiate_with(client, provider_key.peer_id, buyer, proposal)
+            framed = FramedStream(await client.open_stream(provider_key.peer_id, PROTOCOL_ID),
+                                  max_frame_bytes=MAX_FRAME_BYTES)
+            await framed.send_frame(Start(deal.agreement.record_id, 0, 40 * MIB).encode())  # 2 x 40 > 64 MiB
+            seen = []
+            while (payload := await framed.receive_frame()) is not None:
+                msg = decode_message(payload)
+                seen.append(msg)
+                if isinstance(msg, Fail) or (isinstance(msg, Status) and msg.phase == "need_image"):
+                    break
+    assert isinstance(seen[-1], Fail), seen
+    assert seen[-1].reason == "disk_full" and "keeps 1024 MiB of it for itself" in seen[-1].detail, seen[-1]
 
 
 _HOLDER = textwrap.dedent("""
