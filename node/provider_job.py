@@ -54,7 +54,7 @@ from p2p.errors import CodecError, RemoteProtocolError, SignatureError, SuanliEr
 from p2p.framing import FramedStream
 from p2p.identity import NodeKey, public_from_peer_id
 from p2p.records import Record
-from sandbox.disk import free_bytes
+from sandbox.disk import check_room
 from sandbox.engine import Engine
 from sandbox.image_gc import record_loaded, record_used
 from sandbox.images import image_env, load_image_archive, local_image_id
@@ -412,6 +412,11 @@ class JobRun:
         image_dir = self.s.image_dir
         if image_dir is not None:
             image_dir.mkdir(parents=True, exist_ok=True)
+        # H4: an upload must leave the provider's disk reserve free (sandbox.plan Rule 3); uploads in flight
+        # count in full. Measured in a thread; refused with `disk_full` before a byte is received.
+        await trio.to_thread.run_sync(lambda: check_room(image_dir or tempfile.gettempdir(),
+                                                         2 * declared + IMAGE_UPLOADS.used_bytes,
+                                                         what=f"the image upload of {declared} bytes"))
         with IMAGE_UPLOADS.reserve(2 * declared), \
                 tempfile.TemporaryFile(dir=image_dir, prefix="suanli-upload-") as f:
             self.status("need_image", f"send the archive of {image}")
@@ -433,12 +438,10 @@ class JobRun:
                           cpus_millicores=max(1, r.cpu_millis), memory_mib=max(1, r.memory_mib), gpus=r.gpus,
                           gpu_model=r.gpu_model, max_duration_ms=ag.max_duration_ms, disk_mib=max(1, r.disk_mib))
         gpus = [self.s.gpus[u] for u in self.active.allocation.gpu_uuids]
-        disk_dir = self.s.policy.disk_dir
-        # H4: refused (sandbox.plan Rule 3) when the disk that backs the jobs' /io has less free than promised.
-        free_disk = free_bytes(disk_dir) if disk_dir is not None else None
+        # H4: free disk is checked where the job's disk is reserved, in a worker thread (sandbox.plan Rule 3).
         return plan_container(spec, self.s.policy, self.s.facts, image_env=env, free_gpus=gpus,
                               node_id=self.s.node_id, agreement_id=self.active.agreement.record_id.hex(),
-                              job_key=os.urandom(4).hex(), free_disk_bytes=free_disk)
+                              job_key=os.urandom(4).hex())
 
     async def run(self, start: Start) -> None:
         final: Signed[Receipt] | None = None
