@@ -27,7 +27,7 @@ from typing import Any, Literal
 import multiaddr
 import trio
 from libp2p import new_host
-from libp2p.abc import IHost, INetStream, INotifee, ISubscriptionAPI
+from libp2p.abc import IHost, INetStream, ISubscriptionAPI
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.custom_types import TProtocol
 from libp2p.exceptions import BaseLibp2pError
@@ -132,7 +132,7 @@ def parse_multiaddr(text: str, *, what: str, need_peer: bool) -> multiaddr.Multi
     return addr
 
 
-class ConnectionCounter(INotifee):
+class ConnectionCounter(workarounds.QuietNotifee):
     """Connections accepted and made over the node's life (the bootstrap reports these)."""
 
     def __init__(self) -> None:
@@ -144,21 +144,6 @@ class ConnectionCounter(INotifee):
             self.inbound += 1
         else:
             self.outbound += 1
-
-    async def disconnected(self, network: Any, conn: Any) -> None:
-        return None
-
-    async def opened_stream(self, network: Any, stream: Any) -> None:
-        return None
-
-    async def closed_stream(self, network: Any, stream: Any) -> None:
-        return None
-
-    async def listen(self, network: Any, multiaddr: Any) -> None:
-        return None
-
-    async def listen_close(self, network: Any, multiaddr: Any) -> None:
-        return None
 
 
 class Node:

@@ -25,7 +25,14 @@ from dataclasses import dataclass, field
 
 # What one inbound stream can hold, beyond its objects: py-libp2p's Yamux receive window (unread
 # bytes, enforced by p2p.workarounds.enforce_yamux_window) plus one read chunk of p2p.framing.
-YAMUX_WINDOW_BYTES = 256 * 1024
+# A window starts at 256 KiB and py-libp2p's auto-tuning doubles it while the reader keeps up, to
+# 16 MiB (go-yamux's maximum): a peer may then send 16 MiB that wait for a reader that has slowed
+# down (an upload while the provider writes to disk). enforce_yamux_window caps the auto-tuned
+# window at YAMUX_WINDOW_BYTES, and the bound below counts the cap. 1 MiB rather than 256 KiB:
+# a window limits a stream to window / RTT (at 50 ms, 20 MiB/s instead of 5 MiB/s for an image
+# upload); on 127.0.0.1 a 64 MiB transfer ran at 180 MiB/s capped at 1 MiB, 150 MiB/s at 256 KiB and
+# 190 MiB/s uncapped (docs/OVERLAY.md).
+YAMUX_WINDOW_BYTES = 1024 * 1024
 READ_CHUNK_BYTES = 64 * 1024
 # Objects of one stream and its trio tasks (NetStream, YamuxStream, FramedStream, handler frames):
 # about 20 KiB measured with tracemalloc; 64 KiB leaves room.
@@ -35,8 +42,8 @@ STREAM_OVERHEAD_BYTES = 64 * 1024
 @dataclass(frozen=True)
 class InboundLimits:
     # Defaults: a buyer may run 50 jobs on one provider (bench/e2e.py does), each one stream, beside
-    # its negotiations, gossip and DHT streams; 256 streams in all bound strangers to 160 MiB
-    # (inbound_memory_bound at 256 KiB frames). A bootstrap serving more peers, or a benchmark of many
+    # its negotiations, gossip and DHT streams; 256 streams in all bound strangers to 352 MiB
+    # (inbound_memory_bound at 256 KiB frames and 1 MiB windows). A bootstrap serving more peers, or a benchmark of many
     # nodes on one address, raises them (HostConfig.limits).
     streams_per_peer: int = 64
     streams_per_ip: int = 128
@@ -52,15 +59,15 @@ class InboundLimits:
 
 
 # A bootstrap serves DHT and gossip to every peer of the network (one gossip stream and a few DHT
-# streams each) and runs no jobs: fewer streams per peer, many more peers. Bound: 640 MiB.
+# streams each) and runs no jobs: fewer streams per peer, many more peers. Bound: 1,408 MiB.
 BOOTSTRAP_LIMITS = InboundLimits(streams_per_peer=16, streams_per_ip=256, streams_total=1024,
                                  connections_per_ip=128, connections_total=1024)
 
 
 def inbound_memory_bound(limits: InboundLimits, max_frame_bytes: int) -> int:
     """Most bytes strangers' inbound streams can make this node hold at once: each admitted stream
-    holds at most one frame in progress, one read chunk past it, an unread Yamux window, and its
-    objects."""
+    holds at most one frame in progress, one read chunk past it, an unread Yamux window (at most
+    ``YAMUX_WINDOW_BYTES``, the cap on auto-tuning), and its objects."""
     per_stream = max_frame_bytes + READ_CHUNK_BYTES + YAMUX_WINDOW_BYTES + STREAM_OVERHEAD_BYTES
     return limits.streams_total * per_stream
 

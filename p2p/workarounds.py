@@ -44,6 +44,7 @@ Defects found while building this (not in the research doc), each with its regre
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -52,6 +53,7 @@ from typing import Any
 import libp2p
 import libp2p.kad_dht.kad_dht as _kad_module
 import libp2p.pubsub.pubsub as _pubsub_module
+import libp2p.stream_muxer.yamux.yamux as _yamux_module
 import libp2p.utils.varint as _varint_module
 import trio
 from libp2p.abc import IHost, INetStream, INotifee
@@ -69,6 +71,7 @@ from libp2p.network.exceptions import SwarmException
 from libp2p.peer.id import ID
 from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
 from libp2p.pubsub.pubsub import Pubsub
+from libp2p.rcmgr import Direction
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.exceptions import MuxedConnUnavailable
@@ -77,6 +80,7 @@ from libp2p.stream_muxer.yamux.yamux import Yamux, YamuxStream
 from libp2p.transport.tcp.tcp import TCPListener, _multiaddr_from_socket
 from multiaddr import Multiaddr
 
+from p2p.errors import LocalProtocolError
 from p2p.framing import DEFAULT_MAX_FRAME_BYTES, encode_frame
 from p2p.limits import YAMUX_WINDOW_BYTES, InboundGate
 
@@ -89,6 +93,23 @@ if libp2p.__version__ != LIBP2P_VERSION:  # pragma: no cover - a packaging error
 
 StreamHandler = Callable[[INetStream], Awaitable[None]]
 SyncValidator = Callable[[ID, Any], bool]
+
+
+def _require_parameters(owner: Any, name: str, parameters: tuple[str, ...]) -> Any:
+    """``owner.name``, after checking that it exists and takes ``parameters`` (by name, in order).
+
+    A workaround that replaces or reconfigures a py-libp2p internal checks its shape first, so that
+    an upgrade which renames, removes or reshapes it fails loudly here, when the host is built,
+    instead of a replacement being installed where nothing calls it or defaults landing on the
+    wrong parameters. (Raised, not asserted: asserts vanish under -O.)"""
+    target = getattr(owner, name, None)
+    actual = tuple(inspect.signature(target).parameters) if callable(target) else None
+    if actual != parameters:
+        raise LocalProtocolError(
+            f"py-libp2p {libp2p.__version__}: {name} is not the one the workaround was written for "
+            f"(verified on {LIBP2P_VERSION}); re-run tests/p2p/test_workarounds.py and update "
+            f"p2p/workarounds.py", expected=parameters, actual=actual, name=name)
+    return target
 
 
 # --- item 25: a flood of log noise --------------------------------------------------------------
@@ -177,11 +198,14 @@ def connection_config() -> ConnectionConfig:
 # (its "intentional barrier"), so one task and its objects (8 KiB measured) outlived every inbound
 # connection, and so did a token of the swarm's inbound limiter. The handler is now cancelled when its
 # connection is gone: tasks no longer grow with connection churn (tests/p2p/test_limits.py).
+#
+# Only inbound connections count against the inbound limits: a buyer or agent that dials many
+# providers (possibly on one address) must still accept a provider's or a peer's connection.
 def gate_inbound(host: IHost, gate: InboundGate) -> None:
     swarm: Any = host.get_network()
-    handle_stream = swarm.common_stream_handler
-    upgrade = swarm.upgrade_inbound_raw_conn
-    handle_connection = swarm._handle_inbound_connection
+    handle_stream = _require_parameters(swarm, "common_stream_handler", ("net_stream",))
+    upgrade = _require_parameters(swarm, "upgrade_inbound_raw_conn", ("raw_conn", "maddr"))
+    handle_connection = _require_parameters(swarm, "_handle_inbound_connection", ("read_write_closer", "maddr"))
     handshakes: Counter[str] = Counter()
     handlers: dict[int, trio.CancelScope] = {}  # id(the listener's stream) -> its handler's scope
     by_conn: dict[Any, trio.CancelScope] = {}  # muxed connection -> its handler's scope
@@ -196,7 +220,7 @@ def gate_inbound(host: IHost, gate: InboundGate) -> None:
                 for conn in [c for c, s in by_conn.items() if s is scope]:
                     del by_conn[conn]
 
-    class _Release(_QuietNotifee):
+    class _Release(QuietNotifee):
         async def disconnected(self, network: Any, conn: Any) -> None:
             scope = by_conn.pop(getattr(conn, "muxed_conn", None), None)
             if scope is not None:
@@ -224,8 +248,9 @@ def gate_inbound(host: IHost, gate: InboundGate) -> None:
         held_total = sum(handshakes.values())
         for conns in list(swarm.connections.values()):
             for conn in conns:
-                held_total += 1
-                held_by_ip += _remote_ip(conn.muxed_conn) == ip
+                if getattr(conn, "direction", None) == Direction.INBOUND:  # the swarm sets it (add_conn)
+                    held_total += 1
+                    held_by_ip += _remote_ip(conn.muxed_conn) == ip
         reason = gate.admit_connection(ip, held_by_ip, held_total)
         if reason is not None:
             log.info("refused a connection from %s: %s", ip, reason)
@@ -255,7 +280,9 @@ def gate_inbound(host: IHost, gate: InboundGate) -> None:
     swarm.register_notifee(_Release())
 
 
-class _QuietNotifee(INotifee):
+class QuietNotifee(INotifee):
+    """A notifee that ignores every event; subclasses override the ones they need."""
+
     async def connected(self, network: Any, conn: Any) -> None:
         return None
 
@@ -293,7 +320,7 @@ class _WindowedBuffer(bytearray):
 
     def extend(self, data: Any) -> None:
         stream = self.conn.streams.get(self.stream_id)
-        window = stream.target_recv_window if stream is not None else YAMUX_WINDOW_BYTES
+        window = min(stream.target_recv_window, YAMUX_WINDOW_BYTES) if stream is not None else YAMUX_WINDOW_BYTES
         if len(self) + len(data) > window:
             self.conn.event_shutting_down.set()
             raise RawConnError(f"peer {self.conn.peer_id} sent {len(self) + len(data) - window} bytes "
@@ -324,7 +351,24 @@ def _windowed_init(self: Yamux, *args: Any, **kwargs: Any) -> None:
     self.stream_buffers = buffers
 
 
+# Found in review (issue 13 M1): py-libp2p's auto-tuning doubles a stream's window while its reader
+# keeps up, to MAX_WINDOW_SIZE = 16 MiB (go-yamux's maximum), so a peer could leave 16 MiB per stream
+# waiting for a reader that has slowed down: 64 times what p2p.limits counted. The module global is
+# read at call time (YamuxStream._apply_autotune_epoch, and the reader's guard against oversized
+# frames, whose 64 KiB frames stay far below), so capping it caps every window; the cap is
+# p2p.limits.YAMUX_WINDOW_BYTES, which inbound_memory_bound counts.
+def cap_yamux_window() -> None:
+    _require_parameters(YamuxStream, "_apply_autotune_epoch", ("self", "buffered"))
+    start = getattr(_yamux_module, "DEFAULT_WINDOW_SIZE", None)
+    if not isinstance(getattr(_yamux_module, "MAX_WINDOW_SIZE", None), int) or not isinstance(start, int) \
+            or start > YAMUX_WINDOW_BYTES:  # a window that starts above the cap would cut honest peers off
+        raise LocalProtocolError(f"py-libp2p {libp2p.__version__}: Yamux's window constants changed "
+                                 f"(verified on {LIBP2P_VERSION})", expected=YAMUX_WINDOW_BYTES, actual=start)
+    _yamux_module.MAX_WINDOW_SIZE = YAMUX_WINDOW_BYTES
+
+
 def enforce_yamux_window() -> None:
+    cap_yamux_window()
     if Yamux.__init__ is not _windowed_init:
         Yamux.__init__ = _windowed_init  # type: ignore[method-assign]
 
@@ -620,7 +664,9 @@ def widen_kad_inbound_limit(dht: KadDHT) -> None:
 
 def limit_identify_messages() -> None:
     """Identify and identify-push read messages of up to 1 MiB (the reader's default length)."""
-    reader = _varint_module.read_length_prefixed_protobuf
+    # The defaults are rewritten by position: check the parameters they belong to first.
+    reader = _require_parameters(_varint_module, "read_length_prefixed_protobuf",
+                                 ("stream", "use_varint_format", "max_length"))
     if reader.__defaults__ != (True, LIBP2P_MESSAGE_BYTES):
         reader.__defaults__ = (True, LIBP2P_MESSAGE_BYTES)
 

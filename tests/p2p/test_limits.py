@@ -21,7 +21,15 @@ from libp2p.stream_muxer.yamux.yamux import TYPE_DATA, YAMUX_HEADER_FORMAT
 
 from p2p.framing import DEFAULT_MAX_FRAME_BYTES, FramedStream, encode_varint, serve_framed
 from p2p.host import PeerUnreachableError, open_host
-from p2p.limits import BOOTSTRAP_LIMITS, InboundGate, InboundLimits, inbound_memory_bound
+from p2p.limits import (
+    BOOTSTRAP_LIMITS,
+    READ_CHUNK_BYTES,
+    STREAM_OVERHEAD_BYTES,
+    YAMUX_WINDOW_BYTES,
+    InboundGate,
+    InboundLimits,
+    inbound_memory_bound,
+)
 from p2p.testing import count_trio_tasks, loopback_config, wait_until
 
 ECHO = "/suanli/test/echo/1"
@@ -59,9 +67,14 @@ def test_limits_below_one_are_refused():
         InboundLimits(streams_total=0)
 
 
-def test_the_default_bounds():
-    assert inbound_memory_bound(InboundLimits(), DEFAULT_MAX_FRAME_BYTES) == 160 * 2**20
-    assert inbound_memory_bound(BOOTSTRAP_LIMITS, DEFAULT_MAX_FRAME_BYTES) == 640 * 2**20
+def test_the_bound_counts_the_capped_yamux_window_of_every_stream():
+    # py-libp2p's auto-tuning grows a window to 16 MiB unless capped (p2p.workarounds caps it at
+    # YAMUX_WINDOW_BYTES); the bound must count the cap, not the 256 KiB a window starts at.
+    assert YAMUX_WINDOW_BYTES == 2**20
+    one = InboundLimits(streams_per_peer=1, streams_per_ip=1, streams_total=1)
+    assert inbound_memory_bound(one, 0) == READ_CHUNK_BYTES + YAMUX_WINDOW_BYTES + STREAM_OVERHEAD_BYTES
+    assert inbound_memory_bound(InboundLimits(), DEFAULT_MAX_FRAME_BYTES) == 352 * 2**20
+    assert inbound_memory_bound(BOOTSTRAP_LIMITS, DEFAULT_MAX_FRAME_BYTES) == 1408 * 2**20
 
 
 # --- real hosts ------------------------------------------------------------------------------------
@@ -93,15 +106,15 @@ async def _echo_once(node, target) -> bytes | None:
 
 IDENTITIES = 6
 STREAMS_EACH = 100
-DECLARED = 200_000
-SENT = 100_000  # of each half-sent frame
+DECLARED = 250_000
+SENT = 200_000  # of each half-sent frame
 
 
 async def test_half_sent_frames_from_many_identities_stay_under_the_stated_bound():
     limits = InboundLimits(streams_per_peer=6, streams_per_ip=48, streams_total=48)
     bound = inbound_memory_bound(limits, DEFAULT_MAX_FRAME_BYTES)
-    # Without limits the attack below holds IDENTITIES * STREAMS_EACH * SENT = 57 MiB, above the
-    # bound of 30 MiB (measured: 40 MiB at peak with limits of 100,000, as before issue 13).
+    # Without limits the attack below holds IDENTITIES * STREAMS_EACH * SENT = 114 MiB, above the
+    # bound of 66 MiB (48 streams, each a frame, a read chunk, a 1 MiB window and its objects).
     assert IDENTITIES * STREAMS_EACH * SENT > bound
     tracemalloc.start()
     try:
@@ -189,6 +202,65 @@ async def test_a_peer_that_ignores_the_yamux_window_loses_its_connection_not_our
                     pass
                 await wait_until(lambda: target.peer_id not in attacker.connected_peers()
                                  and attacker.peer_id not in target.connected_peers(), timeout_s=15)
+
+
+BULK = "/suanli/test/bulk/1"  # reads BULK_MIB quickly, then stops reading
+BULK_MIB = 24
+BULK_WINDOWS: list[int] = []  # the largest receive window the handler's stream reached
+
+
+async def _read_then_stall(stream) -> None:
+    got = peak = 0
+    while got < BULK_MIB * 2**20:
+        got += len(await stream.read(65536))
+        peak = max(peak, stream.muxed_stream.target_recv_window)
+    BULK_WINDOWS.append(peak)
+    await trio.sleep(3600)
+
+
+async def test_a_window_grown_by_fast_reads_stays_under_the_cap_and_a_peer_past_the_cap_is_cut_off():
+    """py-libp2p's auto-tuning doubled a quickly read stream's window up to 16 MiB, all of which a
+    peer may send while the reader is busy (an upload while the provider writes to disk): 64 times
+    the 256 KiB p2p.limits counted. The window now stops at YAMUX_WINDOW_BYTES, and bytes past it
+    cost the sender its connection."""
+    BULK_WINDOWS.clear()
+    config = loopback_config(handlers={BULK: _read_then_stall}, limits=InboundLimits())
+    async with open_host(config) as target:
+        async with open_host(loopback_config(bootstrap=(target.addrs()[0],))) as attacker:
+            stream = await attacker.host.new_stream(ID.from_base58(target.peer_id), [TProtocol(BULK)])
+            with trio.fail_after(60):
+                for _ in range(BULK_MIB):  # within flow control: the reader keeps up
+                    await stream.write(b"x" * 2**20)
+                await wait_until(lambda: bool(BULK_WINDOWS), timeout_s=30)
+            assert 0 < BULK_WINDOWS[0] <= YAMUX_WINDOW_BYTES, f"window grew to {BULK_WINDOWS[0]}"
+            # The reader has stopped; send one cap's worth and more, ignoring flow control.
+            yamux = stream.muxed_conn
+            stream_id = stream.muxed_stream.stream_id  # type: ignore[attr-defined]
+            chunk = b"x" * 60_000
+            header = struct.pack(YAMUX_HEADER_FORMAT, 0, TYPE_DATA, 0, stream_id, len(chunk))
+            with trio.fail_after(20):
+                try:
+                    for _ in range(YAMUX_WINDOW_BYTES // len(chunk) + 3):
+                        await yamux._write_frame(header + chunk)  # type: ignore[attr-defined]
+                except Exception:
+                    pass
+                await wait_until(lambda: target.peer_id not in attacker.connected_peers()
+                                 and attacker.peer_id not in target.connected_peers(), timeout_s=15)
+
+
+async def test_outbound_connections_do_not_use_up_the_inbound_limits():
+    """A buyer or agent that dials many providers on one address (or many in all) must still accept
+    inbound connections: only inbound connections count against the inbound limits."""
+    limits = InboundLimits(connections_per_ip=2, connections_total=2)
+    async with open_host(_target_config(limits, frame_timeout_s=4)) as target:
+        async with open_host(loopback_config()) as a, open_host(loopback_config()) as b:
+            with trio.fail_after(20):
+                assert await target.join((a.addrs()[0], b.addrs()[0]))
+                await wait_until(lambda: len(target.connected_peers()) == 2, timeout_s=10)
+                async with open_host(loopback_config(bootstrap=(target.addrs()[0],),
+                                                     connect_attempts=1)) as inbound:
+                    assert await _echo_once(inbound, target) == b"honest"
+            assert target.gate.refused_connections == 0
 
 
 async def test_connection_churn_leaves_no_task_behind_and_the_node_keeps_serving():

@@ -26,6 +26,7 @@ from libp2p.security.insecure.transport import PLAINTEXT_PROTOCOL_ID, InsecureTr
 from libp2p.utils.varint import read_varint_prefixed_bytes
 
 from p2p import workarounds
+from p2p.errors import LocalProtocolError
 from p2p.host import PeerUnreachableError, key_pair_of, open_host
 from p2p.identity import generate_key
 from p2p.testing import (
@@ -586,3 +587,38 @@ async def test_the_auto_connector_never_dials_a_peer_the_node_only_heard_of():
         await a.host.get_network().auto_connector.maybe_connect()  # what its timer and disconnects call
         await trio.sleep(0.3)  # bounded: a dial to a loopback listener takes milliseconds
         assert b.host.get_id() not in a.host.get_network().connections  # the defect: dialled
+
+
+# issue 13 review: workarounds that replace py-libp2p internals check their shape first -----------
+async def test_limit_identify_messages_refuses_a_reader_whose_parameters_changed(monkeypatch):
+    import libp2p.utils.varint as varint_module
+
+    async def reshaped(stream, max_length=1024 * 1024, use_varint_format=True):  # a libp2p upgrade
+        return b""
+
+    monkeypatch.setattr(varint_module, "read_length_prefixed_protobuf", reshaped)
+    with pytest.raises(LocalProtocolError, match="read_length_prefixed_protobuf"):
+        workarounds.limit_identify_messages()
+    assert reshaped.__defaults__ == (1024 * 1024, True)  # nothing was mis-assigned
+
+
+@pytest.mark.parametrize("name", ["upgrade_inbound_raw_conn", "_handle_inbound_connection"])
+async def test_gate_inbound_refuses_a_swarm_whose_methods_changed(monkeypatch, name):
+    from libp2p.network.swarm import Swarm
+
+    from p2p.limits import InboundGate
+
+    async def reshaped(self, conn, maddr, direction="inbound"):  # a libp2p upgrade
+        return None
+
+    monkeypatch.setattr(Swarm, name, reshaped)
+    host = new_host(key_pair=key_pair_of(generate_key()))
+    with pytest.raises(LocalProtocolError, match=name):
+        workarounds.gate_inbound(host, InboundGate())
+    assert getattr(host.get_network(), name).__func__ is reshaped  # nothing was replaced
+
+
+def test_the_host_s_connection_counter_is_a_quiet_notifee():
+    from p2p.host import ConnectionCounter
+
+    assert issubclass(ConnectionCounter, workarounds.QuietNotifee)
