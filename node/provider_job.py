@@ -625,8 +625,11 @@ class JobRun:
             log.info("job %s: %s", self.ag_hex, exc)
         # A job being stopped is not paused, so a job that ignores SIGTERM runs on through the stop grace
         # (10 s by default) while the final receipt may claim only up to the unsigned ceiling (billing
-        # Rule 3): it is killed at the last tick before it would run past that ceiling.
-        past_ceiling = stopping and sample.wall_ms + self.ag.terms.interval_ms > self.guard.unsigned_ceiling_ms()
+        # Rule 3). When its buyer has fallen behind (the guard would pause it), it is killed at the last
+        # tick before it would run past that ceiling (half an interval of margin: ticks jitter).
+        interval = self.ag.terms.interval_ms
+        past_ceiling = (stopping and action == PAUSE
+                        and sample.wall_ms + interval + interval // 2 > self.guard.unsigned_ceiling_ms())
         if (action == STOP or past_ceiling) and not job.exited.is_set() and not job.killed:
             # Killed at once, where it is (a paused job is never thawed for a graceful stop: Rule 5). The
             # reason is set before the kill, and the kill goes through the runner, which marks it as its
