@@ -6,10 +6,12 @@ buyer's image shares the demo's layer and differs in one config label, so every 
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
 import tarfile
+import tracemalloc
 import uuid
 
 import docker
@@ -192,3 +194,43 @@ def test_a_plain_docker_save_reads_as_its_one_image(docker_client, demo_image):
     data = b"".join(docker_client.api.get_image(DEMO_TAG))
     assert "repositories" in _files(data)
     assert demo_image in read_digests(data).image_ids()
+
+
+def _huge_pax_header(nbytes: int) -> bytes:
+    """One pax header whose data is ``nbytes`` long (a comment), as tar bytes."""
+    prefix = b"%d comment=" % nbytes
+    info = tarfile.TarInfo("pax")
+    info.type, info.size = tarfile.XHDTYPE, nbytes
+    body = prefix + b"x" * (nbytes - len(prefix) - 1) + b"\n"
+    return info.tobuf(format=tarfile.USTAR_FORMAT) + body.ljust(-(-nbytes // 512) * 512, b"\0")
+
+
+def test_a_compressed_layer_with_a_huge_header_is_refused_in_bounded_memory(docker_client, saved_demo, cleanup):
+    """The demo's real layer, gzipped behind one 32 MiB pax header (review of issue 13): refused before
+    any load, and the provider never holds the header (tarfile would read it whole)."""
+    buyer = Variant(saved_demo)
+    cleanup.append(buyer.id)
+    layer_name = buyer.layers[0]
+    buyer.layer_files[layer_name] = gzip.compress(_huge_pax_header(32 << 20) + buyer.layer_files[layer_name],
+                                                  compresslevel=1, mtime=0)
+    data = _tar({"manifest.json": _canonical([buyer.legacy_entry(None)]), **buyer.files()})
+    assert len(data) < 4 << 20  # the demo layer (busybox) and a few KiB of header
+    tracemalloc.start()
+    try:
+        with pytest.raises(ImageError, match="metadata header"):
+            _load(docker_client, data, buyer.id)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20, peak
+    assert _present(docker_client, buyer.id) is None
+
+
+def test_a_gzipped_docker_save_layer_is_read_and_loads(docker_client, saved_demo, cleanup):
+    """The guarded walk reads what Docker reads: the demo's real layer, gzipped, loads as the agreed image."""
+    buyer = Variant(saved_demo)
+    cleanup.append(buyer.id)
+    for name in buyer.layers:
+        buyer.layer_files[name] = gzip.compress(buyer.layer_files[name], mtime=0)
+    data = _tar({"manifest.json": _canonical([buyer.legacy_entry(None)]), **buyer.files()})
+    assert _load(docker_client, data, buyer.id) == buyer.id

@@ -3,14 +3,20 @@
 Each case starts from a valid archive (legacy manifest.json + OCI layout) and applies one to three
 mutations: JSON members with wrong types, lists for dicts, missing keys, huge or non-UTF-8 values
 (with digests optionally recomputed so the mutation reaches the deeper checks); tar members renamed,
-duplicated, dropped, turned into links or devices; header bytes flipped; the tar truncated.
+duplicated, dropped, turned into links or devices; header bytes flipped; the tar truncated; hostile
+tar headers (pax ``size``/sparse/global keys, oversized or chained metadata headers, malformed pax
+records, links and directories that claim data) spliced into the outer tar or into the layer, plain
+or gzip/bzip2/xz-compressed (review of issue 13).
 """
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import hashlib
 import io
 import json
+import lzma
 import random
 import tarfile
 import time
@@ -140,6 +146,69 @@ def _member_case(rng: random.Random, files: list[list[object]]) -> None:
         files.append(["blobs/sha256/" + "1" * 64, tarfile.REGTYPE, b"{}"])
 
 
+def _raw_header(name: str, kind: bytes, size: int) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.type, info.size = kind, size
+    return info.tobuf(format=tarfile.USTAR_FORMAT)
+
+
+def _pax_block(body: bytes, kind: bytes = tarfile.XHDTYPE) -> bytes:
+    return _raw_header("pax", kind, len(body)) + body.ljust(-(-len(body) // 512) * 512, b"\0")
+
+
+def _record(key: str, value: str) -> bytes:
+    record = f" {key}={value}\n".encode()
+    n = len(record) + 1
+    while len(str(n)) + len(record) != n:
+        n += 1
+    return str(n).encode() + record
+
+
+_HOSTILE: list[bytes] = [
+    _pax_block(_record("size", "0")),  # tarfile and Go read the next header where a ustar walk does not
+    _pax_block(_record("size", str(1 << 40))),
+    _pax_block(_record("size", "-1")),
+    _pax_block(_record("size", "0"), tarfile.XGLTYPE),  # tarfile applies a global header to every member
+    _pax_block(_record("path", "manifest.json"), tarfile.XGLTYPE),
+    _pax_block(_record("GNU.sparse.major", "1") + _record("GNU.sparse.minor", "0")),
+    _pax_block(_record("GNU.sparse.size", str(1 << 40))),
+    _pax_block(b"99 comment=short\n"),  # a record longer than the header
+    _pax_block(b"0 x=\n"),
+    _pax_block(b"x" * 600),
+    _pax_block(_record("comment", "x" * (70 << 10))),  # over MAX_HEADER_DATA_BYTES
+    _raw_header("././@LongLink", tarfile.GNUTYPE_LONGNAME, 70 << 10) + b"n" * (70 << 10),
+    _pax_block(_record("comment", "a")) * 5,  # a chain of metadata headers
+    _raw_header("blobs/", tarfile.DIRTYPE, 1024),  # a directory that claims data
+    _raw_header("l", tarfile.SYMTYPE, 512),
+    _raw_header("d/", tarfile.AREGTYPE, 512),
+    _raw_header("s", tarfile.GNUTYPE_SPARSE, 0),
+]
+_COMPRESS = [lambda d: d, lambda d: gzip.compress(d, mtime=0), bz2.compress, lzma.compress]
+
+
+def _boundaries(data: bytes) -> list[int]:
+    """Where each member's first header starts, and where the end-of-archive blocks start."""
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        members = tar.getmembers()
+    return [m.offset for m in members] + [max(m.offset_data + -(-m.size // 512) * 512 for m in members)]
+
+
+def _header_case(rng: random.Random, files: list[list[object]], data: bytes) -> bytes:
+    """Splice a hostile header into the outer tar at a member boundary, or into the layer."""
+    hostile = rng.choice(_HOSTILE)
+    layer_name = "blobs/sha256/" + hashlib.sha256(_LAYER).hexdigest()
+    layers = [f for f in files if f[0] == layer_name]
+    if layers and rng.random() < 0.5:
+        at = rng.choice(_boundaries(_LAYER))
+        layers[0][2] = rng.choice(_COMPRESS)(_LAYER[:at] + hostile + _LAYER[at:])
+        return _tar(files)
+    try:
+        at = rng.choice(_boundaries(data))
+    except (tarfile.TarError, IndexError):
+        at = 0
+    return data[:at] + hostile + data[at:]
+
+
 def _tar(files: list[list[object]]) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
@@ -171,6 +240,8 @@ def fuzz_case(rng: random.Random) -> bytes:
     for _ in range(rng.randint(1, 3)):
         (_json_case if rng.random() < 0.6 else _member_case)(rng, files)
     data = _tar(files)
+    if rng.random() < 0.15:
+        data = _header_case(rng, files, data)
     return _byte_case(rng, data) if rng.random() < 0.25 else data
 
 
@@ -214,3 +285,39 @@ def test_oversized_pax_header_is_refused_before_it_is_read():
         tar.addfile(info, io.BytesIO(b""))
     with pytest.raises(ImageError, match="metadata header"):
         inspect_archive(io.BytesIO(buf.getvalue()))
+
+
+def test_every_hostile_header_is_refused_wherever_it_is_spliced():
+    """Not only "a value or ImageError": each shape of _HOSTILE, at every member boundary of the
+    outer tar and of the layer (each compression), is refused."""
+    layer_name = "blobs/sha256/" + hashlib.sha256(_LAYER).hexdigest()
+    cases = 0
+    for hostile in _HOSTILE:
+        for at in _boundaries(_BASE):
+            with pytest.raises(ImageError):
+                read_digests(_BASE[:at] + hostile + _BASE[at:])
+            cases += 1
+        for at in _boundaries(_LAYER):
+            for compress in _COMPRESS:
+                files = [list(f) for f in _BASE_FILES]
+                next(f for f in files if f[0] == layer_name)[2] = compress(_LAYER[:at] + hostile + _LAYER[at:])
+                with pytest.raises(ImageError):
+                    read_digests(_tar(files))
+                cases += 1
+    assert cases > 300
+
+
+def test_binary_xattrs_and_non_utf8_names_in_a_layer_still_read():
+    """What real layers hold: a file capability (a binary pax value) and a file name that is not UTF-8."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT, encoding="utf-8",
+                      errors="surrogateescape") as tar:
+        info = tarfile.TarInfo("bin/ping")
+        info.size = 1
+        info.pax_headers = {"SCHILY.xattr.security.capability": "\x01\x00\x00\x02 \x00\x00\x00"}
+        tar.addfile(info, io.BytesIO(b"p"))
+        info = tarfile.TarInfo("caf\udce9")
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"c"))
+    data, digests = image_archive(buf.getvalue(), {}, architecture="amd64")
+    assert read_digests(data).config_digest == digests.config_digest
