@@ -363,10 +363,12 @@ def _number(field: bytes, what: str, offset: int) -> int:
 
 
 def _check_block(block: bytes, offset: int) -> None:
+    """The header's checksum, as tarfile and Go accept it: the unsigned sum, or the signed one that
+    some old tars wrote (computed only when the unsigned one does not match)."""
     stored = _number(block[148:156], "checksum", offset)
-    unsigned = 256 + sum(block[:148]) + sum(block[156:])
-    signed = 256 + sum(b - 256 if b > 127 else b for b in block[:148] + block[156:])
-    if stored not in (unsigned, signed):
+    if stored == 256 + sum(block[:148]) + sum(block[156:]):
+        return
+    if stored != 256 + sum(b - 256 if b > 127 else b for b in block[:148] + block[156:]):
         raise _refuse("a tar header has a bad checksum", offset=offset)
 
 
