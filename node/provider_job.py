@@ -514,17 +514,15 @@ class JobRun:
             env = await self.s.engine.call(image_env, self.s.engine.client, image_id, what="inspect image")
             plan = self.plan(image_id, env)
         except (SuanliError, OSError) as exc:
-            reason = getattr(exc, "reason", None) or PROVIDER_FAULT
-            log.warning("job %s cannot start: %s", self.ag_hex, exc)
-            self.outbox.control(Fail(str(reason)[:256], str(exc)[:2048]))
-            # Close the (empty) chain: a final receipt that claims nothing (settlement.chain: closing).
-            return await self.issue(0, Usage(0, 0, 0, 0, 0, 0), final=(PROVIDER_FAULT, None, None))
+            return await self._cannot_start(exc)
         self.status("starting")
         result, last, outputs = None, None, b""
+        started = False
         try:
             async with open_job(self.s.engine, plan, inputs=inputs) as job:
                 try:
                     await job.start()
+                    started = True
                     self.status("running", f"container {job.id[:12]}")
                     last = await self._supervise(job, outer)
                 except* SuanliError as group:  # Rule 4: an engine or store error still ends the chain
@@ -542,10 +540,20 @@ class JobRun:
                     except SuanliError as exc:
                         log.warning("job %s: outputs could not be read: %s", self.ag_hex, exc)
         except SuanliError as exc:
-            log.warning("job %s: the container could not be created or removed: %s", self.ag_hex, exc)
+            if not started:  # the job's disk, volume or container could not be made: nothing ran
+                return await self._cannot_start(exc)
+            log.warning("job %s: the container could not be removed: %s", self.ag_hex, exc)
             if result is None:
                 self.active.request_stop(PROVIDER_FAULT)
         return await self._finish(result, last, outputs)
+
+    async def _cannot_start(self, exc: SuanliError | OSError) -> Signed[Receipt]:
+        """The buyer hears why (``job.fail`` with the error's reason, e.g. ``disk_full``), and the empty
+        chain is closed by a final receipt that claims nothing (settlement.chain: closing)."""
+        reason = getattr(exc, "reason", None) or PROVIDER_FAULT
+        log.warning("job %s cannot start: %s", self.ag_hex, exc)
+        self.outbox.control(Fail(str(reason)[:256], str(exc)[:2048]))
+        return await self.issue(0, Usage(0, 0, 0, 0, 0, 0), final=(PROVIDER_FAULT, None, None))
 
     async def _supervise(self, job, outer: trio.Nursery) -> MeterSample | None:  # type: ignore[no-untyped-def]
         logs_send, logs = trio.open_memory_channel(256)

@@ -24,7 +24,7 @@ import pytest
 import trio
 
 from market.service import negotiate_with, now_ms
-from node.buyer_job import BuyerHooks, run_job
+from node.buyer_job import BuyerHooks, JobFailed, run_job
 from node.daemonlock import lock_alive, take_daemon_lock
 from node.provider import open_provider
 from node.testing import local_setup, make_proposal
@@ -66,13 +66,12 @@ async def test_a_job_is_refused_when_free_disk_is_below_what_the_provider_promis
     setup = replace(local_setup(tmp_path / "provider", provider_key), disk_mib=free_mib * 4)
     async with open_provider(setup) as runtime:
         assert runtime.offer.record.capacity.disk_mib == free_mib * 4
-        with trio.fail_after(60):
-            # Refused where the disk is reserved (sandbox.disk, before any container): the job ends
-            # before it ran, and nothing is owed.
-            outcome = await _buyer(runtime, buyer, tmp_path,
-                                   proposal_with_disk(buyer, runtime.offer, demo_image, ["true"], free_mib + 1024))
-    assert outcome.reason == "provider_fault" and outcome.exit_code in (None, -1)
-    assert outcome.last.amount_micros == 0
+        with trio.fail_after(60), pytest.raises(JobFailed) as caught:
+            # Refused where the disk is reserved (sandbox.disk, before any container): the buyer hears
+            # why (job.fail disk_full), the job ends before it ran, and nothing is owed.
+            await _buyer(runtime, buyer, tmp_path,
+                         proposal_with_disk(buyer, runtime.offer, demo_image, ["true"], free_mib + 1024))
+    assert caught.value.fields.get("reason") == "disk_full", caught.value
     assert not list((tmp_path / "provider" / "disks").glob("*.ext4"))
     (result,) = audit(read_inputs([tmp_path / "provider" / "node.db"]))
     assert result.report.ok and result.report.amount_micros == 0
