@@ -191,19 +191,24 @@ async def test_a_peer_that_ignores_the_yamux_window_loses_its_connection_not_our
     async with open_host(_target_config(InboundLimits(), frame_timeout_s=4)) as target:
         async with open_host(loopback_config(bootstrap=(target.addrs()[0],))) as attacker:
             stream = await attacker.host.new_stream(ID.from_base58(target.peer_id), [TProtocol(SINK)])
-            yamux = stream.muxed_conn
-            stream_id = stream.muxed_stream.stream_id  # type: ignore[attr-defined]
-            chunk = b"x" * 60_000
-            header = struct.pack(YAMUX_HEADER_FORMAT, 0, TYPE_DATA, 0, stream_id, len(chunk))
-            with trio.fail_after(20):
-                try:
-                    # 2 MiB to a handler that does not read: eight windows' worth, past flow control.
-                    for _ in range(35):
-                        await yamux._write_frame(header + chunk)  # type: ignore[attr-defined]
-                except Exception:
-                    pass
-                await wait_until(lambda: target.peer_id not in attacker.connected_peers()
-                                 and attacker.peer_id not in target.connected_peers(), timeout_s=15)
+            # 2 MiB to a handler that does not read: eight starting windows' worth.
+            await _overrun_window_and_expect_cut_off(attacker, target, stream, 2 * 2**20)
+
+
+async def _overrun_window_and_expect_cut_off(attacker, target, stream, total_bytes: int) -> None:
+    """Write ``total_bytes`` to ``stream`` past Yamux flow control; the target must hang up."""
+    yamux = stream.muxed_conn
+    stream_id = stream.muxed_stream.stream_id
+    chunk = b"x" * 60_000
+    header = struct.pack(YAMUX_HEADER_FORMAT, 0, TYPE_DATA, 0, stream_id, len(chunk))
+    with trio.fail_after(20):
+        try:
+            for _ in range(total_bytes // len(chunk) + 1):
+                await yamux._write_frame(header + chunk)
+        except Exception:
+            pass
+        await wait_until(lambda: target.peer_id not in attacker.connected_peers()
+                         and attacker.peer_id not in target.connected_peers(), timeout_s=15)
 
 
 BULK = "/suanli/test/bulk/1"  # reads BULK_MIB quickly, then stops reading
@@ -214,7 +219,10 @@ BULK_WINDOWS: list[int] = []  # the largest receive window the handler's stream 
 async def _read_then_stall(stream) -> None:
     got = peak = 0
     while got < BULK_MIB * 2**20:
-        got += len(await stream.read(65536))
+        data = await stream.read(65536)
+        if not data:
+            return
+        got += len(data)
         peak = max(peak, stream.muxed_stream.target_recv_window)
     BULK_WINDOWS.append(peak)
     await trio.sleep(3600)
@@ -236,18 +244,7 @@ async def test_a_window_grown_by_fast_reads_stays_under_the_cap_and_a_peer_past_
                 await wait_until(lambda: bool(BULK_WINDOWS), timeout_s=30)
             assert 0 < BULK_WINDOWS[0] <= YAMUX_WINDOW_BYTES, f"window grew to {BULK_WINDOWS[0]}"
             # The reader has stopped; send one cap's worth and more, ignoring flow control.
-            yamux = stream.muxed_conn
-            stream_id = stream.muxed_stream.stream_id  # type: ignore[attr-defined]
-            chunk = b"x" * 60_000
-            header = struct.pack(YAMUX_HEADER_FORMAT, 0, TYPE_DATA, 0, stream_id, len(chunk))
-            with trio.fail_after(20):
-                try:
-                    for _ in range(YAMUX_WINDOW_BYTES // len(chunk) + 3):
-                        await yamux._write_frame(header + chunk)  # type: ignore[attr-defined]
-                except Exception:
-                    pass
-                await wait_until(lambda: target.peer_id not in attacker.connected_peers()
-                                 and attacker.peer_id not in target.connected_peers(), timeout_s=15)
+            await _overrun_window_and_expect_cut_off(attacker, target, stream, YAMUX_WINDOW_BYTES + 120_000)
 
 
 async def test_outbound_connections_do_not_use_up_the_inbound_limits():
