@@ -10,8 +10,9 @@ Rule 1: a stream is admitted only while its peer, its IP address and the whole n
 their limit; it holds one slot of each until it ends (``release``). A stream refused is reset at
 once, before protocol negotiation, so it never holds a buffer.
 Rule 2: an inbound connection is admitted only while its IP address and the whole node hold fewer
-connections (established or still in their handshake) than their limits; per peer, py-libp2p keeps
-one connection (``max_connections_per_peer=1``).
+inbound connections (established or still in their handshake) than their limits; connections the
+node dialled itself are not counted, so a buyer or agent dialling many providers still accepts
+connections. Per peer, py-libp2p keeps one connection (``max_connections_per_peer=1``).
 Rule 3: a frame that has started must be complete within ``frame_timeout_s`` (``p2p.framing``), so a
 half-sent frame holds its slot and its bytes for a bounded time.
 The memory bound this gives is stated by ``inbound_memory_bound`` and measured in
@@ -113,8 +114,8 @@ class InboundGate:
 
     # -- connections (Rule 2) -------------------------------------------------------------------
     def admit_connection(self, ip: str, held_by_ip: int, held_total: int) -> str | None:
-        """May one more connection from ``ip`` start its handshake, given what is held now
-        (established plus handshakes in progress)? The reason it may not, or None."""
+        """May one more connection from ``ip`` start its handshake, given the inbound connections
+        held now (established plus handshakes in progress)? The reason it may not, or None."""
         reason = None
         if held_by_ip >= self.limits.connections_per_ip:
             reason = f"address {ip} holds {self.limits.connections_per_ip} connections"

@@ -30,6 +30,11 @@ Defects found while building this (not in the research doc), each with its regre
   (``quiet_libp2p_logging``).
 - Yamux credits the peer's window after almost every read, doubling the frames of small-message
   streams (``batch_window_updates``).
+- Yamux keeps bytes sent past a stream's window, and auto-tunes windows up to 16 MiB, far past what
+  ``p2p.limits`` counts per stream (``enforce_yamux_window``, ``cap_yamux_window``; tests in
+  ``tests/p2p/test_limits.py``).
+- Internals replaced or reconfigured here are checked by parameter names first
+  (``_require_parameters``), so a py-libp2p upgrade that reshapes one fails when a host is built.
 - Every frame costs more trips through trio's scheduler and more formatting than it needs: a 2-byte
   socket read per Noise message, debug strings built with logging off, a checkpoint after each
   write, one write per frame when many streams write at once (``lean_frame_io``).
