@@ -60,6 +60,7 @@ disk_mib = 0                   # 0..1073741824; scratch disk offered for jobs' /
 # Images allowed, pinned by id ("sha256:..."); empty = any image the buyer supplies.
 allowed_images = []
 offer_ttl_s = 120              # 10..86400; how long each signed offer lives; it is re-issued at half-life
+start_window_s = 30            # 5..600; an agreement whose job has not started by then is closed, its capacity freed
 
 [receipts]
 interval_ms = 1000             # 100..60000; one co-signed receipt per interval
@@ -89,6 +90,7 @@ RANGES: dict[str, tuple[int, int]] = {
     "limits.memory_mib": (0, 16_777_216),             # 16 TiB
     "limits.disk_mib": (0, MAX_DISK_MIB),             # 1 PiB, as `suanli run --disk`
     "limits.offer_ttl_s": (10, 86_400),               # a day
+    "limits.start_window_s": (5, 600),
     "receipts.interval_ms": (100, 60_000),
     "receipts.countersign_timeout_ms": (100, 600_000),
     "receipts.grace_ms": (0, 600_000),
@@ -128,7 +130,7 @@ _TOP = {"data_dir", "key", "listen", "bootstrap", "prices", "limits", "receipts"
 _SECTIONS: dict[str, set[str]] = {
     "prices": {"cpu_core_micros_per_s", "memory_gib_micros_per_s", "gpu_micros_per_s"},
     "limits": {"max_duration_s", "max_concurrent_jobs", "cpu_millis", "memory_mib", "disk_mib", "allowed_images",
-               "offer_ttl_s"},
+               "offer_ttl_s", "start_window_s"},
     "receipts": {"interval_ms", "countersign_timeout_ms", "grace_ms", "exposure_cap_micros"},
     "sandbox": {"runtime", "pids_limit", "log_rate_bytes_per_s", "log_burst_bytes"},
 }
@@ -151,6 +153,7 @@ class ProviderConfig:
     disk_mib: int = 0  # 0: at start, sandbox.plan.default_disk_mib of the free disk under data_dir
     log_rate_bytes_per_s: int = 65536
     log_burst_bytes: int = 262144
+    start_window_s: int = 30  # issue 13 M3: an unstarted agreement is closed after this
 
 
 class _Reader:
@@ -267,7 +270,8 @@ def load_config(path: str | os.PathLike[str]) -> ProviderConfig:
         runtime=runtime or None, pids_limit=r.whole(sb, "sandbox", "pids_limit", 256, 16),
         disk_mib=r.whole(lim, "limits", "disk_mib", 0),
         log_rate_bytes_per_s=r.whole(sb, "sandbox", "log_rate_bytes_per_s", 65536),
-        log_burst_bytes=r.whole(sb, "sandbox", "log_burst_bytes", 262144), ranges=r.checked)
+        log_burst_bytes=r.whole(sb, "sandbox", "log_burst_bytes", 262144),
+        start_window_s=r.whole(lim, "limits", "start_window_s", 30), ranges=r.checked)
 
 
 def write_example(path: str | os.PathLike[str]) -> Path:

@@ -47,7 +47,7 @@ async def _provide(config, as_json: bool) -> None:  # type: ignore[no-untyped-de
         log.info("created key %s (peer id %s)", config.key_path, key.peer_id)
     setup = ProviderSetup(key=key, data_dir=config.data_dir, terms=config.terms, listen=config.listen,
                           bootstrap=config.bootstrap, cpu_millis=config.cpu_millis, memory_mib=config.memory_mib,
-                          disk_mib=config.disk_mib,
+                          disk_mib=config.disk_mib, start_timeout_s=config.start_window_s,
                           policy=replace(ProviderPolicy(), runtime=config.runtime, pids_limit=config.pids_limit,
                                          log_rate_bytes_per_s=config.log_rate_bytes_per_s,
                                          log_burst_bytes=config.log_burst_bytes))

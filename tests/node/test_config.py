@@ -155,3 +155,13 @@ def test_huge_ttl_through_the_real_cli_is_one_line_and_exit_2(tmp_path):
                           capture_output=True, text=True, timeout=60, env=env)
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.count("\n") == 1 and "limits.offer_ttl_s: expected a whole number in 10..86400" in done.stderr
+
+
+def test_the_start_window_reaches_the_provider_and_has_a_range(tmp_path):
+    """Issue 13 M3: how long an agreement may stay unstarted is the operator's, within 5..600 s."""
+    path = tmp_path / "c.toml"
+    path.write_text(EXAMPLE.replace("start_window_s = 30", "start_window_s = 12", 1))
+    assert load_config(path).start_window_s == 12
+    path.write_text(EXAMPLE.replace("start_window_s = 30", "start_window_s = 3600", 1))
+    with pytest.raises(ConfigError, match=r"limits.start_window_s: expected a whole number in 5..600"):
+        load_config(path)
