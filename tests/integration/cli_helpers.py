@@ -16,10 +16,18 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import trio
+
+from node.overlay import provider_overlay
+from node.provider import ProviderRuntime, open_provider
+from node.testing import local_setup
+from p2p.identity import generate_key
 from settlement.records import Receipt
 from settlement.store import Store
 
@@ -186,6 +194,28 @@ def run_cli(*args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[st
     """A short ``suanli`` command, run to completion (bounded)."""
     return subprocess.run([*suanli(), *args], capture_output=True, text=True, timeout=timeout_s)
 
+
+async def run_cli_async(*args: str) -> tuple[int, str, str]:
+    """A ``suanli`` command run to completion from a trio test: (exit code, stdout, stderr). The caller
+    bounds it (``trio.fail_after``)."""
+    proc = await trio.run_process([*suanli(), *args], capture_stdout=True, capture_stderr=True, check=False)
+    return proc.returncode, proc.stdout.decode(), proc.stderr.decode()
+
+
+@asynccontextmanager
+async def provider_on_overlay(tmp_path: Path, **setup_changes: Any) -> AsyncIterator[ProviderRuntime]:
+    """A provider in this process (``node.testing.local_setup`` under ``tmp_path / "p"``, with
+    ``setup_changes`` applied, e.g. ``disk_mib``) serving the overlay on 127.0.0.1, so that a ``suanli run
+    --bootstrap <its address>`` finds it; stopped on exit."""
+    overlay = provider_overlay()
+    setup = replace(local_setup(tmp_path / "p", generate_key()), **setup_changes)
+    async with open_provider(setup, handlers=overlay.handlers, topics=overlay.topics,
+                             announce=overlay.announce) as runtime:
+        overlay.attach(runtime)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(overlay.serve, runtime)
+            yield runtime
+            nursery.cancel_scope.cancel()
 
 
 def start_bootstrap(procs: Processes, root: Path) -> str:

@@ -7,35 +7,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from contextlib import asynccontextmanager
 
 import pytest
 import trio
+from cli_helpers import provider_on_overlay, run_cli_async
 
-from node.overlay import provider_overlay
-from node.provider import open_provider
-from node.testing import FAST_TERMS, local_setup
-from p2p.identity import generate_key
+from node.testing import FAST_TERMS
 
 CAP = FAST_TERMS.receipts.exposure_cap_micros
-
-
-@asynccontextmanager
-async def provider_on_overlay(tmp_path):
-    overlay = provider_overlay()
-    async with open_provider(local_setup(tmp_path / "p", generate_key()), handlers=overlay.handlers,
-                             topics=overlay.topics, announce=overlay.announce) as runtime:
-        overlay.attach(runtime)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(overlay.serve, runtime)
-            yield runtime
-            nursery.cancel_scope.cancel()
-
-
-async def _run_cli(*args):
-    proc = await trio.run_process([sys.executable, "-m", "node.cli", *args], capture_stdout=True,
-                                  capture_stderr=True, check=False)
-    return proc.returncode, proc.stdout.decode(), proc.stderr.decode()
 
 
 @pytest.mark.docker
@@ -48,9 +27,10 @@ async def test_offers_above_the_buyers_max_exposure_are_refused_and_explained(tm
         common = ("--local", "--bootstrap", boot, "--data-dir", str(home), "--image", demo_image, "--wait", "2",
                   "--cpus", "0.5", "--memory", "128m")
         with trio.fail_after(120):
-            by_file = await _run_cli("run", *common, "--", "true")
-            by_flag = await _run_cli("run", *common, "--max-exposure", str(CAP - 1), "--", "true")
-            allowed = await _run_cli("run", "--dry-run", "--json", *common, "--max-exposure", str(CAP), "--", "true")
+            by_file = await run_cli_async("run", *common, "--", "true")
+            by_flag = await run_cli_async("run", *common, "--max-exposure", str(CAP - 1), "--", "true")
+            allowed = await run_cli_async("run", "--dry-run", "--json", *common, "--max-exposure", str(CAP), "--",
+                                          "true")
     for code, out, err in (by_file, by_flag):
         assert code == 3, (out, err)
         assert f"exposure cap {CAP} > your max exposure {CAP - 1}" in err
