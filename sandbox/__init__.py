@@ -7,6 +7,7 @@ Pure cores (no docker, trio or pynvml import; `now` and data in, data out; table
     metering.py  Meter: run-state clock (paused time excluded) + cumulative integer usage → MeterSample
     nvml.py      NVML records → GPU inventory, per-job GPU readings (host PID → container id)
     archive.py   deterministic docker-archive/OCI image archives; digests recomputed from any archive
+    tarwalk.py   the guarded reader of untrusted tars (outer tar and layers): headers checked before data
     jobio.py     the /io volume as tar bytes (inputs in, outputs out; which /io/out entries go back),
                  log line splitting, the log body decoder (LogFrames), the log rate limit (LogRateLimit)
 

@@ -18,16 +18,15 @@ and every member must belong to it; anything else is refused before any load. Wh
 Rule 4 (issue 13 L5): for any input bytes, ``inspect_archive``/``read_digests`` return a value or
 raise ImageError, nothing else; memory stays bounded whatever the archive's size (JSON members,
 tar metadata headers and member counts have limits; blobs are streamed, never read whole).
-Rule 5 (review of issue 13): tarfile never reads a buyer's tar. One guarded walk (``_walk_tar``) reads
-the headers of the outer tar and of each layer (gzip, bzip2 and xz decompressed as a stream), builds
-the member map, and refuses any pax or GNU long-name header over MAX_HEADER_DATA_BYTES before reading
-it, and any header on which tar readers could disagree about where the next header starts.
+Rule 5 (review of issue 13): tarfile never reads a buyer's tar. One guarded walk (``sandbox.tarwalk``)
+reads the headers of the outer tar and of each layer (gzip, bzip2 and xz decompressed as a stream), and
+refuses any pax or GNU long-name header over its MAX_HEADER_DATA_BYTES before reading it, and any header
+on which tar readers could disagree about where the next header starts; this module builds the member
+map from what it yields.
 """
 
 from __future__ import annotations
 
-import bz2
-import gzip
 import hashlib
 import io
 import json
@@ -36,11 +35,12 @@ import posixpath
 import re
 import tarfile
 import zlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import IO, Protocol, cast
+from typing import IO
 
 from p2p.errors import ImageError
+from sandbox.tarwalk import Blocks, Member, Section, decompress, walk_tar
 
 NOBODY = 65534
 
@@ -161,11 +161,9 @@ def _blob(digest: str) -> str:
 MAX_MEMBERS = 4096  # tar members of an image archive, directories included
 MAX_LAYERS = 256  # Docker itself stops at 127 on overlay
 MAX_JSON_BYTES = 4 << 20  # manifest.json, index.json, an OCI manifest, an image config
-MAX_HEADER_DATA_BYTES = 64 << 10  # one pax or GNU long-name header (read whole, in the outer tar and each layer)
 MAX_UNPACKED_BYTES = 8 << 30  # the image's files once unpacked (gzip/bzip2/xz layers are expanded)
 MAX_LAYER_ENTRIES = 1_000_000  # entries of one layer
 _COPY_BYTES = 1 << 20
-_SKIP_BYTES = 64 << 10  # a layer's file data, decompressed and discarded (read size bounds the decompressor)
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _METADATA = frozenset({"manifest.json", "index.json", "oci-layout", "repositories"})  # rewritten or dropped
 _MANIFEST_TYPES = frozenset({"application/vnd.oci.image.manifest.v1+json",
@@ -228,49 +226,12 @@ def inspect_archive(f: IO[bytes], *, archive_sha256: str | None = None,
         raise ImageError(f"not a readable image archive: {type(exc).__name__}: {exc}"[:300]) from exc
 
 
-class _Section:
-    """One member's data, read from the archive file (seeking each time: the walk shares the file)."""
-
-    def __init__(self, f: IO[bytes], member: _Member) -> None:
-        self.f, self.pos, self.end = f, member.offset, member.offset + member.size
-
-    def read(self, size: int = -1) -> bytes:
-        n = self.end - self.pos if size is None or size < 0 else min(size, self.end - self.pos)
-        self.f.seek(self.pos)
-        data = self.f.read(n)
-        self.pos += len(data)
-        return data
-
-    def readable(self) -> bool:
-        return True
-
-
-class _Reader(Protocol):
-    def read(self, size: int = -1, /) -> bytes: ...
-
-
-def _decompressed(layer: _Section) -> _Reader:
-    """The layer's tar as a stream, by the magic numbers Docker itself recognises (pkg/archive)."""
-    head = layer.read(6)
-    layer.pos -= len(head)
-    src = cast(IO[bytes], layer)
-    if head.startswith(b"\x1f\x8b\x08"):
-        return gzip.GzipFile(fileobj=src, mode="rb")
-    if head.startswith(b"BZh"):
-        return bz2.BZ2File(src, "rb")
-    if head.startswith(b"\xfd7zXZ\x00"):
-        return lzma.LZMAFile(src, "rb", format=lzma.FORMAT_XZ)
-    if head.startswith(b"\x28\xb5\x2f\xfd"):
-        raise _refuse("a zstd-compressed layer is not supported: save the image with gzip layers")
-    return layer
-
-
-def _unpacked_size(f: IO[bytes], member: _Member, allowed: int) -> int:
+def _unpacked_size(f: IO[bytes], member: Member, allowed: int) -> int:
     """The bytes one layer writes when unpacked, read as a stream through the guarded walk (bounded
     memory, Rule 5); ImageError past ``allowed``, for a sparse file, or for too many entries."""
     total = 0
-    blocks = _Blocks(_decompressed(_Section(f, member)), None)
-    for info in _walk_tar(blocks, MAX_LAYER_ENTRIES, "a layer has too many entries"):
+    blocks = Blocks(decompress(Section(f, member)), None)
+    for info in walk_tar(blocks, MAX_LAYER_ENTRIES, "a layer has too many entries"):
         total += info.size  # every entry with data; a link, directory or device has none (checked)
         if total > allowed:
             raise _refuse("the image would take too much disk once unpacked", limit=MAX_UNPACKED_BYTES)
@@ -281,179 +242,11 @@ def _refuse(message: str, **fields: object) -> ImageError:
     return ImageError(message, **fields)
 
 
-# Rule 5: why each shape is refused. tarfile and Go's archive/tar (what Docker unpacks layers with)
-# both apply a pax ``size`` or ``GNU.sparse.*`` key, so the next header is not where the ustar size
-# says; tarfile applies a global header's ``size``/``path`` to every later member, Go to none; both
-# skip no data after a link, directory or device, whatever its size field says. Refusing these (no
-# `docker save` writes them for an image under the size limits) leaves one reading of every tar.
-_HEADER_ONLY = frozenset(b"123456")  # link, symlink, char, block, dir, fifo: no data follows (tarfile, Go)
-_REGULAR = frozenset(b"07\0")
-_METADATA_TYPES = frozenset(b"xgLK")
-_MAX_METADATA_CHAIN = 4  # e.g. L, K, x before one member
-_REFUSED_PAX = ("size", "GNU.sparse.")
-_REFUSED_GLOBAL_PAX = ("size", "GNU.sparse.", "path", "linkpath")
-
-
-@dataclass(frozen=True)
-class _Member:
-    """One entry of a tar as the guarded walk read it."""
-
-    name: str
-    type: int  # the typeflag byte
-    size: int  # data bytes after the header (0 for a header-only type)
-    offset: int  # where its data starts in the (decompressed) tar
-
-    def isreg(self) -> bool:
-        return self.type in _REGULAR and not (self.type == 0 and self.name.endswith("/"))
-
-    def isdir(self) -> bool:
-        return self.type == ord("5") or (self.type == 0 and self.name.endswith("/"))
-
-
-class _Blocks:
-    """A tar read forward: from a seekable file (``end`` known, data skipped by seeking) or a stream."""
-
-    def __init__(self, f: _Reader | IO[bytes], end: int | None) -> None:
-        self.f, self.end, self.pos = f, end, 0
-
-    def header(self) -> bytes | None:
-        """The next 512-byte block; None at a clean end of the tar (where a header would start)."""
-        if self.end is not None and self.pos + 512 > self.end:
-            return None
-        return self.read(512, at_header=True)
-
-    def read(self, n: int, *, at_header: bool = False) -> bytes:
-        """Exactly ``n`` bytes, else ImageError (b"" only for ``at_header`` at the end of a stream)."""
-        if self.end is not None:
-            if self.pos + n > self.end:
-                raise _refuse("the tar ends inside a member", offset=self.pos)
-            cast(IO[bytes], self.f).seek(self.pos)  # ``end`` known: a seekable file
-        data = bytearray()
-        while len(data) < n:
-            chunk = self.f.read(n - len(data))
-            if not chunk:
-                break
-            data += chunk
-        if len(data) != n and not (at_header and not data):
-            raise _refuse("the tar ends inside a member", offset=self.pos)
-        self.pos += len(data)
-        return bytes(data)
-
-    def skip(self, size: int) -> None:
-        """Past one member's data and its padding to the next block."""
-        n = -(-size // 512) * 512
-        if self.end is not None:
-            if self.pos + size > self.end:
-                raise _refuse("the tar ends inside a member", offset=self.pos)
-            self.pos += n
-            return
-        while n > 0:  # discarded as it comes: no copy is kept
-            chunk = self.f.read(min(n, _SKIP_BYTES))
-            if not chunk:
-                raise _refuse("the tar ends inside a member", offset=self.pos)
-            self.pos += len(chunk)
-            n -= len(chunk)
-
-
-def _number(field: bytes, what: str, offset: int) -> int:
-    text = field.split(b"\0", 1)[0].strip(b" ")
-    if not text or not all(48 <= c <= 55 for c in text):
-        raise _refuse(f"a tar header's {what} is not plain octal (base-256 and blanks are refused)", offset=offset)
-    return int(text, 8)
-
-
-def _check_block(block: bytes, offset: int) -> None:
-    """The header's checksum, as tarfile and Go accept it: the unsigned sum, or the signed one that
-    some old tars wrote (computed only when the unsigned one does not match)."""
-    stored = _number(block[148:156], "checksum", offset)
-    if stored == 256 + sum(block[:148]) + sum(block[156:]):
-        return
-    if stored != 256 + sum(b - 256 if b > 127 else b for b in block[:148] + block[156:]):
-        raise _refuse("a tar header has a bad checksum", offset=offset)
-
-
-def _pax_records(data: bytes, offset: int) -> dict[str, str]:
-    """The records of one pax header, strictly (POSIX: "%d %s=%s\\n", the length counting itself)."""
-    records: dict[str, str] = {}
-    pos = 0
-    while pos < len(data):
-        space = data.find(b" ", pos, pos + 20)
-        digits = data[pos:space] if space > pos else b""
-        if not digits.isdigit():
-            raise _refuse("a pax header is malformed", offset=offset)
-        end = pos + int(digits)
-        record = data[space + 1:end]
-        if end > len(data) or not record.endswith(b"\n") or b"=" not in record:
-            raise _refuse("a pax header is malformed", offset=offset)
-        key, _, value = record[:-1].partition(b"=")
-        # Values may be bytes (an xattr such as security.capability); names only need to compare.
-        records[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
-        pos = end
-    return records
-
-
-def _walk_tar(blocks: _Blocks, max_entries: int, too_many: str) -> Iterator[_Member]:
-    """The members of a tar, each header checked before any of its data is read (Rule 5). The caller
-    reads or skips nothing: the walk skips each member's data itself."""
-    entries = 0
-    while True:
-        name: str | None = None
-        chain = 0
-        while True:
-            header_at = blocks.pos
-            block = blocks.header()
-            if not block or block.count(0) == 512:
-                if chain:
-                    raise _refuse("a tar metadata header is not followed by a member", offset=header_at)
-                return
-            _check_block(block, header_at)
-            kind = block[156]
-            size = _number(block[124:136], "size", header_at)
-            if kind not in _METADATA_TYPES:
-                break
-            chain += 1
-            if chain > _MAX_METADATA_CHAIN:
-                raise _refuse("a tar member has too many metadata headers", offset=header_at)
-            if size > MAX_HEADER_DATA_BYTES:
-                raise _refuse("the image archive has an oversized tar metadata header",
-                              limit=MAX_HEADER_DATA_BYTES, offset=header_at)
-            data = blocks.read(-(-size // 512) * 512)[:size]
-            if kind in b"LK":
-                if kind == ord("L"):
-                    name = data.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-                continue
-            records = _pax_records(data, header_at)
-            refused = _REFUSED_GLOBAL_PAX if kind == ord("g") else _REFUSED_PAX
-            bad = sorted(k for k in records if k.startswith(refused))
-            if any(k.startswith("GNU.sparse.") for k in bad):
-                raise _refuse("a layer holds a sparse file, which would unpack to its full size", offset=header_at)
-            if bad:
-                raise _refuse("a pax header moves or reshapes the member data (refused key)",
-                              actual=bad[0][:100], offset=header_at)
-            if kind == ord("x") and "path" in records:
-                name = records["path"]
-        raw_name = block[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")  # a layer's file names are bytes
-        if name is None:
-            prefix = block[345:500].split(b"\0", 1)[0] if block[257:263] == b"ustar\0" else b""
-            name = (prefix.decode("utf-8", "surrogateescape") + "/" + raw_name) if prefix else raw_name
-        if kind == ord("S"):
-            raise _refuse("a layer holds a sparse file, which would unpack to its full size", actual=name[:200])
-        header_only = kind in _HEADER_ONLY or (kind == 0 and raw_name.endswith("/"))
-        if header_only and size:
-            raise _refuse("a tar link, directory or device claims data", actual=name[:200], offset=header_at)
-        entries += 1
-        if entries > max_entries:
-            raise _refuse(too_many, limit=max_entries)
-        member = _Member(name, kind, size, blocks.pos)
-        blocks.skip(size)
-        yield member
-
-
-def _members(f: IO[bytes]) -> dict[str, _Member]:
+def _members(f: IO[bytes]) -> dict[str, Member]:
     """Regular files by normalised name; refuses links, devices, duplicates and odd names."""
     f.seek(0, io.SEEK_END)
-    files: dict[str, _Member] = {}
-    for info in _walk_tar(_Blocks(f, f.tell()), MAX_MEMBERS, "the image archive has too many members"):
+    files: dict[str, Member] = {}
+    for info in walk_tar(Blocks(f, f.tell()), MAX_MEMBERS, "the image archive has too many members"):
         name = _strip_dot(info.name)
         name = name.rstrip("/") if info.isdir() else name
         if not name or name == ".":
@@ -470,14 +263,14 @@ def _members(f: IO[bytes]) -> dict[str, _Member]:
     return files
 
 
-def _read_json(f: IO[bytes], files: Mapping[str, _Member], name: str,
+def _read_json(f: IO[bytes], files: Mapping[str, Member], name: str,
                what: str) -> tuple[object, bytes]:
     info = files.get(name)
     if info is None:
         raise _refuse(f"the archive's {what} is missing", actual=name[:200])
     if info.size > MAX_JSON_BYTES:
         raise _refuse(f"the archive's {what} is too large", limit=MAX_JSON_BYTES, actual=info.size)
-    data = _Section(f, info).read()
+    data = Section(f, info).read()
     try:
         return json.loads(data), data
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, int digits
@@ -503,7 +296,7 @@ def _layer_list(value: object, what: str) -> list[object]:
     return value
 
 
-def _plan(f: IO[bytes], files: dict[str, _Member], sha: str) -> ImagePlan:
+def _plan(f: IO[bytes], files: dict[str, Member], sha: str) -> ImagePlan:
     expected: dict[str, str] = {}
     config_name = manifest_name = None
     layer_names: list[str] = []
@@ -582,7 +375,7 @@ def _plan(f: IO[bytes], files: dict[str, _Member], sha: str) -> ImagePlan:
 
 
 class _HashingReader:
-    def __init__(self, f: _Section) -> None:
+    def __init__(self, f: Section) -> None:
         self.f, self.digest = f, hashlib.sha256()
 
     def read(self, size: int = -1) -> bytes:
@@ -616,7 +409,7 @@ def write_clean_archive(src: IO[bytes], plan: ImagePlan, dst: IO[bytes]) -> None
                 tar_out.addfile(_info(name, size=len(data)), io.BytesIO(data))
             for name in copied:
                 member = members[plan.sources[name]]
-                reader = _HashingReader(_Section(src, member))
+                reader = _HashingReader(Section(src, member))
                 tar_out.addfile(_info(name, size=member.size), reader)
                 actual = "sha256:" + reader.digest.hexdigest()
                 if name in plan.expected and plan.expected[name] != actual:
