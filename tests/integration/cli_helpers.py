@@ -16,12 +16,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import docker.errors
 import trio
 
 from node.overlay import provider_overlay
@@ -249,6 +250,21 @@ def status_json(data_dir: Path) -> dict[str, Any]:
     if done.returncode != 0:
         raise AssertionError(f"suanli status exited {done.returncode}: {done.stderr}")
     return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+
+@contextmanager
+def images_removed_after(client: Any) -> Iterator[list[str]]:
+    """A list for the test to put image ids in; on exit each is removed from the engine (forced), those
+    already gone skipped."""
+    ids: list[str] = []
+    try:
+        yield ids
+    finally:
+        for image_id in ids:
+            try:
+                client.api.remove_image(image_id, force=True)
+            except docker.errors.NotFound:
+                pass
 
 
 def containers_of(agreement_hex: str) -> list[str]:

@@ -17,6 +17,7 @@ import uuid
 import docker
 import docker.errors
 import pytest
+from cli_helpers import images_removed_after
 
 from p2p.errors import ImageError
 from sandbox.archive import LayerEntry, image_archive, layer_tar
@@ -100,13 +101,8 @@ def _present(client, ref: str) -> str | None:
 
 @pytest.fixture
 def cleanup(docker_client):
-    ids: list[str] = []
-    yield ids
-    for image_id in ids:
-        try:
-            docker_client.api.remove_image(image_id, force=True)
-        except docker.errors.NotFound:
-            pass
+    with images_removed_after(docker_client) as ids:
+        yield ids
 
 
 @pytest.fixture

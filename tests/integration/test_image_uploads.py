@@ -9,9 +9,9 @@ import tracemalloc
 import uuid
 from dataclasses import replace
 
-import docker.errors
 import pytest
 import trio
+from cli_helpers import images_removed_after
 
 from market.records import JobSpec
 from market.service import negotiate_with, now_ms
@@ -71,13 +71,8 @@ async def until_fail(framed: FramedStream) -> Fail | None:
 
 @pytest.fixture
 def images(docker_client):
-    ids: list[str] = []
-    yield ids
-    for image_id in ids:
-        try:
-            docker_client.api.remove_image(image_id, force=True)
-        except docker.errors.NotFound:
-            pass
+    with images_removed_after(docker_client) as ids:
+        yield ids
 
 
 async def test_a_slow_uploader_never_holds_up_another_buyer(tmp_path, images):
