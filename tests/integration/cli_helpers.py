@@ -267,6 +267,18 @@ def images_removed_after(client: Any) -> Iterator[list[str]]:
                 pass
 
 
+@contextmanager
+def tmpfs_mounted(mount: Path, size_mib: int) -> Iterator[Path]:
+    """A real filesystem of ``size_mib`` MiB at ``mount`` (created; tmpfs: nothing is written until
+    something takes space), unmounted on exit (needs root)."""
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mib}m,mode=0700", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
 def containers_of(agreement_hex: str) -> list[str]:
     """Ids of every container (running or not) labelled with this agreement."""
     done = subprocess.run(["docker", "ps", "-a", "-q", "--no-trunc", "--filter",

@@ -22,6 +22,7 @@ from dataclasses import replace
 
 import pytest
 import trio
+from cli_helpers import tmpfs_mounted
 
 from market.service import negotiate_with, now_ms
 from node.buyer_job import BuyerHooks, JobFailed, run_job
@@ -198,13 +199,8 @@ async def test_a_provider_that_cannot_make_job_disks_refuses_to_start_with_one_l
 @pytest.fixture
 def small_disk(tmp_path):
     """A real filesystem of 1 GiB + 64 MiB: 64 MiB above the provider's reserve."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1088m,mode=0700", "tmpfs", str(mount)], check=True)
-    try:
+    with tmpfs_mounted(tmp_path / "small", 1088) as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 async def test_an_image_upload_that_would_eat_the_disk_reserve_is_refused_before_it_starts(small_disk, tmp_path):

@@ -9,13 +9,13 @@ its loop device are gone after the job and, after a crash, after the reaper.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import uuid
 from dataclasses import replace
 
 import pytest
 import trio
+from cli_helpers import tmpfs_mounted
 
 from p2p.errors import SandboxError
 from sandbox.disk import disk_files, free_bytes, loop_devices
@@ -111,13 +111,8 @@ async def test_a_job_is_refused_when_the_host_has_less_free_disk_than_promised(e
 @pytest.fixture
 def small_disk(tmp_path):
     """A real filesystem of 1 GiB + 64 MiB (tmpfs: nothing is written until a job takes space)."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1088m,mode=0700", "tmpfs", str(mount)], check=True)
-    try:
+    with tmpfs_mounted(tmp_path / "small", 1088) as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 async def test_a_job_may_not_take_the_providers_reserve(engine, demo_image, node, small_disk):
