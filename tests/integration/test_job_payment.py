@@ -5,6 +5,7 @@ an unsigned claim is owed. Real hosts on 127.0.0.1, real Docker, real SQLite, re
 from __future__ import annotations
 
 import time
+from contextlib import asynccontextmanager
 
 import pytest
 import trio
@@ -45,6 +46,19 @@ pytestmark = pytest.mark.docker
 
 T = TERMS.receipts
 WINDOW_MS = unsigned_window_ms(T.interval_ms, T.countersign_timeout_ms, T.grace_ms)
+IGNORES_SIGTERM = ("sh", "-c", "trap '' TERM; while true; do sleep 0.2; done")
+
+
+@asynccontextmanager
+async def _agreed(tmp_path, demo_image, command):
+    """A provider (data under ``tmp_path / "provider"``) and a buyer's host on 127.0.0.1, agreed on a job
+    running ``command``: (the buyer's host, the buyer's key, the deal)."""
+    provider_key, buyer = generate_key(), generate_key()
+    async with open_provider(local_setup(tmp_path / "provider", provider_key)) as runtime:
+        async with open_host(loopback_config(buyer, bootstrap=(runtime.node.addrs()[0],))) as client:
+            deal = await negotiate_with(client, provider_key.peer_id, buyer,
+                                        make_proposal(buyer, runtime.offer, demo_image, list(command)))
+            yield client, buyer, deal
 
 
 async def _silent_buyer(client, deal, key=None, cancel_after=None, marks=None):
@@ -74,15 +88,22 @@ async def _silent_buyer(client, deal, key=None, cancel_after=None, marks=None):
     return receipts, output_frames, None
 
 
+def _container_events(docker_client, deal, since):
+    """The agreement's container events since ``since`` (s): their timeNano by status, in order."""
+    label = f"{LABEL_AGREEMENT}={deal.agreement.record_id.hex()}"
+    events = docker_client.api.events(since=since, until=int(time.time()) + 1, decode=True,
+                                      filters={"label": label, "type": "container"})
+    times: dict[str, list[int]] = {}
+    for e in events:
+        times.setdefault(e.get("status") or e.get("Action"), []).append(e["timeNano"])
+    return times
+
+
 async def test_a_buyer_that_never_countersigns_gets_no_outputs_and_owes_the_unsigned_claim(tmp_path, demo_image):
-    provider_key, buyer = generate_key(), generate_key()
     command = ["sh", "-c", "echo secret > /io/out/result.txt; sleep 1"]
-    async with open_provider(local_setup(tmp_path / "provider", provider_key)) as runtime:
-        async with open_host(loopback_config(buyer, bootstrap=(runtime.node.addrs()[0],))) as client:
-            deal = await negotiate_with(client, provider_key.peer_id, buyer,
-                                        make_proposal(buyer, runtime.offer, demo_image, command))
-            with trio.fail_after(60):
-                receipts, output_frames, done = await _silent_buyer(client, deal)
+    async with _agreed(tmp_path, demo_image, command) as (client, buyer, deal):
+        with trio.fail_after(60):
+            receipts, output_frames, done = await _silent_buyer(client, deal)
     assert done is not None and done.reason == "completed" and done.output_bytes == 0
     assert output_frames == 0  # the outputs never left the provider
     final = receipts[-1].record
@@ -98,7 +119,6 @@ async def test_a_buyer_that_never_countersigns_gets_no_outputs_and_owes_the_unsi
 
 
 async def test_a_job_ignoring_sigterm_after_a_cancel_is_billed_until_it_exits(tmp_path, demo_image, docker_client):
-    provider_key, buyer = generate_key(), generate_key()
     cancel = trio.Event()
     seen = []
 
@@ -108,21 +128,14 @@ async def test_a_job_ignoring_sigterm_after_a_cancel_is_billed_until_it_exits(tm
             cancel.set()
 
     since = int(time.time()) - 1
-    command = ["sh", "-c", "trap '' TERM; while true; do sleep 0.2; done"]
-    async with open_provider(local_setup(tmp_path / "provider", provider_key)) as runtime:
-        async with open_host(loopback_config(buyer, bootstrap=(runtime.node.addrs()[0],))) as client, \
-                open_store(tmp_path / "buyer.db") as store:
-            deal = await negotiate_with(client, provider_key.peer_id, buyer,
-                                        make_proposal(buyer, runtime.offer, demo_image, command))
-            await store.put_agreement(deal.agreement)
-            with trio.fail_after(90):
-                outcome = await run_job(client, buyer, store, deal, b"", None, BuyerHooks(on_receipt=on_receipt),
-                                        cancel, now_ms())
-    label = f"{LABEL_AGREEMENT}={deal.agreement.record_id.hex()}"
-    events = docker_client.api.events(since=since, until=int(time.time()) + 1, decode=True,
-                                      filters={"label": label, "type": "container"})
-    times = {e["status"]: e["timeNano"] for e in events if e.get("status") in ("start", "die")}
-    running_ms = (times["die"] - times["start"]) / 1e6
+    async with _agreed(tmp_path, demo_image, IGNORES_SIGTERM) as (client, buyer, deal), \
+            open_store(tmp_path / "buyer.db") as store:
+        await store.put_agreement(deal.agreement)
+        with trio.fail_after(90):
+            outcome = await run_job(client, buyer, store, deal, b"", None, BuyerHooks(on_receipt=on_receipt),
+                                    cancel, now_ms())
+    times = _container_events(docker_client, deal, since)
+    running_ms = (times["die"][-1] - times["start"][-1]) / 1e6
     assert outcome.reason == "buyer_cancel" and outcome.last.reason == "buyer_cancel"
     assert running_ms > 8000  # it sat out the stop grace (10 s), not the cancel
     assert abs(outcome.last.metered_ms - running_ms) <= T.interval_ms, (outcome.last.metered_ms, running_ms)
@@ -135,14 +148,9 @@ async def test_a_stopping_job_is_never_paused_so_its_claim_runs_until_the_rules_
     """The buyer cancels, then signs nothing more: the job that ignores SIGTERM keeps running through
     the stop grace (10 s). Pausing it would hide that time from the meter; instead the final receipt
     claims the real run time up to what an unsigned claim may be owed (billing Rule 3)."""
-    provider_key, buyer = generate_key(), generate_key()
-    command = ["sh", "-c", "trap '' TERM; while true; do sleep 0.2; done"]
-    async with open_provider(local_setup(tmp_path / "provider", provider_key)) as runtime:
-        async with open_host(loopback_config(buyer, bootstrap=(runtime.node.addrs()[0],))) as client:
-            deal = await negotiate_with(client, provider_key.peer_id, buyer,
-                                        make_proposal(buyer, runtime.offer, demo_image, command))
-            with trio.fail_after(90):
-                receipts, output_frames, done = await _silent_buyer(client, deal, buyer, cancel_after=3)
+    async with _agreed(tmp_path, demo_image, IGNORES_SIGTERM) as (client, buyer, deal):
+        with trio.fail_after(90):
+            receipts, output_frames, done = await _silent_buyer(client, deal, buyer, cancel_after=3)
     assert done is not None and done.reason == "buyer_cancel"
     cosigned, final = receipts[2].record, receipts[-1].record
     assert final.state == "final" and final.metered_ms >= cosigned.metered_ms + WINDOW_MS - T.interval_ms
@@ -157,22 +165,12 @@ async def test_a_silent_buyers_job_is_killed_where_it_is_paused_not_thawed_for_a
         tmp_path, demo_image, docker_client):
     """A graceful stop thaws the job and, for one that ignores SIGTERM, gives the stop grace (10 s) of
     compute nobody countersigned; a buyer that never countersigns gets only what ran before the pause."""
-    provider_key, buyer = generate_key(), generate_key()
     since = int(time.time()) - 1
-    command = ["sh", "-c", "trap '' TERM; while true; do sleep 0.2; done"]
-    async with open_provider(local_setup(tmp_path / "provider", provider_key)) as runtime:
-        async with open_host(loopback_config(buyer, bootstrap=(runtime.node.addrs()[0],))) as client:
-            deal = await negotiate_with(client, provider_key.peer_id, buyer,
-                                        make_proposal(buyer, runtime.offer, demo_image, command))
-            with trio.fail_after(60):
-                receipts, output_frames, done = await _silent_buyer(client, deal)
+    async with _agreed(tmp_path, demo_image, IGNORES_SIGTERM) as (client, buyer, deal):
+        with trio.fail_after(60):
+            receipts, output_frames, done = await _silent_buyer(client, deal)
     assert done is not None and done.reason == "buyer_unresponsive" and output_frames == 0
-    label = f"{LABEL_AGREEMENT}={deal.agreement.record_id.hex()}"
-    events = docker_client.api.events(since=since, until=int(time.time()) + 1, decode=True,
-                                      filters={"label": label, "type": "container"})
-    times: dict[str, list[int]] = {}
-    for e in events:
-        times.setdefault(e.get("status") or e.get("Action"), []).append(e["timeNano"])
+    times = _container_events(docker_client, deal, since)
     assert "pause" in times and "die" in times, times
     assert "unpause" not in times, times  # never thawed again
     running_ms = (min(times["pause"]) - min(times["start"])) / 1e6
@@ -181,24 +179,14 @@ async def test_a_silent_buyers_job_is_killed_where_it_is_paused_not_thawed_for_a
     assert final.output_digest is None  # an unresponsive buyer is offered no outputs
 
 
-def _container_events(docker_client, deal, since):
-    label = f"{LABEL_AGREEMENT}={deal.agreement.record_id.hex()}"
-    events = docker_client.api.events(since=since, until=int(time.time()) + 1, decode=True,
-                                      filters={"label": label, "type": "container"})
-    times: dict[str, list[int]] = {}
-    for e in events:
-        times.setdefault(e.get("status") or e.get("Action"), []).append(e["timeNano"])
-    return times
-
-
 async def test_the_runners_own_kill_is_never_taken_for_someone_elses(demo_image, docker_client):
     """``Job.kill`` marks the kill as the runner's before sending it (runner Rule 4), and a graceful stop
     asked for afterwards neither thaws the frozen job nor waits out its grace."""
     engine, node = Engine(docker_client), f"test-{time.time_ns()}"
     since = int(time.time()) - 1
-    plan = await prepare_job(engine, JobSpec(demo_image, ("sh", "-c", "trap '' TERM; while true; do sleep 0.2; done"),
-                                             max_duration_ms=30_000), ProviderPolicy(stop_grace_ms=10_000),
-                             node_id=node, agreement_id="b2" * 32, job_key=node[-12:])
+    plan = await prepare_job(engine, JobSpec(demo_image, IGNORES_SIGTERM, max_duration_ms=30_000),
+                             ProviderPolicy(stop_grace_ms=10_000), node_id=node, agreement_id="b2" * 32,
+                             job_key=node[-12:])
     with trio.fail_after(60):
         async with open_job(engine, plan) as job:
             await job.start()
@@ -236,14 +224,9 @@ async def test_a_silent_buyers_job_ends_buyer_unresponsive_even_when_the_exit_is
 
     monkeypatch.setattr(Job, "start", start)
     monkeypatch.setattr(Engine, "call", call)
-    provider_key, buyer = generate_key(), generate_key()
-    command = ["sh", "-c", "trap '' TERM; while true; do sleep 0.2; done"]
-    async with open_provider(local_setup(tmp_path / "provider", provider_key)) as runtime:
-        async with open_host(loopback_config(buyer, bootstrap=(runtime.node.addrs()[0],))) as client:
-            deal = await negotiate_with(client, provider_key.peer_id, buyer,
-                                        make_proposal(buyer, runtime.offer, demo_image, command))
-            with trio.fail_after(60):
-                receipts, output_frames, done = await _silent_buyer(client, deal)
+    async with _agreed(tmp_path, demo_image, IGNORES_SIGTERM) as (client, buyer, deal):
+        with trio.fail_after(60):
+            receipts, output_frames, done = await _silent_buyer(client, deal)
     assert jobs and jobs[-1].result is not None and not jobs[-1].result.killed_externally
     assert not [r for r in caplog.records if "by someone else" in r.getMessage()]
     assert done is not None and done.reason == "buyer_unresponsive" and output_frames == 0
@@ -256,17 +239,11 @@ async def test_a_job_ignoring_sigterm_after_a_cancel_is_killed_when_the_buyer_fa
     would run the whole stop grace (10 s), of which the final receipt may claim only the unsigned
     window W: the guard's stop kills it at once instead. Its real run time after the last
     countersignature stays within W, give or take the guard's tick and the kill itself."""
-    provider_key, buyer = generate_key(), generate_key()
     since = int(time.time()) - 1
     marks: dict[str, int] = {}
-    command = ["sh", "-c", "trap '' TERM; while true; do sleep 0.2; done"]
-    async with open_provider(local_setup(tmp_path / "provider", provider_key)) as runtime:
-        async with open_host(loopback_config(buyer, bootstrap=(runtime.node.addrs()[0],))) as client:
-            deal = await negotiate_with(client, provider_key.peer_id, buyer,
-                                        make_proposal(buyer, runtime.offer, demo_image, command))
-            with trio.fail_after(90):
-                receipts, output_frames, done = await _silent_buyer(client, deal, buyer, cancel_after=3,
-                                                                    marks=marks)
+    async with _agreed(tmp_path, demo_image, IGNORES_SIGTERM) as (client, buyer, deal):
+        with trio.fail_after(90):
+            receipts, output_frames, done = await _silent_buyer(client, deal, buyer, cancel_after=3, marks=marks)
     assert done is not None and done.reason == "buyer_cancel"
     times = _container_events(docker_client, deal, since)
     assert "kill" in times and "die" in times, times
