@@ -15,8 +15,10 @@ of those 38 bytes (it starts ``12D3KooW``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -187,6 +189,33 @@ def save_key(key: NodeKey, path: str | os.PathLike[str], *, overwrite: bool = Fa
     finally:
         os.close(fd)
     return target
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write a whole file or nothing, durably: a temporary file of its own in the same folder (mode 0600,
+    as mkstemp creates it whatever the umask; two writers or a crash mid-write never leave a torn file or
+    share a temporary name), fsynced, renamed over ``path``, then the folder fsynced so that the rename
+    survives a crash too (best effort: a filesystem that cannot fsync a folder still has the file).
+    Kept here, beside the key files, because ``p2p`` is the layer that both ``sandbox`` and the offline
+    commands may import: it pulls in neither libp2p nor trio."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
 
 def load_or_create_key(path: str | os.PathLike[str]) -> tuple[NodeKey, bool]:

@@ -16,11 +16,8 @@ a write that happens is atomic and durable (own temporary file, fsync, rename).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
-import tempfile
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -30,6 +27,7 @@ import docker
 import docker.errors
 
 from p2p.errors import SandboxError
+from p2p.identity import write_atomically
 from sandbox.engine import FOREIGN, translate
 
 log = logging.getLogger("suanli.sandbox.image_gc")
@@ -75,28 +73,12 @@ def _read(ledger: Path) -> dict[str, LoadedImage]:
 
 
 def _write(ledger: Path, images: Mapping[str, LoadedImage]) -> None:
-    """Replace the ledger atomically and durably: a temporary file of its own (two providers sharing a
-    data dir, or a crash mid-write, never leave a torn or foreign ``.tmp``), fsynced before the rename."""
-    ledger.parent.mkdir(parents=True, exist_ok=True)
+    """Replace the ledger atomically and durably (``p2p.identity.write_atomically``: a temporary file of
+    its own, so that two providers sharing a data dir, or a crash mid-write, never leave a torn or
+    foreign one; fsynced before the rename, the folder after)."""
     data = json.dumps({k: {"size_bytes": v.size_bytes, "loaded_ms": v.loaded_ms, "used_ms": v.used_ms}
                        for k, v in images.items()}, sort_keys=True).encode()
-    fd, tmp = tempfile.mkstemp(dir=ledger.parent, prefix=ledger.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, ledger)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # the rename itself made durable; a filesystem without it still has the file
-        dir_fd = os.open(ledger.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    write_atomically(ledger, data)
 
 
 def record_loaded(image_dir: Path, client: docker.DockerClient, image_id: str, now_ms: int) -> bool:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -13,28 +11,10 @@ from typing import Any
 from node.cli import EXIT_FINDINGS, EXIT_OK
 from node.paths import default_key_path
 from p2p.errors import UnusableInputError
-from p2p.identity import load_key, peer_id_from_public
+from p2p.identity import load_key, peer_id_from_public, write_atomically
 from settlement.audit import ChainAudit, audit, read_inputs
 from settlement.bundle import encode_bundle
 from settlement.store import Store
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write a whole file or nothing: a temporary file in the same folder, fsync, rename.
-
-    The file is mode 0600 (mkstemp creates it so, whatever the umask): a bundle holds the buyer's
-    ``--env`` values as signed in its proposals (L3)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -50,7 +30,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         else:
             ids = store.agreement_ids()
         chains = [store.load_chain(a) for a in ids]
-    write_atomically(Path(args.out), encode_bundle(chains))
+    write_atomically(Path(args.out), encode_bundle(chains))  # 0600: it holds the buyer's --env values (L3)
     receipts = sum(len(c.receipts) for c in chains)
     print(f"wrote {args.out}: {len(chains)} agreement(s), {receipts} receipt(s)")
     return EXIT_OK
