@@ -11,6 +11,9 @@ Rule 5 (issue 13 M3): a buyer holds at most ``MAX_UNSTARTED_PER_BUYER`` bids and
 has not started (``unstarted``, counted by the caller); beyond that its proposals are refused with
 ``unstarted_agreements`` before any capacity is looked at. An agreement not started in time is closed
 by the provider (node.provider), which frees its capacity and this count.
+Rule 6 (issue 14, item 2): pausing sales is one switch. While the provider is not ``accepting`` (its
+shutdown grace), every proposal is refused with ``busy``, whichever offer it names: emptying the next
+offer is not enough, since a buyer may hold an earlier one that has not expired (Rule 1).
 """
 
 from __future__ import annotations
@@ -63,8 +66,11 @@ Decision = Refuse | CounterPrice | Bid
 
 def decide(proposal: Proposal, proposal_id: bytes, provider: bytes, offers: Mapping[bytes, Offer],
            gpus: Sequence[OfferedGpu], ledger: CapacityLedger, now_ms: int, hold_ms: int,
-           unstarted: int = 0) -> Decision:
-    """``unstarted``: agreements of this buyer that are confirmed and whose job has not started."""
+           unstarted: int = 0, *, accepting: bool = True) -> Decision:
+    """``unstarted``: agreements of this buyer that are confirmed and whose job has not started;
+    ``accepting``: False while the provider takes no new jobs (Rule 6)."""
+    if not accepting:  # Rule 6: before the offer is even looked up
+        return Refuse(BUSY, "this provider is shutting down and takes no new jobs")
     offer = offers.get(proposal.offer_id)
     if offer is None or offer.expires_at_ms <= now_ms:
         return Refuse(EXPIRED_OFFER, "that offer is gone; fetch the current one with /suanli/offer/1.0.0")

@@ -92,6 +92,7 @@ class ProviderMarket:
     offers: dict[bytes, Offer] = field(default_factory=dict)  # live offers by id (the current one and recent)
     unstarted: Unstarted = no_unstarted  # Rule 5
     proposals: ProposalMemory = field(default_factory=ProposalMemory)  # Rule 4
+    accepting: bool = True  # market.deal Rule 6: False refuses every new bid, on any offer
 
     def publish(self, signed: Signed[Offer]) -> None:
         """Make an offer negotiable; forget offers that have expired."""
@@ -122,7 +123,8 @@ class ProviderMarket:
                                                       "an agreement; sign a new one (a new nonce) for another job"))
                         continue
                     decision = decide(proposal.record, proposal.record_id, self.key.public, self.offers, self.gpus,
-                                      self.ledger, now, self.hold_ms, self.unstarted(proposal.record.buyer))
+                                      self.ledger, now, self.hold_ms, self.unstarted(proposal.record.buyer),
+                                      accepting=self.accepting)
                     if isinstance(decision, Refuse):
                         await _send(framed, n, Reject(decision.reason, decision.detail))
                     elif isinstance(decision, CounterPrice):

@@ -363,7 +363,7 @@ async def _publisher(runtime: ProviderRuntime, announce: Announce | None) -> Non
 
 
 async def _shutdown(runtime: ProviderRuntime, announce: Announce | None) -> None:
-    runtime.accepting = False
+    runtime.accepting = runtime.market.accepting = False  # market.deal Rule 6: no new bid on any offer
     jobs = list(runtime.services.active.values())
     for job in jobs:
         job.request_stop(PROVIDER_SHUTDOWN)
