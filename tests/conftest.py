@@ -1,10 +1,27 @@
-"""Shared fixtures: deterministic keys and honest evidence to break in tests."""
+"""Shared fixtures: deterministic keys and honest evidence to break in tests.
+
+Rule 1 (issue 17 item 11): no test reads or writes the real home directory. Every test runs with
+``HOME``, ``SUANLI_HOME`` and ``XDG_DATA_HOME`` pointing into its own temporary folder (``private_home``,
+autouse), and the child processes it starts inherit them; a test that wants another data directory
+passes ``--data-dir`` or sets ``SUANLI_HOME`` itself.
+"""
 
 from __future__ import annotations
 
 import pytest
 
 from settlement.testing import key_from_label, make_chain
+
+
+@pytest.fixture(autouse=True)
+def private_home(tmp_path_factory, monkeypatch):
+    """Rule 1: a temporary HOME (with SUANLI_HOME and XDG_DATA_HOME under it), created empty; the data
+    directory itself is left for the code under test to create."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_DATA_HOME", str(home / ".local" / "share"))
+    monkeypatch.setenv("SUANLI_HOME", str(home / ".local" / "share" / "suanli"))
+    return home
 
 
 @pytest.fixture
