@@ -175,14 +175,14 @@ def write_config(root: Path, name: str, bootstrap: str | None, max_jobs: int, cp
 
 def one_suanli_round(image: str, boot: str, home: Path, node_label: str, wait_s: float,
                      agent: Path | None = None) -> dict[str, float] | None:
-    """The round's figures, or None when the buyer found no offer within ``wait_s`` (exit 3). With
+    """The round's figures, or None when the buyer found no offer within ``wait_s`` (exit 126). With
     ``agent``, the run is handed to that resident buyer agent's socket instead of joining itself."""
     since = int(time.time()) - 1
     where = ["--agent", str(agent)] if agent else ["--bootstrap", boot, "--local", "--data-dir", str(home)]
     child = Child([*suanli(), "run", *where, "--image", image, "--cpus", "0.5", "--memory", "64m",
                    "--max-price", "1000", "--wait", str(wait_s), "--", *LATENCY_COMMAND])
     code = child.wait(120)
-    if code == 3:
+    if code == 126:  # node.exitcodes.EXIT_NO_PROVIDER
         return None
     if code != 0:
         raise RuntimeError(f"suanli run exited {code}: " + " | ".join(line for _, line in child.err[-5:]))

@@ -41,6 +41,7 @@ from node.agent_client import FIELDS, MAX_EVENT_BYTES, PATH_FIELDS
 from node.buyer_config import MAX_EXPOSURE_RANGE
 from node.commands.run import Console, execute
 from node.control import listen_private
+from node.exitcodes import EXIT_INTERRUPTED, EXIT_SUANLI, SUANLI
 from node.overlay import BuyerOverlay, capability_for
 from node.paths import AGENT_SOCKET
 from p2p.envelope import Signed
@@ -59,9 +60,9 @@ REFRESH_WAIT_S = 5.0
 MAX_BACKLOG_BYTES = 16 << 20  # job output kept for a client that does not read; beyond it lines are dropped
 FLUSH_TIMEOUT_S = 10.0
 SHUTDOWN_GRACE_S = 30.0
-EXIT_USAGE = 2
-EXIT_AGENT_FAILED = 4
-EXIT_CLIENT_LEFT = 130
+EXIT_USAGE = EXIT_SUANLI  # node.exitcodes: the same codes as a standalone `suanli run`
+EXIT_AGENT_FAILED = EXIT_SUANLI
+EXIT_CLIENT_LEFT = EXIT_INTERRUPTED
 
 
 class RequestError(SuanliError):
@@ -262,9 +263,14 @@ class Agent:
                     except SuanliError as exc:
                         console.error(str(exc))
                         code = EXIT_USAGE
+                        if args.json:
+                            console.result({"ok": False, "error": str(exc), "exit_code": code, "exit_source": SUANLI})
                     except Exception:  # a per-connection boundary: one failed run never takes the agent down
                         log.exception("agent run failed")
                         console.say("suanli: the buyer agent failed running this job; see its log")
+                        if args.json:
+                            console.result({"ok": False, "error": "the buyer agent failed running this job",
+                                            "exit_code": code, "exit_source": SUANLI})
                 if job.work.cancelled_caught:
                     code = EXIT_CLIENT_LEFT
                 inner.cancel_scope.cancel()

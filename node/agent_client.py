@@ -40,8 +40,8 @@ FIELDS: dict[str, tuple[type, ...]] = {
 }
 PATH_FIELDS = ("input", "output", "image_archive")
 MAX_EVENT_BYTES = 1 << 20
-EXIT_USAGE = 2
-EXIT_JOB_FAILED = 4
+EXIT_AGENT_LOST = 125  # node.exitcodes.EXIT_SUANLI (not imported: this module stays standard library only):
+# the agent went away, suanli's own failure
 
 
 class AgentUnavailable(Exception):
@@ -91,13 +91,19 @@ def run_via_agent(path: Path, args: argparse.Namespace, command: list[str]) -> i
                 if code is not None:
                     return code
     except OSError as exc:
-        print(f"suanli: lost the buyer agent at {path}: {exc.strerror or exc}", file=sys.stderr)
-        return EXIT_JOB_FAILED
+        return _agent_lost(args, f"lost the buyer agent at {path}: {exc.strerror or exc}")
     finally:
         signal.signal(signal.SIGINT, previous)
-    print(f"suanli: the buyer agent at {path} went away during the run; its database keeps what was co-signed",
-          file=sys.stderr)
-    return EXIT_JOB_FAILED
+    return _agent_lost(args, f"the buyer agent at {path} went away during the run; its database keeps what "
+                             "was co-signed")
+
+
+def _agent_lost(args: argparse.Namespace, message: str) -> int:
+    print(f"suanli: {message}", file=sys.stderr, flush=True)
+    if args.json:
+        print(json.dumps({"ok": False, "error": message, "exit_code": EXIT_AGENT_LOST, "exit_source": "suanli"}),
+              flush=True)
+    return EXIT_AGENT_LOST
 
 
 def _relay(line: bytes) -> int | None:

@@ -4,6 +4,7 @@ Rule 1: offline commands (``keys``, ``export``, ``audit``, ``settle``, ``--help`
 libp2p (an import costs about a second); each subcommand imports what it needs when it runs.
 Rule 2: a mistake of the user's is one line on stderr and a non-zero exit, never a traceback.
 Exit codes: 0 success; 1 the audit found problems; 2 unusable input or a usage/config error.
+``suanli run`` has Docker's contract instead (node.exitcodes): the job's own code, or 125/126/127.
 """
 
 from __future__ import annotations
@@ -17,6 +18,39 @@ from p2p.errors import SuanliError
 EXIT_OK = 0
 EXIT_FINDINGS = 1
 EXIT_UNUSABLE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """A parser whose usage errors exit with ``usage_exit`` (2, as argparse's; ``run``: 125, node.exitcodes).
+    ``one_line``: the error alone, without the usage line before it (Rule 2 for ``run``, issue 17 item 5)."""
+
+    usage_exit = EXIT_UNUSABLE
+    one_line = False
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        if self.one_line:
+            self.exit(self.usage_exit, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.print_usage(sys.stderr)
+        self.exit(self.usage_exit, f"{self.prog}: error: {message}\n")
+
+
+class _Version(argparse.Action):
+    """``--version``: read from the installed package only when asked (Rule 1: --help stays cheap)."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="print suanli's version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: object, values: object,
+                 option_string: str | None = None) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            ours = version("suanli")
+        except PackageNotFoundError:
+            ours = "unknown (not installed)"
+        print(f"suanli {ours}")
+        parser.exit(0)
 
 
 def _add_keys(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -68,8 +102,12 @@ def _add_network(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     status.add_argument("--json", action="store_true")
     status.set_defaults(run="node.commands.provide:cmd_status")
 
+    from node.exitcodes import EXIT_SUANLI, epilog
+
     run = sub.add_parser("run", help="run a job on the network, like docker run",
-                         usage="suanli run [options] -- COMMAND...")
+                         usage="suanli run [options] -- COMMAND...", epilog=epilog(),
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.usage_exit, run.one_line = EXIT_SUANLI, True
     run.add_argument("--bootstrap", action="append", metavar="MULTIADDR",
                      help="a bootstrap peer (repeatable; default: $SUANLI_BOOTSTRAP, comma-separated)")
     run.add_argument("--image", help="image id, pinned: sha256:<64 hex>")
@@ -78,7 +116,7 @@ def _add_network(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     run.add_argument("--gpu-model", metavar="NAME", help="GPU model as NVML names it")
     run.add_argument("--gpu-memory", type=int, metavar="MIB", help="minimum GPU memory per GPU")
     run.add_argument("--cpus", type=float, default=1.0, metavar="N", help="CPU cores (default 1)")
-    run.add_argument("--memory", default="512m", metavar="SIZE", help="memory, e.g. 512m, 2g (default 512m)")
+    run.add_argument("--memory", default="512m", metavar="SIZE", help="memory, e.g. 512m, 1.5g (default 512m)")
     run.add_argument("--disk", default="1g", metavar="SIZE",
                      help="the job's writable /io, a filesystem of this size, e.g. 256m, 20g (default 1g)")
     run.add_argument("--max-price", type=int, default=10_000, metavar="MICROS_PER_S",
@@ -95,12 +133,14 @@ def _add_network(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     run.add_argument("--env", action="append", metavar="K=V",
                      help="environment variable (repeatable); the provider sees its value, and it is kept in "
                      "both sides' evidence (the signed proposal): pass no secret you would not give the provider")
-    run.add_argument("--wait", type=float, default=3.0, metavar="SECONDS", help="time to collect offers")
-    run.add_argument("--candidates", type=int, default=5, help="how many providers to try, best first")
+    run.add_argument("--wait", type=float, default=3.0, metavar="SECONDS", help="time to collect offers (default 3)")
+    run.add_argument("--candidates", type=int, default=5, metavar="N",
+                     help="how many providers to try, best first (default 5)")
     run.add_argument("--negotiate-timeout", type=float, default=10.0, metavar="SECONDS",
-                     help="how long one provider may take to answer")
+                     help="how long one provider may take to answer (default 10)")
     run.add_argument("--data-dir", help="where the buyer keeps its key and database")
-    run.add_argument("--key", help="the buyer's key file (default: <data dir>/node.key)")
+    run.add_argument("--key", help="the buyer's key file, which must exist (default: <data dir>/node.key, "
+                     "created when missing)")
     run.add_argument("--local", action="store_true", help="listen on 127.0.0.1 only")
     run.add_argument("--agent", metavar="SOCKET", help="hand the job to this resident buyer agent (suanli agent); "
                      "default: <data dir>/agent.sock when an agent is running there")
@@ -140,12 +180,27 @@ def _add_network(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
 
     demo = sub.add_parser("demo", help="a local network, one real job in Docker, co-signed receipts, the audit",
                           usage="suanli demo [--providers N] [--json] [-- COMMAND...]")
-    demo.add_argument("--providers", type=int, default=2, metavar="N", help="provider processes (default 2)")
+    demo.add_argument("--providers", type=_providers, default=2, metavar="N",
+                      help=f"provider processes, 1 to {MAX_DEMO_PROVIDERS} (default 2)")
     demo.add_argument("--json", action="store_true", help="print one JSON summary")
     demo.add_argument("--clean", action="store_true", help="delete the demo's files when it succeeds")
     demo.add_argument("-v", "--verbose", action="store_true")
     demo.add_argument("command", nargs=argparse.REMAINDER, help="-- then a command to run instead of the default")
     demo.set_defaults(run="node.commands.demo:cmd_demo")
+
+
+MAX_DEMO_PROVIDERS = 8
+
+
+def _providers(text: str) -> int:
+    """``demo --providers``: a whole number of providers the demo can start (at least one runs the job)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 1 <= n <= MAX_DEMO_PROVIDERS:
+        raise argparse.ArgumentTypeError(f"expected 1 to {MAX_DEMO_PROVIDERS}, got {n}")
+    return n
 
 
 def _add_machine(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -168,10 +223,11 @@ def _add_machine(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="suanli",
         description="Suanli: a peer-to-peer market for idle compute. Sell idle GPU/CPU time by the second; "
                     "buy it with signed, per-second receipts that anyone can audit offline.")
+    parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_keys(sub)
     _add_evidence(sub)

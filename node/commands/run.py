@@ -3,8 +3,11 @@
 Discover offers, rank them, negotiate (falling back to the next candidate on a refusal or silence), send
 the inputs (and the image, if the provider lacks it), print the job's output live, verify and
 countersign every receipt, write the outputs, keep agreement and receipts in the buyer's database, and
-exit with the job's exit code. Exit codes of its own: 2 for a usage error, 3 when no provider could
-take the job (with the reasons), 4 when the job failed for a reason that is not the job's own.
+exit with the job's exit code. Exit codes of its own: node.exitcodes (125 usage or suanli's own error,
+126 no provider could take the job, 127 the job did not end by itself), named by ``exit_source`` in --json.
+
+Rule 1 (issue 17 item 5): every option is checked before anything is created or sent (no key, no
+database, no dial): a mistake is one line and exit 125, and never reaches a provider.
 """
 
 from __future__ import annotations
@@ -25,22 +28,26 @@ from pathlib import Path
 from typing import Any
 
 from node.config import check_run_numbers
+from node.exitcodes import EXIT_NO_PROVIDER, EXIT_SUANLI, SUANLI, job_exit_code
 from node.outputs import check_output_dir
 from p2p.errors import SuanliError
 from sandbox.plan import MAX_DISK_MIB, MIN_DISK_MIB
 
 log = logging.getLogger("suanli.run")
-EXIT_NO_PROVIDER = 3
-EXIT_JOB_FAILED = 4
-_SIZE = re.compile(r"^(\d+)([kKmMgG]?)(i?[bB])?$")
+_SIZE = re.compile(r"^(\d+)(?:\.(\d+))?([kKmMgG]?)(i?[bB])?$")
+_UNIT_SHIFT = {"": -20, "k": -10, "m": 0, "g": 10}
 
 
 def parse_memory_mib(text: str) -> int:
+    """``--memory``: bytes, or k/m/g (binary units, as Docker's), fractions allowed (``1.5g``); whole MiB,
+    rounded down. Exact arithmetic: a float would overflow or round a huge value."""
     m = _SIZE.match(text.strip())
-    if not m:
-        raise SuanliError(f"--memory {text!r}: give a size such as 512m or 2g")
-    n, unit = int(m.group(1)), m.group(2).lower()
-    mib = {"": n >> 20, "k": n >> 10, "m": n, "g": n << 10}[unit]  # whole MiB; a float overflows
+    if not m or len(text) > 64:
+        raise SuanliError(f"--memory {text!r}: give a size such as 512m, 1.5g or 2g")
+    whole, frac, unit = m.group(1), m.group(2) or "", m.group(3).lower()
+    scaled = int(whole + frac)  # the value times 10**len(frac)
+    shift = _UNIT_SHIFT[unit]
+    mib = (scaled << shift if shift >= 0 else scaled >> -shift) // 10 ** len(frac)
     if mib < 6:
         raise SuanliError(f"--memory {text!r} is too small (at least 6m)")
     if mib > 16_777_216:  # L6: as the provider's limits.memory_mib, so a proposal always encodes
@@ -53,9 +60,9 @@ def parse_disk_mib(text: str) -> int:
     floor and the provider's ceiling (sandbox.plan: MIN_DISK_MIB, MAX_DISK_MIB). A size string, so it is
     checked here like --memory, not in RUN_RANGES (which holds the plain numbers)."""
     m = _SIZE.match(text.strip())
-    if not m or m.group(2).lower() not in ("m", "g"):
+    if not m or m.group(2) or m.group(3).lower() not in ("m", "g"):
         raise SuanliError(f"--disk {text!r}: give a size such as 256m or 20g")
-    mib = int(m.group(1)) * (1024 if m.group(2).lower() == "g" else 1)
+    mib = int(m.group(1)) * (1024 if m.group(3).lower() == "g" else 1)
     if not MIN_DISK_MIB <= mib <= MAX_DISK_MIB:
         raise SuanliError(f"--disk {text!r} is out of range ({MIN_DISK_MIB}m to {MAX_DISK_MIB >> 10}g)")
     return mib
@@ -139,13 +146,24 @@ class Console:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """Rule 1, then the job (through the agent when one runs); a SuanliError is one line and exit 125
+    (with --json, also a document on stdout saying so)."""
+    try:
+        return _cmd_run(args)
+    except SuanliError as exc:
+        print(f"suanli: error: {exc}", file=sys.stderr, flush=True)
+        if args.json:
+            print(json.dumps({"ok": False, "error": str(exc), "exit_code": EXIT_SUANLI, "exit_source": SUANLI}),
+                  flush=True)
+        return EXIT_SUANLI
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
     command = list(args.command)
     if command and command[0] == "--":
         command = command[1:]
     if not command:
-        print("suanli: error: give the command to run after --, e.g. suanli run --image sha256:... -- echo hi",
-              file=sys.stderr)
-        return 2
+        raise SuanliError("give the command to run after --, e.g. suanli run --image sha256:... -- echo hi")
     socket_path = agent_socket(args)
     if socket_path is not None:
         from node.agent_client import AgentUnavailable, run_via_agent
@@ -156,6 +174,16 @@ def cmd_run(args: argparse.Namespace) -> int:
             if args.agent:
                 raise SuanliError(str(exc)) from None
             # a stale socket of an agent that is gone: run without it
+    from node.paths import bootstrap_peers, data_dir
+
+    home = data_dir(args.data_dir)
+    check_job_args(args, home)  # Rule 1: before the key, the database or the network
+    bootstrap = bootstrap_peers(args.bootstrap)
+    from p2p.host import parse_multiaddr  # imports libp2p, which the run needs anyway
+
+    for addr in bootstrap:
+        parse_multiaddr(addr, what="--bootstrap", need_peer=True)
+    key = buyer_key(args, home)
     import trio
 
     from node.logsetup import configure
@@ -163,7 +191,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     configure(args.verbose)
     if not args.verbose:
         logging.getLogger().setLevel(logging.WARNING)
-    return trio.run(_run, args, command)
+    return trio.run(_run, args, command, home, key, bootstrap)
+
+
+def buyer_key(args: argparse.Namespace, home: Path) -> Any:
+    """``--key PATH`` must exist (a typo must not become a new identity); only the default key, in the
+    data directory, is created when missing."""
+    from p2p.identity import load_key, load_or_create_key
+
+    if args.key:
+        return load_key(args.key)
+    key, _ = load_or_create_key(home / "node.key")
+    return key
 
 
 def agent_socket(args: argparse.Namespace) -> Path | None:
@@ -182,18 +221,14 @@ def agent_socket(args: argparse.Namespace) -> Path | None:
     return path if path.exists() else None
 
 
-async def _run(args: argparse.Namespace, command: list[str]) -> int:
+async def _run(args: argparse.Namespace, command: list[str], home: Path, key: Any,
+               bootstrap: tuple[str, ...]) -> int:
     import trio
 
     from node.overlay import BuyerOverlay
-    from node.paths import bootstrap_peers, client_listen, data_dir
+    from node.paths import client_listen
     from p2p.host import HostConfig, open_host
-    from p2p.identity import load_or_create_key
 
-    home = data_dir(args.data_dir)
-    key, _ = load_or_create_key(Path(args.key) if args.key else home / "node.key")
-    bootstrap = bootstrap_peers(args.bootstrap)
-    check_job_args(args, home)
     t0 = time.monotonic()
     overlay = BuyerOverlay()
     config = HostConfig(key=key, listen=client_listen(args.local), bootstrap=bootstrap, dht_mode="client",
@@ -207,7 +242,8 @@ async def _run(args: argparse.Namespace, command: list[str]) -> int:
 
 
 def check_job_args(args: argparse.Namespace, home: Path | None = None) -> None:
-    """The checks of the job's options that need no network: a mistake is reported before joining."""
+    """The checks of the job's options that need no network (Rule 1): a mistake is reported before a key,
+    a database or a connection is made. Reads nothing large and creates nothing."""
     parse_memory_mib(args.memory)
     parse_disk_mib(getattr(args, "disk", "1g"))
     parse_env(args.env or [])
@@ -218,8 +254,14 @@ def check_job_args(args: argparse.Namespace, home: Path | None = None) -> None:
         load_max_exposure(home, getattr(args, "max_exposure", None))  # the flag, else buyer.toml
     if args.output:
         check_output_dir(Path(args.output), force=getattr(args, "force", False))
+    if args.input and not Path(args.input).is_dir():
+        raise SuanliError(f"--input {args.input}: not a directory")
+    if args.image_archive and not Path(args.image_archive).is_file():
+        raise SuanliError(f"--image-archive {args.image_archive}: no such file")
     if not args.image_archive:
         choose_image(args.image, None)  # a missing or unpinned --image; an archive is read when the job runs
+    if home is not None and home.exists() and not home.is_dir():
+        raise SuanliError(f"--data-dir {home}: exists and is not a directory")
 
 
 async def execute(node: Any, key: Any, home: Path, args: argparse.Namespace, command: list[str], console: Console,
@@ -273,9 +315,10 @@ async def execute(node: Any, key: Any, home: Path, args: argparse.Namespace, com
         for offer, reasons in explain([o.record for o in offers], request, now):
             say(f"  {peer_id_from_public(offer.provider)}: {'; '.join(reasons)}")
         if not offers:
-            say("  no offers at all: is any provider running on this network?")
+            say(f"  {_no_offers_reason(resources)}")
         if args.json:
-            console.result({"ok": False, "error": "no provider can run this job", "offers": len(offers)})
+            console.result({"ok": False, "error": "no provider can run this job", "offers": len(offers),
+                            "exit_code": EXIT_NO_PROVIDER, "exit_source": SUANLI})
         return EXIT_NO_PROVIDER
     signed_by_provider = {o.record.provider: o for o in offers}
 
@@ -301,6 +344,7 @@ async def execute(node: Any, key: Any, home: Path, args: argparse.Namespace, com
             "gpus": first.resources.gpus, "max_price_micros_per_s": first.max_price_micros_per_s,
             "max_duration_ms": first.max_duration_ms, "receipt_interval_ms": first.terms.interval_ms,
             "exposure_cap_micros": first.terms.exposure_cap_micros, "max_exposure_micros": max_exposure}}
+        doc.update({"exit_code": 0, "exit_source": SUANLI})
         console.result(doc, indent=None if args.json else 1)
         return 0
     db_path = home / "buyer.db"
@@ -314,7 +358,9 @@ async def execute(node: Any, key: Any, home: Path, args: argparse.Namespace, com
             await store.put_agreement(agreement)
 
         deal, attempts = await negotiate_first(node, key, candidates, per_candidate_s=args.negotiate_timeout,
-                                               before_accept=keep_evidence)
+                                               before_accept=keep_evidence, addrs={  # dial each at its offer's
+                                                   peer_id_from_public(p): o.record.addrs
+                                                   for p, o in signed_by_provider.items()})
         for attempt in attempts:
             if attempt.outcome != "agreed":
                 say(f"suanli: {attempt.provider}: {attempt.outcome}")
@@ -323,7 +369,8 @@ async def execute(node: Any, key: Any, home: Path, args: argparse.Namespace, com
         if deal is None:
             if args.json:
                 console.result({"ok": False, "error": "every candidate refused",
-                                "attempts": [a.__dict__ for a in attempts]})
+                                "attempts": [a.__dict__ for a in attempts],
+                                "exit_code": EXIT_NO_PROVIDER, "exit_source": SUANLI})
             return EXIT_NO_PROVIDER
         ag = deal.agreement.record
         provider = peer_id_from_public(ag.provider)
@@ -359,28 +406,46 @@ async def execute(node: Any, key: Any, home: Path, args: argparse.Namespace, com
         say(f"suanli: note: {outcome.clock_note} (from its receipts' times); set your clock right (NTP)")
     if failure is not None or outcome is None:
         message = str(failure) if failure else "interrupted"
+        lost, _ = job_exit_code(None)
         say(f"suanli: job failed: {message}; evidence in {db_path}")
         if args.json:
             console.result({"ok": False, "error": message, "agreement_id": deal.agreement.record_id.hex(),
-                            "provider": provider, "database": str(db_path)})
-        return EXIT_JOB_FAILED
+                            "provider": provider, "database": str(db_path), "exit_code": lost,
+                            "exit_source": SUANLI})
+        return lost
     files = write_outputs(outcome.outputs, Path(args.output), say,
                           force=getattr(args, "force", False)) if args.output else []
     last = outcome.last
+    code, source = job_exit_code(outcome.exit_code)
     summary = {
         "ok": True, "agreement_id": deal.agreement.record_id.hex(), "provider": provider,
         "exit_code": outcome.exit_code, "reason": outcome.reason, "billed_ms": last.metered_ms if last else 0,
         "amount_micros": last.amount_micros if last else 0, "receipts": len(outcome.receipts),
         "database": str(db_path), "outputs": files, "oom_killed": outcome.oom_killed,
+        "exit_source": source,
     }
     if args.json:
         console.result(summary)
     else:
+        if outcome.oom_killed:  # issue 17 item 4: the line a user reads says so, not only --json
+            say(f"suanli: killed: out of memory (limit {_mib_text(resources.memory_mib)})")
         say(f"suanli: exit code {outcome.exit_code} ({outcome.reason}); billed {summary['billed_ms'] / 1000:.3f} s, "
             f"{summary['amount_micros']} micro-credits over {summary['receipts']} co-signed receipts; "
             f"evidence in {db_path}")
-    code = outcome.exit_code if outcome.exit_code is not None else EXIT_JOB_FAILED
-    return code if 0 <= code <= 255 else EXIT_JOB_FAILED
+    return code
+
+
+def _mib_text(mib: int) -> str:
+    return f"{mib >> 10} GiB" if mib >= 1024 and mib % 1024 == 0 else f"{mib} MiB"
+
+
+def _no_offers_reason(resources: Any) -> str:
+    """Why no offer at all came back: a GPU request looks only for GPU offers, so say what was missing."""
+    if resources.gpus:
+        model = f" {resources.gpu_model}" if resources.gpu_model else ""
+        return (f"no provider on this network offers a{model} GPU (--gpus {resources.gpus}): none answered "
+                "within --wait; drop --gpus to run on CPU")
+    return "no offers at all: is any provider running on this network?"
 
 
 def _reputation(db_path: Path) -> dict[bytes, int]:

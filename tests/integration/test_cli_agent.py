@@ -259,5 +259,5 @@ def test_sigterm_cancels_running_jobs_then_a_stale_socket_means_standalone(net, 
     assert json.loads(standalone.stdout)["exit_code"] == 0
     # ... and `--agent` naming it explicitly is an error, not a silent fallback.
     explicit = run_cli("run", "--agent", str(net.home / "agent.sock"), "--image", net.image, *JOB, "--", "true")
-    assert explicit.returncode == 2 and "no buyer agent answers" in explicit.stderr
+    assert explicit.returncode == 125 and "no buyer agent answers" in explicit.stderr
     _assert_audits_clean(net.home / "buyer.db", net.provider_db)

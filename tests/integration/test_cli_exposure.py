@@ -32,7 +32,7 @@ async def test_offers_above_the_buyers_max_exposure_are_refused_and_explained(tm
             allowed = await run_cli_async("run", "--dry-run", "--json", *common, "--max-exposure", str(CAP), "--",
                                           "true")
     for code, out, err in (by_file, by_flag):
-        assert code == 3, (out, err)
+        assert code == 126, (out, err)  # node.exitcodes.EXIT_NO_PROVIDER
         assert f"exposure cap {CAP} > your max exposure {CAP - 1}" in err
     code, out, err = allowed
     assert code == 0, err
@@ -54,6 +54,6 @@ def test_an_out_of_range_max_exposure_is_one_line(tmp_path, flag, toml):
     if flag is not None:
         args += ["--max-exposure", flag]
     proc = subprocess.run([*args, "--", "true"], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert proc.returncode == 125, (proc.stdout, proc.stderr)  # node.exitcodes.EXIT_SUANLI
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "max_exposure" in proc.stderr or "max-exposure" in proc.stderr or "buyer.toml" in proc.stderr

@@ -21,7 +21,7 @@ from pathlib import Path
 import cli_helpers as _h
 import pytest
 
-from node.commands.run import EXIT_JOB_FAILED
+from node.exitcodes import EXIT_JOB_LOST, job_exit_code
 
 PROVIDER_TOML, Proc, Processes, suanli, run_cli = _h.PROVIDER_TOML, _h.Proc, _h.Processes, _h.suanli, _h.run_cli
 agreement_ids, audit_json, containers_of = _h.agreement_ids, _h.audit_json, _h.containers_of
@@ -133,8 +133,7 @@ def _cosigned_seqs(buyer: Proc) -> list[int]:
 
 def _job_exit_code(final) -> int:  # noqa: ANN001
     """What ``suanli run`` exits with when the job ended with this final receipt (node/commands/run.py)."""
-    code = final.exit_code
-    return code if code is not None and 0 <= code <= 255 else EXIT_JOB_FAILED
+    return job_exit_code(final.exit_code)[0]
 
 
 def _chain_report(doc: dict, agreement_hex: str) -> dict:
@@ -288,7 +287,7 @@ def test_provider_killed_mid_job_restarts_reaps_and_closes_the_chain(network, ch
     cheap.proc.signal_group(signal.SIGKILL)
     cheap.proc.wait_exit(15)
     code = buyer.wait_exit(60)
-    assert code == EXIT_JOB_FAILED, buyer.tail()
+    assert code == EXIT_JOB_LOST, buyer.tail()
     failure = buyer.stderr_lines("job failed")
     assert failure and cheap.peer_id in failure[-1], buyer.tail()
     assert containers_of(agreement), "nothing removes the container before the provider restarts"

@@ -69,7 +69,7 @@ def test_env_secrets_stay_in_private_files_and_outputs_follow_no_symlink(tmp_pat
                "mkdir /io/out/sub; echo pwned > /io/out/sub/victim.txt; ln -s /etc/passwd /io/out/link"]
 
         refused = _h.run_cli(*run[3:], "--", *job)  # no --force: refused before joining, nothing run
-        assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+        assert refused.returncode == 125 and refused.stderr.count("\n") == 1, refused.stderr
         assert "not empty" in refused.stderr and "--force" in refused.stderr
 
         buyer = procs.start("buyer", [*run, "--force", "--", *job])

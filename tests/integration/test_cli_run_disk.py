@@ -22,5 +22,5 @@ async def test_disk_goes_into_the_proposal_and_a_short_offer_is_explained(tmp_pa
             assert code == 0, err
             assert json.loads(out)["would_propose"]["disk_mib"] == 2048
             code, out, err = await run_cli_async("run", *common, "--disk", "5g", "--", "true")
-    assert code == 3, (out, err)
+    assert code == 126, (out, err)  # node.exitcodes.EXIT_NO_PROVIDER
     assert "needs 5120 MiB disk, 4096 free" in err

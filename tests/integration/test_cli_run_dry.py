@@ -38,7 +38,7 @@ async def test_nothing_matches_says_why(tmp_path, demo_image):
             code, out, err = await run_cli_async("run", "--local", "--bootstrap", boot, "--data-dir",
                                                  str(tmp_path / "b"), "--image", demo_image, "--wait", "2",
                                                  "--max-price", "1", "--cpus", "8", "--", "true")
-    assert code == 3, (out, err)
+    assert code == 126, (out, err)  # node.exitcodes.EXIT_NO_PROVIDER
     assert "price" in err and "> max 1" in err and "needs 8 CPU cores" in err
 
 
@@ -46,5 +46,5 @@ def test_usage_errors_are_one_line():
     proc = subprocess.run([sys.executable, "-m", "node.cli", "run", "--image", "busybox:latest", "--bootstrap",
                            "/ip4/127.0.0.1/tcp/1/p2p/12D3KooWJg7uBnNy1R3HdXQF3Tn36XvPayG4tjAjDw9UV95ETbbf", "--",
                            "true"], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2 and "pin the image by its id" in proc.stderr
+    assert proc.returncode == 125 and "pin the image by its id" in proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
