@@ -248,6 +248,8 @@ def check_job_args(args: argparse.Namespace, home: Path | None = None) -> None:
     parse_disk_mib(getattr(args, "disk", "1g"))
     parse_env(args.env or [])
     check_run_numbers(vars(args))
+    if home is not None and home.exists() and not home.is_dir():
+        raise SuanliError(f"--data-dir {home}: exists and is not a directory")
     if home is not None:
         from node.buyer_config import load_max_exposure
 
@@ -260,8 +262,6 @@ def check_job_args(args: argparse.Namespace, home: Path | None = None) -> None:
         raise SuanliError(f"--image-archive {args.image_archive}: no such file")
     if not args.image_archive:
         choose_image(args.image, None)  # a missing or unpinned --image; an archive is read when the job runs
-    if home is not None and home.exists() and not home.is_dir():
-        raise SuanliError(f"--data-dir {home}: exists and is not a directory")
 
 
 async def execute(node: Any, key: Any, home: Path, args: argparse.Namespace, command: list[str], console: Console,
