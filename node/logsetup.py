@@ -7,6 +7,9 @@ handler, straight to stderr. So ``configure`` imports libp2p first, then takes i
 handler, and nothing below CRITICAL unless ``-v`` (py-libp2p logs every normal stream close and every
 failed dial of a peer that has left as a warning or an error, research item 25).
 Rule 2: ``LIBP2P_DEBUG`` set means the user asked for py-libp2p's own logging: it is left alone.
+Rule 3: levels alone do not hold: ``p2p.host`` sets libp2p's logger back to ERROR when a host opens
+(``p2p.workarounds.quiet_libp2p_logging``). So our handler itself drops the network stack's records
+below CRITICAL unless ``-v``, whoever sets their levels afterwards.
 """
 
 from __future__ import annotations
@@ -21,10 +24,16 @@ QUIET_LOGGERS = ("libp2p", "multiaddr", "aioquic")  # third-party loggers of the
 def configure(verbose: bool = False) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    if not verbose and not os.environ.get("LIBP2P_DEBUG"):
+        handler.addFilter(_drop_network_stack_noise)  # Rule 3
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     quiet_libp2p(verbose)
+
+
+def _drop_network_stack_noise(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.CRITICAL or not record.name.startswith(QUIET_LOGGERS)
 
 
 def quiet_libp2p(verbose: bool = False) -> None:

@@ -103,3 +103,14 @@ def test_a_libp2p_error_after_configure_and_import_reaches_no_one(monkeypatch):
             "logging.getLogger('libp2p').warning('SPAM')\nlogging.getLogger('suanli.x').warning('ours')\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "SPAM" not in done.stderr and "ours" in done.stderr, done.stderr
+
+
+def test_a_libp2p_error_after_a_host_resets_its_level_reaches_no_one(monkeypatch):
+    """p2p.host sets libp2p's logger back to ERROR when a host opens; our handler still drops it."""
+    monkeypatch.delenv("LIBP2P_DEBUG", raising=False)
+    code = ("import logging\nfrom node.logsetup import configure\nconfigure(False)\n"
+            "from p2p import workarounds\nworkarounds.quiet_libp2p_logging()\n"
+            "logging.getLogger('libp2p.transport.tcp.tcp').error('SPAM')\n"
+            "logging.getLogger('suanli.x').warning('ours')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "SPAM" not in done.stderr and "ours" in done.stderr, done.stderr
