@@ -31,8 +31,9 @@ from p2p.envelope import Signed, signed_from_wire, signed_list_from_wire
 from p2p.errors import CodecError, SignatureError, UnusableInputError
 from settlement.bundle import decode_bundle
 from settlement.chain import ChainReport, Finding, verify_chain
+from settlement.dbread import DatabaseChain, read_database
 from settlement.records import Receipt
-from settlement.store import SQLITE_MAGIC, Store, StoredChain
+from settlement.store import SQLITE_MAGIC, Store
 
 MAX_BUNDLE_BYTES = 1 << 30  # docs/PROTOCOL.md section 1: a bundle is at most 1 GiB
 MAX_DATABASE_BYTES = 16 << 30  # a node database: read by sqlite page by page, under a time limit
@@ -47,7 +48,9 @@ class ChainJob:
     offer: dict[str, Any] | None = None
     proposal: dict[str, Any] | None = None
     receipts: list[list[dict[str, Any]]] = field(default_factory=list)  # one list per input
-    sources: list[str] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)  # the input of each list of receipts
+    agreement_sources: list[str] = field(default_factory=list)  # the input of each copy of the agreement
+    notes: list[Finding] = field(default_factory=list)  # what reading the inputs found (settlement.dbread)
 
     @property
     def size(self) -> int:
@@ -83,20 +86,21 @@ def read_inputs(paths: Iterable[str | Path]) -> list[ChainJob]:
     jobs: dict[bytes, ChainJob] = {}
     for path in paths:
         for chain in _read_one(Path(path)):
-            body = chain.agreement["body"]
-            ag_id = hashlib.sha256(body).digest()
-            job = jobs.get(ag_id)
+            job = jobs.get(chain.agreement_id)
             if job is None:
-                job = jobs[ag_id] = ChainJob(ag_id)
-            job.agreements.append(chain.agreement)
+                job = jobs[chain.agreement_id] = ChainJob(chain.agreement_id)
+            if chain.agreement is not None:
+                job.agreements.append(chain.agreement)
+                job.agreement_sources.append(str(path))
             job.offer = job.offer or chain.offer
             job.proposal = job.proposal or chain.proposal
             job.receipts.append(chain.receipts)
             job.sources.append(str(path))
+            job.notes.extend(chain.notes)
     return list(jobs.values())
 
 
-def _read_one(path: Path) -> list[StoredChain]:
+def _read_one(path: Path) -> list[DatabaseChain]:
     """Rule 4: a regular file within its size limit, checked before a byte is read (no device, FIFO or
     directory); a database is then read by the store under its own rules (settlement.store Rule 5)."""
     try:
@@ -123,10 +127,12 @@ def _read_one(path: Path) -> list[StoredChain]:
         raise UnusableInputError(f"{path}: {exc.strerror}", path=str(path)) from exc
     if is_database:
         with Store(path, readonly=True) as store:
-            return store.read_chains()
+            return read_database(store)
     if not data:
         raise UnusableInputError(f"{path}: empty file", path=str(path))
-    return decode_bundle(data, str(path))
+    # A bundle's structure says which agreement each list of receipts is for (settlement.bundle).
+    return [DatabaseChain(hashlib.sha256(c.agreement["body"]).digest(), c.agreement, c.offer, c.proposal,
+                          c.receipts) for c in decode_bundle(data, str(path))]
 
 
 def _read_all(fh: FileIO, limit: int) -> bytes:
@@ -151,9 +157,12 @@ def _decode(obj: dict[str, Any], cls: type[Any], what: str, min_sigs: int = 1) -
 @_cycle_collection_paused()
 def audit_chain(job: ChainJob) -> ChainAudit:
     """Verify one agreement's evidence (runs in a worker process with ``jobs`` > 1)."""
-    pre: list[Finding] = []
+    pre: list[Finding] = list(job.notes)
+    if not job.agreements:
+        return ChainAudit(_without_agreement(job, pre), job.sources)
     agreement: Signed[Agreement] | None = None
-    names = job.sources + [f"input {i + 1}" for i in range(len(job.sources), len(job.agreements))]
+    sources = job.agreement_sources or job.sources
+    names = sources + [f"input {i + 1}" for i in range(len(sources), len(job.agreements))]
     copies = list(zip(job.agreements, names, strict=False))
     for env, src in sorted(copies, key=lambda c: -len(c[0]["sigs"])):
         candidate, problem = _decode(env, Agreement, "agreement")
@@ -178,6 +187,20 @@ def audit_chain(job: ChainJob) -> ChainAudit:
     report = verify_chain(agreement, receipts)
     report.findings[:0] = pre
     return ChainAudit(report, job.sources)
+
+
+def _without_agreement(job: ChainJob, pre: list[Finding]) -> ChainReport:
+    """Receipts whose agreement no input holds (settlement.dbread Rule 2): reported, owed nothing."""
+    n = sum(len(r) for r in job.receipts)
+    parties = (b"\0" * 32, b"\0" * 32)
+    for env in (e for receipts in job.receipts for e in receipts):
+        signed, _ = _decode(env, Receipt, "receipt")
+        if signed is not None:
+            parties = (signed.record.provider, signed.record.buyer)
+            break
+    pre.append(Finding("no_agreement", f"{n} receipt(s) name agreement {job.agreement_id.hex()[:16]}, which no "
+                       "input holds"))
+    return ChainReport(job.agreement_id, *parties, 0, state="no_agreement", receipts=n, findings=pre)
 
 
 def _well_formed(envs: list[dict[str, Any]], cls: type[Any], what: str, problems: list[Finding]

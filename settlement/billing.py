@@ -18,6 +18,15 @@ exposure guard lets a job hold its allocation past the last countersignature (th
 the timeout, one tick of the guard, and the grace during which the job is paused, then stopped). So a
 buyer that never countersigns owes at most that window (and never more than the exposure cap), and a
 provider that invents a claim, whatever its size, is owed no more.
+Rule 2b (bounds on the other usage counters, from the agreed resources; docs/PROTOCOL.md §4): memory
+peaks are bounded by the memory limit, ``memory_bound_bytes(memory_mib)`` (1 % plus 16 MiB over it: the
+kernel may charge a cgroup a per-CPU batch of pages past ``memory.max`` before it reclaims); with no GPUs
+agreed every GPU counter and the energy are 0; with ``g`` GPUs, GPU memory is at most
+``g * MAX_GPU_MEMORY_BYTES``, SM-percent-milliseconds at most ``100 * bound(metered, 1000 g)`` (each GPU
+busy at most 100 % of the metered time) and the boards' energy at most
+``MAX_GPU_WATTS * bound(elapsed, 1000 g)`` millijoules (W = mJ/ms; board counters run over wall time).
+Rule 2c: ``bound`` of a negative elapsed time is ``bound(0, u)``: the tolerance alone (such a receipt is
+``outside_timeline`` anyway).
 Rule 4 (timeline): a receipt is issued no earlier than its agreement and no later than
 ``timeline_end_ms``: the agreement's time plus ``START_ALLOWANCE_MS`` (the most its uploads may take
 before the container starts), the agreed duration and the unsigned window.
@@ -30,6 +39,10 @@ TOLERANCE_PERCENT = 1
 # Uploads before the container starts: a 2 GiB image and 256 MiB of inputs at the provider's minimum
 # rate of 1 MiB/s, plus allowances, take under 2,400 s; an hour is the protocol's bound.
 START_ALLOWANCE_MS = 3_600_000
+# Rule 2b: no GPU board holds more memory or draws more power than this (today's largest: 288 GB, 1.4 kW).
+MAX_GPU_MEMORY_BYTES = 1 << 40
+MAX_GPU_WATTS = 2000
+MEMORY_SLACK_BYTES = 16 << 20
 
 
 def amount_due(metered_ms: int, price_micros_per_s: int) -> int:
@@ -43,6 +56,27 @@ def usage_bound(elapsed_ms: int, units_milli: int) -> int:
         return TOLERANCE_MS * max(1, units_milli // 1000)
     base = elapsed_ms * units_milli // 1000
     return base + base * TOLERANCE_PERCENT // 100 + TOLERANCE_MS * max(1, units_milli // 1000)
+
+
+def memory_bound_bytes(memory_mib: int) -> int:
+    """The most ``mem_peak_bytes`` a job limited to ``memory_mib`` can show (Rule 2b)."""
+    limit = memory_mib << 20
+    return limit + limit * TOLERANCE_PERCENT // 100 + MEMORY_SLACK_BYTES
+
+
+def gpu_memory_bound_bytes(gpus: int) -> int:
+    """The most ``gpu_mem_peak_bytes`` of ``gpus`` GPUs (Rule 2b)."""
+    return gpus * MAX_GPU_MEMORY_BYTES
+
+
+def sm_pct_bound(metered_ms: int, gpus: int) -> int:
+    """The most ``gpu_sm_pct_ms`` of ``gpus`` GPUs over ``metered_ms`` (Rule 2b)."""
+    return 100 * usage_bound(metered_ms, gpus * 1000) if gpus else 0
+
+
+def energy_bound_mj(elapsed_ms: int, gpus: int) -> int:
+    """The most ``energy_mj`` of ``gpus`` GPU boards ``elapsed_ms`` after the agreement (Rule 2b)."""
+    return MAX_GPU_WATTS * usage_bound(elapsed_ms, gpus * 1000) if gpus else 0
 
 
 def metered_bound(elapsed_ms: int) -> int:

@@ -27,8 +27,12 @@ from p2p.envelope import Signed
 from p2p.identity import verify_signature
 from settlement.billing import (
     amount_due,
+    energy_bound_mj,
+    gpu_memory_bound_bytes,
+    memory_bound_bytes,
     metered_bound,
     metered_within,
+    sm_pct_bound,
     timeline_end_ms,
     unsigned_window_ms,
     usage_bound,
@@ -75,9 +79,15 @@ class ReceiptIssuer:
         if prev is not None:
             metered = max(metered, prev.metered_ms)
         cpu_cap = usage_bound(metered, ag.resources.cpu_millis)
-        gpu_ms = metered * ag.resources.gpus
-        usage = replace(usage, cpu_core_ms=min(usage.cpu_core_ms, cpu_cap), gpu_ms=max(gpu_ms, usage.gpu_ms)
-                        if ag.resources.gpus else 0, gpu_sm_pct_ms=usage.gpu_sm_pct_ms if ag.resources.gpus else 0)
+        gpus = ag.resources.gpus
+        gpu_ms = min(max(metered * gpus, usage.gpu_ms), usage_bound(metered, gpus * 1000)) if gpus else 0
+        # Every counter within its bound (settlement.billing Rules 2, 2b): never above the previous
+        # receipt's, which was within the same or a smaller bound.
+        usage = replace(usage, cpu_core_ms=min(usage.cpu_core_ms, cpu_cap), gpu_ms=gpu_ms,
+                        mem_peak_bytes=min(usage.mem_peak_bytes, memory_bound_bytes(ag.resources.memory_mib)),
+                        gpu_sm_pct_ms=min(usage.gpu_sm_pct_ms, sm_pct_bound(metered, gpus)),
+                        gpu_mem_peak_bytes=min(usage.gpu_mem_peak_bytes, gpu_memory_bound_bytes(gpus)),
+                        energy_mj=min(usage.energy_mj, energy_bound_mj(issued - ag.created_at_ms, gpus)))
         reason, exit_code, digest = final if final is not None else (None, None, None)
         return Receipt(
             agreement_id=self.agreement_id, provider=ag.provider, buyer=ag.buyer,

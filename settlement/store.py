@@ -77,6 +77,11 @@ def _distrust(conn: sqlite3.Connection, deadline: float) -> None:
     conn.set_progress_handler(lambda: time.monotonic() > deadline, PROGRESS_STEPS)
 
 
+class TextValue(bytes):
+    """A database cell that holds text where the schema has a blob: its raw bytes, under a type of its
+    own that no decoder takes for a body or a signature (Rule 5: a hostile file)."""
+
+
 @dataclass(frozen=True)
 class StoredChain:
     """One agreement's evidence as stored: envelopes in wire form (``{"body", "sigs"}``)."""
@@ -373,13 +378,38 @@ class Store:
             proposal=_envelope(proposal["body"], proposal["sig"]) if proposal else None,
             receipts=receipts)
 
-    def read_chains(self) -> list[StoredChain]:
-        """Every agreement's evidence, as the audit reads it; sqlite's errors (the time limit of Rule 5
-        among them) become UnusableInputError here, once."""
+    def evidence_rows(self) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        """Every agreement row and every receipt row, columns and all, as the audit reads a database
+        (settlement.dbread: the signed bodies decide, the columns are checked against them). A text
+        value comes back as ``TextValue`` (never decoded: it may not be UTF-8), so that a cell rewritten
+        as text is reported as such, not taken for the bytes it holds."""
         try:
-            return [self.load_chain(a) for a in self.agreement_ids()]
+            self.conn.text_factory = TextValue
+            try:
+                agreements = self.conn.execute(
+                    "SELECT id, provider, buyer, offer_id, proposal_id, created_at_ms, body, provider_sig, buyer_sig"
+                    " FROM agreements ORDER BY created_at_ms, id").fetchall()
+                receipts = self.conn.execute(
+                    "SELECT agreement_id, seq, id, body, provider_sig, buyer_sig FROM receipts").fetchall()
+            finally:
+                self.conn.text_factory = str
         except sqlite3.DatabaseError as exc:
             raise self._read_error(exc) from exc
+        return agreements, receipts
+
+    def signed_row(self, table: str, record_id: bytes) -> dict[str, Any] | None:
+        """The envelope of an offer or proposal by id, as stored (None: not there)."""
+        if table not in ("offers", "proposals"):
+            raise ValueError(table)
+        try:
+            self.conn.text_factory = TextValue
+            try:
+                row = self.conn.execute(f"SELECT body, sig FROM {table} WHERE id = ?", (record_id,)).fetchone()
+            finally:
+                self.conn.text_factory = str
+        except sqlite3.DatabaseError as exc:
+            raise self._read_error(exc) from exc
+        return _envelope(row[0], row[1]) if row is not None else None
 
     def max_offer_seq(self, provider: bytes) -> int:
         """The highest offer seq this node stored for ``provider`` (0 if none): seq survives restarts."""

@@ -252,10 +252,11 @@ def test_a_tampered_copy_is_reported_whatever_the_order_of_inputs(tmp_path):
 
 def test_an_invented_debt_at_cap_2_63_is_owed_at_most_the_unsigned_window(tmp_path):
     """H3 through real signed records in a real database: a provider states cap 2^63, runs nothing,
-    and signs a final claim for the whole duration. The audit owes no co-signed debt, shows the claim
+    and signs a final claim for the whole duration (as a provider fault: a buyer_unresponsive final with
+    nothing left unsigned before it would also be unfounded, settlement.chain Rule U). The audit owes no co-signed debt, shows the claim
     apart, owed at most billing Rule 3's bound; the statement never merges the two."""
     from settlement.billing import amount_due, unsigned_window_ms
-    from settlement.records import BUYER_UNRESPONSIVE, FINAL, ZERO_USAGE, Receipt
+    from settlement.records import FINAL, PROVIDER_FAULT, ZERO_USAGE, Receipt
     from settlement.testing import TERMS, make_agreement
 
     terms = replace(TERMS, exposure_cap_micros=(1 << 63))
@@ -265,7 +266,7 @@ def test_an_invented_debt_at_cap_2_63_is_owed_at_most_the_unsigned_window(tmp_pa
         agreement_id=agreement.record_id, provider=P.public, buyer=B.public, seq=1, prev=agreement.record_id,
         issued_at_ms=ag.created_at_ms + ag.max_duration_ms + 1000, metered_ms=ag.max_duration_ms, usage=ZERO_USAGE,
         amount_micros=amount_due(ag.max_duration_ms, ag.price_micros_per_s), state=FINAL,
-        reason=BUYER_UNRESPONSIVE, exit_code=None, output_digest=None), P)
+        reason=PROVIDER_FAULT, exit_code=None, output_digest=None), P)
     db = tmp_path / "provider.db"
     with Store(db) as store:
         store.put_offer(offer)
@@ -291,4 +292,4 @@ def test_an_invented_debt_at_cap_2_63_is_owed_at_most_the_unsigned_window(tmp_pa
     assert doc["unsigned_claims"] == [{"payer": B.peer_id, "payee": P.peer_id, "owed_micros": bound}]
     statement = open_signed((tmp_path / "s.bin").read_bytes(), Statement).record
     assert [(e.state, e.amount_micros) for e in statement.entries] == [
-        ("final:buyer_unresponsive", 0), ("unsigned:final:buyer_unresponsive", bound)]
+        ("final:provider_fault", 0), ("unsigned:final:provider_fault", bound)]

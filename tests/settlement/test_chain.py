@@ -10,7 +10,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from p2p.envelope import Signed, countersign, sign_record
-from settlement.billing import START_ALLOWANCE_MS, amount_due, metered_bound, unsigned_window_ms, usage_bound
+from settlement.billing import (
+    START_ALLOWANCE_MS,
+    amount_due,
+    energy_bound_mj,
+    gpu_memory_bound_bytes,
+    memory_bound_bytes,
+    metered_bound,
+    sm_pct_bound,
+    unsigned_window_ms,
+    usage_bound,
+)
 from settlement.chain import ChainChecker, verify_chain
 from settlement.records import BUYER_UNRESPONSIVE, COMPLETED, FINAL, PROVIDER_RESTART, RUNNING, Receipt, Usage
 from settlement.testing import TERMS, key_from_label, make_agreement, next_receipt
@@ -80,9 +90,9 @@ def _equivocate(_):
 
 
 CASES = {
-    "forged provider signature": (lambda rs: _forge_sig(signed(rs), 1, 0), ["receipt_signature", "seq_gap"]),
+    "forged provider signature": (lambda rs: _forge_sig(signed(rs), 1, 0), ["receipt_signature"]),
     "forged buyer signature": (lambda rs: _forge_sig(signed(rs), 1, 1), ["receipt_signature"]),
-    "reordered": (lambda rs: _swap(signed(rs), 1, 2), ["out_of_order", "seq_gap"]),
+    "reordered": (lambda rs: _swap(signed(rs), 1, 2), ["out_of_order"]),
     "missing receipt": (lambda rs: (lambda c: c[:1] + c[2:])(signed(rs)), ["seq_gap"]),
     "duplicated receipt": (lambda rs: (lambda c: c[:2] + c[1:])(signed(rs)), ["duplicate"]),
     "equivocation": (_equivocate, ["equivocation"]),
@@ -92,9 +102,9 @@ CASES = {
                                            relink=True), ["wrong_amount"]),
     "broken link": (lambda rs: signed(rs[:2] + [replace(rs[2], prev=b"\1" * 32)] + rs[3:]), ["broken_link"]),
     "wrong agreement": (lambda rs: signed([replace(rs[0], agreement_id=b"\2" * 32)] + rs[1:], relink=True),
-                        ["wrong_agreement"]),
+                        ["seq_gap", "wrong_agreement"]),
     "wrong parties": (lambda rs: [countersign(sign_record(replace(rs[0], buyer=key_from_label("x").public), P),
-                                              key_from_label("x"))] + signed(rs[1:]), ["broken_link", "wrong_parties"]),
+                                              key_from_label("x"))] + signed(rs[1:]), ["wrong_parties"]),
     "metered beyond wall time": (lambda rs: signed([amount_fixed(replace(rs[0], metered_ms=5000))] + rs[1:],
                                                    relink=True), ["decreasing", "metered_exceeds_wall"]),
     "cpu beyond allocation": (lambda rs: signed([replace(rs[0], usage=replace(rs[0].usage, cpu_core_ms=3000))]
@@ -112,7 +122,7 @@ CASES = {
                                                                 exit_code=0, output_digest=b"\3" * 32)] + rs[3:],
                                               relink=True), ["after_final"]),
     "unsigned final over cap": (lambda rs: signed(rs[:3] + [amount_fixed(replace(
-        rs[3], reason=BUYER_UNRESPONSIVE, metered_ms=rs[2].metered_ms + 60_000, issued_at_ms=rs[3].issued_at_ms
+        rs[3], reason="provider_fault", metered_ms=rs[2].metered_ms + 60_000, issued_at_ms=rs[3].issued_at_ms
         + 60_000, exit_code=None, output_digest=None))], cosign=[1, 1, 1, 0], relink=True), ["unsigned_final"]),
     "issued before the agreement": (lambda rs: signed([replace(rs[0], issued_at_ms=AGREEMENT.record.created_at_ms
                                                                - 1, metered_ms=0, amount_micros=0)] + rs[1:],
@@ -134,7 +144,7 @@ def test_an_unsigned_claim_is_owed_apart_within_the_window_whatever_its_reason()
     the unsigned window's worth, shown apart from the co-signed debt, for every reason."""
     rs = honest(4)
     price = AGREEMENT.record.price_micros_per_s
-    for reason in (BUYER_UNRESPONSIVE, COMPLETED, "buyer_cancel", "provider_fault"):
+    for reason in (COMPLETED, "buyer_cancel", "provider_fault"):
         last = replace(rs[3], reason=reason, exit_code=0 if reason == COMPLETED else None,
                        output_digest=rs[3].output_digest if reason == COMPLETED else None)
         report = verify_chain(AGREEMENT, signed(rs[:3] + [last], cosign=[1, 1, 1, 0], relink=True))
@@ -144,7 +154,7 @@ def test_an_unsigned_claim_is_owed_apart_within_the_window_whatever_its_reason()
         assert report.unsigned_owed_ms == last.metered_ms - rs[2].metered_ms and report.unsigned_seq == 4
         assert report.state == f"final:{reason}" and report.pending == 1
     # A claim past the window (within the cap) is owed only up to the window.
-    far = amount_fixed(replace(rs[3], metered_ms=rs[2].metered_ms + WINDOW_MS + 20_000, reason=BUYER_UNRESPONSIVE,
+    far = amount_fixed(replace(rs[3], metered_ms=rs[2].metered_ms + WINDOW_MS + 20_000, reason="provider_fault",
                                issued_at_ms=rs[3].issued_at_ms + WINDOW_MS + 20_000, exit_code=None,
                                output_digest=None))
     report = verify_chain(AGREEMENT, signed(rs[:3] + [far], cosign=[1, 1, 1, 0], relink=True))
@@ -163,7 +173,8 @@ def test_an_invented_debt_at_any_cap_is_owed_no_more_than_the_window():
                     usage=Usage(0, 0, 0, 0, 0, 0), amount_micros=amount_due(duration, price), state=FINAL,
                     reason=BUYER_UNRESPONSIVE, exit_code=None, output_digest=None)
     report = verify_chain(huge, [sign_record(claim, P)])
-    assert report.ok, report.findings
+    # Nothing was ever left uncountersigned before it, so its reason is unfounded too (Rule U).
+    assert [f.rule for f in report.findings] == ["unfounded_unresponsive"]
     assert report.amount_micros == 0 and report.billed_ms == 0
     assert report.unsigned_claim_micros == amount_due(duration, price)
     assert report.unsigned_owed_micros == amount_due(WINDOW_MS, price) < report.unsigned_claim_micros // 50
@@ -299,7 +310,14 @@ def _receipt_after(ag, checker, shape, broken, delta):
     usage = {name: getattr(pu, name) + growth for name in _COUNTERS}
     usage.update(cpu_core_ms=usage_bound(metered, units.cpu_millis),
                  gpu_ms=usage_bound(metered, units.gpus * 1000) if units.gpus else 0)
-    usage["gpu_sm_pct_ms"] *= bool(units.gpus)
+    if growth:  # the other counters at their bounds (settlement.billing Rule 2b)
+        usage.update(mem_peak_bytes=memory_bound_bytes(units.memory_mib),
+                     gpu_mem_peak_bytes=gpu_memory_bound_bytes(units.gpus),
+                     gpu_sm_pct_ms=sm_pct_bound(metered, units.gpus),
+                     energy_mj=energy_bound_mj(issued - ag.created_at_ms, units.gpus))
+    else:
+        for name in ("gpu_sm_pct_ms", "gpu_mem_peak_bytes", "energy_mj"):
+            usage[name] *= bool(units.gpus)
     honest = {"agreement_id": checker.agreement_id, "provider": ag.provider, "buyer": ag.buyer,
               "prev": checker.last_id, "state": FINAL if final else RUNNING, "reason": reason,
               "exit_code": 0 if completed else None, "output_digest": b"\3" * 32 if completed else None}
