@@ -17,13 +17,16 @@ Rule 4 (issue 13 L7): a proposal that already has a bid or an agreement is refus
 (``duplicate_proposal``), on this stream or any other, until it expires (market.negotiation Rule 3).
 Rule 5 (issue 13 M3): the buyer's unstarted agreements, counted by the daemon (``unstarted``), bound
 its new bids (market.deal Rule 5).
+Rule 6 (issue 17 item 3): the buyer dials a provider at the addresses of the offer it answers, never
+only at what the peerstore remembers: a provider restarted on a new port publishes a new offer with its
+new addresses, while py-libp2p keeps the old ones first and dials one TCP address per peer.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import trio
@@ -211,9 +214,9 @@ class Attempt:
 
 
 async def negotiate_with(node: Node, provider: str, key: NodeKey, proposal: Signed[Proposal],
-                         before_accept: BeforeAccept | None = None) -> Deal:
-    """Open ``/suanli/negotiate/1.0.0`` to ``provider`` and negotiate on it."""
-    framed = FramedStream(await node.open_stream(provider, PROTOCOL_ID))
+                         before_accept: BeforeAccept | None = None, addrs: Sequence[str] = ()) -> Deal:
+    """Open ``/suanli/negotiate/1.0.0`` to ``provider`` (Rule 6: at ``addrs``, its offer's) and negotiate on it."""
+    framed = FramedStream(await node.open_stream(provider, PROTOCOL_ID, addrs))
     try:
         return await negotiate(framed, key, proposal, before_accept=before_accept)
     finally:
@@ -222,13 +225,18 @@ async def negotiate_with(node: Node, provider: str, key: NodeKey, proposal: Sign
 
 async def negotiate_first(node: Node, key: NodeKey, candidates: Sequence[tuple[str, Signed[Proposal]]],
                           per_candidate_s: float, before_accept: BeforeAccept | None = None,
+                          addrs: Mapping[str, Sequence[str]] | None = None,
                           ) -> tuple[Deal | None, list[Attempt]]:
-    """Try candidates in order; a refusal, an error or silence costs at most ``per_candidate_s``."""
+    """Try candidates in order; a refusal, an error or silence costs at most ``per_candidate_s``.
+
+    ``addrs``: each candidate's addresses as its offer states them (Rule 6).
+    """
     attempts: list[Attempt] = []
     for provider, proposal in candidates:
         try:
             with trio.fail_after(per_candidate_s):
-                deal = await negotiate_with(node, provider, key, proposal, before_accept)
+                deal = await negotiate_with(node, provider, key, proposal, before_accept,
+                                            (addrs or {}).get(provider, ()))
         except trio.TooSlowError:
             attempts.append(Attempt(provider, f"no answer within {per_candidate_s:g} s", answered=False))
         except NegotiationRefused as exc:

@@ -115,9 +115,9 @@ async def find_providers(node: Node, name: str, *, count: int = 100,
                 log.debug("GET_PROVIDERS to %s failed: %r", peer, exc)
                 return
             for info in providers:
+                if info.addrs and info.peer_id != me:
+                    node.replace_addrs(info.peer_id, info.addrs)  # before ``add`` starts a dial (issue 17)
                 add(info)
-                if info.addrs:
-                    node.host.get_peerstore().add_addrs(info.peer_id, info.addrs, 600)
             closer.extend(more)
 
     for _ in range(LOOKUP_ROUNDS):

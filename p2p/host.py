@@ -12,6 +12,9 @@ Rule 3: every handler runs inside ``safe_stream_handler`` and every validator in
 ``safe_validator``: a peer can end a stream, never the node.
 Rule 4 (issue 13 M1): inbound connections and streams pass ``p2p.limits.InboundGate`` (per peer, per
 IP address and in all, ``HostConfig.limits``), and Yamux never buffers past a stream's window.
+Rule 5 (issue 17 item 3): a peer that restarts on a new port is dialled at its new addresses: fresh
+addresses (from its offer or a DHT record) replace the old ones, which py-libp2p would otherwise keep
+first and dial alone (one TCP address per peer), and lift the 60 s negative cache.
 """
 
 from __future__ import annotations
@@ -208,6 +211,14 @@ class Node:
             raise PeerUnreachableError(f"cannot open {protocol} to {peer_id}: {exc}", peer=peer_id,
                                        protocol=protocol) from exc
 
+    def replace_addrs(self, pid: ID, addrs: Sequence[multiaddr.Multiaddr]) -> None:
+        """Rule 5: ``addrs`` (an offer's, a fresh DHT record's) replace what the peerstore holds for an
+        unconnected peer, and lift its negative-cache entry (item 23); a connected peer is left as is."""
+        if pid in self.host.get_network().connections:
+            return
+        workarounds.forget_peer_addrs(self.host, pid)
+        self.host.get_peerstore().add_addrs(pid, list(addrs), 600)
+
     async def _learn_addrs(self, pid: ID, addrs: Sequence[str]) -> None:
         store = self.host.get_peerstore()
         parsed = []
@@ -219,8 +230,7 @@ class Node:
             except Exception:  # an unusable advertised address is skipped, not fatal
                 continue
         if parsed:
-            workarounds.forget_peer_addrs(self.host, pid)  # item 23: the given addresses win
-            store.add_addrs(pid, parsed, 600)
+            self.replace_addrs(pid, parsed)
             return
         try:
             known = store.addrs(pid)
