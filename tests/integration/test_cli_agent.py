@@ -183,7 +183,7 @@ def _ask(path: Path, payload: bytes) -> list[dict]:
 def test_a_bad_request_gets_an_error_and_the_agent_carries_on(net, payload, says):
     events = _ask(net.home / "agent.sock", payload)
     assert events[0]["ev"] == "error" and says in events[0]["text"], events
-    assert events[-1] == {"ev": "exit", "code": 2}
+    assert events[-1] == {"ev": "exit", "code": 125}  # node.exitcodes.EXIT_SUANLI
     assert net.agent.alive()
     done = run_cli("run", "--data-dir", str(net.home), "--image", net.image, *JOB, "--dry-run", "--json", "--",
                    "true")
