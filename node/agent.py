@@ -17,7 +17,8 @@ Rule 4: on SIGINT/SIGTERM the agent cancels every running job, waits (bounded) f
 receipts, then leaves the overlay.
 Rule 5: a provider that could not be reached, stayed silent or broke off during a negotiation has its
 offer set aside (p2p.gossip Rule 4) until it publishes a newer one: later runs do not wait on a
-provider that has gone, for as long as its last offer would have lived.
+provider that has gone, for as long as its last offer would have lived. Only the offer the run was given
+is set aside: a newer one that came meanwhile (a provider restarted on a new port) is tried next.
 """
 
 from __future__ import annotations
@@ -180,20 +181,28 @@ class Agent:
     overlay: BuyerOverlay
     store: AsyncStore
     jobs: set[_Job] = field(default_factory=set)
+    handed_out: dict[bytes, bytes] = field(default_factory=dict)  # provider -> the offer id a run was last given
     _ended: trio.Event = field(default_factory=trio.Event)  # set each time a run ends
 
     async def find(self, request: JobRequest, wait_s: float) -> list[Signed[Offer]]:
         """The offers already known when one of them can run the job; else a fresh collection."""
         now = now_ms()
         known = self.overlay.ledger.current(now)
-        if rank_offers([o.record for o in known], request, now, limit=1):
-            return known
-        return await collect_offers(self.node, self.overlay.ledger, capability=capability_for(request),
-                                    wait_s=wait_s)
+        if not rank_offers([o.record for o in known], request, now, limit=1):
+            known = await collect_offers(self.node, self.overlay.ledger, capability=capability_for(request),
+                                         wait_s=wait_s)
+        self.handed_out = {o.record.provider: o.record_id for o in known}  # every offer known: bounded
+        return known
 
     def set_aside(self, peer_id: str) -> None:
-        """Rule 5: a provider that did not answer is not proposed to again on the strength of the same offer."""
-        if self.overlay.ledger.set_aside(public_from_peer_id(peer_id)):
+        """Rule 5: a provider that did not answer is not proposed to again on the strength of the same offer;
+        a newer offer that arrived during the run (a restarted provider's) is kept for the next run."""
+        provider = public_from_peer_id(peer_id)
+        held = self.overlay.ledger.latest.get(provider)
+        if held is not None and self.handed_out.get(provider, held.record_id) != held.record_id:
+            log.info("%s did not answer, but has published a newer offer since: that one is tried next", peer_id)
+            return
+        if self.overlay.ledger.set_aside(provider):
             log.info("offer of %s set aside until it publishes a newer one: it did not answer", peer_id)
 
     async def keep_offers(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
