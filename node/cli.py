@@ -71,11 +71,14 @@ def _add_evidence(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
     export = sub.add_parser("export", help="write one agreement's (or every agreement's) evidence to a bundle")
     export.add_argument("--db", required=True, help="the node database to read")
     export.add_argument("--agreement", help="agreement id (hex, a unique prefix is enough); default: all")
-    export.add_argument("--out", required=True, help="bundle file to write")
+    export.add_argument("--out", required=True, help="bundle file to write (must not exist unless --force)")
+    export.add_argument("--force", action="store_true", help="replace --out if it exists")
     export.set_defaults(run="node.commands.evidence:cmd_export")
 
     audit = sub.add_parser("audit", help="verify bundles and node databases offline; exit 1 on findings")
-    audit.add_argument("paths", nargs="+", metavar="PATH", help="bundle files and/or node databases")
+    audit.add_argument("paths", nargs="+", metavar="PATH",
+                       help="bundle files and/or node databases; a statement file (from settle) among them is "
+                            "checked against the audit of the others")
     audit.add_argument("--json", action="store_true", help="print one JSON document")
     audit.add_argument("--jobs", type=int, default=1, metavar="N", help="verify over N processes (default 1)")
     audit.set_defaults(run="node.commands.evidence:cmd_audit")

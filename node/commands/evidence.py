@@ -15,9 +15,13 @@ from p2p.identity import load_key, peer_id_from_public, write_atomically
 from settlement.audit import ChainAudit, audit, read_inputs
 from settlement.bundle import encode_bundle
 from settlement.store import Store
+from settlement.verify_statement import read_statement, statement_problems
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if not getattr(args, "force", False) and (out.exists() or out.is_symlink()):
+        raise UnusableInputError(f"{out} exists: give --force to replace it", path=str(out))
     with Store(args.db, readonly=True) as store:
         if args.agreement:
             matches = store.find_agreements(args.agreement)
@@ -75,20 +79,41 @@ def _print_text(results: list[ChainAudit]) -> None:
     print(f"audited {len(results)} agreement(s): {verdict}")
 
 
-def _run_audit(args: argparse.Namespace) -> list[ChainAudit]:
+def _run_audit(args: argparse.Namespace, paths: list[str] | None = None) -> list[ChainAudit]:
     if args.jobs < 1:
         raise UnusableInputError("--jobs must be at least 1")
-    return audit(read_inputs(args.paths), jobs=args.jobs)
+    return audit(read_inputs(args.paths if paths is None else paths), jobs=args.jobs)
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    results = _run_audit(args)
+    """Exit 0/1 on the evidence's findings; with statements among the inputs, 0/1 on whether every
+    statement verifies against the audit of the rest (settlement.verify_statement)."""
+    statements = [(p, s) for p, s in ((p, read_statement(Path(p))) for p in args.paths) if s is not None]
+    evidence = [p for p in args.paths if p not in {p for p, _ in statements}]
+    if statements and not evidence:
+        raise UnusableInputError("a statement is verified against the bundles or databases it was made from: "
+                                 "give them too")
+    results = _run_audit(args, evidence)
     findings = sum(len(r.report.findings) for r in results)
+    checked = [(p, s, statement_problems(s, (r.report for r in results))) for p, s in statements]
     if args.json:
-        print(json.dumps({"ok": findings == 0, "findings": findings, "agreements": [audit_json(r) for r in results]},
-                         indent=1))
+        doc: dict[str, Any] = {"ok": findings == 0, "findings": findings,
+                               "agreements": [audit_json(r) for r in results]}
+        if checked:
+            doc["statements"] = [{"path": str(p), "statement_id": s.record_id.hex(),
+                                  "auditor": peer_id_from_public(s.record.auditor), "entries": len(s.record.entries),
+                                  "ok": not problems, "problems": problems} for p, s, problems in checked]
+        print(json.dumps(doc, indent=1))
     else:
         _print_text(results)
+        for p, s, problems in checked:
+            print(f"statement {s.record_id.hex()[:16]} ({p}) by {peer_id_from_public(s.record.auditor)}: "
+                  f"{len(s.record.entries)} entries, " + ("each equals the audit of the evidence" if not problems
+                                                          else f"{len(problems)} problem(s)"))
+            for problem in problems:
+                print(f"  PROBLEM {problem}")
+    if checked:
+        return EXIT_OK if not any(problems for _, _, problems in checked) else EXIT_FINDINGS
     return EXIT_OK if findings == 0 else EXIT_FINDINGS
 
 

@@ -137,3 +137,33 @@ def test_an_honest_database_still_audits_and_is_not_written(tmp_path):
     code, out, err, _ = audit(db)
     assert code == 0, (out, err)
     assert db.read_bytes() == before
+
+
+# Issue 17, item 10: cells of a tampered database rewritten as text (or as a number) are findings
+# (exit 1), each one line, never a traceback; a value that is not valid UTF-8 is never decoded.
+TEXT_CELLS = {
+    "a receipt body cast to text": ("UPDATE receipts SET body = CAST(body AS TEXT) WHERE seq = 2", "malformed"),
+    "a receipt body as hex text": ("UPDATE receipts SET body = hex(body) WHERE seq = 2", "malformed"),
+    "a receipt signature as text": ("UPDATE receipts SET provider_sig = hex(provider_sig) WHERE seq = 2",
+                                    "malformed"),
+    "a receipt body as a number": ("UPDATE receipts SET body = 5 WHERE seq = 2", "malformed"),
+    "an agreement body as text": ("UPDATE agreements SET body = CAST(body AS TEXT)", "malformed"),
+    "an agreement id as text": ("UPDATE agreements SET id = CAST(id AS TEXT)", "column_mismatch"),
+    "a receipt seq as text": ("UPDATE receipts SET seq = 'two' WHERE seq = 2", "column_mismatch"),
+}
+
+
+@pytest.mark.parametrize("name", TEXT_CELLS)
+def test_a_database_cell_rewritten_as_text_is_a_finding_not_a_traceback(tmp_path, name):
+    sql, rule = TEXT_CELLS[name]
+    db = _honest_db(tmp_path / "node.db")
+    conn = sqlite3.connect(db)
+    for (trigger,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall():
+        conn.execute(f'DROP TRIGGER "{trigger}"')
+    conn.execute(sql)
+    conn.commit()
+    conn.close()
+    code, out, err, _ = audit(db)
+    assert code == 1 and err == "", (code, out, err)
+    assert f": {rule}: " in out, out
+    assert "\ufffd" not in out and "Traceback" not in out
