@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -59,7 +60,8 @@ class Processes:
         self.procs: list[tuple[str, subprocess.Popen[str]]] = []
 
     def start(self, name: str, args: list[str], log_path: Path) -> subprocess.Popen[str]:
-        log = open(log_path, "w")  # noqa: SIM115 - closed with the process
+        # 0600 whatever the umask (node.paths L3): a node's log may name jobs, peers and paths
+        log = os.fdopen(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w")
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True)
         self.procs.append((name, proc))
         return proc
@@ -91,6 +93,18 @@ def _read_json_line(proc: subprocess.Popen[str], what: str, timeout_s: float = 6
         if line.startswith("{"):
             return json.loads(line)  # type: ignore[no-any-return]
     raise SuanliError(f"{what} was not ready within {timeout_s:.0f} s")
+
+
+def why_failed(run_code: int, findings: int, agreements: int) -> str:
+    """One line for a failed demo (issue 17 item 11: it said only "FAILED")."""
+    from node.exitcodes import MEANINGS
+
+    if run_code != 0:
+        meaning = MEANINGS.get(run_code, "the job's own exit code")
+        return f"suanli run exited {run_code} ({meaning}; its lines are above)"
+    if not agreements:
+        return "no agreement was recorded in the databases"
+    return f"the audit found {findings} problem(s) (listed above)"
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -172,6 +186,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
             else 0, "receipts": rep.receipts if rep else 0, "databases": [str(p) for p in dbs],
         })
         summary["ok"] = buyer.returncode == 0 and findings == 0 and bool(results)
+        if not summary["ok"]:
+            summary["error"] = why_failed(buyer.returncode, findings, len(results))
+    except SuanliError as exc:
+        summary["error"] = str(exc)  # a node that did not start: its log is kept under root
     finally:
         procs.stop_all()
         if args.clean and summary.get("ok"):
@@ -181,5 +199,5 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(json.dumps(summary))
     else:
         where = f"; keys, logs and databases are in {root}" if summary.get("root") else ""
-        print(f"demo: {'OK' if summary['ok'] else 'FAILED'}{where}")
+        print(f"demo: {'OK' if summary['ok'] else 'FAILED: ' + summary['error']}{where}")
     return 0 if summary["ok"] else 1

@@ -14,6 +14,7 @@ One network per module; every process is stopped in teardown and every wait is b
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 from pathlib import Path
 
@@ -123,3 +124,12 @@ def test_the_agent_path_has_the_same_exit_codes(net, tmp_path):
         assert "--cpus" in mistake.stderr and len(mistake.stderr.splitlines()) == 1, mistake.stderr
     finally:
         agent.stop()
+
+
+def test_a_failing_demo_job_says_why():
+    done = run_cli("demo", "--providers", "1", "--", "sh", "-c", "echo about to fail; exit 3", timeout_s=300)
+    last = done.stdout.strip().splitlines()[-1]
+    if " are in /" in last:  # a failed demo keeps its files for the user to read: remove them here
+        shutil.rmtree(last.rsplit(" are in ", 1)[1], ignore_errors=True)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert last.startswith("demo: FAILED: suanli run exited 3 (the job's own exit code"), last

@@ -114,3 +114,29 @@ def test_a_libp2p_error_after_a_host_resets_its_level_reaches_no_one(monkeypatch
             "logging.getLogger('suanli.x').warning('ours')\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "SPAM" not in done.stderr and "ours" in done.stderr, done.stderr
+
+
+def test_demo_logs_are_private_whatever_the_umask(tmp_path):
+    from node.commands.demo import Processes
+
+    procs = Processes()
+    old = os.umask(0)
+    try:
+        procs.start("true", ["true"], tmp_path / "node.log")
+    finally:
+        os.umask(old)
+        procs.stop_all(timeout_s=10)
+    assert (tmp_path / "node.log").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_failed_demo_says_why():
+    from node.commands.demo import why_failed
+
+    assert "exited 126 (no provider could take the job" in why_failed(126, 0, 0)
+    assert "exited 3 (the job's own exit code" in why_failed(3, 0, 1)
+    assert "no agreement" in why_failed(0, 0, 0) and "found 2 problem(s)" in why_failed(0, 2, 1)
+
+
+def test_run_without_a_command_is_one_line():
+    done = _cli("run", "--image", "sha256:" + "0" * 64, "--")
+    assert done.returncode == EXIT_SUANLI and done.stderr.count("\n") == 1 and "after --" in done.stderr
