@@ -8,11 +8,13 @@ Rule 3: every whole-number setting has a range (``RANGES``; a key not listed the
 from them overflows: the most one job can cost (every price at its maximum, the largest offer, the
 longest job) stays below 2^63 micro-credits, and ``offer_ttl_s * 1000`` added to a millisecond clock
 stays far below 2^64.
-``EXAMPLE`` is what ``suanli provide --init-config PATH`` writes; the tests load it.
+``EXAMPLE`` is what ``suanli provide --init-config PATH`` writes, with the data directory in force
+(``$SUANLI_HOME``, else ``$XDG_DATA_HOME/suanli``, else ``~/.local/share/suanli``); the tests load it.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -274,10 +276,20 @@ def load_config(path: str | os.PathLike[str]) -> ProviderConfig:
         start_window_s=r.whole(lim, "limits", "start_window_s", 30), ranges=r.checked)
 
 
-def write_example(path: str | os.PathLike[str]) -> Path:
+def example_for(data: Path) -> str:
+    """EXAMPLE with ``data`` (absolute) as its data directory and in the key's comment (issue 17 item 7: the
+    directory in force, ``$SUANLI_HOME`` included, so that ``suanli status`` finds the daemon)."""
+    text = json.dumps(str(data.expanduser().absolute()), ensure_ascii=False)  # a JSON string is a TOML basic string
+    key = json.dumps(str(data.expanduser().absolute() / "node.key"), ensure_ascii=False)
+    return EXAMPLE.replace('data_dir = "~/.local/share/suanli"', f"data_dir = {text}", 1).replace(
+        '# key = "~/.local/share/suanli/node.key"', f"# key = {key}", 1)
+
+
+def write_example(path: str | os.PathLike[str], data: Path | None = None) -> Path:
+    """``suanli provide --init-config PATH``: the example, its data directory ``data`` or else the one in force."""
     target = Path(path)
     if target.exists():
         raise ConfigError(f"{target} already exists; refusing to overwrite it", path=str(target))
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(EXAMPLE)
+    target.write_text(example_for(data if data is not None else default_data_dir()))
     return target

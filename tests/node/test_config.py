@@ -165,3 +165,31 @@ def test_the_start_window_reaches_the_provider_and_has_a_range(tmp_path):
     path.write_text(EXAMPLE.replace("start_window_s = 30", "start_window_s = 3600", 1))
     with pytest.raises(ConfigError, match=r"limits.start_window_s: expected a whole number in 5..600"):
         load_config(path)
+
+
+@pytest.mark.parametrize("env_name, leaf", [("SUANLI_HOME", ""), ("XDG_DATA_HOME", "suanli")])
+def test_init_config_writes_the_data_dir_in_force(tmp_path, env_name, leaf):
+    """Issue 17 item 7: `provide --init-config` wrote ~/.local/share/suanli whatever $SUANLI_HOME said, so
+    `suanli status` (which reads $SUANLI_HOME) then found no provider. Through the real CLI; a directory
+    name with a quote and a non-ASCII letter stays one TOML string."""
+    import subprocess
+    import sys
+
+    home = tmp_path / 'dätä "x"'
+    env = {k: v for k, v in os.environ.items() if k not in ("SUANLI_HOME", "XDG_DATA_HOME")}
+    env |= {"HOME": str(tmp_path / "home"), env_name: str(home)}
+    path = tmp_path / "provider.toml"
+    done = subprocess.run([sys.executable, "-m", "node.cli", "provide", "--init-config", str(path)],
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    expected = home / leaf if leaf else home
+    cfg = load_config(path)
+    assert cfg.data_dir == expected and cfg.key_path == expected / "node.key"
+    assert f"# key = {json_string(expected / 'node.key')}" in path.read_text()
+    assert not (tmp_path / "home").exists()  # nothing written into the home directory
+
+
+def json_string(path) -> str:  # noqa: ANN001
+    import json
+
+    return json.dumps(str(path), ensure_ascii=False)
