@@ -271,7 +271,9 @@ def _signatures_ok(signed: Signed[Any]) -> bool:
 
 
 def _check_origin(job: ChainJob, ag: Agreement) -> list[Finding]:
-    """The offer and proposal the agreement names, where the input carries them."""
+    """The offer and proposal the agreement names, where the input carries them (docs/PROTOCOL.md §5,
+    "Origin"): the offer's id, provider and terms; the proposal's id, parties, offer, job, resources,
+    terms and duration; the price within the buyer's maximum; both signatures. One finding per record."""
     out: list[Finding] = []
     if job.offer is not None:
         offer, problem = _decode(job.offer, Offer, "offer")
@@ -280,6 +282,8 @@ def _check_origin(job: ChainJob, ag: Agreement) -> list[Finding]:
         else:
             if offer.record_id != ag.offer_id or offer.record.provider != ag.provider:
                 out.append(Finding("origin_mismatch", "the offer is not the one the agreement names"))
+            elif offer.record.terms != ag.terms:
+                out.append(Finding("origin_mismatch", "the agreement's receipt terms are not the offer's"))
             try:
                 offer.verify()
             except SignatureError as exc:
@@ -292,6 +296,10 @@ def _check_origin(job: ChainJob, ag: Agreement) -> list[Finding]:
             p = proposal.record
             if proposal.record_id != ag.proposal_id or p.buyer != ag.buyer or p.provider != ag.provider:
                 out.append(Finding("origin_mismatch", "the proposal is not the one the agreement names"))
+            elif differs := [name for name in ("offer_id", "job", "resources", "terms", "max_duration_ms")
+                             if getattr(p, name) != getattr(ag, name)]:
+                out.append(Finding("origin_mismatch", f"the agreement's {', '.join(differs)} differ from the "
+                                   "proposal's"))
             elif ag.price_micros_per_s > p.max_price_micros_per_s:
                 out.append(Finding("origin_mismatch", f"agreed price {ag.price_micros_per_s} exceeds the "
                                    f"buyer's maximum {p.max_price_micros_per_s}"))

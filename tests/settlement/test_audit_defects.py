@@ -158,3 +158,20 @@ def test_a_receipt_naming_the_agreement_but_signed_by_other_parties_is_excluded(
     report = verify_chain(ev.agreement, [*ev.receipts, intruder])
     assert rules(report) == ["wrong_parties"] and report.last_seq == 3
     assert report.state == "running" and FINAL not in report.state
+
+
+def test_origin_every_field_the_agreement_copies_from_its_proposal_and_offer_is_checked(tmp_path):
+    from settlement.store import StoredChain
+
+    ev = make_chain(P, B, 1)
+    ag = ev.agreement.record
+    assert rules(_audit(_bundle(tmp_path, [ev.stored()]))[0].report) == []
+    for name, changed in (("job", replace(ag, job=replace(ag.job, command=("true",)))),
+                          ("resources", replace(ag, resources=replace(ag.resources, cpu_millis=2000))),
+                          ("max_duration_ms", replace(ag, max_duration_ms=ag.max_duration_ms - 1)),
+                          ("terms", replace(ag, terms=replace(ag.terms, grace_ms=ag.terms.grace_ms + 1)))):
+        agreement = countersign(sign_record(changed, P), B)
+        stored = StoredChain(agreement.to_wire(), ev.offer.to_wire(), ev.proposal.to_wire(), [])
+        [result] = _audit(_bundle(tmp_path, [stored], f"{name}.bundle"))
+        assert rules(result.report) == ["origin_mismatch"] * (2 if name == "terms" else 1), name
+        assert all(name in f.detail or "offer" in f.detail for f in result.report.findings), name
