@@ -204,9 +204,10 @@ def _unsigned_claim(report: ChainReport, checker: ChainChecker, cosigned: Receip
     ceiling = unsigned_ceiling(base_ms, base, ag.price_micros_per_s, cap, checker.window_ms)
     owed = min(last.amount_micros, ceiling)
     report.unsigned_claim_micros = last.amount_micros - base
-    report.unsigned_owed_micros = owed - base
-    report.unsigned_owed_ms = min(last.metered_ms, base_ms + checker.window_ms,
-                                  metered_within(ceiling, ag.price_micros_per_s)) - base_ms
+    # Never below 0, even where a countersigned amount broke wrong_amount (docs/PROTOCOL.md §5, "owed").
+    report.unsigned_owed_micros = max(0, owed - base)
+    report.unsigned_owed_ms = max(0, min(last.metered_ms, base_ms + checker.window_ms,
+                                         metered_within(ceiling, ag.price_micros_per_s)) - base_ms)
     report.unsigned_seq = last.seq
     report.unsigned_receipt_id = last_id
     report.unsigned_state = last.state if last.state != FINAL else f"final:{last.reason}"

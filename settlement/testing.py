@@ -127,3 +127,77 @@ def protocol_vectors() -> dict[str, bytes]:
         out[f"key.{label}.seed"] = key.seed
         out[f"key.{label}.public"] = key.public
     return out
+
+
+def vector_fields() -> str:
+    """The field values of each test vector's body, one ``name.field = value`` line each (nested maps
+    flattened with dots; ``bin`` as hex, text quoted), so that a reader can build a body from scratch."""
+    from p2p.codec import unpack
+
+    vectors = protocol_vectors()
+    lines = []
+
+    def walk(prefix: str, value: object) -> None:
+        if isinstance(value, dict):
+            if not value:
+                lines.append(f"{prefix} = {{}}")
+            for key in sorted(value):
+                walk(f"{prefix}.{key}", value[key])
+        elif isinstance(value, list):
+            lines.append(f"{prefix} = [" + ", ".join(_scalar(v) for v in value) + "]")
+        else:
+            lines.append(f"{prefix} = {_scalar(value)}")
+
+    for name in ("offer", "proposal", "agreement", "receipt", "final_receipt", "statement"):
+        walk(name, unpack(vectors[f"{name}.body"], 1 << 20))
+    return "\n".join(lines)
+
+
+def _scalar(value: object) -> str:
+    if isinstance(value, bytes):
+        return f"bin {value.hex()}"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_scalar(v)}" for k, v in sorted(value.items())) + "}"
+    if value is None:
+        return "nil"
+    if isinstance(value, str):
+        return '"' + value + '"'
+    return str(value)
+
+
+NEGATIVE = {  # name -> (what is changed, the field of the vectors' bundle it replaces, the finding)
+    "negative.offer": ("the offer envelope with the last bit of its signature flipped", "offer",
+                       "offer_signature"),
+    "negative.proposal": ("the proposal with max_price_micros_per_s 100 (below the agreed 110), re-signed by "
+                          "the buyer", "proposal", "origin_mismatch"),
+    "negative.agreement": ("the agreement envelope without the buyer's countersignature", "agreement",
+                           "agreement_not_countersigned"),
+    "negative.receipt": ("receipt 2 with amount_micros 221 (110 x 2000 ms / 1000 = 220), re-signed by both",
+                         "receipts", "wrong_amount"),
+    "negative.statement": ("the statement with its entry's amount_micros 221, re-signed by the auditor",
+                           "statement", "entry not given by the evidence"),
+}
+
+
+def negative_vectors() -> dict[str, bytes]:
+    """One wrong instance of every record type (``NEGATIVE``): name -> the changed envelope's bytes.
+    Put into the vectors' bundle in place of the field named (a receipt replaces receipt 2; a statement
+    is checked against the vectors' bundle), each gives exactly the one finding named."""
+    from p2p.envelope import Signed
+    from settlement.records import Statement, StatementEntry
+
+    provider, buyer, auditor = key_from_label("provider"), key_from_label("buyer"), key_from_label("auditor")
+    ev = make_chain(provider, buyer, 2)
+    bad_offer_sig = ev.offer.sigs[0][:-1] + bytes([ev.offer.sigs[0][-1] ^ 1])
+    r2 = ev.receipts[1].record
+    entry = StatementEntry(agreement_id=ev.agreement.record_id, payer=buyer.public, payee=provider.public,
+                           amount_micros=r2.amount_micros + 1, billed_ms=2000, last_seq=2,
+                           last_receipt_id=ev.receipts[1].record_id, state="final:completed", findings=0)
+    return {
+        "negative.offer": Signed(ev.offer.body, ev.offer.record, (bad_offer_sig,)).to_bytes(),
+        "negative.proposal": sign_record(replace(ev.proposal.record, max_price_micros_per_s=100), buyer).to_bytes(),
+        "negative.agreement": Signed(ev.agreement.body, ev.agreement.record, ev.agreement.sigs[:1]).to_bytes(),
+        "negative.receipt": resign(replace(r2, amount_micros=r2.amount_micros + 1), provider, buyer).to_bytes(),
+        "negative.statement": sign_record(Statement(auditor=auditor.public, created_at_ms=1_800_000_100_000,
+                                                    entries=(entry,)), auditor).to_bytes(),
+    }
