@@ -43,6 +43,8 @@ KINDS = (START, IMAGE, INPUTS, OUTPUTS, STATUS, RUNNING, LOG, RECEIPT, FINAL, CO
 # Reasons to pause (Rule 2).
 COUNTERSIGNATURE_LATE = "countersignature_late"  # the exposure guard (settlement.session Rule 2)
 OWNER_RETURNED = "owner_returned"  # room for the machine's owner taking it back (not yet raised)
+PAUSE_DETAIL = {COUNTERSIGNATURE_LATE: "waiting for your countersignature",  # the job.status("paused") detail
+                OWNER_RETURNED: "the machine's owner is using it"}
 
 MOVES: dict[tuple[str, str, str, str], str] = {
     # The provider. A buyer's cancel during an upload is not in the table: the upload fails.

@@ -157,9 +157,9 @@ class ProviderSession:
             self.stop_reason = reason
         return [Stop(self.stop_reason)]
 
-    def container_exited(self, killed_externally: bool) -> None:
-        if killed_externally:  # never reported as completed
-            self.stop_requested(KILLED_EXTERNALLY)
+    def container_exited(self, killed_externally: bool) -> list[Action]:
+        """An exit that someone else caused on the engine is never reported as completed (M6)."""
+        return self.stop_requested(KILLED_EXTERNALLY) if killed_externally else []
 
     def pause_requested(self, reason: str) -> list[Action]:
         """A reason to freeze the container; ``Pause`` only for the first (jobsession Rule 2)."""
