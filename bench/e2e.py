@@ -12,7 +12,7 @@ metered job-second.
    Targets (issue 6): container start <= bare + 300 ms; first log line <= 2 s including the overlay join.
    Offer collection ends as soon as the DHT half answered with at least one offer, ``--wait`` at the
    latest (p2p.offer_query.collect_offers); its end is shown as its own line. A run that finds no offer
-   within the wait (exit 3) is retried and counted. A third row hands each run to a resident buyer agent
+   within the wait (exit 126) is retried and counted. A third row hands each run to a resident buyer agent
    (``suanli agent``, started once before the rounds, as dockerd is for ``docker run``): the same
    ``suanli run`` process, which then neither imports py-libp2p nor joins.
 2. Provider CPU per metered job-second with 1, 10 and 50 concurrent ``sleep`` jobs at 1 s receipts: the
@@ -180,7 +180,8 @@ def one_suanli_round(image: str, boot: str, home: Path, node_label: str, wait_s:
     since = int(time.time()) - 1
     where = ["--agent", str(agent)] if agent else ["--bootstrap", boot, "--local", "--data-dir", str(home)]
     child = Child([*suanli(), "run", *where, "--image", image, "--cpus", "0.5", "--memory", "64m",
-                   "--max-price", "1000", "--wait", str(wait_s), "--", *LATENCY_COMMAND])
+                   "--max-price", "1000", "--max-exposure", "1000000", "--wait", str(wait_s), "--",
+                   *LATENCY_COMMAND])  # --max-exposure: the provider's cap above (issue 13 H3 refuses it by default)
     code = child.wait(120)
     if code == 126:  # node.exitcodes.EXIT_NO_PROVIDER
         return None
@@ -264,7 +265,7 @@ def latency(image: str, root: Path, rounds: int, wait_s: float) -> None:
     collected = statistics.median(r["offers_found"] for r in ours)
     print(f"  container start: suanli {o - b:+.0f} ms vs docker run (target <= +300 ms); offers collected at "
           f"{collected:.0f} ms (interpreter, imports, join, lookup); agreement -> container start {after:.0f} ms")
-    print(f"  runs that found no offer within --wait {wait_s:g} (exit 3, retried): {misses} of {misses + rounds}")
+    print(f"  runs that found no offer within --wait {wait_s:g} (exit 126, retried): {misses} of {misses + rounds}")
     print(f"  first log line: {first:.0f} ms (target <= 2000 ms including the overlay join)")
     print(f"  suanli run, agent    offers known    {med(via_agent, 'offers_found')}   agreement "
           f"{med(via_agent, 'agreed')}")
