@@ -132,6 +132,7 @@ def _admitted(ag: Agreement, ag_id: bytes, receipts: Sequence[Signed[Receipt]], 
     seen: dict[int, bytes] = {}
     failed: set[int] = set()
     top = 0
+    unordered = False
     for signed in receipts:
         r, body, sigs = signed.record, signed.body, signed.sigs
         rid, seq = sha256(body).digest(), r.seq
@@ -161,9 +162,11 @@ def _admitted(ag: Agreement, ag_id: bytes, receipts: Sequence[Signed[Receipt]], 
         seen[seq] = rid
         if seq < top:
             findings.append(Finding("out_of_order", f"seq {seq} listed after seq {top}", seq, rid))
-        top = max(top, seq)
+            unordered = True
+        else:
+            top = seq
         chain.append((r, rid, countersigned))
-    if any(chain[i][0].seq > chain[i + 1][0].seq for i in range(len(chain) - 1)):
+    if unordered:  # else the seqs already rise: each is above every one before it
         chain.sort(key=lambda c: c[0].seq)
     return chain, failed
 
