@@ -282,7 +282,6 @@ async def execute(node: Any, key: Any, home: Path, args: argparse.Namespace, com
 
     from market.matching import JobRequest, explain, rank_offers
     from market.records import JobSpec, Proposal, ResourceRequest
-    from market.reputation import COMPLETED, FAILED
     from market.service import negotiate_first, now_ms
     from node.buyer_config import load_max_exposure
     from node.buyer_job import JobFailed, pack_dir, run_job
@@ -399,9 +398,11 @@ async def execute(node: Any, key: Any, home: Path, args: argparse.Namespace, com
                 except JobFailed as exc:
                     failure = exc
                 nursery.cancel_scope.cancel()
-        # Local reputation (market.reputation): what this buyer saw of this provider.
-        seen = COMPLETED if outcome is not None and outcome.reason in ("completed", "buyer_cancel") else FAILED
-        await store.record_outcome(ag.provider, seen, deal.agreement.record_id, now_ms())
+        # Local reputation (market.reputation): what this buyer saw of this provider, never its own mistake.
+        seen = reputation_outcome(outcome.reason if outcome is not None else None,
+                                  getattr(failure, "reason", None) if failure is not None else None)
+        if seen is not None:
+            await store.record_outcome(ag.provider, seen, deal.agreement.record_id, now_ms())
     if outcome is not None and outcome.clock_note:  # L1: a clock that is off is named, not guessed at
         say(f"suanli: note: {outcome.clock_note} (from its receipts' times); set your clock right (NTP)")
     if failure is not None or outcome is None:
@@ -446,6 +447,27 @@ def _no_offers_reason(resources: Any) -> str:
         return (f"no provider on this network offers a{model} GPU (--gpus {resources.gpus}): none answered "
                 "within --wait; drop --gpus to run on CPU")
     return "no offers at all: is any provider running on this network?"
+
+
+# Rule 2 (issue 17 item 5): a buyer's mistake is never recorded against a provider. A job that ran as
+# agreed (to its end, to the buyer's cancel, or to the buyer's own --max-duration) is a success for the
+# provider; an end the buyer caused (it stopped countersigning; it named an image the provider lacks and
+# shipped no archive; it left before the end) is not the provider's either way and is not recorded.
+PROVIDER_KEPT_ITS_WORD = frozenset({"completed", "buyer_cancel", "deadline"})
+NOT_THE_PROVIDERS = frozenset({"buyer_unresponsive", "image_missing"})
+
+
+def reputation_outcome(final_reason: str | None, failure_reason: str | None) -> str | None:
+    """What this run says of the provider (market.reputation COMPLETED or FAILED), or None: nothing."""
+    from market.reputation import COMPLETED, FAILED
+
+    if final_reason is not None and failure_reason is None:
+        if final_reason in PROVIDER_KEPT_ITS_WORD:
+            return COMPLETED
+        return None if final_reason in NOT_THE_PROVIDERS else FAILED
+    if failure_reason is None:  # no outcome and no failure: the buyer left (interrupted) before the end
+        return None
+    return None if failure_reason in NOT_THE_PROVIDERS else FAILED
 
 
 def _reputation(db_path: Path) -> dict[bytes, int]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import sqlite3
 from pathlib import Path
 
 import cli_helpers as _h
@@ -133,3 +134,12 @@ def test_a_failing_demo_job_says_why():
         shutil.rmtree(last.rsplit(" are in ", 1)[1], ignore_errors=True)
     assert done.returncode == 1, done.stdout + done.stderr
     assert last.startswith("demo: FAILED: suanli run exited 3 (the job's own exit code"), last
+
+
+def test_a_job_stopped_at_the_buyers_own_max_duration_is_not_held_against_the_provider(net, tmp_path):
+    home = tmp_path / "buyer"
+    code, out, err = net.run(home, "--max-duration", "2", "--json", "--", "sleep", "60")
+    doc = json.loads(out)
+    assert doc["reason"] == "deadline" and doc["exit_source"] == "job" and code == doc["exit_code"], (out, err)
+    with sqlite3.connect(home / "buyer.db") as db:
+        assert [row[0] for row in db.execute("SELECT outcome FROM outcomes")] == ["completed"]
