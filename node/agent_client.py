@@ -9,7 +9,8 @@ in the buyer's data directory):
   on Ctrl-C;
 - agent to client: ``{"ev": "say", "text"}`` (a note for stderr), ``{"ev": "log", "stream", "b64"}``
   (one line of the job's output), ``{"ev": "result", "doc", "indent"}`` (the JSON document for stdout),
-  ``{"ev": "error", "text"}`` (a usage error), and ``{"ev": "exit", "code"}`` last.
+  ``{"ev": "error", "text"}`` (a usage error), and ``{"ev": "exit", "code"}`` last: the exit code of
+  ``suanli run`` (node.exitcodes: the job's own, or 125/126/127/130, the same as a run without the agent).
 
 Rule 1: the client closing the connection means cancel; the agent never leaves a job running for nobody.
 Rule 2: paths are made absolute here, since the agent's working directory is not the caller's.

@@ -16,9 +16,9 @@ code   meaning
 130    interrupted (Ctrl-C) before an agreement was made
 =====  ==================================================================================
 
-Rule 3: ``--json`` says whose code it is: ``"exit_source": "job"`` when the code is the job's own,
-``"suanli"`` when it is one of the above, so a job that itself exits 126 is never mistaken for "no
-provider".
+Rule 3: ``--json``'s document holds ``exit_code`` (what the process exits with) and says whose it is:
+``"exit_source": "job"`` when the code is the job's own, ``"suanli"`` when it is one of the above, so a
+job that itself exits 126 is never mistaken for "no provider".
 The other commands keep their own contract (``node.cli``: 0 ok, 1 audit findings, 2 unusable input).
 """
 

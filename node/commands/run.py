@@ -420,7 +420,7 @@ async def execute(node: Any, key: Any, home: Path, args: argparse.Namespace, com
     code, source = job_exit_code(outcome.exit_code)
     summary = {
         "ok": True, "agreement_id": deal.agreement.record_id.hex(), "provider": provider,
-        "exit_code": outcome.exit_code, "reason": outcome.reason, "billed_ms": last.metered_ms if last else 0,
+        "exit_code": code, "reason": outcome.reason, "billed_ms": last.metered_ms if last else 0,
         "amount_micros": last.amount_micros if last else 0, "receipts": len(outcome.receipts),
         "database": str(db_path), "outputs": files, "oom_killed": outcome.oom_killed,
         "exit_source": source,
@@ -430,7 +430,9 @@ async def execute(node: Any, key: Any, home: Path, args: argparse.Namespace, com
     else:
         if outcome.oom_killed:  # issue 17 item 4: the line a user reads says so, not only --json
             say(f"suanli: killed: out of memory (limit {_mib_text(resources.memory_mib)})")
-        say(f"suanli: exit code {outcome.exit_code} ({outcome.reason}); billed {summary['billed_ms'] / 1000:.3f} s, "
+        ended = (f"exit code {code}" if source != SUANLI
+                 else f"the job reported no exit code (exit {code}, node.exitcodes)")
+        say(f"suanli: {ended} ({outcome.reason}); billed {summary['billed_ms'] / 1000:.3f} s, "
             f"{summary['amount_micros']} micro-credits over {summary['receipts']} co-signed receipts; "
             f"evidence in {db_path}")
     return code
