@@ -25,6 +25,7 @@ from market.offers import ProviderTerms
 from market.records import Limits, Prices, ReceiptTerms
 from node.paths import data_dir as default_data_dir
 from p2p.errors import ConfigError
+from p2p.listen import parse_listen_addr
 from sandbox.plan import MAX_DISK_MIB
 
 EXAMPLE = '''\
@@ -231,8 +232,10 @@ def load_config(path: str | os.PathLike[str]) -> ProviderConfig:
     if not listen:
         raise r.fail("listen", "needs at least one address")
     for addr in listen:
-        if not addr.startswith(("/ip4/", "/ip6/", "/dns")):
-            raise r.fail("listen", f"{addr!r} is not a multiaddr like /ip4/0.0.0.0/tcp/4001")
+        try:
+            parse_listen_addr(addr)  # issue 17 item 8: p2p.listen Rule 1
+        except ConfigError as exc:
+            raise r.fail("listen", str(exc)) from None
     bootstrap = r.strings(doc.get("bootstrap", []), "bootstrap")
     for addr in bootstrap:
         if "/p2p/" not in addr:

@@ -15,6 +15,10 @@ IP address and in all, ``HostConfig.limits``), and Yamux never buffers past a st
 Rule 5 (issue 17 item 3): a peer that restarts on a new port is dialled at its new addresses: fresh
 addresses (from its offer or a DHT record) replace the old ones, which py-libp2p would otherwise keep
 first and dial alone (one TCP address per peer), and lift the 60 s negative cache.
+Rule 6 (issue 17 item 8): a node listens where it was told, alone, or does not start: listen addresses
+are checked and trial-bound first (p2p.listen), no listener shares its port (SO_REUSEPORT off,
+p2p.workarounds), and a listener py-libp2p failed to open stops the node with one line, never a node
+that is ready with no address.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from p2p import workarounds
 from p2p.errors import ConfigError, LocalProtocolError, PeerUnreachableError
 from p2p.identity import NodeKey
 from p2p.limits import InboundGate, InboundLimits
+from p2p.listen import parse_listen_addrs, try_bind
 
 log = logging.getLogger("suanli.p2p.host")
 
@@ -310,6 +315,9 @@ async def open_host(config: HostConfig) -> AsyncIterator[Node]:
 async def _open_host(config: HostConfig) -> AsyncIterator[Node]:
     workarounds.quiet_libp2p_logging()
     workarounds.skip_closed_listeners()
+    workarounds.own_listen_ports()  # Rule 6
+    for checked in parse_listen_addrs(config.listen):  # Rule 6: one line, before anything starts
+        try_bind(checked)
     listen = [parse_multiaddr(a, what="listen address", need_peer=False) for a in config.listen]
     for a in config.bootstrap:
         parse_multiaddr(a, what="bootstrap address", need_peer=True)
@@ -338,6 +346,7 @@ async def _open_host(config: HostConfig) -> AsyncIterator[Node]:
     try:
         async with host.run(listen_addrs=listen):
             try:
+                _check_listening(host, config.listen)  # Rule 6
                 async with background_trio_service(pubsub), background_trio_service(router):
                     await pubsub.wait_until_ready()
                     async with background_trio_service(dht):
@@ -365,6 +374,16 @@ async def _open_host(config: HostConfig) -> AsyncIterator[Node]:
                 await workarounds.close_host(host)  # item 5: inside run(); idempotent
     finally:
         workarounds.stop_pubsub_threads(pubsub)  # item 26
+
+
+def _check_listening(host: IHost, wanted: Sequence[str]) -> None:
+    """Rule 6: py-libp2p logs a listener that failed at debug level and runs on; a node that listens on
+    fewer addresses than it was given stops with one line instead."""
+    listening = host.get_network().listeners  # type: ignore[attr-defined]
+    for text in wanted:
+        if str(multiaddr.Multiaddr(text)) not in listening:
+            raise ConfigError(f"cannot listen on {text} (the address was free a moment ago: another process "
+                              f"may have taken it)", key="listen address", value=text)
 
 
 async def _register(config: HostConfig, host: IHost, pubsub: Pubsub, router: GossipSub, dht: KadDHT,

@@ -33,6 +33,8 @@ Defects found while building this (not in the research doc), each with its regre
 - Yamux keeps bytes sent past a stream's window, and auto-tunes windows up to 16 MiB, far past what
   ``p2p.limits`` counts per stream (``enforce_yamux_window``, ``cap_yamux_window``; tests in
   ``tests/p2p/test_limits.py``).
+- TCP listeners set SO_REUSEPORT, so another local process can bind our port and take part of our
+  connections (``own_listen_ports``; issue 17 item 8).
 - Internals replaced or reconfigured here are checked by parameter names first
   (``_require_parameters``), so a py-libp2p upgrade that reshapes one fails when a host is built.
 - Every frame costs more trips through trio's scheduler and more formatting than it needs: a 2-byte
@@ -51,6 +53,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import logging
+import socket as stdlib_socket
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -59,6 +62,7 @@ import libp2p
 import libp2p.kad_dht.kad_dht as _kad_module
 import libp2p.pubsub.pubsub as _pubsub_module
 import libp2p.stream_muxer.yamux.yamux as _yamux_module
+import libp2p.transport.tcp.tcp as _tcp_module
 import libp2p.utils.varint as _varint_module
 import trio
 from libp2p.abc import IHost, INetStream, INotifee
@@ -577,6 +581,27 @@ def _open_listener_addrs(self: TCPListener) -> tuple[Multiaddr, ...]:
 
 def skip_closed_listeners() -> None:
     TCPListener.get_addrs = _open_listener_addrs  # type: ignore[method-assign]
+
+# --- found here (issue 17 item 8): listeners share their port with any other process --------------
+# py-libp2p sets SO_REUSEPORT (and SO_REUSEADDR) on every TCP listen socket and on hole-punch dial
+# sockets (``_set_reuse_flags``, for DCUtR's simultaneous open from the listen port). On Linux a second
+# process that also sets SO_REUSEPORT (a second py-libp2p node, any program) could then bind the same
+# port, and the kernel split incoming connections between the two: seen with two ``suanli bootstrap
+# --listen /ip4/127.0.0.1/tcp/P``, both "listening". Suanli does no hole punching: SO_REUSEADDR alone
+# (a restart may still bind a port with connections in TIME_WAIT), so the second bind fails with
+# EADDRINUSE and p2p.listen says so.
+def _reuse_address_only(sock: Any) -> None:
+    try:
+        sock.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_REUSEADDR, 1)
+    except OSError:
+        pass
+
+
+def own_listen_ports() -> None:
+    if _tcp_module._set_reuse_flags is not _reuse_address_only:
+        _require_parameters(_tcp_module, "_set_reuse_flags", ("sock",))
+        _tcp_module._set_reuse_flags = _reuse_address_only
+
 
 # --- item 23: reconnecting to a restarted peer (same id, new port) fails --------------------------
 # connect() dials the peerstore's addresses (the dead one first, one per transport), then a 60 s

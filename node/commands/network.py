@@ -14,13 +14,29 @@ log = logging.getLogger("suanli.network")
 
 
 def cmd_bootstrap(args: argparse.Namespace) -> int:
+    from bootstrap.node import DEFAULT_LISTEN
     from node.logsetup import configure
+    from p2p.errors import SuanliError
     from p2p.identity import load_key
+    from p2p.listen import parse_listen_addrs
 
     configure(args.verbose)
     key = load_key(args.key)
-    trio.run(_bootstrap, key, args)
+    parse_listen_addrs(args.listen or DEFAULT_LISTEN)  # issue 17 item 8: one line before anything starts
+    try:
+        trio.run(_bootstrap, key, args)
+    except BaseExceptionGroup as group:  # an error while starting comes out of the nursery as a group
+        leaves = _leaves(group)
+        if len(leaves) == 1 and isinstance(leaves[0], SuanliError):
+            raise leaves[0] from None
+        raise
     return 0
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]
 
 
 async def _bootstrap(key, args: argparse.Namespace) -> None:  # type: ignore[no-untyped-def]

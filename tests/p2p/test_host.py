@@ -116,10 +116,13 @@ async def test_a_node_rejoins_when_its_bootstrap_comes_back():
     listen = (f"/ip4/127.0.0.1/tcp/{port}",)
     boot_addr = f"/ip4/127.0.0.1/tcp/{port}/p2p/{boot_key.peer_id}"
 
+    gone = trio.Event()
+
     async def bootstrap(stop, *, task_status=trio.TASK_STATUS_IGNORED):
         async with open_host(loopback_config(key=boot_key, listen=listen)) as boot:
             task_status.started(boot)
             await stop.wait()
+        gone.set()
 
     with trio.fail_after(40):
         async with trio.open_nursery() as nursery:
@@ -129,6 +132,7 @@ async def test_a_node_rejoins_when_its_bootstrap_comes_back():
                 assert boot_key.peer_id in node.connected_peers()
                 first_stop.set()  # the bootstrap goes away; the node stays up
                 await wait_until(lambda: node.connected_peers() == [], timeout_s=10)
+                await gone.wait()  # its listener closed: no two listeners share a port (issue 17 item 8)
                 second_stop = trio.Event()
                 await nursery.start(bootstrap, second_stop)  # back on the same address
                 await wait_until(lambda: boot_key.peer_id in node.connected_peers(), timeout_s=20)
