@@ -15,6 +15,9 @@ so of two daemons with one key that start together exactly one runs.
 Rule 1: graceful shutdown stops taking work, ends running jobs with a final receipt
 (``provider_shutdown``), then withdraws the offer; ``kill -9`` is handled at the next start (reaper
 and closing receipts), so the database always audits clean.
+Rule 2 (issue 17 item 9): a provider never offers more cores or memory than its machine has: a
+configuration that asks for more is refused with one line before anything starts (not capped: an
+operator who wrote a number meant it, and a silent cap would hide the typo).
 """
 
 from __future__ import annotations
@@ -113,6 +116,19 @@ def machine_memory_mib() -> int:
     return 1024
 
 
+def check_capacity(cpu_millis: int, memory_mib: int, machine_cpu: int, machine_mem: int) -> None:
+    """Rule 2: an offer of more cores or memory than the machine has is a configuration error (0: the
+    defaults, all cores and three quarters of the memory)."""
+    if cpu_millis > machine_cpu:
+        raise ConfigError(f"limits.cpu_millis: {cpu_millis} is more than this machine's {machine_cpu // 1000} "
+                          f"core(s) ({machine_cpu} millicores); offer at most that, or 0 for all of them",
+                          key="limits.cpu_millis", value=cpu_millis, machine=machine_cpu)
+    if memory_mib > machine_mem:
+        raise ConfigError(f"limits.memory_mib: {memory_mib} MiB is more than this machine's memory ({machine_mem} "
+                          f"MiB); offer at most that, or 0 for three quarters of it", key="limits.memory_mib",
+                          value=memory_mib, machine=machine_mem)
+
+
 @dataclass
 class ProviderRuntime:
     setup: ProviderSetup
@@ -201,6 +217,7 @@ async def open_provider(setup: ProviderSetup, *, handlers: dict[str, object] | N
                         ) -> AsyncIterator[ProviderRuntime]:
     """``disk_support`` says why job disks cannot work here (Rule 0); a test passes its own."""
     key = setup.key
+    check_capacity(setup.cpu_millis, setup.memory_mib, machine_cpu_millis(), machine_memory_mib())  # Rule 2
     if (problem := disk_support()) is not None:
         raise ConfigError(f"cannot provide: {problem}", reason="no_job_disks")
     setup.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # L3: the data directory is private

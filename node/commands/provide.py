@@ -38,10 +38,12 @@ async def _provide(config, as_json: bool) -> None:  # type: ignore[no-untyped-de
     from dataclasses import replace
 
     from node.overlay import provider_overlay
-    from node.provider import ProviderSetup, open_provider
+    from node.provider import ProviderSetup, check_capacity, machine_cpu_millis, machine_memory_mib, open_provider
     from p2p.identity import load_or_create_key
     from sandbox.spec import ProviderPolicy
 
+    # Issue 17 item 9, before a key or a directory is made (open_provider checks again for every caller).
+    check_capacity(config.cpu_millis, config.memory_mib, machine_cpu_millis(), machine_memory_mib())
     key, created = load_or_create_key(config.key_path)
     if created:
         log.info("created key %s (peer id %s)", config.key_path, key.peer_id)
