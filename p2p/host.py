@@ -19,12 +19,16 @@ Rule 6 (issue 17 item 8): a node listens where it was told, alone, or does not s
 are checked and trial-bound first (p2p.listen), no listener shares its port (SO_REUSEPORT off,
 p2p.workarounds), and a listener py-libp2p failed to open stops the node with one line, never a node
 that is ready with no address.
+Rule 7 (issue 17 item 11): an address that answers as another peer than its ``/p2p/`` part names is
+``WrongPeerError`` at once (it is not retried: the same peer would answer), and a node that joins
+nobody because of it says so instead of "no bootstrap peer answered" after every back-off.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -44,6 +48,7 @@ from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.rcmgr import Direction
+from libp2p.security.noise.exceptions import PeerIDMismatchesPubkey
 from libp2p.tools.anyio_service import background_trio_service
 
 from p2p import dht as dht_ops
@@ -140,6 +145,24 @@ def parse_multiaddr(text: str, *, what: str, need_peer: bool) -> multiaddr.Multi
     return addr
 
 
+class WrongPeerError(PeerUnreachableError):
+    """An address answered as another peer than the one its ``/p2p/`` part names (Rule 7)."""
+
+
+def _answered_as(exc: BaseException) -> str | None:
+    """Rule 7: the peer id that answered, when py-libp2p's Noise handshake refused it for not being the peer
+    dialled (``PeerIDMismatchesPubkey``, deep in the dial's chain of MultiErrors and causes); else None."""
+    todo, seen = [exc], 0
+    while todo and seen < 64:
+        e = todo.pop()
+        seen += 1
+        if isinstance(e, PeerIDMismatchesPubkey):
+            found = re.search(r"remote_peer_id_from_pubkey=(\w+)", str(e))
+            return found.group(1) if found else "another peer"
+        todo += [*getattr(e, "errors", ()), *(c for c in (e.__cause__, e.__context__) if c is not None)]
+    return None
+
+
 class ConnectionCounter(workarounds.QuietNotifee):
     """Connections accepted and made over the node's life (the bootstrap reports these)."""
 
@@ -170,6 +193,7 @@ class Node:
         self.connections = ConnectionCounter()
         host.get_network().register_notifee(self.connections)
         self.gate = gate
+        self.wrong_peers: list[WrongPeerError] = []  # Rule 7: bootstrap addresses that answered as another peer
 
     def addrs(self) -> list[str]:
         """Full multiaddrs, ``/ip4/…/tcp/…/p2p/…``."""
@@ -197,6 +221,10 @@ class Node:
             raise PeerUnreachableError(f"dialing {pid} timed out", peer=pid,
                                        addr=[str(a) for a in info.addrs]) from exc
         except (BaseLibp2pError, OSError) as exc:
+            actual = _answered_as(exc)
+            if actual is not None:
+                raise WrongPeerError(f"{' '.join(str(a) for a in info.addrs)} answered as peer {actual}, not {pid}",
+                                     peer=pid, actual=actual, addr=[str(a) for a in info.addrs]) from exc
             raise PeerUnreachableError(f"cannot connect to {pid}: {exc}", peer=pid,
                                        addr=[str(a) for a in info.addrs]) from exc
         return pid
@@ -251,12 +279,17 @@ class Node:
         infos = [info_from_p2p_addr(parse_multiaddr(a, what="bootstrap address", need_peer=True))
                  for a in addrs]
         joined: list[str] = []
+        self.wrong_peers = []  # this round's
 
         async def one(info: PeerInfo) -> None:
             delay = self.config.connect_backoff_s
             for attempt in range(1, self.config.connect_attempts + 1):
                 try:
                     joined.append(await self.connect_info(info))
+                    return
+                except WrongPeerError as exc:  # Rule 7: another try would meet the same peer
+                    log.info("bootstrap %s", exc)
+                    self.wrong_peers.append(exc)
                     return
                 except PeerUnreachableError as exc:
                     log.info("bootstrap %s attempt %d/%d failed: %s", info.peer_id, attempt,
@@ -355,6 +388,13 @@ async def _open_host(config: HostConfig) -> AsyncIterator[Node]:
                         async with trio.open_nursery() as nursery:
                             if config.bootstrap:
                                 joined = await node.join(config.bootstrap)
+                                if not joined and config.require_bootstrap and node.wrong_peers:  # Rule 7
+                                    wrong = node.wrong_peers[0]
+                                    raise WrongPeerError(f"bootstrap {wrong}: correct the peer id after /p2p/ (a "
+                                                         "bootstrap prints its full address when it starts)",
+                                                         **wrong.fields)
+                                for wrong in node.wrong_peers:
+                                    log.warning("bootstrap %s: correct the peer id after /p2p/", wrong)
                                 if not joined and config.require_bootstrap:
                                     raise PeerUnreachableError(
                                         "no bootstrap peer answered: " + ", ".join(config.bootstrap),

@@ -88,6 +88,26 @@ def test_a_second_process_cannot_take_our_port(tmp_path, boot_key):
         first.wait(timeout=30)
 
 
+def test_a_wrong_bootstrap_peer_id_is_named_at_once(tmp_path, boot_key):
+    """Issue 17 item 11: before, ~10 s of back-off, then "no bootstrap peer answered"."""
+    port = _free_port()
+    env = {**os.environ, "HOME": str(tmp_path), "SUANLI_HOME": str(tmp_path / "data")}
+    boot = subprocess.Popen([sys.executable, "-m", "node.cli", "bootstrap", "--key", str(boot_key), "--listen",
+                             f"/ip4/127.0.0.1/tcp/{port}", "--json"], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, env=env, start_new_session=True)
+    try:
+        real = json.loads(boot.stdout.readline())["peer_id"]
+        other = _suanli("keys", "new", "--out", str(tmp_path / "other.key"), "--json", home=tmp_path)
+        wrong = json.loads(other.stdout)["peer_id"]
+        t0 = time.monotonic()
+        done = _suanli("offers", "--local", "--bootstrap", f"/ip4/127.0.0.1/tcp/{port}/p2p/{wrong}", home=tmp_path)
+        _one_line(done, f"answered as peer {real}, not {wrong}", "correct the peer id after /p2p/")
+        assert time.monotonic() - t0 < 8
+    finally:
+        os.killpg(boot.pid, signal.SIGTERM)
+        boot.wait(timeout=30)
+
+
 def _provider_config(tmp_path: Path, **edits: str) -> Path:
     doc = EXAMPLE.replace('data_dir = "~/.local/share/suanli"', f'data_dir = "{tmp_path / "pdata"}"')
     for old, new in edits.items():

@@ -151,3 +151,21 @@ async def test_a_wildcard_listen_address_is_advertised_as_dialable_addresses():
 async def test_announce_addresses_replace_the_listen_addresses():
     async with open_host(loopback_config(announce=("/ip4/203.0.113.7/tcp/4001",))) as a:
         assert a.addrs() == [f"/ip4/203.0.113.7/tcp/4001/p2p/{a.peer_id}"]
+
+
+async def test_an_address_that_answers_as_another_peer_is_named_and_not_retried():
+    """Rule 7 (issue 17 item 11): one attempt, the peer that answered named; joining says so."""
+    from p2p.host import WrongPeerError
+
+    async with open_host(loopback_config()) as real:
+        wrong = generate_key().peer_id
+        addr = real.addrs()[0].rsplit("/p2p/", 1)[0] + f"/p2p/{wrong}"
+        async with open_host(loopback_config(dht_mode="client")) as node:
+            with pytest.raises(WrongPeerError) as info:
+                await node.connect(addr)
+            assert info.value.actual == real.peer_id
+            assert f"answered as peer {real.peer_id}, not {wrong}" in str(info.value)
+        with trio.fail_after(5):  # not the six attempts of back-off an unreachable peer gets
+            with pytest.raises(WrongPeerError, match="correct the peer id after /p2p/"):
+                async with open_host(loopback_config(bootstrap=(addr,), dht_mode="client")):
+                    pass
