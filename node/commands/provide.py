@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 
@@ -71,7 +72,8 @@ async def _provide(config, as_json: bool) -> None:  # type: ignore[no-untyped-de
                     for addr in runtime.node.addrs():
                         print(f"  listening on {addr}", flush=True)
                 async for signum in signals:
-                    log.info("%s: finishing running jobs, then stopping", signal.Signals(signum).name)
+                    log.info("%s: stopping: running jobs are stopped, each with a final receipt "
+                             "(provider_shutdown), then the offer is withdrawn", signal.Signals(signum).name)
                     nursery.cancel_scope.cancel()
                     break
     if as_json:
@@ -83,22 +85,32 @@ def cmd_status(args: argparse.Namespace) -> int:
     reply = query(path)
     status = reply["status"]
     if args.json:
-        print(json.dumps(status, indent=1))
-        return 0
-    print(f"peer id    {status['peer_id']}")
-    for addr in status["addrs"]:
-        print(f"address    {addr}")
+        return _write(json.dumps(status, indent=1) + "\n")
+    lines = [f"peer id    {status['peer_id']}"]
+    lines += [f"address    {addr}" for addr in status["addrs"]]
     offer = status.get("offer")
     if offer:
         gpus = ", ".join(offer["gpus"]) or "none"
-        print(f"offer      seq {offer['seq']}: GPUs {gpus} ({offer['free_gpus']} free), "
-              f"CPU {offer['free_cpu_millis'] / 1000:g}/{offer['cpu_millis'] / 1000:g} cores free, "
-              f"{offer['memory_mib']} MiB")
-    print(f"earned     {status['earned_micros']} micro-credits")
-    print(f"jobs       {len(status['jobs'])} running")
+        lines.append(f"offer      seq {offer['seq']}: GPUs {gpus} ({offer['free_gpus']} free), "
+                     f"CPU {offer['free_cpu_millis'] / 1000:g}/{offer['cpu_millis'] / 1000:g} cores free, "
+                     f"{offer['memory_mib']} MiB")
+    lines.append(f"earned     {status['earned_micros']} micro-credits")
+    lines.append(f"jobs       {len(status['jobs'])} running")
     for job in status["jobs"]:
-        print(f"  {job['agreement_id'][:16]}  buyer {job['buyer']}  {job['state']}  {job['seconds']:.1f} s  "
-              f"{job['amount_micros']} micro-credits ({job['countersigned_micros']} countersigned)")
-    for err in status["last_errors"]:
-        print(f"error      {err}")
+        lines.append(f"  {job['agreement_id'][:16]}  buyer {job['buyer']}  {job['state']}  {job['seconds']:.1f} s  "
+                     f"{job['amount_micros']} micro-credits ({job['countersigned_micros']} countersigned)")
+    lines += [f"error      {err}" for err in status["last_errors"]]
+    return _write("".join(line + "\n" for line in lines))
+
+
+def _write(text: str) -> int:
+    """Print ``text``; a reader that stops early (``suanli status | head``) ends the command quietly, as it
+    ends ``ls``, instead of a BrokenPipeError traceback (issue 17 item 11)."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python's recipe (library/signal, "Note on SIGPIPE"): point stdout at /dev/null so that the flush
+        # at exit does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0

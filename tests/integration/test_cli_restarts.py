@@ -69,6 +69,10 @@ def _stop(provider: _h.Proc, how: signal.Signals) -> None:
     else:
         provider.send(how)  # Ctrl-C in its terminal
     provider.wait_exit(60)
+    if how == signal.SIGINT:  # issue 17 item 11: it stops running jobs; it said it was "finishing" them
+        assert provider.stderr_lines("SIGINT: stopping: running jobs are stopped, each with a final receipt"), \
+            provider.tail()
+        assert not provider.stderr_lines("finishing")
 
 
 @pytest.mark.parametrize("run_while_down", [False, True], ids=["restart", "run-while-down-then-restart"])
