@@ -127,7 +127,7 @@ def _admitted(ag: Agreement, ag_id: bytes, receipts: Sequence[Signed[Receipt]], 
               check: Callable[[bytes, bytes, bytes], bool]) -> tuple[list[tuple[Receipt, bytes, bool]], set[int]]:
     """Rules B and O: the receipts that take part in the chain, in seq order, each with its id and whether
     the buyer's countersignature holds; and the seqs of receipts that failed their signature (Rule S)."""
-    parties = (ag.provider, ag.buyer)
+    provider, buyer = parties = (ag.provider, ag.buyer)
     chain: list[tuple[Receipt, bytes, bool]] = []
     seen: dict[int, bytes] = {}
     failed: set[int] = set()
@@ -141,7 +141,7 @@ def _admitted(ag: Agreement, ag_id: bytes, receipts: Sequence[Signed[Receipt]], 
             findings.append(Finding("wrong_agreement", f"belongs to agreement {r.agreement_id.hex()[:16]}{others}",
                                     seq, rid))
             continue
-        if (r.provider, r.buyer) != parties:
+        if r.provider != provider or r.buyer != buyer:
             findings.append(Finding("wrong_parties", "provider or buyer differs from the agreement's", seq, rid))
             failed.add(seq)
             continue
