@@ -348,3 +348,57 @@ def test_property_fast_path_is_clean_exactly_when_no_rule_fires(data):
         broken, delta = data.draw(st.sampled_from(_VARIANTS))  # what the next one follows: now and then a bad one
         r = _receipt_after(ag, checker, shape, broken, delta)
         checker.advance(r, hashlib.sha256(r.encode()).digest())
+
+
+def _unresponsive_tail(first_unsigned_at_ms, final_at_ms, cosign_final=False):
+    """Receipts 1-2 countersigned, 3 unsigned, then a buyer_unresponsive final at the times given."""
+    rs = honest(4)
+    r3 = replace(rs[2], issued_at_ms=first_unsigned_at_ms)
+    final = replace(rs[3], reason=BUYER_UNRESPONSIVE, exit_code=None, output_digest=None, issued_at_ms=final_at_ms)
+    return verify_chain(AGREEMENT, signed([rs[0], rs[1], r3, final], cosign=[1, 1, 0, cosign_final], relink=True))
+
+
+def test_buyer_unresponsive_runs_from_the_first_unsigned_receipt_for_at_least_the_grace():
+    """Rule U: at the boundary (exactly grace_ms after the first unsigned receipt) it holds; a millisecond
+    earlier it is unfounded; countersigned by the buyer, it is the buyer's word and not checked."""
+    start = honest(4)[2].issued_at_ms
+    assert _unresponsive_tail(start, start + TERMS.grace_ms).ok
+    early = _unresponsive_tail(start, start + TERMS.grace_ms - 1)
+    assert [f.rule for f in early.findings] == ["unfounded_unresponsive"] and early.findings[0].seq == 4
+    assert _unresponsive_tail(start, start + TERMS.grace_ms - 1, cosign_final=True).ok
+    # With nothing left unsigned before it, closing or not, it is unfounded.
+    rs = honest(3, final=False)
+    closing = replace(rs[2], seq=4, state=FINAL, reason=BUYER_UNRESPONSIVE, issued_at_ms=rs[2].issued_at_ms + 9000)
+    report = verify_chain(AGREEMENT, signed(rs + [closing], cosign=[1, 1, 1, 0], relink=True))
+    assert [f.rule for f in report.findings] == ["unfounded_unresponsive"]
+
+
+def _with_usage(**usage):
+    (r,) = honest(1)
+    return signed([replace(r, usage=replace(r.usage, **usage))])
+
+
+def test_every_usage_counter_has_a_bound_from_the_agreement():
+    """settlement.billing Rule 2b, each at its bound and one over (boundary and positive case)."""
+    memory = memory_bound_bytes(AGREEMENT.record.resources.memory_mib)
+    assert verify_chain(AGREEMENT, _with_usage(mem_peak_bytes=memory)).ok
+    cases = {"mem_peak_bytes": memory + 1, "gpu_mem_peak_bytes": 1, "gpu_sm_pct_ms": 1, "energy_mj": 1}
+    for name, value in cases.items():  # no GPUs agreed: every GPU counter is 0
+        report = verify_chain(AGREEMENT, _with_usage(**{name: value}))
+        assert [f.rule for f in report.findings] == ["usage_exceeds_allocation"], (name, report.findings)
+
+
+def test_gpu_counters_are_bounded_by_the_gpus_agreed():
+    ag = replace(AGREEMENT.record, resources=replace(AGREEMENT.record.resources, gpus=2))
+    gpu_agreement = countersign(sign_record(ag, P), B)
+    r = next_receipt(gpu_agreement, None, gpu_agreement.record_id)
+    elapsed = r.issued_at_ms - ag.created_at_ms
+    at_bound = replace(r, usage=replace(r.usage, gpu_ms=usage_bound(r.metered_ms, 2000),
+                                        gpu_sm_pct_ms=sm_pct_bound(r.metered_ms, 2),
+                                        gpu_mem_peak_bytes=gpu_memory_bound_bytes(2),
+                                        energy_mj=energy_bound_mj(elapsed, 2)))
+    assert verify_chain(gpu_agreement, [countersign(sign_record(at_bound, P), B)]).ok
+    for name in ("gpu_ms", "gpu_sm_pct_ms", "gpu_mem_peak_bytes", "energy_mj"):
+        over = replace(at_bound, usage=replace(at_bound.usage, **{name: getattr(at_bound.usage, name) + 1}))
+        report = verify_chain(gpu_agreement, [countersign(sign_record(over, P), B)])
+        assert [f.rule for f in report.findings] == ["usage_exceeds_allocation"], name
