@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import random
-import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -48,11 +47,11 @@ from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.rcmgr import Direction
-from libp2p.security.noise.exceptions import PeerIDMismatchesPubkey
 from libp2p.tools.anyio_service import background_trio_service
 
 from p2p import dht as dht_ops
 from p2p import workarounds
+from p2p.addrs import WrongPeerError, advertised_addrs, answered_as, parse_multiaddr
 from p2p.errors import ConfigError, LocalProtocolError, PeerUnreachableError
 from p2p.identity import NodeKey
 from p2p.limits import InboundGate, InboundLimits
@@ -103,64 +102,6 @@ def key_pair_of(key: NodeKey) -> Any:
     if key_pair.public_key.to_bytes() != key.public:
         raise LocalProtocolError("libp2p derived another public key from this seed", peer=key.peer_id)
     return key_pair
-
-
-def advertised_addrs(candidates: list[multiaddr.Multiaddr]) -> list[multiaddr.Multiaddr]:
-    """Listen addresses as peers can dial them: a wildcard (``0.0.0.0``) becomes one address per
-    local IPv4 interface, loopback last.
-
-    py-libp2p advertises ``/ip4/0.0.0.0/...`` as is (in identify, DHT records and offers), which no
-    remote peer can dial; and its dialer tries one address per transport (item 23), so the first
-    address must be a routable one.
-    """
-    from multiaddr.utils import get_network_addrs
-
-    out: list[multiaddr.Multiaddr] = []
-    for addr in candidates:
-        try:
-            ip4 = addr.value_for_protocol("ip4")
-        except Exception:
-            ip4 = None
-        if ip4 != "0.0.0.0":
-            out.append(addr)
-            continue
-        port = addr.value_for_protocol("tcp")
-        ips = [ip for ip in (get_network_addrs(4) or []) if not ip.startswith("127.")]
-        out += [multiaddr.Multiaddr(f"/ip4/{ip}/tcp/{port}") for ip in ips]
-        out.append(multiaddr.Multiaddr(f"/ip4/127.0.0.1/tcp/{port}"))
-    return list(dict.fromkeys(out))
-
-
-def parse_multiaddr(text: str, *, what: str, need_peer: bool) -> multiaddr.Multiaddr:
-    try:
-        addr = multiaddr.Multiaddr(text)
-    except Exception as exc:
-        raise ConfigError(f"{what} {text!r} is not a multiaddr (e.g. /ip4/127.0.0.1/tcp/4001/p2p/12D3Koo...)",
-                          key=what, value=text) from exc
-    if need_peer:
-        try:
-            addr.value_for_protocol("p2p")
-        except Exception as exc:
-            raise ConfigError(f"{what} {text!r} lacks the /p2p/<peer id> part", key=what, value=text) from exc
-    return addr
-
-
-class WrongPeerError(PeerUnreachableError):
-    """An address answered as another peer than the one its ``/p2p/`` part names (Rule 7)."""
-
-
-def _answered_as(exc: BaseException) -> str | None:
-    """Rule 7: the peer id that answered, when py-libp2p's Noise handshake refused it for not being the peer
-    dialled (``PeerIDMismatchesPubkey``, deep in the dial's chain of MultiErrors and causes); else None."""
-    todo, seen = [exc], 0
-    while todo and seen < 64:
-        e = todo.pop()
-        seen += 1
-        if isinstance(e, PeerIDMismatchesPubkey):
-            found = re.search(r"remote_peer_id_from_pubkey=(\w+)", str(e))
-            return found.group(1) if found else "another peer"
-        todo += [*getattr(e, "errors", ()), *(c for c in (e.__cause__, e.__context__) if c is not None)]
-    return None
 
 
 class ConnectionCounter(workarounds.QuietNotifee):
@@ -221,7 +162,7 @@ class Node:
             raise PeerUnreachableError(f"dialing {pid} timed out", peer=pid,
                                        addr=[str(a) for a in info.addrs]) from exc
         except (BaseLibp2pError, OSError) as exc:
-            actual = _answered_as(exc)
+            actual = answered_as(exc)
             if actual is not None:
                 raise WrongPeerError(f"{' '.join(str(a) for a in info.addrs)} answered as peer {actual}, not {pid}",
                                      peer=pid, actual=actual, addr=[str(a) for a in info.addrs]) from exc
