@@ -181,10 +181,11 @@ def audit_chain(job: ChainJob) -> ChainAudit:
     pre.extend(_check_origin(job, ag))
 
     if len(job.receipts) == 1:
-        receipts = _well_formed(job.receipts[0], Receipt, "receipt", pre)
+        receipts, inputs = _well_formed(job.receipts[0], Receipt, "receipt", pre), None
     else:
-        receipts = _merge(job.receipts, names, pre)
-    report = verify_chain(agreement, receipts)
+        inputs_named = job.sources + [f"input {i + 1}" for i in range(len(job.sources), len(job.receipts))]
+        receipts, inputs = _merge(job.receipts, inputs_named, pre)
+    report = verify_chain(agreement, receipts, inputs)
     report.findings[:0] = pre
     return ChainAudit(report, job.sources)
 
@@ -220,24 +221,25 @@ def _well_formed(envs: list[dict[str, Any]], cls: type[Any], what: str, problems
     return out
 
 
-def _merge(sources: list[list[dict[str, Any]]], names: list[str], pre: list[Finding]) -> list[Signed[Receipt]]:
-    """One chain from the receipts of several inputs (Rule 2), ordered by seq."""
+def _merge(sources: list[list[dict[str, Any]]], names: list[str], pre: list[Finding]
+           ) -> tuple[list[Signed[Receipt]], list[int]]:
+    """One list from the receipts of several inputs (Rule 2), input after input, and the input of each:
+    a body already listed by an earlier input is merged into that copy (the best signatures kept) and
+    listed again as ``-1 - input``, a copy that counts only for the order of its input; verify_chain
+    judges duplicates within an input, equivocation, and order within each input (docs/PROTOCOL.md §5,
+    "Several inputs")."""
     receipts: list[Signed[Receipt]] = []
+    inputs: list[int] = []
     kept_source: list[str] = []
     by_body: dict[bytes, int] = {}
-    for source_list, source in zip(sources, names, strict=False):
+    for number, (source_list, source) in enumerate(zip(sources, names, strict=False)):
         local: set[bytes] = set()
-        last_seq = 0
         for env in source_list:
             signed, problem = _decode(env, Receipt, "receipt")
             if signed is None:
                 pre.append(problem)  # type: ignore[arg-type]
                 continue
             body = signed.body
-            if signed.record.seq <= last_seq and body not in local:
-                pre.append(Finding("out_of_order", f"seq {signed.record.seq} after seq {last_seq} in one input",
-                                   signed.record.seq))
-            last_seq = max(last_seq, signed.record.seq)
             if body in by_body and body not in local:
                 # The same receipt from another input (Rule 2): copies whose signatures differ are
                 # each verified, a bad copy is reported with its input, the best good one is kept.
@@ -253,13 +255,16 @@ def _merge(sources: list[list[dict[str, Any]]], names: list[str], pre: list[Find
                         receipts[index] = signed
                         kept_source[index] = source
                 local.add(body)
+                receipts.append(signed)  # listed again only for the order of this input
+                inputs.append(-1 - number)
+                kept_source.append(source)
                 continue
             local.add(body)
             by_body.setdefault(body, len(receipts))
             receipts.append(signed)
+            inputs.append(number)
             kept_source.append(source)
-    receipts.sort(key=lambda s: s.record.seq)
-    return receipts
+    return receipts, inputs
 
 
 def _signatures_ok(signed: Signed[Any]) -> bool:

@@ -22,7 +22,8 @@ part in the chain, but its seq counts as present: no ``seq_gap`` is reported for
 receipt's ``prev`` is not checked (it has nothing verified to link to). So one forged or damaged receipt
 is one finding.
 Rule O (order): the chain is ordered by the signed ``seq``; an input that lists a receipt after one with
-a higher seq gets one ``out_of_order`` finding for it, and the chain is checked in seq order.
+a higher seq gets one ``out_of_order`` finding for it, and the chain is checked in seq order. Merged
+from several inputs (``inputs``), order is judged within each input, over every receipt it lists.
 Rule F (final): the first final receipt ends the chain; each admitted receipt after it is ``after_final``
 (one finding) and counts for nothing.
 Rule U (``unfounded_unresponsive``): a ``buyer_unresponsive`` final the buyer did not countersign, closing
@@ -64,12 +65,16 @@ __all__ = ["ChainChecker", "ChainReport", "Finding", "verify_chain"]
 _PROVIDER_DOMAIN, _BUYER_DOMAIN = domain(Receipt, "provider"), domain(Receipt, "buyer")
 
 
-def verify_chain(agreement: Signed[Agreement], receipts: Sequence[Signed[Receipt]]) -> ChainReport:
-    """Verify an agreement and its receipts (in the order an input gave them) and say what is owed."""
+def verify_chain(agreement: Signed[Agreement], receipts: Sequence[Signed[Receipt]],
+                 inputs: Sequence[int] | None = None) -> ChainReport:
+    """Verify an agreement and its receipts (in the order an input gave them) and say what is owed.
+
+    ``inputs``, for receipts merged from several inputs (settlement.audit), gives the input of each:
+    order is then judged within each input (Rule O)."""
     ag = agreement.record
     ag_id = sha256(agreement.body).digest()
     report = ChainReport(ag_id, ag.provider, ag.buyer, ag.price_micros_per_s)
-    report.receipts = len(receipts)
+    report.receipts = len(receipts) if inputs is None else sum(1 for i in inputs if i >= 0)
     findings = report.findings
     check = signature_checker()
     for index in range(len(agreement.sigs)):  # Rule A
@@ -79,7 +84,7 @@ def verify_chain(agreement: Signed[Agreement], receipts: Sequence[Signed[Receipt
     if not agreement.is_complete:
         findings.append(Finding("agreement_not_countersigned", "the buyer never countersigned the agreement"))
 
-    chain, failed = _admitted(ag, ag_id, receipts, findings, check)
+    chain, failed = _admitted(ag, ag_id, receipts, inputs, findings, check)
     checker = ChainChecker(ag, ag_id)
     cosigned: Receipt | None = None
     cosigned_id: bytes | None = None
@@ -123,8 +128,9 @@ def verify_chain(agreement: Signed[Agreement], receipts: Sequence[Signed[Receipt
     return report
 
 
-def _admitted(ag: Agreement, ag_id: bytes, receipts: Sequence[Signed[Receipt]], findings: list[Finding],
-              check: Callable[[bytes, bytes, bytes], bool]) -> tuple[list[tuple[Receipt, bytes, bool]], set[int]]:
+def _admitted(ag: Agreement, ag_id: bytes, receipts: Sequence[Signed[Receipt]], inputs: Sequence[int] | None,
+              findings: list[Finding], check: Callable[[bytes, bytes, bytes], bool]
+              ) -> tuple[list[tuple[Receipt, bytes, bool]], set[int]]:
     """Rules B and O: the receipts that take part in the chain, in seq order, each with its id and whether
     the buyer's countersignature holds; and the seqs of receipts that failed their signature (Rule S)."""
     provider, buyer = parties = (ag.provider, ag.buyer)
@@ -132,9 +138,18 @@ def _admitted(ag: Agreement, ag_id: bytes, receipts: Sequence[Signed[Receipt]], 
     seen: dict[int, bytes] = {}
     failed: set[int] = set()
     top = 0
+    tops: dict[int, int] = {}  # with several inputs: the highest seq each has listed so far
     unordered = False
-    for signed in receipts:
+    for index, signed in enumerate(receipts):
         r, body, sigs = signed.record, signed.body, signed.sigs
+        if inputs is not None and inputs[index] < 0:  # a copy merged into an earlier input's: order only
+            if r.agreement_id == ag_id and r.provider == provider and r.buyer == buyer:
+                source = -1 - inputs[index]
+                if r.seq < tops.get(source, 0):
+                    findings.append(Finding("out_of_order", f"seq {r.seq} listed after seq {tops[source]} in one "
+                                            "input", r.seq, sha256(body).digest()))
+                tops[source] = max(tops.get(source, 0), r.seq)
+            continue
         rid, seq = sha256(body).digest(), r.seq
         if r.agreement_id != ag_id:
             others = "" if (r.provider, r.buyer) == parties else ", signed by other parties"
@@ -160,7 +175,15 @@ def _admitted(ag: Agreement, ag_id: bytes, receipts: Sequence[Signed[Receipt]], 
                 findings.append(Finding("equivocation", "two different signed receipts for this seq", seq, rid))
             continue
         seen[seq] = rid
-        if seq < top:
+        if inputs is not None:
+            source = inputs[index]
+            if seq < tops.get(source, 0):
+                findings.append(Finding("out_of_order", f"seq {seq} listed after seq {tops[source]} in one input",
+                                        seq, rid))
+            tops[source] = max(tops.get(source, 0), seq)
+            unordered = unordered or seq < top
+            top = max(top, seq)
+        elif seq < top:
             findings.append(Finding("out_of_order", f"seq {seq} listed after seq {top}", seq, rid))
             unordered = True
         else:

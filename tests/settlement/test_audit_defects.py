@@ -175,3 +175,29 @@ def test_origin_every_field_the_agreement_copies_from_its_proposal_and_offer_is_
         [result] = _audit(_bundle(tmp_path, [stored], f"{name}.bundle"))
         assert rules(result.report) == ["origin_mismatch"] * (2 if name == "terms" else 1), name
         assert all(name in f.detail or "offer" in f.detail for f in result.report.findings), name
+
+
+def _job_of(ev, *inputs):
+    from settlement.audit import ChainJob
+
+    return ChainJob(ev.agreement.record_id, agreements=[ev.agreement.to_wire()] * len(inputs),
+                    receipts=[[r.to_wire() for r in rs] for rs in inputs],
+                    sources=[f"input{i}" for i in range(len(inputs))])
+
+
+def test_merged_inputs_judge_order_within_each_input_and_give_one_finding_per_defect():
+    from settlement.audit import audit_chain
+
+    ev = make_chain(P, B, 4)
+    rs = ev.receipts
+    provider_only = [Signed(r.body, r.record, r.sigs[:1]) for r in rs]
+    # The buyer's copy countersigned, the provider's not yet: merged, the best copy of each; no finding.
+    report = audit_chain(_job_of(ev, rs[:3], provider_only)).report
+    assert report.ok and (report.last_seq, report.unsigned_seq) == (3, 4), report.findings
+    # Out of order within the second input only: one finding.
+    report = audit_chain(_job_of(ev, rs, [rs[3], rs[1]])).report
+    assert rules(report) == ["out_of_order"], report.findings
+    # Another body for seq 2 in the second input: equivocation, and nothing else.
+    other = resign(replace(rs[1].record, issued_at_ms=rs[1].record.issued_at_ms - 1), P, B)
+    report = audit_chain(_job_of(ev, rs, [rs[0], other])).report
+    assert rules(report) == ["equivocation"] and report.amount_micros == rs[3].record.amount_micros
