@@ -5,7 +5,7 @@ joins the overlay and collects offers before it can propose anything. The agent 
 dockerd does for the docker CLI: it stays joined, keeps the live offers (gossip, plus a DHT query at
 start and every ``REFRESH_S``), and keeps the buyer's key and database open. ``suanli run`` finds its
 socket in the data directory and hands the job over (node.agent_client, which documents the
-protocol); the job then runs exactly as a standalone run would (node.commands.run.execute), with the
+protocol); the job then runs exactly as a standalone run would (node.buyer.buy), with the
 same key, the same ``buyer.db``, the same checks and countersignatures.
 
 Rule 1: the socket is the owner's only (0600), and one agent serves one data directory.
@@ -39,8 +39,9 @@ from market.matching import JobRequest, rank_offers
 from market.records import Offer
 from market.service import now_ms
 from node.agent_client import FIELDS, MAX_EVENT_BYTES, PATH_FIELDS
+from node.buyer import Console, buy
 from node.buyer_config import MAX_EXPOSURE_RANGE
-from node.commands.run import Console, execute
+from node.buyrequest import request_from_options
 from node.control import listen_private
 from node.exitcodes import EXIT_INTERRUPTED, EXIT_SUANLI, SUANLI
 from node.overlay import BuyerOverlay, capability_for
@@ -105,8 +106,8 @@ def parse_run_request(line: bytes) -> tuple[argparse.Namespace, list[str]]:
 class AgentConsole(Console):
     """A run's output as events for its client; a client that stops reading loses job lines, not notes."""
 
-    def __init__(self, quiet: bool) -> None:
-        super().__init__(quiet)
+    def __init__(self, quiet: bool, *, show_receipts: bool = False, verbose: bool = False) -> None:
+        super().__init__(quiet, show_receipts=show_receipts, verbose=verbose)
         self._out = bytearray()
         self._wake = trio.Event()
         self._finished = False
@@ -246,7 +247,8 @@ class Agent:
             job = _Job()
             self.jobs.add(job)
             try:
-                await self._serve_run(stream, rest, args, command, job, AgentConsole(args.json))
+                console = AgentConsole(args.json, show_receipts=args.show_receipts, verbose=args.verbose)
+                await self._serve_run(stream, rest, args, command, job, console)
             finally:
                 self.jobs.discard(job)
                 self._ended.set()
@@ -266,9 +268,11 @@ class Agent:
                 inner.start_soon(_watch_client, stream, rest, job.stop)  # Rule 3
                 with job.work:
                     try:
-                        code = await execute(self.node, self.key, self.home, args, command, console,
-                                             lambda request: self.find(request, args.wait), job.cancel, self.store,
-                                             started=lambda: setattr(job, "in_job", True), unanswered=self.set_aside)
+                        request = request_from_options(vars(args), command)
+                        code = await buy(self.node, self.key, self.home, request, console,
+                                         lambda job_request: self.find(job_request, request.retry.wait_s),
+                                         job.cancel, self.store, dry_run=args.dry_run,
+                                         started=lambda: setattr(job, "in_job", True), unanswered=self.set_aside)
                     except SuanliError as exc:
                         console.error(str(exc))
                         code = EXIT_USAGE

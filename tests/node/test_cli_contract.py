@@ -62,7 +62,7 @@ def test_exit_codes_are_docker_like_and_the_jobs_own_pass_through():
 @pytest.mark.parametrize("text, mib", [("1.5g", 1536), ("0.5g", 512), ("2.25G", 2304), ("1.5m", 1), ("512m", 512),
                                        ("6291456", 6), ("1.5gib", 1536), ("0.001g", 1)])
 def test_memory_sizes_may_be_fractional(text, mib):
-    from node.commands.run import parse_memory_mib
+    from node.buyrequest import parse_memory_mib
     from p2p.errors import SuanliError
 
     if mib < 6:
@@ -140,3 +140,28 @@ def test_a_failed_demo_says_why():
 def test_run_without_a_command_is_one_line():
     done = _cli("run", "--image", "sha256:" + "0" * 64, "--")
     assert done.returncode == EXIT_SUANLI and done.stderr.count("\n") == 1 and "after --" in done.stderr
+
+
+def test_the_python_request_has_the_clis_defaults():
+    """node.buyrequest Rule 2: BuyRequest.build's defaults are `suanli run`'s."""
+    from node.buyrequest import DEFAULTS
+    from node.cli import build_parser
+
+    args = build_parser().parse_args(["run", "--", "true"])
+    assert {name: getattr(args, name) for name in DEFAULTS} == DEFAULTS
+
+
+def test_a_request_is_built_and_checked_as_the_cli_checks_it(tmp_path):
+    from node.buyrequest import BuyRequest
+    from p2p.errors import SuanliError
+
+    image = "sha256:" + "ab" * 32
+    request = BuyRequest.build(["echo", "hi"], image=image, cpus=0.5, memory="1.5g", env=["K=V"],
+                               input=str(tmp_path), candidates=2)
+    assert request.command == ("echo", "hi") and request.resources.cpu_millis == 500
+    assert request.resources.memory_mib == 1536 and dict(request.env) == {"K": "V"} and request.inputs == tmp_path
+    assert request.retry.candidates == 2 and request.max_duration_s == 600 and request.max_price_micros_per_s == 10_000
+    for bad, match in (({"cpus": 0}, "--cpus"), ({"memory": "5m"}, "--memory"), ({"image": "busybox"}, "pin"),
+                       ({"colour": "red"}, "unknown option")):
+        with pytest.raises(SuanliError, match=match):
+            BuyRequest.build(["true"], **{"image": image, **bad})

@@ -101,6 +101,6 @@ def test_the_options_a_provider_could_be_blamed_for_are_in_the_table():
 @pytest.mark.parametrize("value, mib", [("1.5g", 1536), ("0.75g", 768)])
 def test_fractional_memory_passes_the_checks(tmp_path, value, mib):
     """--memory 1.5g was refused; it now reaches the dry run's proposal (checked here up to the network)."""
-    from node.commands.run import parse_memory_mib
+    from node.buyrequest import parse_memory_mib
 
     assert parse_memory_mib(value) == mib

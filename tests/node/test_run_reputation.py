@@ -1,4 +1,4 @@
-"""Issue 17 item 5, Rule 2 of node.commands.run: what one run records of its provider in the buyer's local
+"""Issue 17 item 5, Rule 2 of node.buyer: what one run records of its provider in the buyer's local
 reputation; a buyer's own mistake or choice is never recorded against the provider."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from market.reputation import COMPLETED, FAILED
-from node.commands.run import reputation_outcome
+from node.buyer import reputation_outcome
 
 CASES = [
     # (final receipt's reason, the JobFailed reason, what is recorded)
