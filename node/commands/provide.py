@@ -41,9 +41,12 @@ async def _provide(config, as_json: bool) -> None:  # type: ignore[no-untyped-de
     from node.overlay import provider_overlay
     from node.provider import ProviderSetup, check_capacity, machine_cpu_millis, machine_memory_mib, open_provider
     from p2p.identity import load_or_create_key
+    from p2p.listen import parse_listen_addrs, try_bind
     from sandbox.spec import ProviderPolicy
 
-    # Issue 17 item 9, before a key or a directory is made (open_provider checks again for every caller).
+    # Issue 17 items 8 and 9, before a key or a directory is made (open_provider and open_host check again).
+    for addr in parse_listen_addrs(config.listen):
+        try_bind(addr)
     check_capacity(config.cpu_millis, config.memory_mib, machine_cpu_millis(), machine_memory_mib())
     key, created = load_or_create_key(config.key_path)
     if created:

@@ -121,10 +121,12 @@ def _provider_config(tmp_path: Path, **edits: str) -> Path:
 @pytest.mark.parametrize("listen, says", [
     ("/ip4/127.0.0.1/udp/1", "listen: listen address '/ip4/127.0.0.1/udp/1' is not of the form"),
     ("/dns4/example.com/tcp/1", "listen: listen address '/dns4/example.com/tcp/1' is not of the form"),
+    ("/ip4/192.0.2.1/tcp/0", "cannot listen on /ip4/192.0.2.1/tcp/0: "),
 ])
 def test_provide_listen_that_cannot_work_is_one_line(tmp_path, listen, says):
     path = _provider_config(tmp_path, **{'listen = ["/ip4/0.0.0.0/tcp/0"]': f'listen = ["{listen}"]'})
     _one_line(_suanli("provide", "--config", str(path), home=tmp_path), says)
+    assert not (tmp_path / "pdata").exists()  # no key, no directory
 
 
 def test_provider_offering_more_memory_than_the_machine_has_is_refused(tmp_path):
