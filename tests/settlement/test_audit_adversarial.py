@@ -96,8 +96,8 @@ def mutate(items, draw):
     n = len(items)
     kinds = ["splice_foreign", "splice_as_ours", "after_final"]
     if n:
-        kinds += ["drop", "swap", "duplicate", "forge_provider", "forge_buyer", "equivocate", "wrong_amount",
-                  "noncanonical"]
+        kinds += ["drop", "swap", "duplicate", "forge_provider", "forge_buyer", "strip_buyer", "equivocate",
+                  "wrong_amount", "noncanonical"]
     kind = draw(st.sampled_from(kinds))
     pos = draw(st.integers(0, n))
     i = draw(st.integers(0, max(0, n - 1)))
@@ -132,6 +132,10 @@ def mutate(items, draw):
         s, m = items[i]
         if m.kind == "good" and m.cosig == "valid":
             items[i] = (Signed(s.body, s.record, (s.sigs[0], bytes(64))), replace(m, cosig="invalid"))
+    elif kind == "strip_buyer" and isinstance(items[i][0], Signed):  # a copy stored before countersigning
+        s, m = items[i]
+        if m.kind == "good" and m.cosig != "none":
+            items[i] = (Signed(s.body, s.record, s.sigs[:1]), replace(m, cosig="none"))
     elif kind == "equivocate" and good:
         items.insert(pos, _variant(items[draw(st.sampled_from(good))], 1))
     elif kind == "wrong_amount" and good:
@@ -142,13 +146,49 @@ def mutate(items, draw):
     return items
 
 
-def expected(models: list[M]):
-    """docs/PROTOCOL.md §5 applied to the model: (findings as a Counter of (rule, seq), owed figures)."""
+def merged(first: list[M], second: list[M]):
+    """§5 "Several inputs" on the model: the second input's copies of bodies the first lists are merged
+    into the first's copy (a copy whose signature fails is reported; the best copy is kept) and count
+    only for the order of their input. Returns [(model, input, merged copy)] and the findings so far."""
     found: Counter = Counter()
-    failed, seen, admitted, top = set(), {}, [], 0
-    for m in models:  # Step 2, admission
+    first = list(first)
+    body_at = {}
+    for k, m in enumerate(first):  # the copies sharing the honest body of their seq
+        if m.kind in ("good", "bad_sig") and m.variant == 0:
+            body_at.setdefault(m.seq, k)
+    out = [(m, 0, False) for m in first]
+    for c in second:
+        k = body_at.get(c.seq)
+        if k is None:
+            out.append((c, 1, False))
+            body_at[c.seq] = len(first) + 99  # a later copy in the same input would be a duplicate
+            continue
+        if k < len(first):
+            kept = first[k]
+            kept_ok = kept.kind == "good" and kept.cosig != "invalid"
+            if not kept_ok:
+                found[("receipt_signature", c.seq)] += 1
+                first[k] = c
+                out[k] = (c, 0, False)
+            elif c.cosig == "valid" and kept.cosig == "none":
+                first[k] = c
+                out[k] = (c, 0, False)
+        out.append((c, 1, True))
+    return out, found
+
+
+def expected(models: list[M], second: list[M] | None = None):
+    """docs/PROTOCOL.md §5 applied to the model: (findings as a Counter of (rule, seq), owed figures)."""
+    entries, found = merged(models, second) if second is not None else ([(m, 0, False) for m in models], Counter())
+    failed, seen, admitted, tops = set(), {}, [], {}
+    for m, source, copy in entries:  # Step 2, admission
         if m.kind == "malformed":
             found[("malformed", None)] += 1
+            continue
+        if copy:
+            if m.seq < tops.get(source, 0):
+                found[("out_of_order", m.seq)] += 1
+            tops[source] = max(tops.get(source, 0), m.seq)
             continue
         if m.kind == "foreign":
             found[("wrong_agreement", m.seq)] += 1
@@ -163,9 +203,9 @@ def expected(models: list[M]):
             found[("duplicate" if seen[m.seq] == m.variant else "equivocation", m.seq)] += 1
             continue
         seen[m.seq] = m.variant
-        if m.seq < top:  # Step 3
+        if m.seq < tops.get(source, 0):  # Step 3
             found[("out_of_order", m.seq)] += 1
-        top = max(top, m.seq)
+        tops[source] = max(tops.get(source, 0), m.seq)
         admitted.append(m)
     admitted.sort(key=lambda m: m.seq)
     chain, next_seq, last, link_known, final = [], 1, None, True, False
@@ -209,13 +249,25 @@ def test_mutated_chains_give_exactly_the_spec_findings_and_owed(data):
     n = data.draw(st.integers(0, 6))
     final = data.draw(st.booleans())
     reason = data.draw(st.sampled_from([COMPLETED, BUYER_UNRESPONSIVE]))
-    items = honest(n, final, reason, data.draw(st.integers(0, n)))
+    items = base = honest(n, final, reason, data.draw(st.integers(0, n)))
     for _ in range(data.draw(st.integers(0, 3))):
         items = mutate(items, data.draw)
-    job = ChainJob(AGREEMENT.record_id, agreements=[AGREEMENT.to_wire()], offer=OFFER.to_wire(),
-                   proposal=PROPOSAL.to_wire(), receipts=[[_wire(e) for e, _ in items]], sources=["generated"])
+    inputs = [[_wire(e) for e, _ in items]]
+    second = None
+    if data.draw(st.booleans()):  # the other party's copy too: an ordered subset, some not countersigned
+        picked = [(s, m) for s, m in base if data.draw(st.booleans())]
+        strip = [data.draw(st.booleans()) for _ in picked]
+        picked = [((Signed(s.body, s.record, s.sigs[:1]), replace(m, cosig="none")) if cut else (s, m))
+                  for (s, m), cut in zip(picked, strip, strict=True)]
+        if len(picked) > 1 and data.draw(st.booleans()):  # listed out of order in that input
+            i, j = data.draw(st.integers(0, len(picked) - 1)), data.draw(st.integers(0, len(picked) - 1))
+            picked[i], picked[j] = picked[j], picked[i]
+        inputs.append([s.to_wire() for s, _ in picked])
+        second = [m for _, m in picked]
+    job = ChainJob(AGREEMENT.record_id, agreements=[AGREEMENT.to_wire()] * len(inputs), offer=OFFER.to_wire(),
+                   proposal=PROPOSAL.to_wire(), receipts=inputs, sources=["generated", "other"][:len(inputs)])
     report = audit_chain(job).report
-    want, (owed, last_seq, owed_unsigned, state) = expected([m for _, m in items])
+    want, (owed, last_seq, owed_unsigned, state) = expected([m for _, m in items], second)
     got = Counter((f.rule, f.seq if f.rule != "malformed" else None) for f in report.findings)
     assert got == want, ([m for _, m in items], report.findings)
     assert (report.amount_micros, report.last_seq, report.unsigned_owed_micros, report.state) == (

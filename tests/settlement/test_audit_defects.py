@@ -194,6 +194,9 @@ def test_merged_inputs_judge_order_within_each_input_and_give_one_finding_per_de
     # The buyer's copy countersigned, the provider's not yet: merged, the best copy of each; no finding.
     report = audit_chain(_job_of(ev, rs[:3], provider_only)).report
     assert report.ok and (report.last_seq, report.unsigned_seq) == (3, 4), report.findings
+    # The other way round: the first input's copies lack the countersignatures the second one has.
+    report = audit_chain(_job_of(ev, provider_only, rs)).report
+    assert report.ok and report.last_seq == 4 and report.unsigned_receipt_id is None, report.findings
     # Out of order within the second input only: one finding.
     report = audit_chain(_job_of(ev, rs, [rs[3], rs[1]])).report
     assert rules(report) == ["out_of_order"], report.findings
