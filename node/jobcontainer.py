@@ -151,13 +151,6 @@ class ContainerSide:
                 log.info("job %s: %s", self.ag_hex, exc)  # the container exited between the check and the call
 
 
-def first_leaf(group: BaseException) -> BaseException:
-    """The first real exception inside (possibly nested) exception groups."""
-    while isinstance(group, BaseExceptionGroup):
-        group = group.exceptions[0]
-    return group
-
-
 async def stop_quietly(job) -> None:  # type: ignore[no-untyped-def]
     try:
         await job.stop()

@@ -8,6 +8,7 @@ Rule 3 (M2): an image lies on disk, never in memory; the disk that uploads in fl
 budgeted (``IMAGE_UPLOADS``), and an upload that does not fit is refused at once, never queued.
 Rule 4 (H4): an upload must leave the provider's disk reserve free (sandbox.plan Rule 3), measured in a
 worker thread and refused with ``disk_full`` before a byte is received.
+Rule 5: the preparation is abandoned as soon as the daemon asks the job to stop (``unless_stopped``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 import trio
 
@@ -32,6 +33,7 @@ from sandbox.engine import Engine
 from sandbox.image_gc import record_loaded, record_used
 from sandbox.images import load_image_archive, local_image_id
 from sandbox.jobio import read_tar_files
+from settlement.records import PROVIDER_FAULT
 
 MAX_INPUT_BYTES = 256 << 20
 MAX_IMAGE_BYTES = 2 << 30  # one upload; it lies on disk, never in memory (M2)
@@ -217,6 +219,46 @@ async def _receive_image(engine: Engine, image_dir: Path | None, framed: FramedS
     if image_dir is not None:
         await engine.call(record_loaded, image_dir, engine.client, image_id, _wall_ms(), what="note a loaded image")
     return image_id
+
+
+T = TypeVar("T")
+
+
+def first_leaf(group: BaseException) -> BaseException:
+    """The first real exception inside (possibly nested) exception groups."""
+    while isinstance(group, BaseExceptionGroup):
+        group = group.exceptions[0]
+    return group
+
+
+async def unless_stopped(work: Callable[[], Awaitable[T]], stop_requested: trio.Event,
+                         stop_reason: Callable[[], str | None], peer: str) -> T:
+    """``work`` (the preparation), abandoned when the daemon asks every job to stop (graceful shutdown):
+    SuanliError with the stop's reason. An upload past its budget is the buyer's fault."""
+    result: list[T] = []
+    failure: BaseException | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            async def run() -> None:
+                result.append(await work())
+                nursery.cancel_scope.cancel()
+
+            async def watch() -> None:
+                await stop_requested.wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(run)
+            nursery.start_soon(watch)
+    except* trio.TooSlowError:
+        failure = RemoteProtocolError("the buyer's upload was too slow", peer=peer)
+    except* (SuanliError, OSError) as group:
+        failure = first_leaf(group)
+    if failure is not None:
+        raise failure
+    if not result:
+        raise SuanliError(f"the job was stopped before it started ({stop_reason()})",
+                          reason=stop_reason() or PROVIDER_FAULT)
+    return result[0]
 
 
 def _wall_ms() -> int:

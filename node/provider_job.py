@@ -26,7 +26,7 @@ import trio
 
 from market.capacity import Allocation
 from market.records import Agreement, Proposal
-from node.jobcontainer import ContainerSide, first_leaf, monotonic_ms, stop_quietly, wall_ms
+from node.jobcontainer import ContainerSide, monotonic_ms, stop_quietly, wall_ms
 from node.jobsession import Send, Stop, Store
 from node.jobsession_provider import ProviderSession
 from node.jobupload import (  # noqa: F401  (re-exported: node.provider, tests)
@@ -35,8 +35,10 @@ from node.jobupload import (  # noqa: F401  (re-exported: node.provider, tests)
     UPLOAD_ALLOWANCE_S,
     UPLOAD_WINDOW_S,
     expect,
+    first_leaf,
     prepare,
     send_blob,
+    unless_stopped,
 )
 from node.jobwire import Countersign, Fail, Start, decode_message
 from node.outbox import Outbox
@@ -179,34 +181,13 @@ class JobRun(ContainerSide):
         return open_countersigned(data, self._issued_by_body)
 
     async def _prepare_unless_stopped(self, start: Start) -> tuple[str, dict[str, bytes]]:
-        """``prepare``, abandoned when the daemon asks every job to stop (graceful shutdown)."""
-        result: list[tuple[str, dict[str, bytes]]] = []
-        failure: BaseException | None = None
-        try:
-            async with trio.open_nursery() as nursery:
-                async def work() -> None:
-                    result.append(await prepare(self.s.engine, self.s.image_dir, self.framed, self.ag.job, start,
-                                                self.status, self.outbox.drained, allowance_s=UPLOAD_ALLOWANCE_S,
-                                                window_s=UPLOAD_WINDOW_S))
-                    self.session.transfer_done("inputs")
-                    nursery.cancel_scope.cancel()
+        async def work() -> tuple[str, dict[str, bytes]]:
+            prepared = await prepare(self.s.engine, self.s.image_dir, self.framed, self.ag.job, start, self.status,
+                                     self.outbox.drained, allowance_s=UPLOAD_ALLOWANCE_S, window_s=UPLOAD_WINDOW_S)
+            self.session.transfer_done("inputs")
+            return prepared
 
-                async def watch() -> None:
-                    await self.active.stop_requested.wait()
-                    nursery.cancel_scope.cancel()
-
-                nursery.start_soon(work)
-                nursery.start_soon(watch)
-        except* trio.TooSlowError:
-            failure = RemoteProtocolError("the buyer's upload was too slow", peer=self.framed.peer)
-        except* (SuanliError, OSError) as group:
-            failure = first_leaf(group)
-        if failure is not None:
-            raise failure
-        if not result:
-            raise SuanliError(f"the job was stopped before it started ({self.active.stop_reason})",
-                              reason=self.active.stop_reason or PROVIDER_FAULT)
-        return result[0]
+        return await unless_stopped(work, self.active.stop_requested, lambda: self.active.stop_reason, self.framed.peer)
 
     async def run(self, start: Start) -> None:
         self.session.start_received()
