@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import IO, TypeVar
 import trio
 
 from market.records import JobSpec
+from node.jobcontainer import wall_ms
 from node.jobwire import CHUNK_BYTES, Chunk, End, Start, decode_message
 from p2p.errors import RemoteProtocolError, SuanliError
 from p2p.framing import FramedStream
@@ -181,7 +181,7 @@ async def prepare(engine: Engine, image_dir: Path | None, framed: FramedStream, 
                                         "sha256:" + job.image_archive_sha256.hex(), status, drained,
                                         allowance_s, window_s)
     elif image_dir is not None:
-        await engine.call(record_used, image_dir, image_id, _wall_ms(), what="note image use")
+        await engine.call(record_used, image_dir, image_id, wall_ms(), what="note image use")
     status("need_inputs", "")
     await drained()
     inputs = await receive_blob(framed, "inputs", start.input_bytes, MAX_INPUT_BYTES, allowance_s=allowance_s,
@@ -217,7 +217,7 @@ async def _receive_image(engine: Engine, image_dir: Path | None, framed: FramedS
                                           image_id=image, known_sha256=sha, work_dir=image_dir, what="load image",
                                           own_thread=True)
     if image_dir is not None:
-        await engine.call(record_loaded, image_dir, engine.client, image_id, _wall_ms(), what="note a loaded image")
+        await engine.call(record_loaded, image_dir, engine.client, image_id, wall_ms(), what="note a loaded image")
     return image_id
 
 
@@ -259,7 +259,3 @@ async def unless_stopped(work: Callable[[], Awaitable[T]], stop_requested: trio.
         raise SuanliError(f"the job was stopped before it started ({stop_reason()})",
                           reason=stop_reason() or PROVIDER_FAULT)
     return result[0]
-
-
-def _wall_ms() -> int:
-    return time.time_ns() // 1_000_000

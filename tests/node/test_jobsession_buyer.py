@@ -56,10 +56,7 @@ def take(s: BuyerSession, signed, now: int):
 def test_an_honest_job_countersigned_with_outputs_bound_by_the_final():
     outputs = b"result"
     digest = hashlib.sha256(outputs).digest()
-    s = running()
-    chain = receipts(3, final_digest=digest)
-    for i, r in enumerate(chain):
-        take(s, r, NOW + 10 + (i + 1) * 1000 + 500)
+    s = closed_with(digest, 3)
     assert s.outcome.expected_outputs == digest and s.machine.phase == "closing"
     assert s.message_received(Log("stdout", b"late line"), NOW, WALL) == []
     assert s.message_received(Chunk("outputs", outputs), NOW, WALL) == []
@@ -101,28 +98,27 @@ def test_what_fails_the_job():
         s3.message_received(Done(0, False, False, "completed", 0), NOW, WALL)
 
 
+def closed_with(digest: bytes, n: int = 2) -> BuyerSession:
+    """A session whose countersigned final names outputs of ``digest``."""
+    s = running()
+    for i, r in enumerate(receipts(n, final_digest=digest)):
+        take(s, r, NOW + 10 + (i + 1) * 1000 + 500)
+    return s
+
+
 def test_outputs_that_are_not_the_finals_or_never_come_fail_the_job_with_it_as_evidence():
     digest = hashlib.sha256(b"promised").digest()
-    s = running()
-    for i, r in enumerate(receipts(2, final_digest=digest)):
-        take(s, r, NOW + 10 + (i + 1) * 1000 + 500)
-    with pytest.raises(JobFailed) as missing:
-        s.message_received(Done(0, False, False, "completed", 0), NOW, WALL)
-    assert missing.value.fields["reason"] == "outputs_missing"
-    s = running()
-    for i, r in enumerate(receipts(2, final_digest=digest)):
-        take(s, r, NOW + 10 + (i + 1) * 1000 + 500)
-    s.message_received(Chunk("outputs", b"other"), NOW, WALL)
-    with pytest.raises(JobFailed) as corrupt:
-        s.message_received(End("outputs", 5, hashlib.sha256(b"other").digest()), NOW, WALL)
-    assert corrupt.value.fields["reason"] == "outputs_corrupt"
-    s = running()
-    for i, r in enumerate(receipts(2, final_digest=digest)):
-        take(s, r, NOW + 10 + (i + 1) * 1000 + 500)
-    s.message_received(Chunk("outputs", b"promised"), NOW, WALL)
-    with pytest.raises(JobFailed) as lying:
-        s.message_received(End("outputs", 8, b"\0" * 32), NOW, WALL)
-    assert lying.value.fields["reason"] == "outputs_corrupt"
+    cases = [  # (what arrives before done, the reason the job fails)
+        ([], "outputs_missing"),
+        ([Chunk("outputs", b"other"), End("outputs", 5, hashlib.sha256(b"other").digest())], "outputs_corrupt"),
+        ([Chunk("outputs", b"promised"), End("outputs", 8, b"\0" * 32)], "outputs_corrupt"),
+    ]
+    for arriving, reason in cases:
+        s = closed_with(digest)
+        with pytest.raises(JobFailed) as failed:
+            for msg in [*arriving, Done(0, False, False, "completed", 0)]:
+                s.message_received(msg, NOW, WALL)
+        assert failed.value.fields["reason"] == reason, arriving
 
 
 def test_a_cancel_goes_out_once_per_request_while_the_job_is_on():
