@@ -5,7 +5,7 @@ Rule 1 (issue 17 item 1): py-libp2p configures its own logger when it is importe
 undoes a level set before the import, and a record with no handler goes to Python's last-resort
 handler, straight to stderr. So ``configure`` imports libp2p first, then takes its logger back: our
 handler, and nothing below CRITICAL unless ``-v`` (py-libp2p logs every normal stream close and every
-failed dial of a peer that has left as a warning or an error, research item 25).
+failed dial of a peer that has left as a warning or an error, docs/LIBP2P.md item 25).
 Rule 2: ``LIBP2P_DEBUG`` set means the user asked for py-libp2p's own logging: it is left alone.
 Rule 3: levels alone do not hold: ``p2p.host`` sets libp2p's logger back to ERROR when a host opens
 (``p2p.workarounds.quiet_libp2p_logging``). So our handler itself drops the network stack's records

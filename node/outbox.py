@@ -1,7 +1,7 @@
 """An outbox for one stream: control messages in order, log lines best-effort, never blocking the sender.
 
 A job's receipt loop must not stall because the buyer stopped reading (a ``kill -STOP``-ed buyer fills
-the Yamux window and every write blocks, research item 22). So producers only enqueue; one task writes.
+the Yamux window and every write blocks, docs/LIBP2P.md item 22). So producers only enqueue; one task writes.
 Rule 1: control messages (receipts, statuses, the end of a job) are kept and sent in order.
 Rule 2: log lines are dropped, oldest first, when more than ``max_logs`` wait (a note says how many).
 Rule 3: once a write fails, the peer is gone: ``broken`` is set and everything later is discarded.

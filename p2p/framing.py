@@ -17,7 +17,7 @@ holds its bytes and its stream for a bounded time (issue 13 M1). Idle time betwe
 protocol's to bound.
 Rule 5: a frame's declared length allocates nothing; its bytes are buffered as they arrive, in reads
 of at most 64 KiB, so a stream holds at most its frame so far plus one read.
-Own read loop rather than ``libp2p.utils.varint.read_varint_prefixed_bytes`` (research item 21: it
+Own read loop rather than ``libp2p.utils.varint.read_varint_prefixed_bytes`` (docs/LIBP2P.md item 21: it
 gives up after 100 partial reads, so 8 MiB messages fail).
 """
 

@@ -4,7 +4,7 @@ Anyone who can reach the listen port can open connections, and every connection 
 each stream that is part-way through a frame holds memory (its bytes so far, and up to a Yamux
 window of unread data). These limits bound how much of that a peer, an IP address and everyone
 together can hold at once (issue 13 M1: 6 identities x 250 half-sent frames grew a provider from
-170 to 584 MiB in 30 s, and ``max_connections`` had to be unreachable, research item 4).
+170 to 584 MiB in 30 s, and ``max_connections`` had to be unreachable, docs/LIBP2P.md item 4).
 
 Rule 1: a stream is admitted only while its peer, its IP address and the whole node are each below
 their limit; it holds one slot of each until it ends (``release``). A stream refused is reset at

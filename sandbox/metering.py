@@ -61,7 +61,7 @@ class Meter:
         self._wall_ms = 0
         self._since_ms: int | None = None  # start of the current running interval
         self._cpu_ns = 0
-        self.oom_kills = 0  # evidence beside the engine's OOMKilled flag (research §1.5)
+        self.oom_kills = 0  # evidence beside the engine's OOMKilled flag (docs/SANDBOX.md, Exit)
         self._mem_peak = 0
         self._gpu_mem_peak = 0
         self._sm_pct_ms = 0
