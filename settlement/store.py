@@ -7,13 +7,13 @@ transaction is durable, so a receipt the node acknowledges after
 Rule 2 (append-only evidence): agreements and receipts are never deleted and their bodies never
 change; the only update is adding the buyer's countersignature where there was none. Triggers in
 the database enforce this, whatever code runs against the file.
-Rule 3: what comes out is what went in: bodies and signatures as they were signed, so an export is
-byte-for-byte the evidence.
+Rule 3: what comes out is what went in: bodies and signatures as they were signed (an export is
+byte-for-byte the evidence); a text cell where a blob belongs comes back as ``TextValue``, never decoded.
 Rule 5 (hostile files): a read-only store opens only a regular file, with ``mode=ro``,
 ``trusted_schema=OFF`` and ``query_only``, checks that the tables it reads are plain tables (never a
 view, a virtual table or a generated column) before reading one, caps the size of a value, and stops
 any statement past a time limit that grows with the file (UnusableInputError, exit 2).
-Rule 4 (privacy): the file is its owner's alone (``make_private``).
+Rule 4 (privacy): the file is its owner's alone (``make_private``, settlement.private).
 
 Schema and queries go through sqlite-utils; the connection is plain sqlite3 so that pragmas and
 transactions are explicit.
@@ -35,6 +35,7 @@ import sqlite_utils
 
 from p2p.envelope import Signed
 from p2p.errors import StoreError, UnusableInputError
+from settlement.private import make_private as make_private  # where callers have found it
 from settlement.records import FINAL, Receipt
 
 SCHEMA_VERSION = 1
@@ -78,8 +79,7 @@ def _distrust(conn: sqlite3.Connection, deadline: float) -> None:
 
 
 class TextValue(bytes):
-    """A database cell that holds text where the schema has a blob: its raw bytes, under a type of its
-    own that no decoder takes for a body or a signature (Rule 5: a hostile file)."""
+    """A text cell's raw bytes (Rule 3), under a type no decoder takes for a body or a signature."""
 
 
 @dataclass(frozen=True)
@@ -98,31 +98,6 @@ def _now_ms() -> int:
 
 def _envelope(body: bytes, *sigs: bytes | None) -> dict[str, Any]:
     return {"body": body, "sigs": [s for s in sigs if s is not None]}
-
-
-def make_private(path: Path) -> None:
-    """Rule 4: a database opened for writing, and its -wal, -shm and -journal, are mode 0600, and a
-    directory created for it is 0700, whatever the umask: a buyer's proposals hold its ``--env`` values,
-    and evidence is nobody else's business. A wider file of ours is narrowed; sqlite gives the files it
-    creates beside it the database's own mode. StoreError when the file cannot be made."""
-    try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            if os.fstat(fd).st_mode & 0o077:
-                os.fchmod(fd, 0o600)
-        finally:
-            os.close(fd)
-        for suffix in ("-wal", "-shm", "-journal"):
-            side = path.with_name(path.name + suffix)
-            try:
-                st = os.lstat(side)
-            except FileNotFoundError:
-                continue
-            if stat.S_ISREG(st.st_mode) and st.st_mode & 0o077:
-                os.chmod(side, 0o600)
-    except OSError as exc:
-        raise StoreError(f"{path}: {exc.strerror}", path=str(path)) from exc
 
 
 class Store:
@@ -378,37 +353,31 @@ class Store:
             proposal=_envelope(proposal["body"], proposal["sig"]) if proposal else None,
             receipts=receipts)
 
-    def evidence_rows(self) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-        """Every agreement row and every receipt row, columns and all, as the audit reads a database
-        (settlement.dbread: the signed bodies decide, the columns are checked against them). A text
-        value comes back as ``TextValue`` (never decoded: it may not be UTF-8), so that a cell rewritten
-        as text is reported as such, not taken for the bytes it holds."""
+    @contextmanager
+    def _reading_raw(self) -> Iterator[None]:
+        """Rule 3's ``TextValue`` for text cells; sqlite's errors as UnusableInputError (Rule 5)."""
+        self.conn.text_factory = TextValue
         try:
-            self.conn.text_factory = TextValue
-            try:
-                agreements = self.conn.execute(
-                    "SELECT id, provider, buyer, offer_id, proposal_id, created_at_ms, body, provider_sig, buyer_sig"
-                    " FROM agreements ORDER BY created_at_ms, id").fetchall()
-                receipts = self.conn.execute(
-                    "SELECT agreement_id, seq, id, body, provider_sig, buyer_sig FROM receipts").fetchall()
-            finally:
-                self.conn.text_factory = str
+            yield
         except sqlite3.DatabaseError as exc:
             raise self._read_error(exc) from exc
-        return agreements, receipts
+        finally:
+            self.conn.text_factory = str
+
+    def evidence_rows(self) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        """Every agreement row and every receipt row, columns and all, as the audit reads a database
+        (settlement.dbread: the signed bodies decide, the columns are checked against them)."""
+        with self._reading_raw():
+            return (self.conn.execute("SELECT id, provider, buyer, offer_id, proposal_id, created_at_ms, body, "
+                                      "provider_sig, buyer_sig FROM agreements ORDER BY created_at_ms, id").fetchall(),
+                    self.conn.execute("SELECT agreement_id, seq, id, body, provider_sig, buyer_sig FROM receipts"
+                                      ).fetchall())
 
     def signed_row(self, table: str, record_id: bytes) -> dict[str, Any] | None:
         """The envelope of an offer or proposal by id, as stored (None: not there)."""
-        if table not in ("offers", "proposals"):
-            raise ValueError(table)
-        try:
-            self.conn.text_factory = TextValue
-            try:
-                row = self.conn.execute(f"SELECT body, sig FROM {table} WHERE id = ?", (record_id,)).fetchone()
-            finally:
-                self.conn.text_factory = str
-        except sqlite3.DatabaseError as exc:
-            raise self._read_error(exc) from exc
+        with self._reading_raw():
+            name = {"offers": "offers", "proposals": "proposals"}[table]  # never a name from elsewhere
+            row = self.conn.execute(f"SELECT body, sig FROM {name} WHERE id = ?", (record_id,)).fetchone()
         return _envelope(row[0], row[1]) if row is not None else None
 
     def max_offer_seq(self, provider: bytes) -> int:
