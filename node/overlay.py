@@ -19,7 +19,7 @@ from market.matching import JobRequest
 from market.records import Offer
 from p2p import dht
 from p2p.envelope import Signed
-from p2p.gossip import OfferLedger, offer_feed, offer_topics, publish_offer
+from p2p.gossip import OFFERS_TOPIC, OfferLedger, offer_feed, offer_topics, publish_offer
 from p2p.host import Node
 from p2p.offer_query import OFFER_PROTOCOL, collect_offers, offer_handler
 
@@ -42,6 +42,7 @@ class ProviderOverlay:
         return offer_topics(self.ledger)
 
     async def announce(self, node: Node, signed: Signed[Offer]) -> None:
+        await wait_for_offer_mesh(node)
         await publish_offer(node, signed)
 
     def attach(self, runtime: Any) -> None:
@@ -61,6 +62,21 @@ class ProviderOverlay:
             await nursery.start(dht.serve_provider_records, node, names)
             nursery.start_soon(drain)
             task_status.started()
+
+
+MESH_WAIT_S = 3.0
+MESH_POLL_S = 0.05
+
+
+async def wait_for_offer_mesh(node: Node, *, timeout_s: float = MESH_WAIT_S) -> None:
+    """Wait, within ``timeout_s``, until the offers topic has a mesh peer, if any connected peer takes the
+    topic (issue 17 item 3). A provider that has just joined publishes its first offer into a mesh its
+    first GossipSub heartbeat has not yet built: nobody receives it until a later heartbeat's gossip, so a
+    buyer agent kept the offer of the provider's previous run (its old port) a second or two longer."""
+    for _ in range(int(timeout_s / MESH_POLL_S)):
+        if node.router.mesh.get(OFFERS_TOPIC) or not node.pubsub.peer_topics.get(OFFERS_TOPIC):
+            return
+        await trio.sleep(MESH_POLL_S)
 
 
 def provider_overlay() -> ProviderOverlay:

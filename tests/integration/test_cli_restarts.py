@@ -94,8 +94,10 @@ def test_the_agent_follows_a_provider_restarted_on_new_ports(tmp_path, demo_imag
             provider, ready = net.start_provider()
             assert ready["addrs"] not in addrs, "the restarted provider should listen on a new port"
             addrs.append(ready["addrs"])
-            # The first run may still be offered the old instance's offer (the new one not heard yet): it
-            # costs that run, never more. The run after it is offered, and dials, the new instance.
+            # The new instance announces its offer once its gossip mesh exists (node.overlay), before it says
+            # ready, so the agent mostly has it and the first run dials the new port. When the agent has not
+            # heard it yet, the first run is offered the old instance and fails: that costs one run, never
+            # more. The run after it dials the new instance.
             for again, most in (("", 2), ("-again", 1)):
                 tries, took, failed = _run_until_ok(net, how.name + again)
                 print(f"after {how.name}{again}: {tries} run(s), {took:.1f} s")
