@@ -148,6 +148,7 @@ async def buy(node: Any, key: NodeKey, home: Path, buy_request: BuyRequest, cons
     from market.service import negotiate_first, now_ms
     from node.buyer_config import load_max_exposure
     from node.buyer_job import pack_dir, run_job
+    from node.joblog import keeper
     from node.jobsession_buyer import JobFailed
     from p2p.envelope import sign_record
     from p2p.identity import peer_id_from_public
@@ -240,7 +241,7 @@ async def buy(node: Any, key: NodeKey, home: Path, buy_request: BuyRequest, cons
             f"(agreement {deal.agreement.record_id.hex()[:16]})")
         if started is not None:
             started()
-        hooks = _hooks(console)
+        hooks = _hooks(console, keeper(home, deal.agreement.record_id))  # suanli logs (node.joblog)
         failure: JobFailed | None = None
         outcome = None
         with trio.open_signal_receiver(signal.SIGINT) if interruptible else contextlib.nullcontext() as sigint:
@@ -360,10 +361,14 @@ def _reputation(db_path: Path) -> dict[bytes, int]:
         return scores(store.outcome_counts())
 
 
-def _hooks(console: Console) -> Any:
+def _hooks(console: Console, keep: Callable[[str, bytes], None]) -> Any:
     from node.buyer_job import BuyerHooks
 
     say = console.say
+
+    def on_log(stream: str, data: bytes) -> None:
+        keep(stream, data)  # stored as it arrives, then shown
+        console.log(stream, data)
 
     def on_status(phase: str, detail: str) -> None:
         if phase in ("paused", "resumed", "loading_image", "logs_dropped", "outputs_skipped") or console.verbose:
@@ -373,4 +378,4 @@ def _hooks(console: Console) -> Any:
         if not console.quiet and (done == total or done % (4 << 20) < (128 << 10)):
             say(f"suanli: sending {kind}: {done * 100 // max(total, 1)}% ({done >> 20}/{total >> 20} MiB)")
 
-    return BuyerHooks(on_log=console.log, on_status=on_status, on_receipt=console.receipt, on_progress=on_progress)
+    return BuyerHooks(on_log=on_log, on_status=on_status, on_receipt=console.receipt, on_progress=on_progress)

@@ -225,6 +225,23 @@ def _add_machine(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     gpus.set_defaults(run="node.commands.machine:cmd_gpus")
 
 
+def _add_history(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """A buyer's history (node.commands.history), read from ``<data dir>/buyer.db`` and its stored logs."""
+    jobs = sub.add_parser("jobs", help="the jobs this buyer ran: agreement, provider, image, billed, amount, exit")
+    jobs.add_argument("--data-dir", help="the buyer's data directory (default: the usual one)")
+    jobs.add_argument("--json", action="store_true", help="print one JSON document")
+    jobs.set_defaults(run="node.commands.history:cmd_jobs")
+    logs = sub.add_parser("logs", help="a job's output as this buyer received it")
+    logs.add_argument("agreement", metavar="AGREEMENT_ID", help="agreement id (hex; a unique prefix is enough)")
+    logs.add_argument("--data-dir", help="the buyer's data directory (default: the usual one)")
+    logs.set_defaults(run="node.commands.history:cmd_logs")
+    receipts = sub.add_parser("receipts", help="a job's receipts and the audit verdict of its chain")
+    receipts.add_argument("agreement", metavar="AGREEMENT_ID", help="agreement id (hex; a unique prefix is enough)")
+    receipts.add_argument("--data-dir", help="the buyer's data directory (default: the usual one)")
+    receipts.add_argument("--json", action="store_true", help="print one JSON document")
+    receipts.set_defaults(run="node.commands.history:cmd_receipts")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="suanli",
@@ -236,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evidence(sub)
     _add_network(sub)
     _add_machine(sub)
+    _add_history(sub)
     return parser
 
 
