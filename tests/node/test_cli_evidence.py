@@ -253,8 +253,9 @@ def test_a_tampered_copy_is_reported_whatever_the_order_of_inputs(tmp_path):
 def test_an_invented_debt_at_cap_2_63_is_owed_at_most_the_unsigned_window(tmp_path):
     """H3 through real signed records in a real database: a provider states cap 2^63, runs nothing,
     and signs a final claim for the whole duration (as a provider fault: a buyer_unresponsive final with
-    nothing left unsigned before it would also be unfounded, settlement.chain Rule U). The audit owes no co-signed debt, shows the claim
-    apart, owed at most billing Rule 3's bound; the statement never merges the two."""
+    nothing left unsigned before it would also be unfounded, settlement.chain Rule U). The audit owes no
+    co-signed debt, shows the claim apart, owed at most billing Rule 3's bound; the statement never merges
+    the two."""
     from settlement.billing import amount_due, unsigned_window_ms
     from settlement.records import FINAL, PROVIDER_FAULT, ZERO_USAGE, Receipt
     from settlement.testing import TERMS, make_agreement
