@@ -19,14 +19,11 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import trio
 
-from market.capacity import Allocation
-from market.records import Agreement, Proposal
 from node.jobcontainer import ContainerSide, monotonic_ms, stop_quietly, wall_ms
+from node.jobservices import ActiveJob, JobServices  # noqa: F401  (re-exported: node.provider)
 from node.jobsession import Send, Stop, Store
 from node.jobsession_provider import ProviderSession
 from node.jobupload import (  # noqa: F401  (re-exported: node.provider, tests)
@@ -45,13 +42,10 @@ from node.outbox import Outbox
 from p2p.envelope import Signed, open_countersigned
 from p2p.errors import CodecError, RemoteProtocolError, SuanliError
 from p2p.framing import FramedStream
-from p2p.identity import NodeKey, public_from_peer_id
-from sandbox.engine import Engine
+from p2p.identity import public_from_peer_id
 from sandbox.images import image_env
 from sandbox.metering import MeterSample
 from sandbox.runner import open_job
-from sandbox.spec import EngineFacts, GpuInfo, ProviderPolicy
-from settlement.astore import AsyncStore
 from settlement.records import PROVIDER_FAULT, Receipt
 
 log = logging.getLogger("suanli.node.job")
@@ -59,46 +53,6 @@ log = logging.getLogger("suanli.node.job")
 MAX_WIRE_OUTPUT_BYTES = 256 << 20
 OUTPUTS_SKIPPED = "outputs_skipped"  # a Status phase: the /io/out entries not handed back, and why
 START_TIMEOUT_S = 30.0  # a job stream must name its agreement within this
-
-
-@dataclass
-class ActiveJob:
-    """An agreement the provider has confirmed, from countersignature to final receipt."""
-
-    agreement: Signed[Agreement]
-    proposal: Signed[Proposal]
-    allocation: Allocation
-    started: bool = False
-    phase: str = "agreed"
-    metered_ms: int = 0
-    amount_micros: int = 0
-    cosigned_micros: int = 0
-    stop_reason: str | None = None
-    stop_requested: trio.Event = field(default_factory=trio.Event)
-    finished: trio.Event = field(default_factory=trio.Event)
-    on_stop: Callable[[str], object] = field(default=lambda reason: None, repr=False, compare=False)  # the session
-
-    def request_stop(self, reason: str) -> None:
-        if self.stop_reason is None:
-            self.stop_reason = reason
-        self.on_stop(self.stop_reason)
-        self.stop_requested.set()
-
-
-@dataclass
-class JobServices:
-    """What running a job needs from the daemon."""
-
-    key: NodeKey
-    store: AsyncStore
-    engine: Engine
-    facts: EngineFacts
-    policy: ProviderPolicy
-    gpus: dict[str, GpuInfo]
-    node_id: str
-    active: dict[bytes, ActiveJob]
-    on_finished: Callable[[ActiveJob, Receipt | None, bool], None]  # (job, final receipt, final countersigned)
-    image_dir: Path | None = None  # uploads, clean copies and the buyer image ledger (None: a temporary folder)
 
 
 class JobRun(ContainerSide):

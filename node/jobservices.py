@@ -1,0 +1,63 @@
+"""What the provider daemon hands each job (node.provider -> node.provider_job): the confirmed agreement
+with its capacity and stop switch (``ActiveJob``), and the services a job runs on (``JobServices``).
+
+Rule 1: a stop has one reason, the first asked for, whoever asks (the daemon at shutdown, the buyer, the
+exposure guard, the engine); the job's session hears every request (``on_stop``) and keeps the same one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from market.capacity import Allocation
+from market.records import Agreement, Proposal
+from p2p.envelope import Signed
+from p2p.identity import NodeKey
+from sandbox.engine import Engine
+from sandbox.spec import EngineFacts, GpuInfo, ProviderPolicy
+from settlement.astore import AsyncStore
+from settlement.records import Receipt
+
+
+@dataclass
+class ActiveJob:
+    """An agreement the provider has confirmed, from countersignature to final receipt."""
+
+    agreement: Signed[Agreement]
+    proposal: Signed[Proposal]
+    allocation: Allocation
+    started: bool = False
+    phase: str = "agreed"
+    metered_ms: int = 0
+    amount_micros: int = 0
+    cosigned_micros: int = 0
+    stop_reason: str | None = None
+    stop_requested: trio.Event = field(default_factory=trio.Event)
+    finished: trio.Event = field(default_factory=trio.Event)
+    on_stop: Callable[[str], object] = field(default=lambda reason: None, repr=False, compare=False)  # the session
+
+    def request_stop(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self.on_stop(self.stop_reason)
+        self.stop_requested.set()
+
+
+@dataclass
+class JobServices:
+    """What running a job needs from the daemon."""
+
+    key: NodeKey
+    store: AsyncStore
+    engine: Engine
+    facts: EngineFacts
+    policy: ProviderPolicy
+    gpus: dict[str, GpuInfo]
+    node_id: str
+    active: dict[bytes, ActiveJob]
+    on_finished: Callable[[ActiveJob, Receipt | None, bool], None]  # (job, final receipt, final countersigned)
+    image_dir: Path | None = None  # uploads, clean copies and the buyer image ledger (None: a temporary folder)
