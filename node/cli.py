@@ -242,6 +242,29 @@ def _add_history(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     receipts.set_defaults(run="node.commands.history:cmd_receipts")
 
 
+def _add_service(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """``suanli service``: the provider or the agent as a systemd unit (node.commands.service)."""
+    service = sub.add_parser("service", help="run the provider (or the buyer agent) as a systemd service")
+    ssub = service.add_subparsers(dest="service_cmd", required=True, metavar="{install,uninstall,status}")
+    for name, text in (("install", "write the unit (restart on failure, sandboxed, logs to the journal) and "
+                                    "start it where systemd runs"),
+                       ("uninstall", "stop, disable and remove the unit"),
+                       ("status", "is the unit installed, running")):
+        cmd = ssub.add_parser(name, help=text)
+        cmd.add_argument("--user", action="store_true", help="a user unit (systemctl --user) instead of a system one")
+        cmd.add_argument("--role", choices=("provide", "agent"), default="provide",
+                         help="provide: the provider daemon (default); agent: the resident buyer agent")
+        cmd.add_argument("--unit-dir", metavar="DIR",
+                         help="write the unit here instead of systemd's directory (default: $SUANLI_UNIT_DIR)")
+        cmd.set_defaults(run=f"node.commands.service:cmd_{name}")
+        if name == "install":
+            cmd.add_argument("--config", help="the provider's TOML configuration (--role provide)")
+            cmd.add_argument("--data-dir", help="the agent's data directory (--role agent)")
+            cmd.add_argument("--bootstrap", action="append", metavar="MULTIADDR",
+                             help="the agent's bootstrap peers (default: $SUANLI_BOOTSTRAP)")
+            cmd.add_argument("--print", action="store_true", help="print the unit and write nothing")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="suanli",
@@ -254,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_network(sub)
     _add_machine(sub)
     _add_history(sub)
+    _add_service(sub)
     return parser
 
 
