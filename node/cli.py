@@ -265,6 +265,14 @@ def _add_service(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
             cmd.add_argument("--print", action="store_true", help="print the unit and write nothing")
 
 
+def _add_dashboard(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    dash = sub.add_parser("dashboard", help="print the local provider's dashboard URL (with its token) and open it")
+    dash.add_argument("--data-dir", help="the provider's data directory (default: the usual one)")
+    dash.add_argument("--config", help="the provider's configuration (its data_dir is used)")
+    dash.add_argument("--no-open", action="store_true", help="print the URL only, open no browser")
+    dash.set_defaults(run="node.commands.dashboard:cmd_dashboard")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="suanli",
@@ -278,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_machine(sub)
     _add_history(sub)
     _add_service(sub)
+    _add_dashboard(sub)
     return parser
 
 

@@ -77,6 +77,11 @@ runtime = ""
 pids_limit = 256               # 16..4194304
 log_rate_bytes_per_s = 65536   # 1024..104857600; a job's log lines beyond this rate are dropped, with a note
 log_burst_bytes = 262144       # 1024..1073741824; what a job may log at once before the rate applies
+
+[dashboard]
+# The operator's web dashboard (docs/DASHBOARD.md), on 127.0.0.1 only; `suanli dashboard` prints its URL.
+enabled = true
+port = 8742                    # 0..65535; 0 = any free port (if this one is taken, a free one is used)
 '''
 
 # Rule 3. Prices at most 100 credits per unit-second: 1,048 cores + 16 TiB + 64 GPUs at that price for
@@ -101,6 +106,7 @@ RANGES: dict[str, tuple[int, int]] = {
     "sandbox.pids_limit": (16, 4_194_304),            # the kernel's PID_MAX_LIMIT
     "sandbox.log_rate_bytes_per_s": (1024, 104_857_600),  # 100 MiB/s
     "sandbox.log_burst_bytes": (1024, 1 << 30),
+    "dashboard.port": (0, 65_535),
 }
 
 # Rule 3 for the buyer: `suanli run`'s numeric options (argparse has checked their types; the agent's
@@ -129,13 +135,14 @@ def check_run_numbers(values: dict[str, Any]) -> None:
             raise ConfigError(f"{flag}: expected a number in {lo}..{hi}, got {_show(value)}", key=flag)
 
 
-_TOP = {"data_dir", "key", "listen", "bootstrap", "prices", "limits", "receipts", "sandbox"}
+_TOP = {"data_dir", "key", "listen", "bootstrap", "prices", "limits", "receipts", "sandbox", "dashboard"}
 _SECTIONS: dict[str, set[str]] = {
     "prices": {"cpu_core_micros_per_s", "memory_gib_micros_per_s", "gpu_micros_per_s"},
     "limits": {"max_duration_s", "max_concurrent_jobs", "cpu_millis", "memory_mib", "disk_mib", "allowed_images",
                "offer_ttl_s", "start_window_s"},
     "receipts": {"interval_ms", "countersign_timeout_ms", "grace_ms", "exposure_cap_micros"},
     "sandbox": {"runtime", "pids_limit", "log_rate_bytes_per_s", "log_burst_bytes"},
+    "dashboard": {"enabled", "port"},
 }
 
 
@@ -157,6 +164,8 @@ class ProviderConfig:
     log_rate_bytes_per_s: int = 65536
     log_burst_bytes: int = 262144
     start_window_s: int = 30  # issue 13 M3: an unstarted agreement is closed after this
+    dashboard_enabled: bool = True  # issue 20: node.dashboard, on 127.0.0.1:dashboard_port
+    dashboard_port: int = 8742
 
 
 class _Reader:
@@ -267,6 +276,9 @@ def load_config(path: str | os.PathLike[str]) -> ProviderConfig:
     runtime = sb.get("runtime", "")
     if not isinstance(runtime, str):
         raise r.fail("sandbox.runtime", "expected a runtime name such as \"runsc\"")
+    dash = r.section("dashboard")
+    if type(dash.get("enabled", True)) is not bool:
+        raise r.fail("dashboard.enabled", f"expected true or false, got {_show(dash.get('enabled'))}")
     return ProviderConfig(
         path=cfg_path, data_dir=data_dir, key_path=_expand(key) if key else data_dir / "node.key",
         listen=listen, bootstrap=bootstrap,
@@ -276,7 +288,9 @@ def load_config(path: str | os.PathLike[str]) -> ProviderConfig:
         disk_mib=r.whole(lim, "limits", "disk_mib", 0),
         log_rate_bytes_per_s=r.whole(sb, "sandbox", "log_rate_bytes_per_s", 65536),
         log_burst_bytes=r.whole(sb, "sandbox", "log_burst_bytes", 262144),
-        start_window_s=r.whole(lim, "limits", "start_window_s", 30), ranges=r.checked)
+        start_window_s=r.whole(lim, "limits", "start_window_s", 30),
+        dashboard_enabled=dash.get("enabled", True), dashboard_port=r.whole(dash, "dashboard", "port", 8742),
+        ranges=r.checked)
 
 
 def example_for(data: Path) -> str:

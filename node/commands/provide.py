@@ -38,6 +38,7 @@ def cmd_provide(args: argparse.Namespace) -> int:
 async def _provide(config, as_json: bool) -> None:  # type: ignore[no-untyped-def]
     from dataclasses import replace
 
+    from node.dashboard.serve import serve_dashboard
     from node.overlay import provider_overlay
     from node.provider import ProviderSetup, check_capacity, machine_cpu_millis, machine_memory_mib, open_provider
     from p2p.identity import load_or_create_key
@@ -64,10 +65,13 @@ async def _provide(config, as_json: bool) -> None:  # type: ignore[no-untyped-de
             overlay.attach(runtime)
             async with trio.open_nursery() as nursery:
                 await nursery.start(serve_control, config.data_dir / SOCKET_NAME, runtime.status)
+                dashboard = await nursery.start(serve_dashboard, config.data_dir, config.dashboard_port,
+                                                runtime.status) if config.dashboard_enabled else None
                 await nursery.start(overlay.serve, runtime)
                 ready = {"event": "ready", "peer_id": key.peer_id, "addrs": runtime.node.addrs(),
                          "data_dir": str(config.data_dir), "gpus": len(runtime.gpus),
-                         "cpu_millis": runtime.ledger.cpu_millis, "memory_mib": runtime.ledger.memory_mib}
+                         "cpu_millis": runtime.ledger.cpu_millis, "memory_mib": runtime.ledger.memory_mib,
+                         "dashboard": dashboard}
                 if as_json:
                     print(json.dumps(ready), flush=True)
                 else:
