@@ -78,6 +78,8 @@ async def _provide(config, as_json: bool) -> None:  # type: ignore[no-untyped-de
                     print(f"providing as {key.peer_id}", flush=True)
                     for addr in runtime.node.addrs():
                         print(f"  listening on {addr}", flush=True)
+                    if dashboard:
+                        print(f"  dashboard on {dashboard} (`suanli dashboard` prints it with the token)", flush=True)
                 async for signum in signals:
                     log.info("%s: stopping: running jobs are stopped, each with a final receipt "
                              "(provider_shutdown), then the offer is withdrawn", signal.Signals(signum).name)

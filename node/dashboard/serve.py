@@ -97,7 +97,8 @@ async def serve_dashboard(data_dir: Path, port: int, status: Callable[[], dict[s
 
     config = Config()
     config.accesslog = None
-    config.errorlog = log
+    config.errorlog = logging.getLogger("suanli.dashboard.http")  # hypercorn's own lines ("CTRL + C to quit"):
+    config.errorlog.setLevel(logging.WARNING)                      # only its warnings and errors
     config.graceful_timeout = 1.0
     app = wrap_app(build_app(board, token, changed), config.wsgi_max_body_size, "asgi")
     url_file = data_dir / URL_FILE
