@@ -6,7 +6,7 @@ its own and answers no Suanli protocol.
 
 Rule 1: the bootstrap validates offers exactly as every other node does (``p2p.gossip``), with the
 offer record class handed in by the caller (``bootstrap`` depends on ``p2p`` only, never ``market``).
-Rule 2: it must keep accepting connections for its whole life (research item 4, handled by
+Rule 2: it must keep accepting connections for its whole life (docs/LIBP2P.md item 4, handled by
 ``p2p.workarounds.connection_config``); ``status`` reports how many it has accepted.
 Rule 3: ``run_bootstrap`` runs until cancelled; the caller owns signals (SIGINT/SIGTERM cancel it) and
 leaving it closes everything (``open_host`` Rule 2).

@@ -1,6 +1,6 @@
 """Discovery over Kademlia: capability keys, provider records, and routing tables that fill.
 
-Suanli keeps nothing mutable in DHT values (research item 17: ``get_value`` answers from a stale local
+Suanli keeps nothing mutable in DHT values (docs/LIBP2P.md item 17: ``get_value`` answers from a stale local
 copy). The DHT only says *who* provides a capability; the live offer is fetched from the provider
 over ``/suanli/offer/1.0.0`` (``p2p.offer_query``).
 

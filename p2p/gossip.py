@@ -4,7 +4,7 @@ p2p does not know what an offer contains (that is ``market.records.Offer``); it 
 every gossiped record must have: ``provider`` (32-byte Ed25519 public key, the signer), ``seq``,
 ``created_at_ms`` and ``expires_at_ms``. The record class is passed in.
 
-Rule 1 (validator, synchronous: research item 12): a message is delivered and forwarded only if its
+Rule 1 (validator, synchronous: docs/LIBP2P.md item 12): a message is delivered and forwarded only if its
 data is one signed envelope of the record class whose signature verifies (over the bytes that
 arrived), whose signer is the peer that published the message, that has not expired, that claims no
 more than ``max_ttl_ms`` of life, was not created in the future beyond ``max_skew_ms``, and whose

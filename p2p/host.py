@@ -3,7 +3,7 @@
 TCP, Noise only, Yamux only, the node's own Ed25519 key (the libp2p peer id is the key's peer id),
 Kademlia and GossipSub started, and every workaround of ``p2p.workarounds`` applied.
 
-Rule 1 (order, research items 3 and 31, issue 7): Pubsub, GossipSub and the DHT are started and every
+Rule 1 (order, docs/LIBP2P.md items 3 and 31, issue 7): Pubsub, GossipSub and the DHT are started and every
 stream handler, topic validator and subscription is registered before the host dials anyone;
 handlers therefore come in through ``HostConfig``, not afterwards.
 Rule 2 (item 5): leaving ``open_host`` closes listeners and connections, stops every service and

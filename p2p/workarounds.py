@@ -1,7 +1,7 @@
 """Every workaround for a defect of py-libp2p 0.8.1 that Suanli relies on, in one place.
 
-Each item names the defect by its number in ``shared/research/py-libp2p-0.8.1.md`` section (d) (or the
-interoperability sections), says what goes wrong without it, and has a regression test in
+Each item names the defect by its number in docs/LIBP2P.md (or docs/INTEROP.md for go-libp2p),
+says what goes wrong without it, and has a regression test in
 ``tests/p2p/test_workarounds.py`` that fails if the workaround is removed. When py-libp2p is upgraded,
 re-run those tests first: a workaround whose defect is fixed upstream can then be deleted here, and
 nowhere else.
@@ -23,7 +23,7 @@ are listed here so that this page is the complete map:
   always asks the network, and ``p2p.dht.serve_routing_refresh`` does self-lookups after joining.
 - item 21 (``read_varint_prefixed_bytes`` fails on large messages): ``p2p.framing`` has its own loop.
 
-Defects found while building this (not in the research doc), each with its regression test:
+Defects found while building this (beyond docs/LIBP2P.md's list), each with its regression test:
 - Pubsub's validation cache lets anyone censor an offer by republishing its bytes (``_NoValidationCache``).
 - ``Swarm.close()`` sleeps 0.2 s per connection, one after another (``close_host``).
 - ``libp2p.utils.logging`` sets ``propagate=False`` and ``auto_connector`` pins INFO
@@ -617,7 +617,7 @@ def forget_peer_addrs(host: IHost, peer_id: ID) -> None:
     host.get_network().unblock_peer(peer_id)
 
 
-# --- issue 7 / research "go-libp2p interop": py replies to ADD_PROVIDER -------------------------
+# --- issue 7 / docs/INTEROP.md: py replies to ADD_PROVIDER ------------------------------------
 # go-libp2p-kad-dht sends ADD_PROVIDER fire-and-forget on a reused stream; py's echo is read as the
 # answer to go's next request, every later answer is one behind, and go later panics. Suanli's KAD
 # handler passes the stock one a stream whose writes drop the ADD_PROVIDER echo.
@@ -723,7 +723,7 @@ def offer_message_id(msg: Any) -> bytes:
 
 
 class _NoValidationCache:
-    """Found here (not in the research doc): Pubsub caches each validator verdict by message id
+    """Found here (beyond docs/LIBP2P.md's list): Pubsub caches each validator verdict by message id
     for 300 s, ahead of the validator. With content ids (item 14) anyone who republishes a provider's
     signed offer under their own peer id gets it cached as invalid (signer != publisher), and the
     provider's own copy is then refused from the cache: an offer can be censored by its bytes alone.

@@ -83,7 +83,7 @@ async def test_bad_addresses_are_config_errors(field, value):
 
 
 async def test_handlers_and_dht_are_known_to_peers_that_join_later():
-    # Registered before dialing (research item 31, issue 7): identify tells the peer about them.
+    # Registered before dialing (docs/LIBP2P.md item 31, issue 7): identify tells the peer about them.
     async with open_host(loopback_config(handlers={"/t/mine/1": _noop})) as a:
         async with open_host(loopback_config(bootstrap=(a.addrs()[0],), dht_mode="client")) as b:
             def protocols():
