@@ -10,6 +10,7 @@ Exit codes: 0 success; 1 the audit found problems; 2 unusable input or a usage/c
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -298,9 +299,14 @@ def _resolve(target: str):  # type: ignore[no-untyped-def]
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse_args(argv)
         code: int = _resolve(args.run)(args)
+    except BrokenPipeError:
+        # A reader that stopped early (``suanli offers | head``): end quietly, as for ``status``. Point
+        # stdout at /dev/null so that the interpreter's flush at exit does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except SuanliError as exc:
         print(f"suanli: error: {exc}", file=sys.stderr)
         return EXIT_UNUSABLE

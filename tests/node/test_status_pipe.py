@@ -30,3 +30,22 @@ async def test_status_into_a_reader_that_stops_early_is_quiet(tmp_path):
         nursery.cancel_scope.cancel()
     assert done.stdout.decode().splitlines() == ["peer id    12D3KooWpeer", "status exit 0"]
     assert (tmp_path / "err").read_text() == ""
+
+
+def test_any_command_into_a_reader_that_stops_early_is_quiet(tmp_path):
+    """The same for every command: node.cli.main catches the broken pipe (here a command that prints
+    far more than a pipe holds, into `head -1`)."""
+    import subprocess
+
+    program = ("import sys, node.cli as cli\n"
+               "def noisy(args):\n"
+               "    for _ in range(20000):\n"
+               "        print('line of output ' * 4)\n"
+               "    return 0\n"
+               "cli._resolve = lambda run: noisy\n"
+               "sys.exit(cli.main(['keys', 'show']))\n")
+    script = f"{sys.executable} -c \"$PROGRAM\" 2>{tmp_path / 'err'} | head -1; echo \"exit ${{PIPESTATUS[0]}}\""
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60,
+                          env={"PROGRAM": program, "PATH": "/usr/bin:/bin"})
+    assert done.stdout.splitlines()[-1] == "exit 0", done.stdout
+    assert (tmp_path / "err").read_text() == ""
