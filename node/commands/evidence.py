@@ -18,10 +18,15 @@ from settlement.store import Store
 from settlement.verify_statement import read_statement, statement_problems
 
 
-def cmd_export(args: argparse.Namespace) -> int:
+def _check_out(args: argparse.Namespace) -> None:
+    """An existing --out is kept unless --force: evidence and statements are not overwritten by a typo."""
     out = Path(args.out)
     if not getattr(args, "force", False) and (out.exists() or out.is_symlink()):
         raise UnusableInputError(f"{out} exists: give --force to replace it", path=str(out))
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    _check_out(args)
     with Store(args.db, readonly=True) as store:
         if args.agreement:
             matches = store.find_agreements(args.agreement)
@@ -121,6 +126,7 @@ def cmd_settle(args: argparse.Namespace) -> int:
     from p2p.envelope import sign_record
     from settlement.statement import build_statement, net_balances
 
+    _check_out(args)
     key = load_key(args.key or default_key_path())
     results = _run_audit(args)
     statement = build_statement((r.report for r in results), key.public, time.time_ns() // 1_000_000)
