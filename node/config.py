@@ -23,6 +23,7 @@ from typing import Any
 
 from market.offers import ProviderTerms
 from market.records import Limits, Prices, ReceiptTerms
+from node.owner_prefs import OwnerPrefs, parse_owner
 from node.paths import data_dir as default_data_dir
 from p2p.errors import ConfigError
 from p2p.listen import parse_listen_addr
@@ -82,6 +83,25 @@ log_burst_bytes = 262144       # 1024..1073741824; what a job may log at once be
 # The operator's web dashboard (docs/DASHBOARD.md), on 127.0.0.1 only; `suanli dashboard` prints its URL.
 enabled = true
 port = 8742                    # 0..65535; 0 = any free port (if this one is taken, a free one is used)
+
+# Owner first (docs/OWNER.md): uncomment [owner] to sell only the time you do not use this machine.
+# Without it the machine is sold around the clock.
+# [owner]
+# idle_s = 300                 # 0..86400; sell only after this long without keyboard, mouse or terminal use
+# input = true                 # input and terminal activity counts as use
+# foreign_gpu = true           # a GPU process that is not a job's (a game) counts as use
+# cpu_busy_pct = 0             # 0..100; other programs' CPU above this % of the machine counts as use; 0 = off
+# exclusive_apps = ["steam"]   # while one of these runs, no job runs (names as `ps -e` shows them)
+# exclusive_gpu_apps = ["blender"]  # while one of these runs, no GPU job runs
+# sell_on_battery = false      # sell while running on battery
+# gpu_max_temp_c = 0           # 0..150; a GPU hotter than this counts as in use; 0 = off
+# notice_s = 30                # 0..3600; a job frozen by your return is stopped (owner_preempt) after this
+# on_return = "stop"           # "stop": stop after notice_s; "pause": hold it frozen up to max_paused_s
+# max_paused_s = 600           # 0..86400; the longest a frozen job is held with on_return = "pause"
+# poll_ms = 250                # 50..10000; how often the signals are read
+# [owner.schedule]             # local time; an end before its start crosses midnight; [] = not that day
+# all = ["00:00-24:00"]        # every day without its own line
+# sat = ["22:00-09:00"]        # e.g. a cafe: Saturday from closing at 22:00 to opening at 09:00
 '''
 
 # Rule 3. Prices at most 100 credits per unit-second: 1,048 cores + 16 TiB + 64 GPUs at that price for
@@ -135,7 +155,7 @@ def check_run_numbers(values: dict[str, Any]) -> None:
             raise ConfigError(f"{flag}: expected a number in {lo}..{hi}, got {_show(value)}", key=flag)
 
 
-_TOP = {"data_dir", "key", "listen", "bootstrap", "prices", "limits", "receipts", "sandbox", "dashboard"}
+_TOP = {"data_dir", "key", "listen", "bootstrap", "prices", "limits", "receipts", "sandbox", "dashboard", "owner"}
 _SECTIONS: dict[str, set[str]] = {
     "prices": {"cpu_core_micros_per_s", "memory_gib_micros_per_s", "gpu_micros_per_s"},
     "limits": {"max_duration_s", "max_concurrent_jobs", "cpu_millis", "memory_mib", "disk_mib", "allowed_images",
@@ -166,6 +186,7 @@ class ProviderConfig:
     start_window_s: int = 30  # issue 13 M3: an unstarted agreement is closed after this
     dashboard_enabled: bool = True  # issue 20: node.dashboard, on 127.0.0.1:dashboard_port
     dashboard_port: int = 8742
+    owner: OwnerPrefs | None = None  # issue 18: [owner] (node.owner_prefs); None: sold around the clock
 
 
 class _Reader:
@@ -290,7 +311,7 @@ def load_config(path: str | os.PathLike[str]) -> ProviderConfig:
         log_burst_bytes=r.whole(sb, "sandbox", "log_burst_bytes", 262144),
         start_window_s=r.whole(lim, "limits", "start_window_s", 30),
         dashboard_enabled=dash.get("enabled", True), dashboard_port=r.whole(dash, "dashboard", "port", 8742),
-        ranges=r.checked)
+        owner=parse_owner(doc.get("owner"), r.fail), ranges=r.checked)
 
 
 def example_for(data: Path) -> str:
