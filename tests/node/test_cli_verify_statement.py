@@ -131,8 +131,9 @@ def test_settle_keeps_an_existing_statement_unless_forced(tmp_path):
     bundle = _bundle(tmp_path, "ev.bundle", [make_chain(P, B, 2)])
     statement = tmp_path / "s.bin"
     statement.write_bytes(b"last month's statement")
-    code, out, err = run("settle", bundle, "--key", _key(tmp_path), "--out", statement)
+    key = _key(tmp_path)
+    code, out, err = run("settle", bundle, "--key", key, "--out", statement)
     assert code == 2 and "--force" in err and len(err.strip().splitlines()) == 1, err
     assert statement.read_bytes() == b"last month's statement"
-    assert run("settle", bundle, "--key", _key(tmp_path), "--out", statement, "--force")[0] == 0
+    assert run("settle", bundle, "--key", key, "--out", statement, "--force")[0] == 0
     assert run("audit", statement, bundle)[0] == 0
