@@ -1,4 +1,4 @@
-"""One regression test per py-libp2p 0.8.1 defect worked around in p2p/workarounds.py.
+"""One regression test per py-libp2p 0.8.1 defect worked around in p2p/workarounds/.
 
 Each test drives real hosts on 127.0.0.1 and fails if its workaround is removed (the item numbers
 are those of docs/LIBP2P.md).
