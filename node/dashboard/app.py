@@ -109,14 +109,27 @@ def build_app(board: Board, token: str, changed: Callable[[], trio.Event]) -> St
             return doc({"agreement_id": matches[0], "receipts": receipts, "audit": found[matches[0]]})
         return html(page.agreement(matches[0], receipts, found[matches[0]]))
 
+    rendered: dict[tuple[int, bool], str] = {}  # the newest event, rendered once for every stream
+
+    def event(version: int, with_snapshot: bool) -> str:
+        key = (version, with_snapshot)
+        if key not in rendered:
+            rendered.clear()
+            body: dict[str, Any] = {"version": version, "html": page.live_html(board.snapshot)}
+            if with_snapshot:
+                body["snapshot"] = board.snapshot
+            rendered[key] = f"event: snapshot\ndata: {json.dumps(body)}\n\n"
+        return rendered[key]
+
     async def events(request: Request) -> Response:
+        with_snapshot = request.query_params.get("snapshot") == "1"
+
         async def stream() -> AsyncIterator[str]:
             sent = -1
             while True:
                 if board.version != sent:
                     sent = board.version
-                    body = {"version": sent, "snapshot": board.snapshot, "html": page.live_html(board.snapshot)}
-                    yield f"event: snapshot\ndata: {json.dumps(body)}\n\n"
+                    yield event(sent, with_snapshot)
                 with trio.move_on_after(KEEPALIVE_S) as scope:
                     await changed().wait()
                 if scope.cancelled_caught:

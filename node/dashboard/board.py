@@ -1,7 +1,7 @@
 """What the dashboard shows, kept current: the daemon's in-memory status and the provider's receipts.
 
-``Board`` is the one reader. Its owner (node.dashboard.serve) calls ``refresh`` in a worker thread about
-twice a second; each refresh reads only what changed in the database (``changed``: the database file
+``Board`` is the one reader. Its owner (node.dashboard.serve) calls ``refresh`` in a worker thread once
+a second; each refresh reads only what changed in the database (``changed``: the database file
 and its write-ahead log, by size and time) and publishes a new ``snapshot`` with a higher ``version``
 when anything shown differs. Server-sent-event streams wait on ``version`` (node.dashboard.app).
 
@@ -19,7 +19,6 @@ when asked and kept until the database changes.
 from __future__ import annotations
 
 import collections
-import json
 import os
 import threading
 import time
@@ -54,7 +53,6 @@ class Board:
         self.lock = threading.Lock()
         self.version = 0
         self.snapshot: dict[str, Any] = {}
-        self._text = ""
         self._seen: tuple[int, ...] = ()
         self._open: dict[bytes, list[Point]] = {}  # agreement -> its receipts (Rule 2)
         self._settled: dict[bytes, int] = {}  # agreement -> its co-signed total, folded into _buckets
@@ -119,11 +117,10 @@ class Board:
             "earnings": earnings(buckets, total, sum(pending(p) for p in self._open.values()), now_ms),
             "errors": list(status.get("last_errors", []))[-MAX_ERRORS:],  # type: ignore[call-overload]
         }
-        text = json.dumps(snapshot, sort_keys=True)
         with self.lock:
-            if text == self._text:
+            if snapshot == self.snapshot:
                 return False
-            self._text, self.snapshot = text, snapshot
+            self.snapshot = snapshot
             self.version += 1
             return True
 

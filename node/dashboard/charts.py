@@ -18,7 +18,7 @@ def _scale(values: Sequence[float]) -> float:
 
 
 def line_chart(points: Sequence[tuple[float, float]], *, label: str, unit: str, chart_id: str) -> str:
-    """A polyline of (x, y) points, y from 0; one circle per point (the tests count them)."""
+    """A polyline of (x, y) points, y from 0, the newest one marked; ``data-points`` counts them."""
     xs, ys = [p[0] for p in points], [p[1] for p in points]
     x0, x1 = (min(xs), max(xs)) if xs else (0.0, 1.0)
     span = (x1 - x0) or 1.0
@@ -26,7 +26,8 @@ def line_chart(points: Sequence[tuple[float, float]], *, label: str, unit: str, 
     inner_w, inner_h = WIDTH - 2 * PAD, HEIGHT - 2 * PAD
     coords = [(PAD + (x - x0) / span * inner_w, HEIGHT - PAD - y / top * inner_h) for x, y in points]
     path = " ".join(f"{x:.1f},{y:.1f}" for x, y in coords)
-    dots = "".join(f'<circle class="pt" cx="{x:.1f}" cy="{y:.1f}" r="1.8"/>' for x, y in coords)
+    # The newest point only: a circle per point doubled the page's weight (bench/dashboard.py).
+    dots = "".join(f'<circle class="pt" cx="{x:.1f}" cy="{y:.1f}" r="2.5"/>' for x, y in coords[-1:])
     last = f"{ys[-1]:.3g} {escape(unit)}" if ys else "no sample yet"
     return (f'<svg id="{escape(chart_id)}" class="chart" data-points="{len(points)}" viewBox="0 0 {WIDTH} {HEIGHT}" '
             f'width="{WIDTH}" height="{HEIGHT}" role="img" aria-label="{escape(label)}">'

@@ -37,7 +37,7 @@ log = logging.getLogger("suanli.dashboard")
 
 TOKEN_FILE = "dashboard.token"
 URL_FILE = "dashboard.json"
-REFRESH_S = 0.5  # a co-signed receipt is on the page within REFRESH_S plus one read (issue 20: within 2 s)
+REFRESH_S = 1.0  # a co-signed receipt is on the page within REFRESH_S plus one read (issue 20: within 2 s)
 
 
 def load_token(data_dir: Path) -> str:
