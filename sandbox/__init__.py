@@ -6,7 +6,8 @@ Pure cores (no docker, trio or pynvml import; `now` and data in, data out; table
     plan.py      spec + policy + engine facts + free GPUs → ContainerPlan (hardening, refusals, GPU gate)
     metering.py  Meter: run-state clock (paused time excluded) + cumulative integer usage → MeterSample
     nvml.py      NVML records → GPU inventory, per-job GPU readings (host PID → container id)
-    archive.py   deterministic docker-archive/OCI image archives; digests recomputed from any archive
+    archive.py   digests recomputed from any image archive; a buyer's checked and rewritten clean
+    archive_writer.py  deterministic docker-archive/OCI image archives (the same inputs, the same bytes)
     tarwalk.py   the guarded reader of untrusted tars (outer tar and layers): headers checked before data
     jobio.py     the /io volume as tar bytes (inputs in, outputs out; which /io/out entries go back),
                  log line splitting, the log body decoder (LogFrames), the log rate limit (LogRateLimit)
@@ -23,6 +24,8 @@ Shells (docker SDK calls in worker threads behind a CapacityLimiter; trio):
     images.py    load a buyer's archive after checking it; build the busybox demo image
                  (`python -m sandbox.images build-demo`)
     runner.py    open_job: volume + container, start, logs, deadline, stop, pause/resume, outputs, removal
+    logreader.py a log stream's reader thread: frames, lines, the rate limit, a bounded queue (blocking)
+    outputs.py   the outputs' tar from the engine under the byte cap, only dirs and files kept (blocking)
     meter.py     run_meter: once a second per job, cgroup files (or the stats API) and NVML → samples
     reaper.py    reap_orphans: remove this node's labelled containers, volumes and disks left by a crash,
                  never those of a live daemon sharing the key

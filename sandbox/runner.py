@@ -17,25 +17,20 @@ event for it (docker stop / kill / rm -f) that this runner did not send: such an
 reported as a normal exit (docs/PROTOCOL.md's `killed_externally`).
 Rule 5: a job's logs cost the provider in proportion to its log rate limit, not to what the job
 writes: one thread per stream reads, splits and drops; the job's task forwards admitted lines in
-batches; reading is held to READ_FACTOR times the limit.
+batches; reading is held to READ_FACTOR times the limit (sandbox.logreader).
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
-import hashlib
 import logging
 import math
-import os
-import tarfile
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import docker.errors
 import docker.types
@@ -43,26 +38,22 @@ import trio
 
 from p2p.errors import SandboxError
 from sandbox.disk import make_disk, release_disk
-from sandbox.engine import FOREIGN, Engine, translate
+from sandbox.engine import Engine
 from sandbox.jobio import (
-    LineSplitter,
-    LogFrames,
     LogLine,
     LogRateLimit,
     input_tar,
-    output_entry_problem,
     parse_log_line,
     stamp_key,
 )
+from sandbox.logreader import LOG_POLL_S, _LogReader
 from sandbox.metering import Meter, MeterSample
+from sandbox.outputs import OutputArchive, _export, _tempfile
 from sandbox.plan import IO_DIR, ContainerPlan
 
 log = logging.getLogger(__name__)
 CLEANUP_BUDGET_S = 30
 TAIL_LINES = 16
-LOG_POLL_S = 0.05  # how often admitted log lines are handed from the reader thread to the job
-READ_FACTOR = 4  # with a log rate limit, logs are read at most this many times faster than the limit
-MAX_PENDING_LINES = 1024  # lines read but not yet taken by the job's task (at most 64 KiB each)
 
 
 @dataclass(frozen=True)
@@ -72,14 +63,6 @@ class ExitResult:
     timed_out: bool  # stopped by our deadline
     final: MeterSample
     killed_externally: bool = False  # stopped, killed or removed on the engine by someone else (Rule 4)
-
-
-@dataclass(frozen=True)
-class OutputArchive:
-    path: Path
-    size_bytes: int
-    sha256: str
-    skipped: tuple[tuple[str, str], ...] = ()  # (name in the tar, why) of entries not handed back
 
 
 def _create(api: docker.APIClient, plan: ContainerPlan) -> str:
@@ -109,107 +92,6 @@ def _create(api: docker.APIClient, plan: ContainerPlan) -> str:
         host_config=host_config, network_disabled=True, stop_timeout=plan.stop_timeout_s,
         use_config_proxy=False, tty=False, stdin_open=False)
     return str(created["Id"])
-
-
-class _LogReader:
-    """Blocking half of one log stream: frames → lines → the rate limit → a queue the trio side takes.
-
-    The limit is shared by a job's two streams, so it is used under a lock. With a limit, reading itself
-    is held to READ_FACTOR times its rate: past that, this thread sleeps, the engine's follower waits on
-    the socket, and neither this process nor dockerd spends CPU on lines that would be dropped (what the
-    json-file driver rotates away meanwhile is never read, and so not counted in the drop note).
-    """
-
-    def __init__(self, gen: Iterator[bytes], limit: LogRateLimit | None, lock: threading.Lock) -> None:
-        self.gen, self.limit, self.lock = gen, limit, lock
-        self.splitter = LineSplitter()
-        # The splitter's buffer is touched by this thread (feed) and, at the end, by the trio side
-        # (flush) while an abandoned thread may still be feeding: both hold this lock.
-        self._split_lock = threading.Lock()
-        self.lines: collections.deque[bytes] = collections.deque()
-        self.done = trio.Event()
-        self.error: SandboxError | None = None
-        self.closed = False
-        self._read_tokens = 0.0
-        self._read_at = time.monotonic()
-
-    def admit(self, nbytes: int) -> bool:
-        if self.limit is None:
-            return True
-        with self.lock:
-            return self.limit.admit(nbytes, time.monotonic())
-
-    def _throttle(self, nbytes: int) -> None:
-        if self.limit is None:
-            return
-        rate, burst = self.limit.rate * READ_FACTOR, self.limit.burst * READ_FACTOR
-        now = time.monotonic()
-        self._read_tokens = min(float(burst), self._read_tokens + (now - self._read_at) * rate) - nbytes
-        self._read_at = now
-        if self._read_tokens < 0:
-            time.sleep(min(1.0, -self._read_tokens / rate))
-
-    def _chunks(self) -> Iterator[bytes]:
-        """The log bytes: straight off the response's buffered socket, 64 KiB a read, when docker-py
-        exposes it (one read per buffer instead of two urllib3 reads per line); else docker-py's frames."""
-        fp = _response_file(self.gen)
-        if fp is None:
-            yield from self.gen
-            return
-        frames = LogFrames()
-        while not frames.ended and (data := fp.read1(1 << 16)):
-            if payload := frames.feed(data):
-                yield payload
-
-    def run(self) -> None:
-        try:
-            for chunk in self._chunks():
-                with self._split_lock:
-                    if self.closed:
-                        return
-                    raws = list(self.splitter.feed(chunk))
-                self.lines.extend(raw for raw in raws if self.admit(len(raw) + 1))
-                self._throttle(len(chunk))
-                while len(self.lines) > MAX_PENDING_LINES and not self.closed:  # the consumer is behind:
-                    time.sleep(LOG_POLL_S / 5)  # wait for it rather than hold an unbounded queue
-            self.lines.extend(self._flush())
-        except FOREIGN as exc:
-            self.error = translate(exc, "logs")
-        except ValueError as exc:  # the socket was shut under the read (close on cancel)
-            self.error = SandboxError(f"logs: {exc}")
-
-    def _flush(self, *, close: bool = False) -> list[bytes]:
-        """The unterminated last line, through the rate limit like every other line (Rule 5); with
-        `close`, the reader thread feeds nothing more after it."""
-        with self._split_lock:
-            self.closed = self.closed or close
-            rest = list(self.splitter.flush())
-        return [raw for raw in rest if self.admit(len(raw) + 1)]
-
-    def take(self, *, flush: bool = False) -> list[bytes]:
-        """The admitted lines so far; with `flush` (the end: the thread is done or abandoned), the
-        reader is closed and its unterminated last line is added, if admitted."""
-        out = []
-        while self.lines:
-            out.append(self.lines.popleft())
-        if flush:
-            out.extend(self._flush(close=True))
-        return out
-
-
-def _response_file(stream: object) -> Any:
-    """The buffered socket file under docker-py's log stream (`CancellableStream._response`), with the
-    client's read timeout lifted as docker-py's own helper does; None where the SDK is shaped otherwise."""
-    response = getattr(stream, "_response", None)
-    fp = getattr(getattr(getattr(response, "raw", None), "_fp", None), "fp", None)
-    if fp is None or not hasattr(fp, "read1"):
-        return None
-    raw_io = getattr(fp, "raw", None)
-    sock = getattr(raw_io, "sock", None) or getattr(raw_io, "_sock", None)
-    if sock is not None:
-        sock.settimeout(None)
-    return fp
-
 
 def _killed_by_others(api: docker.APIClient, container: str, since_s: float) -> bool:
     """Blocking: did the engine record a `kill` (docker stop / kill / rm -f) for `container` since
@@ -415,78 +297,6 @@ class Job:
             return await trio.Path(tmp).read_bytes()
         finally:
             await trio.Path(tmp).unlink(missing_ok=True)
-
-
-def _tempfile() -> str:
-    import tempfile
-
-    fd, path = tempfile.mkstemp(prefix="suanli-out-", suffix=".tar")
-    os.close(fd)
-    return path
-
-
-def _export(api: docker.APIClient, container: str, dest: Path, cap: int) -> OutputArchive:
-    """Blocking: the engine's tar of /io/out, read as a stream under the byte cap and written to `dest`
-    with only its directories and regular files (jobio Rule 3: a symlink or device is skipped by name,
-    never the reason to lose the rest). One file on disk, one pass."""
-    chunks, _stat = api.get_archive(container, IO_DIR + "/out")
-    skipped: list[tuple[str, str]] = []
-    try:
-        with open(dest, "wb") as raw_out:
-            out = _Digesting(raw_out)
-            with tarfile.open(fileobj=_CappedStream(iter(chunks), cap), mode="r|") as tin, \
-                    tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tout:
-                for member in tin:
-                    problem = output_entry_problem(member)
-                    if problem is not None:
-                        skipped.append((member.name[:256], problem))
-                        continue
-                    tout.addfile(member, tin.extractfile(member) if member.isfile() else None)
-    except tarfile.TarError as exc:
-        dest.unlink(missing_ok=True)
-        raise SandboxError(f"the job's outputs are not a readable tar: {exc}") from exc
-    except BaseException:
-        dest.unlink(missing_ok=True)
-        raise
-    finally:
-        close = getattr(chunks, "close", None)
-        if close is not None:
-            close()
-    return OutputArchive(dest, out.size, "sha256:" + out.digest.hexdigest(), tuple(skipped))
-
-
-class _CappedStream:
-    """A read()-able view of the engine's archive chunks that refuses to pass `cap` bytes."""
-
-    def __init__(self, chunks: Iterator[bytes], cap: int) -> None:
-        self.chunks, self.cap, self.seen, self.buf = chunks, cap, 0, b""
-
-    def read(self, n: int = -1) -> bytes:
-        while n < 0 or len(self.buf) < n:
-            chunk = next(self.chunks, None)
-            if chunk is None:
-                break
-            self.seen += len(chunk)
-            if self.seen > self.cap:
-                raise SandboxError("the job's outputs exceed the size cap", expected=self.cap, actual=self.seen)
-            self.buf += chunk
-        if n < 0:
-            n = len(self.buf)
-        out, self.buf = self.buf[:n], self.buf[n:]
-        return out
-
-
-class _Digesting:
-    """A write()-able file that also hashes and counts what it writes (the digest of what is delivered)."""
-
-    def __init__(self, f: Any) -> None:
-        self.f, self.digest, self.size = f, hashlib.sha256(), 0
-
-    def write(self, data: bytes) -> int:
-        self.digest.update(data)
-        self.size += len(data)
-        return int(self.f.write(data))
-
 
 @asynccontextmanager
 async def open_job(engine: Engine, plan: ContainerPlan, *,

@@ -1,4 +1,4 @@
-"""The runner's log reader thread (sandbox.runner._LogReader, Rule 5) without an engine: its input is a
+"""The runner's log reader thread (sandbox.logreader._LogReader, Rule 5) without an engine: its input is a
 plain iterator of log bytes, as docker-py yields them when it exposes no socket file.
 
 The last, unterminated line goes through the rate limit like every other line, and the trio side's
@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 
 from sandbox.jobio import LineSplitter, LogRateLimit
-from sandbox.runner import _LogReader
+from sandbox.logreader import _LogReader
 
 WAIT_S = 5.0  # a bound on every wait here: a broken lock must fail the test, never hang it
 
