@@ -10,8 +10,8 @@ board's own, per refresh; the daemon's status is ``ProviderRuntime.status()`` (t
 view), taken by the owner in the daemon's thread and handed in; nothing else of the daemon is touched.
 Nothing here can sign, spend or change.
 Rule 2 (incremental): a settled agreement (final receipt co-signed, node.dashboard.model) is folded into
-the earnings buckets once and never read again; an open one is read from its first receipt that was not
-yet co-signed.
+the earnings buckets once and never read again; of an open one, only receipts not seen before are read
+whole, and of those seen without the buyer's countersignature only whether they have it now.
 Rule 3: the audit verdict is the offline audit's (settlement.audit, as ``suanli audit`` runs it), computed
 when asked and kept until the database changes.
 """
@@ -22,6 +22,7 @@ import collections
 import os
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -79,14 +80,19 @@ class Board:
                 if agreement_id in self._settled:
                     continue
                 points = self._open.setdefault(agreement_id, [])
-                first_open = next((p.seq for p in points if not p.cosigned), None)
-                start = first_open if first_open is not None else (points[-1].seq + 1 if points else 0)
-                # Read-only, on the store's own distrusting connection (settlement.store Rule 5).
+                # Read-only, on the store's own distrusting connection (settlement.store Rule 5): the new
+                # receipts' bodies, and for those seen unsigned only whether they are co-signed now.
                 rows = store.conn.execute(
-                    "SELECT seq, body, buyer_sig IS NOT NULL FROM receipts WHERE agreement_id = ? AND seq >= ? "
-                    "ORDER BY seq", (agreement_id, start)).fetchall()
-                fresh = [p for p in (_point(s, b, bool(c)) for s, b, c in rows) if p is not None]
-                points[:] = [p for p in points if p.seq < start] + fresh
+                    "SELECT seq, body, buyer_sig IS NOT NULL FROM receipts WHERE agreement_id = ? AND seq > ? "
+                    "ORDER BY seq", (agreement_id, points[-1].seq if points else -1)).fetchall()
+                first_open = next((p.seq for p in points if not p.cosigned), None)
+                if first_open is not None:
+                    signed = {row[0] for row in store.conn.execute(
+                        "SELECT seq FROM receipts WHERE agreement_id = ? AND seq >= ? AND buyer_sig IS NOT NULL",
+                        (agreement_id, first_open))}
+                    points[:] = [replace(p, cosigned=True) if not p.cosigned and p.seq in signed else p
+                                 for p in points]
+                points += [p for p in (_point(s, b, bool(c)) for s, b, c in rows) if p is not None]
                 if settled(points):
                     bucket(earned_deltas(points), self._buckets)
                     self._settled[agreement_id] = cosigned_total(points)
