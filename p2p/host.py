@@ -22,6 +22,9 @@ that is ready with no address.
 Rule 7 (issue 17 item 11): an address that answers as another peer than its ``/p2p/`` part names is
 ``WrongPeerError`` at once (it is not retried: the same peer would answer), and a node that joins
 nobody because of it says so instead of "no bootstrap peer answered" after every back-off.
+Rule 8 (issue 15, p2p.relay): a node learns its reachability (p2p.reach); while it is not public and
+``relays`` is set it keeps circuit relay reservations and advertises their ``/p2p-circuit`` addresses;
+a peer whose addresses include circuits is dialled directly first, then through a relay.
 """
 
 from __future__ import annotations
@@ -50,12 +53,14 @@ from libp2p.rcmgr import Direction
 from libp2p.tools.anyio_service import background_trio_service
 
 from p2p import dht as dht_ops
+from p2p import relay as relaying
 from p2p import workarounds
 from p2p.addrs import WrongPeerError, advertised_addrs, answered_as, parse_multiaddr
 from p2p.errors import ConfigError, LocalProtocolError, PeerUnreachableError
 from p2p.identity import NodeKey
 from p2p.limits import InboundGate, InboundLimits
 from p2p.listen import parse_listen_addrs, try_bind
+from p2p.relay_limits import RelayLimits, RelayPolicy
 
 log = logging.getLogger("suanli.p2p.host")
 
@@ -94,6 +99,12 @@ class HostConfig:
     gossip_heartbeat_s: int = 1
     # Rule 4: what strangers may hold at once (p2p.limits).
     limits: InboundLimits = field(default_factory=InboundLimits)
+    # Rule 8 (issue 15): serve circuit relay v2 HOP with these limits (a bootstrap host); and, while
+    # not public, keep reservations on ``relay_want`` of ``relays`` (None: never; (): the bootstrap hosts).
+    relay_hop: RelayLimits | None = None
+    relays: tuple[str, ...] | None = None
+    relay_want: int = 2
+    reachability: Literal["auto", "public", "private"] = "auto"  # "auto": p2p.reach decides
 
 
 def key_pair_of(key: NodeKey) -> Any:
@@ -135,6 +146,10 @@ class Node:
         host.get_network().register_notifee(self.connections)
         self.gate = gate
         self.wrong_peers: list[WrongPeerError] = []  # Rule 7: bootstrap addresses that answered as another peer
+        self.relay = relaying.RelayClient(
+            self.peer_id, relaying.relay_candidates(config.relays or (), config.bootstrap), want=config.relay_want)
+        self.hop = RelayPolicy(config.relay_hop) if config.relay_hop is not None else None
+        self.reachability = "unknown"
 
     def addrs(self) -> list[str]:
         """Full multiaddrs, ``/ip4/…/tcp/…/p2p/…``."""
@@ -177,9 +192,14 @@ class Node:
             pid = ID.from_base58(peer_id)
         except Exception as exc:
             raise LocalProtocolError(f"not a peer id: {peer_id!r}", peer=peer_id) from exc
+        circuits = [a for a in addrs if relaying.is_circuit(a)]
         try:
             if pid not in self.host.get_network().connections:
-                await self._learn_addrs(pid, addrs)
+                if circuits:  # Rule 8: a direct address first, briefly; then through each relay in turn
+                    direct = [a for a in addrs if not relaying.is_circuit(a)]
+                    await relaying.connect_some_way(self, pid, direct, circuits)
+                else:
+                    await self._learn_addrs(pid, addrs)
             return await self.host.new_stream(pid, [TProtocol(protocol)])
         except (BaseLibp2pError, OSError) as exc:
             raise PeerUnreachableError(f"cannot open {protocol} to {peer_id}: {exc}", peer=peer_id,
@@ -342,6 +362,7 @@ async def _open_host(config: HostConfig) -> AsyncIterator[Node]:
                                         addr=list(config.bootstrap), attempts=config.connect_attempts)
                                 log.info("joined via %s", ", ".join(joined) or "nobody (will retry)")
                             nursery.start_soon(node._rejoin_loop)
+                            nursery.start_soon(relaying.serve_reachability, node)
                             nursery.start_soon(partial(dht_ops.serve_routing_refresh, node,
                                                        interval_s=config.routing_refresh_s))
                             try:
@@ -375,12 +396,18 @@ async def _register(config: HostConfig, host: IHost, pubsub: Pubsub, router: Gos
     for protocol in pubsub.protocols:  # item 1 holds for py-libp2p's own handlers too
         safe = workarounds.safe_stream_handler(pubsub.stream_handler, str(protocol))
         host.set_stream_handler(protocol, safe)
-    for protocol, handler in config.handlers.items():
-        host.set_stream_handler(TProtocol(protocol), workarounds.safe_stream_handler(handler, protocol))
+    handlers = dict(config.handlers)
+    node_box: list[Node] = []
+    handlers.update(relaying.relay_handlers(host, config, lambda: node_box[0]))  # Rule 8
+    for proto_id, handler in handlers.items():
+        host.set_stream_handler(TProtocol(proto_id), workarounds.safe_stream_handler(handler, proto_id))
     subscriptions: dict[str, ISubscriptionAPI] = {}
     for topic, validator in config.topics.items():
         if validator is not None:
             pubsub.set_topic_validator(topic, workarounds.safe_validator(validator, topic),
                                        is_async_validator=False)
         subscriptions[topic] = await pubsub.subscribe(topic)
-    return Node(config, host, pubsub, router, dht, subscriptions, gate)
+    node = Node(config, host, pubsub, router, dht, subscriptions, gate)
+    node_box.append(node)
+    relaying.advertise_circuits(host, node.relay)
+    return node

@@ -1,0 +1,109 @@
+"""What a Suanli relay lets its users hold (pure: no libp2p, no trio; ``now_s`` is passed in).
+
+A bootstrap host is a circuit relay v2 HOP (libp2p/specs relay/circuit-v2.md) for private nodes.
+py-libp2p's HOP handler takes a reservation's peer id from the request and has only global limits
+(docs/LIBP2P.md item 33), so ``p2p.relay`` asks this policy first, with the connection's authenticated
+peer and its IP address, and hands the request to py-libp2p only when the policy admits it.
+
+Rule 1: a reservation belongs to the peer that asked for it on its own connection (never to an id in
+the request); one per peer (a second RESERVE renews it), ``reservations_per_ip`` per address,
+``reservations`` in all. Expired ones are forgotten on every call, so the table never holds more than
+``reservations`` entries.
+Rule 2: a circuit counts against its source and its destination peer (``circuits_per_peer`` each),
+the source's address (``circuits_per_ip``) and ``circuits`` in all, from CONNECT until it ends.
+Rule 3: a circuit carries at most ``circuit_bytes`` (both directions together) for at most
+``circuit_duration_s``; py-libp2p's relay loop enforces both, with the values set from these limits.
+The defaults carry a negotiation (a few KiB), a job's control stream (logs and receipts) and small
+inputs, and keep a relay cheap: 128 reservations x a few hundred bytes, 64 circuits x at most
+``circuit_bytes`` in flight.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+KIB = 1024
+
+
+@dataclass(frozen=True)
+class RelayLimits:
+    reservations: int = 128
+    reservations_per_ip: int = 8
+    reservation_ttl_s: int = 3600
+    circuits: int = 64
+    circuits_per_peer: int = 4
+    circuits_per_ip: int = 16
+    circuit_duration_s: int = 600
+    circuit_bytes: int = 4096 * KIB
+
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"relay limit {name} must be a whole number >= 1, not {value!r}")
+
+
+@dataclass
+class _Reservation:
+    ip: str
+    expires_s: float
+
+
+@dataclass
+class RelayPolicy:
+    """Who holds a reservation and which circuits are open; every admit says yes (None) or why not."""
+
+    limits: RelayLimits = field(default_factory=RelayLimits)
+    reservations: dict[str, _Reservation] = field(default_factory=dict)
+    circuits: dict[int, tuple[str, str, str]] = field(default_factory=dict)  # id -> (src, src_ip, dst)
+    refused: dict[str, int] = field(default_factory=dict)  # reason -> count
+    _next_circuit: int = 0
+
+    def _expire(self, now_s: float) -> None:
+        for peer in [p for p, r in self.reservations.items() if r.expires_s <= now_s]:
+            del self.reservations[peer]
+
+    def _refuse(self, reason: str) -> str:
+        self.refused[reason] = self.refused.get(reason, 0) + 1
+        return reason
+
+    def admit_reservation(self, peer: str, ip: str, now_s: float) -> str | None:
+        """Rule 1: None and the reservation is held (or renewed) until ``now_s`` + ttl; else why not."""
+        self._expire(now_s)
+        held = self.reservations.get(peer)
+        if held is None:
+            if len(self.reservations) >= self.limits.reservations:
+                return self._refuse("reservations")
+            if sum(1 for r in self.reservations.values() if r.ip == ip) >= self.limits.reservations_per_ip:
+                return self._refuse("reservations_per_ip")
+        self.reservations[peer] = _Reservation(ip, now_s + self.limits.reservation_ttl_s)
+        return None
+
+    def has_reservation(self, peer: str, now_s: float) -> bool:
+        self._expire(now_s)
+        return peer in self.reservations
+
+    def drop_reservation(self, peer: str) -> None:
+        self.reservations.pop(peer, None)
+
+    def admit_circuit(self, src: str, src_ip: str, dst: str, now_s: float) -> tuple[int | None, str | None]:
+        """Rule 2: ``(circuit id, None)`` to go ahead (end it with ``end_circuit``), or ``(None, why not)``."""
+        if not self.has_reservation(dst, now_s):
+            return None, self._refuse("no_reservation")
+        if len(self.circuits) >= self.limits.circuits:
+            return None, self._refuse("circuits")
+        for peer in (src, dst):
+            if sum(1 for c in self.circuits.values() if peer in (c[0], c[2])) >= self.limits.circuits_per_peer:
+                return None, self._refuse("circuits_per_peer")
+        if sum(1 for c in self.circuits.values() if c[1] == src_ip) >= self.limits.circuits_per_ip:
+            return None, self._refuse("circuits_per_ip")
+        self._next_circuit += 1
+        self.circuits[self._next_circuit] = (src, src_ip, dst)
+        return self._next_circuit, None
+
+    def end_circuit(self, circuit: int) -> None:
+        self.circuits.pop(circuit, None)
+
+    def status(self, now_s: float) -> dict[str, object]:
+        self._expire(now_s)
+        return {"reservations": len(self.reservations), "circuits": len(self.circuits),
+                "refused": dict(self.refused)}
