@@ -44,7 +44,8 @@ def _point(seq: int, body: bytes, cosigned: bool) -> Point | None:
         return None
     return Point(seq=seq, issued_at_ms=r.issued_at_ms, metered_ms=r.metered_ms, amount_micros=r.amount_micros,
                  cpu_core_ms=r.usage.cpu_core_ms, mem_peak_bytes=r.usage.mem_peak_bytes, gpu_ms=r.usage.gpu_ms,
-                 state=r.state, reason=r.reason, exit_code=r.exit_code, cosigned=cosigned)
+                 state=r.state, reason=r.reason, exit_code=r.exit_code, cosigned=cosigned,
+                 gpu_sm_pct_ms=r.usage.gpu_sm_pct_ms)
 
 
 class Board:

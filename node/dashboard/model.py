@@ -5,7 +5,8 @@ the co-signed receipt before it is earned at its ``issued_at_ms``; the buckets (
 therefore sum to the last co-signed amount of every agreement, exactly. What a provider claimed and the
 buyer has not countersigned is ``pending``, apart, and never in a bucket.
 Rule 2 (samples): a job's CPU and memory points are the meter's samples as the receipts carry them (one
-per receipt interval): CPU cores = Δcpu_core_ms / Δmetered_ms between receipts; memory = the peak so far.
+per receipt interval): CPU cores = Δcpu_core_ms / Δmetered_ms between receipts; memory = the peak so far;
+GPU = Δgpu_sm_pct_ms / Δmetered_ms, in SM % (summed over the job's GPUs, so it may pass 100).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class Point:
     reason: str | None
     exit_code: int | None
     cosigned: bool
+    gpu_sm_pct_ms: int = 0  # Σ SM % × ms of the job's GPUs (sandbox.metering Rule 3)
 
 
 def earned_deltas(points: Sequence[Point]) -> list[tuple[int, int]]:
@@ -82,17 +84,17 @@ def earnings(buckets: collections.Counter[tuple[str, int]], total: int, pending_
 
 
 def samples(points: Sequence[Point]) -> list[dict[str, float | int]]:
-    """Rule 2: the last ``POINTS_SHOWN`` samples of one job: seconds metered, CPU cores, memory peak MiB."""
-    out: list[dict[str, float | int]] = []
+    """Rule 2: the last ``POINTS_SHOWN`` samples of one job: seconds metered, CPU cores, memory peak MiB,
+    GPU SM %."""
     shown = points[-(POINTS_SHOWN + 1):]
-    for before, p in zip(shown, shown[1:], strict=False):
+    start = Point(0, 0, 0, 0, 0, 0, 0, "", None, None, False)  # one receipt alone: its rates since the start
+    pairs = zip(shown, shown[1:], strict=False) if len(shown) > 1 else [(start, p) for p in shown]
+    out: list[dict[str, float | int]] = []
+    for before, p in pairs:
         span = p.metered_ms - before.metered_ms
         cores = (p.cpu_core_ms - before.cpu_core_ms) / span if span > 0 else 0.0
+        gpu = (p.gpu_sm_pct_ms - before.gpu_sm_pct_ms) / span if span > 0 else 0.0
         out.append({"t_s": p.metered_ms / 1000, "cpu_cores": round(max(cores, 0.0), 3),
-                    "mem_mib": round(p.mem_peak_bytes / (1 << 20), 1), "at_ms": p.issued_at_ms})
-    if len(shown) == 1:
-        p = shown[0]
-        cores = p.cpu_core_ms / p.metered_ms if p.metered_ms else 0.0
-        out.append({"t_s": p.metered_ms / 1000, "cpu_cores": round(cores, 3),
-                    "mem_mib": round(p.mem_peak_bytes / (1 << 20), 1), "at_ms": p.issued_at_ms})
+                    "mem_mib": round(p.mem_peak_bytes / (1 << 20), 1), "gpu_pct": round(max(gpu, 0.0), 1),
+                    "at_ms": p.issued_at_ms})
     return out

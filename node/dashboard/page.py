@@ -75,7 +75,9 @@ def live_html(snap: dict[str, Any]) -> str:
             + line_chart([(p["t_s"], p["cpu_cores"]) for p in pts], label="CPU", unit="cores",
                          chart_id=f"cpu-{ag[:16]}")
             + line_chart([(p["t_s"], p["mem_mib"]) for p in pts], label="memory peak", unit="MiB",
-                         chart_id=f"mem-{ag[:16]}") + "</div>")
+                         chart_id=f"mem-{ag[:16]}")
+            + (line_chart([(p["t_s"], p["gpu_pct"]) for p in pts], label="GPU", unit="% SM",
+                          chart_id=f"gpu-{ag[:16]}") if any(p.get("gpu_pct") for p in pts) else "") + "</div>")
     per_hour = [int(b["micros"]) for b in earn.get("per_hour", [])]
     per_day = [int(b["micros"]) for b in earn.get("per_day", [])]
     parts.append(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+from dataclasses import replace
 
 import pytest
 
@@ -57,6 +58,17 @@ def test_cpu_samples_are_the_rate_between_receipts():
     assert samples(points[:1])[0]["cpu_cores"] == 0.5 and samples([]) == []
     many = [pt(i, T0 + i, 0, True, cpu=i * 100) for i in range(1, 400)]
     assert len(samples(many)) == model.POINTS_SHOWN
+
+
+def test_gpu_samples_are_sm_percent_between_receipts_and_get_a_chart():
+    points = [replace(pt(1, T0, 0, True, metered=1000), gpu_sm_pct_ms=50_000),
+              replace(pt(2, T0 + 1000, 0, True, metered=2000), gpu_sm_pct_ms=130_000)]
+    got = samples(points)
+    assert [s["gpu_pct"] for s in got] == [80.0]
+    assert samples(points[:1])[0]["gpu_pct"] == 50.0
+    job = {"agreement_id": "ab" * 32, "samples": got}
+    assert 'id="gpu-' in live_html({"jobs": [job]})
+    assert 'id="gpu-' not in live_html({"jobs": [{**job, "samples": samples([pt(1, T0, 0, True)])}]})
 
 
 def test_charts_count_their_points_and_escape_labels():
