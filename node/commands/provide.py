@@ -65,8 +65,9 @@ async def _provide(config, as_json: bool) -> None:  # type: ignore[no-untyped-de
             overlay.attach(runtime)
             async with trio.open_nursery() as nursery:
                 await nursery.start(serve_control, config.data_dir / SOCKET_NAME, runtime.status)
-                dashboard = await nursery.start(serve_dashboard, config.data_dir, config.dashboard_port,
-                                                runtime.status) if config.dashboard_enabled else None
+                dashboard = await nursery.start(serve_dashboard, config.data_dir, config.dashboard_port, lambda: {
+                    "reachability": runtime.node.reachability, **runtime.status()}
+                ) if config.dashboard_enabled else None
                 await nursery.start(overlay.serve, runtime)
                 ready = {"event": "ready", "peer_id": key.peer_id, "addrs": runtime.node.addrs(),
                          "data_dir": str(config.data_dir), "gpus": len(runtime.gpus),

@@ -117,9 +117,9 @@ class Board:
             jobs.append({**job, "samples": samples(points)})
         snapshot = {
             "status": {"peer_id": status.get("peer_id"), "addrs": status.get("addrs", []),
-                       "reachability": "unknown (not measured yet)", "accepting": status.get("accepting"),
+                       "reachability": status.get("reachability", "unknown"), "accepting": status.get("accepting"),
                        "connected_peers": status.get("connected_peers"), "offer": status.get("offer"),
-                       "schedule": None, "dashboard": self.url},
+                       "owner": status.get("owner"), "dashboard": self.url},
             "jobs": jobs,
             "earnings": earnings(buckets, total, sum(pending(p) for p in self._open.values()), now_ms),
             "errors": list(status.get("last_errors", []))[-MAX_ERRORS:],  # type: ignore[call-overload]
