@@ -36,6 +36,14 @@ def _frame(title: str, body: str, *, script: bool) -> str:
             f"{body}</body></html>")
 
 
+def _owner_row(owner: Any) -> str:
+    """The owner/schedule state (issue 18) as the daemon's status reports it; nothing where it reports none."""
+    if not isinstance(owner, dict):
+        return ""
+    reason = f": {escape(str(owner['reason']))}" if owner.get("reason") else ""
+    return f"<tr><th>owner</th><td id=\"owner\">{escape(str(owner.get('state')))}{reason}</td></tr>"
+
+
 def live_html(snap: dict[str, Any]) -> str:
     """The ``#live`` section: status, running jobs with their charts, earnings, errors."""
     st, earn = snap.get("status", {}), snap.get("earnings", {})
@@ -48,6 +56,7 @@ def live_html(snap: dict[str, Any]) -> str:
         f"<tr><th>reachability</th><td>{escape(str(st.get('reachability')))}</td></tr>",
         f"<tr><th>selling</th><td id=\"accepting\">{'yes' if st.get('accepting') else 'no (paused)'}</td></tr>",
         f"<tr><th>peers connected</th><td>{escape(str(st.get('connected_peers')))}</td></tr>",
+        _owner_row(st.get("owner")),
         f"<tr><th>addresses</th><td><ul>{addrs}</ul></td></tr></table>",
         "<h2>Offer</h2>",
     ]

@@ -82,5 +82,7 @@ def test_the_page_escapes_what_peers_and_errors_say():
     snap = {"status": {"peer_id": "<script>x</script>", "addrs": ["<img src=x onerror=alert(1)>"]},
             "jobs": [{"agreement_id": "ab\"><script>", "buyer": "<b>", "samples": []}],
             "earnings": {}, "errors": ["<script>alert(1)</script>"]}
+    snap["status"]["owner"] = {"state": "owner_active", "reason": "<b>keyboard</b>"}
     text = live_html(snap)
-    assert "<script>" not in text and "<img" not in text and "&lt;script&gt;" in text
+    assert "<script>" not in text and "<img" not in text and "<b>" not in text and "&lt;script&gt;" in text
+    assert 'id="owner">owner_active: &lt;b&gt;keyboard' in text
