@@ -10,11 +10,14 @@ Rule 2: it must keep accepting connections for its whole life (docs/LIBP2P.md it
 ``p2p.workarounds.connection_config``); ``status`` reports how many it has accepted.
 Rule 3: ``run_bootstrap`` runs until cancelled; the caller owns signals (SIGINT/SIGTERM cancel it) and
 leaving it closes everything (``open_host`` Rule 2).
+Rule 4 (issue 15): it is also a circuit relay v2 HOP for private nodes unless ``relay`` is None, with
+the limits of ``p2p.relay_limits.RelayLimits`` checked before py-libp2p sees a request (``p2p.relay``).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,10 +30,12 @@ from p2p.host import HostConfig, Node, open_host
 from p2p.identity import NodeKey
 from p2p.limits import BOOTSTRAP_LIMITS
 from p2p.records import Record
+from p2p.relay_limits import RelayLimits
 
 log = logging.getLogger("suanli.bootstrap")
 
 DEFAULT_LISTEN = ("/ip4/0.0.0.0/tcp/4001",)
+DEFAULT_RELAY = RelayLimits()
 
 
 @dataclass
@@ -41,7 +46,8 @@ class Bootstrap:
     ledger: OfferLedger[Any]
 
     def status(self) -> dict[str, Any]:
-        """One JSON-able status line: who, where, peers, offers held, connections over its life."""
+        """One JSON-able status line: who, where, peers, offers held, connections over its life, relay use."""
+        hop = self.node.hop
         return {
             "peer_id": self.node.peer_id,
             "addrs": self.node.addrs(),
@@ -50,19 +56,23 @@ class Bootstrap:
             "offers": len(self.ledger.current(wall_ms())),
             "inbound_total": self.node.connections.inbound,
             "outbound_total": self.node.connections.outbound,
+            "relay": hop.status(time.monotonic()) if hop is not None else None,
         }
 
 
 async def run_bootstrap(key: NodeKey, listen: Sequence[str] = DEFAULT_LISTEN, *,
                         offer_cls: type[Record], bootstrap: Sequence[str] = (),
+                        relay: RelayLimits | None = DEFAULT_RELAY,
                         task_status: trio.TaskStatus[Bootstrap] = trio.TASK_STATUS_IGNORED) -> None:
     """Run a bootstrap node until cancelled; ``task_status.started(Bootstrap)`` once it listens.
 
-    ``bootstrap`` lists other bootstrap nodes to join (optional: the first one starts alone).
+    ``bootstrap`` lists other bootstrap nodes to join (optional: the first one starts alone); ``relay``
+    the relay's limits (None: no relay).
     """
     ledger: OfferLedger[Any] = OfferLedger(offer_cls)
     config = HostConfig(key=key, listen=tuple(listen), bootstrap=tuple(bootstrap), dht_mode="server",
-                        topics=offer_topics(ledger), require_bootstrap=False, limits=BOOTSTRAP_LIMITS)
+                        topics=offer_topics(ledger), require_bootstrap=False, limits=BOOTSTRAP_LIMITS,
+                        relay_hop=relay)
     async with open_host(config) as node:
         log.info("bootstrap %s ready: %s", node.peer_id, " ".join(node.addrs()))
         async with trio.open_nursery() as nursery:

@@ -14,6 +14,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from p2p import relay_limits
 from p2p.errors import SuanliError
 
 EXIT_OK = 0
@@ -180,6 +181,7 @@ def _add_network(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
                       help="listen address (repeatable; default /ip4/0.0.0.0/tcp/4001)")
     boot.add_argument("--peer", action="append", metavar="MULTIADDR", help="other bootstrap nodes to join")
     boot.add_argument("--json", action="store_true", help="print JSON status lines")
+    relay_limits.add_flags(boot)
     boot.add_argument("-v", "--verbose", action="store_true")
     boot.set_defaults(run="node.commands.network:cmd_bootstrap")
 

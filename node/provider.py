@@ -179,6 +179,7 @@ class ProviderRuntime:
         offer = self.offer.record if self.offer else None
         return {
             "peer_id": self.setup.key.peer_id, "addrs": self.node.addrs(), "accepting": self.accepting,
+            "reachability": self.node.reachability,
             "offer": None if offer is None else {
                 "seq": offer.seq, "expires_at_ms": offer.expires_at_ms, "gpus": [g.model for g in offer.capacity.gpus],
                 "free_gpus": len(offer.free.gpus), "cpu_millis": offer.capacity.cpu_millis,
@@ -321,12 +322,14 @@ async def open_provider(setup: ProviderSetup, *, handlers: dict[str, object] | N
             **(handlers or {}),
         }
         config = HostConfig(key=key, listen=setup.listen, bootstrap=setup.bootstrap, dht_mode=dht_mode,  # type: ignore[arg-type]
-                            handlers=all_handlers, topics=topics or {}, require_bootstrap=False)  # type: ignore[arg-type]
+                            handlers=all_handlers, topics=topics or {}, require_bootstrap=False,  # type: ignore[arg-type]
+                            relays=())  # issue 15: while not public, reserve on the bootstrap hosts
         node = await stack.enter_async_context(open_host(config))
         services_nursery = await stack.enter_async_context(trio.open_nursery())
         runtime = ProviderRuntime(setup, node, store, market, services, ledger, gpus,
                                   seq=await store.max_offer_seq(key.public))
         runtime_box.append(runtime)
+        node.relay.on_change.append(lambda: runtime.changed.set())  # issue 15: new circuit addresses, new offer
         await runtime.publish_if_needed(announce, force=True)
         services_nursery.start_soon(_publisher, runtime, announce)
         services_nursery.start_soon(_collect_buyer_images, services)  # at start, then periodically

@@ -192,11 +192,11 @@ class Node:
             pid = ID.from_base58(peer_id)
         except Exception as exc:
             raise LocalProtocolError(f"not a peer id: {peer_id!r}", peer=peer_id) from exc
-        circuits = [a for a in addrs if relaying.is_circuit(a)]
         try:
             if pid not in self.host.get_network().connections:
+                circuits = [a for a in (addrs or relaying.known_addrs(self, pid)) if relaying.is_circuit(a)]
                 if circuits:  # Rule 8: a direct address first, briefly; then through each relay in turn
-                    direct = [a for a in addrs if not relaying.is_circuit(a)]
+                    direct = [a for a in (addrs or relaying.known_addrs(self, pid)) if not relaying.is_circuit(a)]
                     await relaying.connect_some_way(self, pid, direct, circuits)
                 else:
                     await self._learn_addrs(pid, addrs)

@@ -261,11 +261,20 @@ def advertise_circuits(host: IHost, client: RelayClient) -> None:
     host.get_addrs = get_addrs  # type: ignore[method-assign]
 
 
-async def dial_circuit(node: Any, addr: str) -> dict[str, int]:
-    """Connect to a peer through the relay ``addr`` names; returns the relay's limits for the circuit
-    (``bytes``, ``duration_s``; 0 = none). ``PeerUnreachableError`` when the relay or peer says no."""
+def known_addrs(node: Any, pid: ID) -> list[str]:
+    try:
+        return [str(a) for a in node.host.get_peerstore().addrs(pid)]
+    except Exception:  # py-libp2p raises for a peer it has never heard of
+        return []
+
+
+async def dial_circuit(node: Any, addr: str, pid: ID | None = None) -> dict[str, int]:
+    """Connect to a peer (``pid``, else the one ``addr`` ends in) through the relay ``addr`` names; returns
+    the relay's limits for the circuit (``bytes``, ``duration_s``). ``PeerUnreachableError`` when the relay
+    or the peer says no."""
     relay_part, _, dest_part = addr.partition(CIRCUIT)
-    dest = dest_part.rsplit("/p2p/", 1)[-1]
+    dest = pid.to_base58() if pid is not None else dest_part.rsplit("/p2p/", 1)[-1]
+    addr = f"{relay_part}{CIRCUIT}/p2p/{dest}"
     relay = relay_part.rsplit("/p2p/", 1)[-1]
     try:
         dest_id, relay_id = ID.from_base58(dest), ID.from_base58(relay)
@@ -322,7 +331,7 @@ async def connect_some_way(node: Any, pid: ID, direct: Sequence[str], circuits: 
     errors = []
     for addr in circuits:
         try:
-            node.relay.circuit_limits[pid.to_base58()] = await dial_circuit(node, addr)
+            node.relay.circuit_limits[pid.to_base58()] = await dial_circuit(node, addr, pid)
             return
         except PeerUnreachableError as exc:
             errors.append(str(exc))

@@ -20,6 +20,7 @@ inputs, and keep a relay cheap: 128 reservations x a few hundred bytes, 64 circu
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
 
 KIB = 1024
@@ -56,6 +57,7 @@ class RelayPolicy:
     reservations: dict[str, _Reservation] = field(default_factory=dict)
     circuits: dict[int, tuple[str, str, str]] = field(default_factory=dict)  # id -> (src, src_ip, dst)
     refused: dict[str, int] = field(default_factory=dict)  # reason -> count
+    circuits_total: int = 0  # circuits admitted over the relay's life
     _next_circuit: int = 0
 
     def _expire(self, now_s: float) -> None:
@@ -97,6 +99,7 @@ class RelayPolicy:
         if sum(1 for c in self.circuits.values() if c[1] == src_ip) >= self.limits.circuits_per_ip:
             return None, self._refuse("circuits_per_ip")
         self._next_circuit += 1
+        self.circuits_total += 1
         self.circuits[self._next_circuit] = (src, src_ip, dst)
         return self._next_circuit, None
 
@@ -106,4 +109,34 @@ class RelayPolicy:
     def status(self, now_s: float) -> dict[str, object]:
         self._expire(now_s)
         return {"reservations": len(self.reservations), "circuits": len(self.circuits),
-                "refused": dict(self.refused)}
+                "circuits_total": self.circuits_total, "refused": dict(self.refused)}
+
+
+# flag -> (RelayLimits field, what it bounds), for `suanli bootstrap` (node.cli)
+FLAGS = {
+    "--relay-reservations": ("reservations", "reservations held at once, in all"),
+    "--relay-reservations-per-ip": ("reservations_per_ip", "reservations held at once by one IP address"),
+    "--relay-reservation-seconds": ("reservation_ttl_s", "how long a reservation lasts before renewal"),
+    "--relay-circuits": ("circuits", "relayed connections at once, in all"),
+    "--relay-circuits-per-peer": ("circuits_per_peer", "relayed connections at once to or from one peer"),
+    "--relay-circuits-per-ip": ("circuits_per_ip", "relayed connections at once from one IP address"),
+    "--relay-circuit-seconds": ("circuit_duration_s", "how long one relayed connection may last"),
+    "--relay-circuit-bytes": ("circuit_bytes", "bytes one relayed connection may carry, both ways"),
+}
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """``--no-relay`` and one flag per limit (defaults: ``RelayLimits()``)."""
+    parser.add_argument("--no-relay", action="store_true",
+                        help="do not act as a circuit relay for private nodes (on by default)")
+    defaults = RelayLimits()
+    for flag, (name, what) in FLAGS.items():
+        parser.add_argument(flag, type=int, dest=f"relay_{name}", default=getattr(defaults, name), metavar="N",
+                            help=f"{what} (default {getattr(defaults, name)})")
+
+
+def limits_from(args: argparse.Namespace) -> RelayLimits | None:
+    """The limits the flags set, or None with ``--no-relay``; ValueError names a bad one."""
+    if getattr(args, "no_relay", False):
+        return None
+    return RelayLimits(**{name: getattr(args, f"relay_{name}") for name, _ in FLAGS.values()})

@@ -16,13 +16,18 @@ log = logging.getLogger("suanli.network")
 def cmd_bootstrap(args: argparse.Namespace) -> int:
     from bootstrap.node import DEFAULT_LISTEN
     from node.logsetup import configure
-    from p2p.errors import SuanliError
+    from p2p import relay_limits
+    from p2p.errors import ConfigError, SuanliError
     from p2p.identity import load_key
     from p2p.listen import parse_listen_addrs
 
     configure(args.verbose)
     key = load_key(args.key)
     parse_listen_addrs(args.listen or DEFAULT_LISTEN)  # issue 17 item 8: one line before anything starts
+    try:
+        args.relay = relay_limits.limits_from(args)
+    except ValueError as exc:
+        raise ConfigError(str(exc), key="relay", value=None) from None
     try:
         trio.run(_bootstrap, key, args)
     except BaseExceptionGroup as group:  # an error while starting comes out of the nursery as a group
@@ -47,13 +52,18 @@ async def _bootstrap(key, args: argparse.Namespace) -> None:  # type: ignore[no-
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             boot = await nursery.start(lambda task_status: run_bootstrap(
-                key, listen, offer_cls=Offer, bootstrap=tuple(args.peer or ()), task_status=task_status))
+                key, listen, offer_cls=Offer, bootstrap=tuple(args.peer or ()), relay=args.relay,
+                task_status=task_status))
             if args.json:
                 print(json.dumps({"event": "ready", **boot.status()}), flush=True)
             else:
                 print(f"bootstrap {key.peer_id}", flush=True)
                 for addr in boot.node.addrs():
                     print(f"  listening on {addr}", flush=True)
+                if args.relay is not None:
+                    print(f"  circuit relay: {args.relay.reservations} reservations, {args.relay.circuits} circuits "
+                          f"of at most {args.relay.circuit_bytes} bytes and {args.relay.circuit_duration_s} s",
+                          flush=True)
             async for signum in signals:
                 log.info("%s: stopping", signal.Signals(signum).name)
                 status = boot.status()

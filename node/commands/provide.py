@@ -97,6 +97,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         return _write(json.dumps(status, indent=1) + "\n")
     lines = [f"peer id    {status['peer_id']}"]
+    lines.append(f"reachable  {status.get('reachability', 'unknown')}")
     lines += [f"address    {addr}" for addr in status["addrs"]]
     offer = status.get("offer")
     if offer:

@@ -1,0 +1,93 @@
+"""Issue 15: a provider behind a home NAT sells, through real ``suanli`` processes in network namespaces.
+
+The bootstrap (also a circuit relay v2) and the buyer sit on the lab's internet segment
+(198.18.0.0/15); the provider sits on a home LAN behind a router that MASQUERADEs (netlab). The
+provider learns it is private (identify's observed address is its router's), reserves on the relay,
+advertises a ``/p2p-circuit`` address in its signed offer; the buyer finds the offer, dials the
+provider (its private addresses fail at once, the circuit works), and a real Docker job runs with
+co-signed receipts; both databases audit clean.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import cli_helpers as _h
+import pytest
+
+from netlab import netns
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+JOB = ["--cpus", "0.5", "--memory", "64m", "--max-price", "100", "--max-duration", "120"]
+
+PROVIDER_TOML = _h.PROVIDER_TOML.replace('listen = ["/ip4/127.0.0.1/tcp/0"]', 'listen = ["/ip4/0.0.0.0/tcp/4002"]')
+
+
+@pytest.fixture(autouse=True)
+def _namespaces_work():
+    reason = netns.available()
+    if reason is not None:
+        if os.environ.get("SUANLI_REQUIRE_NETNS") == "1":
+            pytest.fail(f"SUANLI_REQUIRE_NETNS=1 but {reason}")
+        pytest.skip(reason)
+
+
+def _in(host: netns.Host, *args: str) -> list[str]:
+    return ["ip", "netns", "exec", host.ns, *_h.suanli(), *args]
+
+
+def start_bootstrap(procs: _h.Processes, host: netns.Host, root: Path, *flags: str) -> str:
+    key = root / "bootstrap.key"
+    done = _h.run_cli("keys", "new", "--out", str(key))
+    assert done.returncode == 0, done.stderr
+    boot = procs.start("bootstrap", _in(host, "bootstrap", "--key", str(key), "--listen", f"/ip4/{host.ip}/tcp/4001",
+                                        "--json", *flags))
+    return str(boot.json_line("the bootstrap node ready", 60)["addrs"][0])
+
+
+def start_provider(procs: _h.Processes, host: netns.Host, root: Path, boot_addr: str) -> tuple[_h.Proc, Path]:
+    config = root / "provider.toml"
+    data_dir = root / "provider"
+    config.write_text(PROVIDER_TOML.format(data_dir=data_dir, bootstrap=boot_addr, cpu_price=40, interval_ms=1000,
+                                           countersign_timeout_ms=2000, grace_ms=2000, exposure_cap_micros=100))
+    proc = procs.start("provider", _in(host, "provide", "--config", str(config), "--json"))
+    proc.json_line("the provider ready", 90)
+    return proc, data_dir
+
+
+def test_a_provider_behind_nat_sells_through_the_relay(tmp_path, demo_image):
+    procs = _h.Processes()
+    try:
+        with netns.Lab() as lab:
+            relay_host, buyer_host = lab.public_host("boot"), lab.public_host("buyer")
+            pc = lab.host_in(lab.home("home", nat="cone"), "pc")
+            boot_addr = start_bootstrap(procs, relay_host, tmp_path)
+            provider, data_dir = start_provider(procs, pc, tmp_path, boot_addr)
+
+            status = _h.wait_until("the provider private, with a circuit address", lambda: (
+                lambda s: s if s["reachability"] == "private" and any("/p2p-circuit/" in a for a in s["addrs"])
+                else None)(_h.status_json(data_dir)), 30)
+            assert f"{boot_addr}/p2p-circuit/p2p/{status['peer_id']}" in status["addrs"]
+            assert provider.stderr_lines("reachability unknown -> private"), provider.tail()
+
+            home = tmp_path / "buyer"
+            run = procs.start("buyer", _in(buyer_host, "run", "--data-dir", str(home), "--bootstrap", boot_addr,
+                                           "--image", demo_image, *JOB, "--", "echo", "hi"))
+            assert run.wait_exit(120) == 0, run.tail() + "\n" + provider.tail()
+            assert "hi" in run.stdout, run.tail()
+            agreement = _h.agreement_ids(data_dir / "node.db")
+            assert len(agreement) == 1
+            receipts = _h.receipts_in(data_dir / "node.db", agreement[0])
+            assert receipts and all(cosigned for _, cosigned, _ in receipts)
+            _h.assert_audits_clean(home / "buyer.db", data_dir / "node.db")
+            boot = procs.procs[0]
+            boot.send(signal.SIGINT)
+            assert boot.wait_exit(30) == 0, boot.tail()
+            relay = json.loads(boot.stdout[-1])["relay"]
+            assert relay["circuits_total"] >= 1 and relay["refused"] == {}, relay  # the buyer came through it
+    finally:
+        procs.stop_all()
