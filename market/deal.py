@@ -66,11 +66,11 @@ Decision = Refuse | CounterPrice | Bid
 
 def decide(proposal: Proposal, proposal_id: bytes, provider: bytes, offers: Mapping[bytes, Offer],
            gpus: Sequence[OfferedGpu], ledger: CapacityLedger, now_ms: int, hold_ms: int,
-           unstarted: int = 0, *, accepting: bool = True) -> Decision:
+           unstarted: int = 0, *, accepting: bool | str = True) -> Decision:
     """``unstarted``: agreements of this buyer that are confirmed and whose job has not started;
     ``accepting``: False while the provider takes no new jobs (Rule 6)."""
-    if not accepting:  # Rule 6: before the offer is even looked up
-        return Refuse(BUSY, "this provider is shutting down and takes no new jobs")
+    if accepting is not True:  # Rule 6: before the offer is even looked up; a text says why (node.owner_watch)
+        return Refuse(BUSY, accepting or "this provider is shutting down and takes no new jobs")
     offer = offers.get(proposal.offer_id)
     if offer is None or offer.expires_at_ms <= now_ms:
         return Refuse(EXPIRED_OFFER, "that offer is gone; fetch the current one with /suanli/offer/1.0.0")

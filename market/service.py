@@ -95,7 +95,7 @@ class ProviderMarket:
     offers: dict[bytes, Offer] = field(default_factory=dict)  # live offers by id (the current one and recent)
     unstarted: Unstarted = no_unstarted  # Rule 5
     proposals: ProposalMemory = field(default_factory=ProposalMemory)  # Rule 4
-    accepting: bool = True  # market.deal Rule 6: False refuses every new bid, on any offer
+    accepting: bool | str = True  # market.deal Rule 6: False (or why, a text) refuses every new bid, on any offer
 
     def publish(self, signed: Signed[Offer]) -> None:
         """Make an offer negotiable; forget offers that have expired."""

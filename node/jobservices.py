@@ -39,6 +39,8 @@ class ActiveJob:
     stop_requested: trio.Event = field(default_factory=trio.Event)
     finished: trio.Event = field(default_factory=trio.Event)
     on_stop: Callable[[str], object] = field(default=lambda reason: None, repr=False, compare=False)  # the session
+    on_owner: Callable[[str], object] = field(default=lambda kind: None, repr=False, compare=False)  # node.owner_watch
+    cpu_usage_file: str | None = None  # its container's cgroup CPU counter (node.owner_signals Rule 3)
 
     def request_stop(self, reason: str) -> None:
         if self.stop_reason is None:

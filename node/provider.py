@@ -6,6 +6,7 @@
       inventory -> offer             NVML GPUs priced by the operator, CPU and memory
       host: /suanli/negotiate, /suanli/job, /suanli/offer, the offers topic, the DHT
       publisher                      re-signs and announces the offer on change and before expiry
+      owner watch                    with [owner]: nothing free while the owner uses the machine (issue 18)
       control socket                 ``suanli status`` (node/control.py)
 
 Rule 0: a provider that cannot give jobs their disks (not root, no losetup or mkfs.ext4) refuses to
@@ -42,6 +43,7 @@ from market.service import ProviderMarket
 from market.wire import PROTOCOL_ID as NEGOTIATE_PROTOCOL
 from node import jobwire
 from node.daemonlock import lock_alive, take_daemon_lock, take_key_lock
+from node.owner_watch import AVAILABLE, DEVICE_GLOBS, OwnerPrefs, Verdict, owner_status, watch_owner
 from node.provider_job import IMAGE_DISK_BUDGET_BYTES, ActiveJob, JobServices, serve_job
 from p2p.envelope import Signed, sign_record, signed_from_wire
 from p2p.errors import ConfigError, SuanliError
@@ -88,6 +90,8 @@ class ProviderSetup:
     start_timeout_s: float = 30.0
     shutdown_grace_s: float = 30.0
     key_lock_dir: Path | None = None  # None: /run/lock, else the temporary directory (node.daemonlock Rule 3)
+    owner: OwnerPrefs | None = None  # issue 18: [owner]; None: sold around the clock (node.owner_watch)
+    owner_devices: tuple[str, ...] = DEVICE_GLOBS  # the terminals and input devices watched
 
 
 def offered_gpus(infos: list[GpuInfo], terms: ProviderTerms) -> list[OfferedGpu]:
@@ -144,14 +148,17 @@ class ProviderRuntime:
     errors: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=20))
     accepting: bool = True
     changed: trio.Event = field(default_factory=trio.Event)
+    owner: Verdict | None = None  # node.owner_watch Rule 1: nothing free unless available (GPU-only: no GPU)
 
     def current_offer(self, now_ms: int) -> Offer:
-        free = self.ledger.free()
+        free, owner = self.ledger.free(), self.owner
+        sell = self.accepting and (owner is None or owner.state == AVAILABLE or owner.gpu_only)
+        gpus = sell and (owner is None or owner.state == AVAILABLE)
         return build_offer(
             self.setup.key.public, self.node.addrs(), self.setup.terms, self.gpus, self.ledger.cpu_millis,
-            self.ledger.memory_mib, free.gpu_uuids if self.accepting else (),
-            free.cpu_millis if self.accepting else 0, free.memory_mib if self.accepting else 0, self.seq + 1, now_ms,
-            disk_mib=self.ledger.disk_mib, free_disk_mib=free.disk_mib if self.accepting else 0)
+            self.ledger.memory_mib, free.gpu_uuids if gpus else (), free.cpu_millis if sell else 0,
+            free.memory_mib if sell else 0, self.seq + 1, now_ms,
+            disk_mib=self.ledger.disk_mib, free_disk_mib=free.disk_mib if sell else 0)
 
     async def publish_if_needed(self, announce: Announce | None, *, force: bool = False) -> None:
         now = wall_ms()
@@ -188,7 +195,7 @@ class ProviderRuntime:
                            "cpu_core_micros_per_s": offer.prices.cpu_core_micros_per_s,
                            "memory_gib_micros_per_s": offer.prices.memory_gib_micros_per_s}},
             "jobs": jobs, "earned_micros": self.earned_micros, "last_errors": list(self.errors),
-            "connected_peers": len(self.node.connected_peers()),
+            "connected_peers": len(self.node.connected_peers()), "owner": owner_status(self.owner),
         }
 
 
@@ -330,6 +337,8 @@ async def open_provider(setup: ProviderSetup, *, handlers: dict[str, object] | N
                                   seq=await store.max_offer_seq(key.public))
         runtime_box.append(runtime)
         node.relay.on_change.append(lambda: runtime.changed.set())  # issue 15: new circuit addresses, new offer
+        if setup.owner is not None:  # its first reading decides the first offer
+            await services_nursery.start(partial(watch_owner, device_globs=setup.owner_devices), runtime, setup.owner)
         await runtime.publish_if_needed(announce, force=True)
         services_nursery.start_soon(_publisher, runtime, announce)
         services_nursery.start_soon(_collect_buyer_images, services)  # at start, then periodically

@@ -39,10 +39,12 @@ from node.jobupload import (  # noqa: F401  (re-exported: node.provider, tests)
 )
 from node.jobwire import Countersign, Fail, Start, decode_message
 from node.outbox import Outbox
+from node.owner_job import OwnerSide
 from p2p.envelope import Signed, open_countersigned
 from p2p.errors import CodecError, RemoteProtocolError, SuanliError
 from p2p.framing import FramedStream
 from p2p.identity import public_from_peer_id
+from sandbox.cgroups import find_cgroup
 from sandbox.images import image_env
 from sandbox.metering import MeterSample
 from sandbox.runner import open_job
@@ -55,8 +57,9 @@ OUTPUTS_SKIPPED = "outputs_skipped"  # a Status phase: the /io/out entries not h
 START_TIMEOUT_S = 30.0  # a job stream must name its agreement within this
 
 
-class JobRun(ContainerSide):
-    """One job on one stream (see the module docstring); its container side is node.jobcontainer's."""
+class JobRun(ContainerSide, OwnerSide):
+    """One job on one stream (see the module docstring); its container side is node.jobcontainer's,
+    the owner's events node.owner_job's."""
 
     def __init__(self, services: JobServices, active: ActiveJob, framed: FramedStream) -> None:
         self.s, self.active, self.framed = services, active, framed
@@ -68,6 +71,9 @@ class JobRun(ContainerSide):
         self._reading = False
         self.outer: trio.Nursery
         active.on_stop = self.session.stop_requested  # one first reason, whoever asks (the daemon or us)
+        active.on_owner = self.owner_event
+        self._job = None  # the container's runner job, once it runs
+        self._owner_send, self._owner_events = trio.open_memory_channel[str](64)
         if active.stop_reason is not None:
             self.session.stop_requested(active.stop_reason)
 
@@ -150,6 +156,7 @@ class JobRun(ContainerSide):
             async with trio.open_nursery() as outer:
                 self.outer = outer
                 outer.start_soon(self.outbox.run)
+                outer.start_soon(self._serve_owner_events)
                 try:
                     final = await self._run(start, outer)
                 finally:
@@ -192,6 +199,10 @@ class JobRun(ContainerSide):
                 try:
                     await job.start()
                     started = True
+                    self._job = job
+                    if job.pid is not None:
+                        cg = await trio.to_thread.run_sync(find_cgroup, job.pid)
+                        self.active.cpu_usage_file = cg.files.get("cpu") if cg is not None else None
                     self.status("running", f"container {job.id[:12]}")
                     last = await self._supervise(job, outer)
                 except* SuanliError as group:  # Rule 3: an engine or store error still ends the chain

@@ -54,7 +54,7 @@ async def _provide(config, as_json: bool) -> None:  # type: ignore[no-untyped-de
         log.info("created key %s (peer id %s)", config.key_path, key.peer_id)
     setup = ProviderSetup(key=key, data_dir=config.data_dir, terms=config.terms, listen=config.listen,
                           bootstrap=config.bootstrap, cpu_millis=config.cpu_millis, memory_mib=config.memory_mib,
-                          disk_mib=config.disk_mib, start_timeout_s=config.start_window_s,
+                          disk_mib=config.disk_mib, start_timeout_s=config.start_window_s, owner=config.owner,
                           policy=replace(ProviderPolicy(), runtime=config.runtime, pids_limit=config.pids_limit,
                                          log_rate_bytes_per_s=config.log_rate_bytes_per_s,
                                          log_burst_bytes=config.log_burst_bytes))
@@ -105,6 +105,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         lines.append(f"offer      seq {offer['seq']}: GPUs {gpus} ({offer['free_gpus']} free), "
                      f"CPU {offer['free_cpu_millis'] / 1000:g}/{offer['cpu_millis'] / 1000:g} cores free, "
                      f"{offer['memory_mib']} MiB")
+    if (owner := status.get("owner")) is not None:  # issue 18: why nothing is free while the owner is back
+        lines.append(f"owner      {owner['state']}" + (f": {owner['reason']}" if owner["reason"] else ""))
     lines.append(f"earned     {status['earned_micros']} micro-credits")
     lines.append(f"jobs       {len(status['jobs'])} running")
     for job in status["jobs"]:

@@ -1,0 +1,148 @@
+"""The provider's owner watch (issue 18, a trio shell): read the activity signals every ``poll_ms``, decide
+the owner's state (node.owner_state, pure) and act on it.
+
+    watch_owner(runtime, prefs) -- started by node.provider.open_provider when the config has [owner]
+
+Rule 1: on a change of state the offer is re-issued at once (the publisher wakes on ``runtime.changed``):
+no free capacity while the owner is active or outside the schedule (GPUs only, for a GPU-only reason),
+and the market refuses every proposal with the reason (market.deal Rule 6), whichever offer it names.
+Rule 2: running jobs get node.owner_state's pause, resume and stop through their ``on_owner`` hook
+(node.owner_job); the hold is counted from the moment each job was paused.
+Rule 3 (cheap, issue 18's budget of 0.1 % of a core on an idle provider): each poll stats the terminal
+and input devices and reads /proc/stat; the device list is re-globbed and the process table (exclusive
+applications) scanned only every ``SLOW_EVERY_S``; NVML is asked only where a GPU is offered and
+``foreign_gpu`` is on. Nothing is read for a signal the preferences switch off.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from node import owner_signals as sig
+from node.owner_prefs import OwnerPrefs
+from node.owner_signals import DEVICE_GLOBS
+from node.owner_state import AVAILABLE, OwnerHold, Verdict, decide
+from sandbox.nvml import container_id_of
+
+if TYPE_CHECKING:
+    from node.provider import Announce, ProviderRuntime
+
+__all__ = ["AVAILABLE", "DEVICE_GLOBS", "OwnerPrefs", "Verdict", "owner_status", "watch_owner"]  # node.provider's
+
+log = logging.getLogger("suanli.node.owner")
+
+SLOW_EVERY_S = 2.0
+RUNNING_PHASES = frozenset({"running", "paused", "resumed"})  # the container runs (ActiveJob.phase)
+
+
+class SignalReader:
+    """The machine's readings for ``prefs`` (blocking, cheap: Rule 3)."""
+
+    def __init__(self, prefs: OwnerPrefs, device_globs: Sequence[str], gpu_uuids: Sequence[str],
+                 our_cpu_files: Callable[[], Iterable[str]], our_containers: Callable[[], set[str]]) -> None:
+        self.prefs, self.globs, self.gpu_uuids = prefs, tuple(device_globs), tuple(gpu_uuids)
+        self.our_cpu_files, self.our_containers = our_cpu_files, our_containers
+        self.devices: list[str] = []
+        self.running: frozenset[str] = frozenset()
+        self.slow_at = -1e18
+        self.stat: tuple[int, int] | None = None
+        self.ours_us = 0
+        self.cores = os.cpu_count() or 1
+
+    def read(self, now_s: float, mono_s: float) -> sig.Readings:
+        p = self.prefs
+        if mono_s - self.slow_at >= SLOW_EVERY_S:
+            self.slow_at = mono_s
+            self.devices = [path for pattern in self.globs for path in glob.glob(pattern)
+                            if not path.startswith("/dev/input/") or os.access(path, os.R_OK)]
+            names = (*p.exclusive_apps, *p.exclusive_gpu_apps)
+            self.running = sig.read_running(names) if names else frozenset()
+        return sig.Readings(
+            now_s=now_s,
+            last_input_s=sig.read_last_input(self.devices) if p.input and p.idle_s > 0 else None,
+            foreign_gpu_pids=self._foreign_gpu() if p.foreign_gpu and self.gpu_uuids else None,
+            other_cpu_pct=self._other_cpu() if p.cpu_busy_pct > 0 else None,
+            running=self.running,
+            on_battery=sig.read_battery() if not p.sell_on_battery else None)
+
+    def _other_cpu(self) -> float | None:
+        cur = sig.read_proc_stat()
+        ours = sig.read_cgroup_usage_us(self.our_cpu_files())
+        prev, prev_ours = self.stat, self.ours_us
+        self.stat, self.ours_us = cur, ours
+        if prev is None or cur is None:
+            return None
+        return sig.other_cpu_pct(prev, cur, max(0, ours - prev_ours), self.cores, os.sysconf("SC_CLK_TCK"))
+
+    def _foreign_gpu(self) -> frozenset[int] | None:
+        from sandbox.gpus import nvml_session, pid_container_id, process_records
+
+        with nvml_session() as problem:
+            if problem is not None:
+                return None
+            devices: list[dict[str, Any]] = process_records(self.gpu_uuids, int(time.time() * 1e6))
+        return sig.foreign_gpu_from(devices, pid_container_id, self.our_containers())
+
+
+def owner_status(verdict: Verdict | None) -> dict[str, object] | None:
+    """``suanli status``'s owner part: the state and its reason (None: no [owner] section)."""
+    if verdict is None:
+        return None
+    return {"state": verdict.state, "reason": verdict.reason, "gpu_only": verdict.gpu_only,
+            "window_end_ms": None if verdict.window_end_s is None else int(verdict.window_end_s * 1000)}
+
+
+def apply_verdict(runtime: ProviderRuntime, verdict: Verdict) -> None:
+    """Rule 1: what the offer and the market say (never reopens a provider that is shutting down)."""
+    runtime.owner = verdict
+    if runtime.accepting:
+        open_ = verdict.state == AVAILABLE or verdict.gpu_only
+        runtime.market.accepting = True if open_ else f"{verdict.state}: {verdict.reason}"
+    runtime.changed.set()
+
+
+async def watch_owner(runtime: ProviderRuntime, prefs: OwnerPrefs, announce: Announce | None = None, *,
+                      device_globs: Sequence[str] = DEVICE_GLOBS,
+                      task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Poll, decide, act (see the module docstring); ``announce`` is unused here: the publisher announces."""
+    services = runtime.services
+
+    def cpu_files() -> list[str]:
+        return [f for job in services.active.values() if (f := job.cpu_usage_file) is not None]
+
+    # A job's cgroup path names its container (sandbox.nvml Rule 2), and so its GPU processes.
+    reader = SignalReader(prefs, device_globs, [g.uuid for g in runtime.gpus], cpu_files,
+                          lambda: {c for f in cpu_files() if (c := container_id_of(f)) is not None})
+    hold = OwnerHold(prefs)
+    last: Verdict | None = None
+    started = False
+    while True:
+        now = time.time()
+        readings = reader.read(now, time.monotonic())
+        verdict = decide(prefs, readings, datetime.fromtimestamp(now).astimezone())
+        if last is None or (verdict.state, verdict.gpu_only, verdict.reason) != (last.state, last.gpu_only,
+                                                                                 last.reason):
+            if last is None or (verdict.state, verdict.gpu_only) != (last.state, last.gpu_only):
+                log.info("owner: %s%s", verdict.state, f" ({verdict.reason})" if verdict.reason else "")
+            apply_verdict(runtime, verdict)
+        elif verdict.window_end_s != last.window_end_s:
+            runtime.owner = verdict
+        last = verdict
+        jobs = {ag: bool(job.allocation.gpu_uuids) for ag, job in services.active.items()
+                if job.phase in RUNNING_PHASES}
+        for kind, ag in hold.step(verdict, jobs, now):
+            job = services.active.get(ag)
+            if job is not None:
+                job.on_owner(kind)
+        if not started:
+            started = True
+            task_status.started()
+        await trio.sleep(prefs.poll_ms / 1000)

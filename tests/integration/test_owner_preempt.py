@@ -1,0 +1,151 @@
+"""Owner first (issue 18) with a real provider, real Docker and the real buyer: typing on a pseudo-terminal
+that the test opens while a job runs pauses the job within a second; the job is stopped with an
+``owner_preempt`` final receipt after the notice, or resumes when the owner leaves within it. Paused
+seconds are never billed, and both databases audit clean.
+
+The watch is pointed at the test's own terminal (``ProviderSetup.owner_devices``): the machine's other
+terminals belong to whoever else is using it, and would make the test depend on them."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import replace
+
+import pytest
+import trio
+
+from market.negotiation import BUSY
+from market.service import NegotiationRefused, negotiate_with, now_ms
+from node.buyer_job import BuyerHooks, run_job
+from node.owner_prefs import OwnerPrefs
+from node.provider import open_provider
+from node.testing import local_setup, make_proposal
+from p2p.identity import generate_key
+from p2p.testing import loopback_config, open_host
+from settlement.astore import open_store
+from settlement.audit import audit, read_inputs
+
+pytestmark = pytest.mark.docker
+
+
+class Terminal:
+    """A pseudo-terminal whose input the test types and reads back, as a shell would."""
+
+    def __init__(self) -> None:
+        self.master, self.slave = os.openpty()
+        self.path = os.ttyname(self.slave)
+        quiet = time.time() - 60  # quiet for a minute: the first key moves the access time (owner_signals Rule 2)
+        os.utime(self.path, (quiet, quiet))
+
+    def type(self, text: bytes = b"ls\n") -> float:
+        at = time.time()
+        os.write(self.master, text)
+        os.read(self.slave, 64)
+        return at
+
+    def close(self) -> None:
+        os.close(self.master)
+        os.close(self.slave)
+
+
+@pytest.fixture
+def terminal():
+    t = Terminal()
+    yield t
+    t.close()
+
+
+async def _run(tmp_path, demo_image, terminal, prefs, command, *, during=None):
+    """Run ``command`` as a job; type once the job has sent its second receipt; ``during`` runs then."""
+    provider_key, buyer = generate_key(), generate_key()
+    setup = replace(local_setup(tmp_path / "provider", provider_key), owner=prefs, owner_devices=(terminal.path,))
+    seen: dict[str, float] = {}
+    receipts: list[tuple[float, int]] = []
+    async with open_provider(setup) as runtime:
+        assert runtime.status()["owner"]["state"] == "available"
+        offer = runtime.offer
+        async with open_host(loopback_config(buyer, bootstrap=(runtime.node.addrs()[0],))) as client, \
+                open_store(tmp_path / "buyer.db") as store:
+            deal = await negotiate_with(client, provider_key.peer_id, buyer,
+                                        make_proposal(buyer, offer, demo_image, command))
+            await store.put_agreement(deal.agreement)
+            typed = trio.Event()
+
+            def on_status(phase: str, detail: str) -> None:
+                seen.setdefault(phase, time.time())
+                if phase == "paused":
+                    seen["paused_detail"] = detail  # type: ignore[assignment]
+
+            def on_receipt(receipt) -> None:
+                receipts.append((time.time(), receipt.record.metered_ms))
+                if len(receipts) == 2 and not typed.is_set():
+                    seen["typed"] = terminal.type()
+                    typed.set()
+
+            async with trio.open_nursery() as nursery:
+                if during is not None:
+                    async def then() -> None:
+                        await typed.wait()
+                        await during(runtime, client, buyer, provider_key, offer)
+                    nursery.start_soon(then)
+                with trio.fail_after(90):
+                    outcome = await run_job(client, buyer, store, deal, b"", None,
+                                            BuyerHooks(on_status=on_status, on_receipt=on_receipt), trio.Event(),
+                                            now_ms())
+    (result,) = audit(read_inputs([tmp_path / "provider" / "node.db", tmp_path / "buyer.db"]))
+    return outcome, seen, receipts, result
+
+
+async def test_typing_pauses_the_job_within_a_second_and_the_notice_ends_it_owner_preempt(
+        tmp_path, demo_image, terminal):
+    prefs = OwnerPrefs(idle_s=30, notice_s=3, poll_ms=100)  # still "in use" when the notice runs out
+    checked: dict[str, object] = {}
+
+    async def while_paused(runtime, client, buyer, provider_key, earlier) -> None:
+        for _ in range(40):  # 2 s at most
+            if runtime.status()["owner"]["state"] == "owner_active":
+                break
+            await trio.sleep(0.05)
+        checked["owner"] = runtime.status()["owner"]
+        await trio.sleep(0.3)  # the publisher has re-issued the offer
+        checked["free_cpu"] = runtime.offer.record.free.cpu_millis
+        try:  # a buyer holding the earlier offer is refused, with the reason
+            await negotiate_with(client, provider_key.peer_id, buyer,
+                                 make_proposal(buyer, earlier, "sha256:" + "0" * 64, ["true"]))
+        except NegotiationRefused as exc:
+            checked["refused"] = (exc.fields["reason"], str(exc))
+
+    outcome, seen, receipts, result = await _run(tmp_path, demo_image, terminal, prefs, ["sleep", "60"],
+                                                 during=while_paused)
+    paused_after_s = seen["paused"] - seen["typed"]
+    print(f"typed -> paused at the buyer: {paused_after_s * 1000:.0f} ms")
+    assert paused_after_s <= 1.0
+    assert seen["paused_detail"] == "the machine's owner is using it"
+    assert outcome.reason == "owner_preempt" and outcome.last.state == "final"
+    assert outcome.last.reason == "owner_preempt"
+    assert checked["owner"]["state"] == "owner_active" and "terminal used" in checked["owner"]["reason"]
+    assert checked["free_cpu"] == 0
+    reason, text = checked["refused"]
+    assert reason == BUSY and "owner_active" in text
+    # No second after the pause is billed: what was metered when the pause came is what the final claims.
+    billed_before_pause = max(m for t, m in receipts if t < seen["paused"])
+    assert outcome.last.metered_ms - billed_before_pause <= 1000
+    assert outcome.last.metered_ms <= (seen["paused"] - seen["running"]) * 1000 + 500
+    assert result.report.ok, result.report
+    assert result.report.amount_micros == outcome.last.amount_micros
+
+
+async def test_the_owner_leaving_within_the_notice_resumes_the_job_and_paused_seconds_are_free(
+        tmp_path, demo_image, terminal):
+    prefs = OwnerPrefs(idle_s=2, notice_s=20, poll_ms=100)  # gone 2 s after the key, well within the notice
+    # 40 short sleeps: about 4 s of running time, whatever the pause in between.
+    command = ["sh", "-c", "for i in $(seq 40); do sleep 0.1; done"]
+    outcome, seen, receipts, result = await _run(tmp_path, demo_image, terminal, prefs, command)
+    assert seen["paused"] - seen["typed"] <= 1.0
+    assert "resumed" in seen and seen["resumed"] - seen["paused"] >= 1.0
+    assert outcome.reason == "completed" and outcome.exit_code == 0
+    wall_s = time.time() - seen["running"]
+    paused_s = seen["resumed"] - seen["paused"]
+    assert outcome.last.metered_ms <= (wall_s - paused_s) * 1000 + 500  # the pause was not billed
+    assert result.report.ok, result.report
