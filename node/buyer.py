@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from node.buyrequest import BuyRequest, choose_image
-from node.exitcodes import EXIT_NO_PROVIDER, SUANLI, job_exit_code
+from node.exitcodes import EXIT_NO_PROVIDER, SUANLI, final_exit_code, job_exit_code
 from node.outputs import check_output_dir
 
 if TYPE_CHECKING:
@@ -281,7 +281,7 @@ async def buy(node: Any, key: NodeKey, home: Path, buy_request: BuyRequest, cons
     files = write_outputs(outcome.outputs, buy_request.outputs, say,
                           force=buy_request.force) if buy_request.outputs is not None else []
     last = outcome.last
-    code, source = job_exit_code(outcome.exit_code)
+    code, source = final_exit_code(outcome.reason, outcome.exit_code)
     summary: dict[str, Any] = {
         "ok": True, "agreement_id": deal.agreement.record_id.hex(), "provider": provider,
         "exit_code": code, "reason": outcome.reason, "billed_ms": last.metered_ms if last else 0,
@@ -295,6 +295,8 @@ async def buy(node: Any, key: NodeKey, home: Path, buy_request: BuyRequest, cons
         if outcome.oom_killed:  # issue 17 item 4: the line a user reads says so, not only --json
             say(f"suanli: killed: out of memory (limit {_mib_text(resources.memory_mib)})")
         ended = (f"exit code {code}" if source != SUANLI
+                 else f"preempted: the provider's owner took the machine back (exit {code}, node.exitcodes)"
+                 if outcome.reason == "owner_preempt"
                  else f"the job reported no exit code (exit {code}, node.exitcodes)")
         say(f"suanli: {ended} ({outcome.reason}); billed {summary['billed_ms'] / 1000:.3f} s, "
             f"{summary['amount_micros']} micro-credits over {summary['receipts']} co-signed receipts; "
@@ -335,7 +337,8 @@ def _no_offers_reason(resources: Any) -> str:
 # provider; an end the buyer caused (it stopped countersigning; it named an image the provider lacks and
 # shipped no archive; it left before the end) is not the provider's either way and is not recorded.
 PROVIDER_KEPT_ITS_WORD = frozenset({"completed", "buyer_cancel", "deadline"})
-NOT_THE_PROVIDERS = frozenset({"buyer_unresponsive", "image_missing"})
+NOT_THE_PROVIDERS = frozenset({"buyer_unresponsive", "image_missing",
+                               "owner_preempt"})  # announced in the terms: the owner comes first (issue 18)
 
 
 def reputation_outcome(final_reason: str | None, failure_reason: str | None) -> str | None:

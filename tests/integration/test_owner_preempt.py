@@ -149,3 +149,52 @@ async def test_the_owner_leaving_within_the_notice_resumes_the_job_and_paused_se
     paused_s = seen["resumed"] - seen["paused"]
     assert outcome.last.metered_ms <= (wall_s - paused_s) * 1000 + 500  # the pause was not billed
     assert result.report.ok, result.report
+
+
+async def test_the_buyer_exits_124_on_owner_preempt_and_its_evidence_audits_clean(tmp_path, demo_image, terminal):
+    from cli_helpers import assert_audits_clean, provider_on_overlay
+
+    from node.buyer import Collected, run_once
+    from node.buyrequest import BuyRequest
+    from node.exitcodes import EXIT_PREEMPTED
+
+    home = tmp_path / "buyer"
+    request = BuyRequest.build(["sleep", "60"], image=demo_image, cpus=0.5, memory="128m", wait=2)
+    console = Collected()
+    prefs = OwnerPrefs(idle_s=30, notice_s=1, poll_ms=100)
+    async with provider_on_overlay(tmp_path, owner=prefs, owner_devices=(terminal.path,)) as runtime:
+
+        async def owner_comes_back() -> None:
+            for _ in range(600):  # 60 s at most
+                if any(job.phase == "running" for job in runtime.services.active.values()):
+                    break
+                await trio.sleep(0.1)
+            await trio.sleep(1.5)
+            terminal.type()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(owner_comes_back)
+            with trio.fail_after(120):
+                code = await run_once(request, generate_key(), home, [runtime.node.addrs()[0]], console, local=True)
+    doc = console.document
+    assert code == EXIT_PREEMPTED == 124 and doc["exit_code"] == 124 and doc["exit_source"] == "suanli", doc
+    assert doc["reason"] == "owner_preempt" and 1000 <= doc["billed_ms"] <= 3000, doc
+    assert console.receipts[-1].record.reason == "owner_preempt"
+    assert_audits_clean(home / "buyer.db", runtime.setup.data_dir / "node.db")
+
+
+async def test_outside_its_schedule_a_provider_offers_nothing_and_refuses_with_the_reason(
+        tmp_path, demo_image, terminal):
+    provider_key, buyer = generate_key(), generate_key()
+    never = OwnerPrefs(schedule={day: () for day in range(7)})
+    setup = replace(local_setup(tmp_path / "provider", provider_key), owner=never, owner_devices=(terminal.path,))
+    async with open_provider(setup) as runtime:
+        status = runtime.status()
+        assert status["owner"]["state"] == "outside_schedule" and "schedule" in status["owner"]["reason"]
+        offer = runtime.offer
+        assert offer is not None and offer.record.free.cpu_millis == 0 and offer.record.free.memory_mib == 0
+        async with open_host(loopback_config(buyer, bootstrap=(runtime.node.addrs()[0],))) as client:
+            with pytest.raises(NegotiationRefused) as refused, trio.fail_after(30):
+                await negotiate_with(client, provider_key.peer_id, buyer,
+                                     make_proposal(buyer, offer, demo_image, ["true"]))
+        assert refused.value.fields["reason"] == BUSY and "outside_schedule" in str(refused.value)
