@@ -3,7 +3,7 @@
 The sessions (node.jobsession_provider, node.jobsession_buyer) hold the rules of one job; the trio
 shells (node.provider_job, node.buyer_job) only perform the actions they return against the runner,
 the store and the stream, and feed them events: a message received, a meter sample, the container's
-exit, a stop requested, a transfer done, and (room for it) the owner's return. Time is passed in.
+exit, a stop requested, a transfer done, and the owner's return (node.owner_job). Time is passed in.
 
     provider: start -start-> preparing -running-> running -final-> closing -done-> done
               preparing -fail-> failed -final-> closed         (the job could not start; nothing claimed)
@@ -42,7 +42,7 @@ KINDS = (START, IMAGE, INPUTS, OUTPUTS, STATUS, RUNNING, LOG, RECEIPT, FINAL, CO
 
 # Reasons to pause (Rule 2).
 COUNTERSIGNATURE_LATE = "countersignature_late"  # the exposure guard (settlement.session Rule 2)
-OWNER_RETURNED = "owner_returned"  # room for the machine's owner taking it back (not yet raised)
+OWNER_RETURNED = "owner_returned"  # the machine's owner is back (node.owner_watch, node.owner_job)
 PAUSE_DETAIL = {COUNTERSIGNATURE_LATE: "waiting for your countersignature",  # the job.status("paused") detail
                 OWNER_RETURNED: "the machine's owner is using it"}
 
