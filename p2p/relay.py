@@ -32,6 +32,8 @@ from libp2p.connection_types import ConnectionType
 from libp2p.network.connection.raw_connection import RawConnection
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
+from libp2p.relay.circuit_v2.dcutr import PROTOCOL_ID as DCUTR_PROTOCOL_ID
+from libp2p.relay.circuit_v2.dcutr import DCUtRProtocol
 from libp2p.relay.circuit_v2.pb.circuit_pb2 import HopMessage
 from libp2p.relay.circuit_v2.pb.circuit_pb2 import PeerId as CircuitPeerId
 from libp2p.relay.circuit_v2.protocol import PROTOCOL_ID, STOP_PROTOCOL_ID, CircuitV2Protocol
@@ -158,6 +160,7 @@ class RelayClient:
     held: dict[str, Reservation] = field(default_factory=dict)  # relay peer id -> reservation
     on_change: list[Callable[[], None]] = field(default_factory=list)
     circuit_limits: dict[str, dict[str, int]] = field(default_factory=dict)  # peer dialled -> its relay's limits
+    upgrades_ms: list[float] = field(default_factory=list)  # relayed -> direct, each success
     active: bool = False  # False while the node is public: it holds and advertises none
 
     def circuit_addrs(self) -> list[str]:
@@ -332,9 +335,11 @@ async def connect_some_way(node: Any, pid: ID, direct: Sequence[str], circuits: 
     for addr in circuits:
         try:
             node.relay.circuit_limits[pid.to_base58()] = await dial_circuit(node, addr, pid)
-            return
         except PeerUnreachableError as exc:
             errors.append(str(exc))
+            continue
+        await upgrade_to_direct(node, pid)
+        return
     raise PeerUnreachableError(f"cannot reach {pid} directly or through a relay: {'; '.join(errors)}",
                                peer=pid.to_base58(), addr=list(direct) + list(circuits))
 
@@ -342,7 +347,9 @@ async def connect_some_way(node: Any, pid: ID, direct: Sequence[str], circuits: 
 def relay_handlers(host: IHost, config: Any, node: Callable[[], Any]) -> dict[str, Callable[[INetStream], Any]]:
     """HOP when ``config.relay_hop`` is set; STOP when the node may keep reservations. Registered before
     the first dial (docs/LIBP2P.md item 31); ``node()`` is the Node once built."""
-    handlers: dict[str, Callable[[INetStream], Any]] = {}
+    dcutr = DCUtRProtocol(host)
+    host._suanli_dcutr = dcutr  # type: ignore[attr-defined]  # upgrade_to_direct's
+    handlers: dict[str, Callable[[INetStream], Any]] = {str(DCUTR_PROTOCOL_ID): dcutr._handle_dcutr_stream}
     if config.relay_hop is not None:
         hop: list[Callable[[INetStream], Any]] = []
 
@@ -389,3 +396,38 @@ async def serve_reachability(node: Any, *, interval_s: float = REACH_INTERVAL_S)
             except Exception as exc:  # a background loop of open_host must never end the node
                 log.warning("relay reservations: %r", exc)
         await trio.sleep(interval_s if len(client.held) >= min(client.want, len(client.candidates)) else 1.0)
+
+
+DIRECT_UPGRADE_S = 6.0
+DIRECT_ATTEMPTS = 3  # the spec: up to 3 attempts
+
+
+def is_direct(node: Any, pid: ID) -> bool:
+    conns = node.host.get_network().connections.get(pid) or []
+    conns = conns if isinstance(conns, list) else [conns]
+    return any(not any(CIRCUIT in str(a) for a in c.get_transport_addresses()) for c in conns)
+
+
+async def upgrade_to_direct(node: Any, pid: ID, *, budget_s: float = DIRECT_UPGRADE_S) -> bool:
+    """After a relayed connect: DCUtR (libp2p/specs relay/DCUtR.md, py-libp2p's implementation) up to
+    ``DIRECT_ATTEMPTS`` times within ``budget_s``; on success the relayed connection is closed at once,
+    before any Suanli stream uses it, so nothing after depends on the relay. True when direct."""
+    dcutr: DCUtRProtocol | None = getattr(node.host, "_suanli_dcutr", None)  # relay_handlers made it
+    started = time.monotonic()
+    with trio.move_on_after(budget_s):
+        for attempt in range(1, DIRECT_ATTEMPTS + 1):
+            if dcutr is not None and await dcutr.initiate_hole_punch(pid) and is_direct(node, pid):
+                break
+            log.info("direct upgrade to %s: attempt %d failed", pid, attempt)
+    took_ms = (time.monotonic() - started) * 1000
+    if not is_direct(node, pid):
+        log.info("direct upgrade to %s failed after %.0f ms: staying on the relay", pid, took_ms)
+        return False
+    node.relay.upgrades_ms.append(took_ms)
+    conns = node.host.get_network().connections.get(pid) or []
+    for conn in list(conns if isinstance(conns, list) else [conns]):
+        if all(CIRCUIT in str(a) for a in conn.get_transport_addresses()):
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                await conn.close()
+    log.info("direct connection to %s %.0f ms after the relayed one", pid, took_ms)
+    return True
