@@ -99,6 +99,8 @@ async def _status(stream: INetStream, code: StatusCode) -> None:
 
 def hop_handler(host: IHost, policy: RelayPolicy) -> Callable[[INetStream], Any]:
     """The HOP protocol of a relay: Rules 1-2 of ``p2p.relay_limits`` before py-libp2p's handler."""
+    # Found here: py-libp2p's relay logs every circuit's normal end ("stream is reset") at ERROR, twice.
+    logging.getLogger("libp2p.relay.circuit_v2.protocol").setLevel(logging.CRITICAL)
     library = CircuitV2Protocol(host, limits=_lib_limits(policy.limits), allow_hop=True)
 
     async def handle(stream: INetStream) -> None:
