@@ -11,7 +11,8 @@ tty_update_time): the first key after a quiet spell is seen at once; idle time i
 Rule 3: other programs' CPU is the machine's busy time from ``/proc/stat`` minus what our own job
 containers used over the same interval (their cgroups' ``usage_usec``), as a percentage of all cores.
 Rule 4: an exclusive application matches a process whose ``comm`` is its name (the kernel keeps 15
-characters; a longer name must also match the basename of ``argv[0]``).
+characters; a longer name must also match the basename of ``argv[0]``); a zombie (exited, not yet reaped
+by its parent) is not running.
 """
 
 from __future__ import annotations
@@ -171,6 +172,9 @@ def read_running(names: Sequence[str]) -> frozenset[str]:
                 comm = fh.read().rstrip("\n")
             if comm not in prefixes:
                 continue
+            with open(f"/proc/{entry.name}/stat") as fh:  # an exited child not yet reaped keeps its comm
+                if fh.read().rpartition(")")[2].split()[:1] == ["Z"]:
+                    continue
             argv0 = ""
             if len(comm) == COMM_MAX:
                 with open(f"/proc/{entry.name}/cmdline", "rb") as fb:

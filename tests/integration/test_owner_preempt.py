@@ -9,6 +9,7 @@ terminals belong to whoever else is using it, and would make the test depend on 
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from dataclasses import replace
 
@@ -56,8 +57,9 @@ def terminal():
     t.close()
 
 
-async def _run(tmp_path, demo_image, terminal, prefs, command, *, during=None):
-    """Run ``command`` as a job; type once the job has sent its second receipt; ``during`` runs then."""
+async def _run(tmp_path, demo_image, terminal, prefs, command, *, during=None, act=None):
+    """Run ``command`` as a job; once it has sent its second receipt, ``act()`` (default: type on the
+    terminal), then ``during`` runs."""
     provider_key, buyer = generate_key(), generate_key()
     setup = replace(local_setup(tmp_path / "provider", provider_key), owner=prefs, owner_devices=(terminal.path,))
     seen: dict[str, float] = {}
@@ -80,7 +82,7 @@ async def _run(tmp_path, demo_image, terminal, prefs, command, *, during=None):
             def on_receipt(receipt) -> None:
                 receipts.append((time.time(), receipt.record.metered_ms))
                 if len(receipts) == 2 and not typed.is_set():
-                    seen["typed"] = terminal.type()
+                    seen["typed"] = (act or terminal.type)()
                     typed.set()
 
             async with trio.open_nursery() as nursery:
@@ -198,3 +200,28 @@ async def test_outside_its_schedule_a_provider_offers_nothing_and_refuses_with_t
                 await negotiate_with(client, provider_key.peer_id, buyer,
                                      make_proposal(buyer, offer, demo_image, ["true"]))
         assert refused.value.fields["reason"] == BUSY and "outside_schedule" in str(refused.value)
+
+
+async def test_an_exclusive_application_pauses_the_job_until_it_exits(tmp_path, demo_image, terminal):
+    """A process whose name is in ``exclusive_apps`` (here a link to sleep, as a game would be)."""
+    game = tmp_path / "suanli-game"
+    game.symlink_to("/bin/sleep")
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start_game() -> float:
+        procs.append(subprocess.Popen([str(game), "3"]))  # the owner plays for 3 s
+        return time.time()
+
+    prefs = OwnerPrefs(idle_s=0, exclusive_apps=("suanli-game",), notice_s=60, poll_ms=100)
+    command = ["sh", "-c", "for i in $(seq 40); do sleep 0.1; done"]
+    try:
+        outcome, seen, receipts, result = await _run(tmp_path, demo_image, terminal, prefs, command, act=start_game)
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+    # The process table is read every 2 s (node.owner_watch Rule 3), so an application is seen within 2 s.
+    assert seen["paused"] - seen["typed"] <= 2.5
+    assert seen["resumed"] - seen["typed"] >= 3.0
+    assert outcome.reason == "completed" and outcome.exit_code == 0
+    assert result.report.ok, result.report

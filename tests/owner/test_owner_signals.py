@@ -107,7 +107,12 @@ def test_readers_on_this_machine_never_fail(tmp_path):
     assert sig.read_cgroup_usage_us([str(tmp_path / "cpu.stat"), str(tmp_path / "cpuacct.usage")]) == 3500
 
 
-def test_read_running_finds_a_process_by_its_name(tmp_path):
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as fh:
+        return fh.read().rpartition(")")[2].split()[0]
+
+
+def test_read_running_finds_a_process_by_its_name_and_not_once_it_exited(tmp_path):
     exe = tmp_path / "suanli-owner-ex"
     exe.write_bytes(Path(sys.executable).read_bytes())
     exe.chmod(0o755)
@@ -117,6 +122,11 @@ def test_read_running_finds_a_process_by_its_name(tmp_path):
         while time.monotonic() < deadline and not sig.read_running(["suanli-owner-ex"]):
             time.sleep(0.05)
         assert sig.read_running(["suanli-owner-ex", "nothing-like-it"]) == {"suanli-owner-ex"}
+        proc.kill()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and _state(proc.pid) != "Z":
+            time.sleep(0.05)
+        assert sig.read_running(["suanli-owner-ex"]) == frozenset()  # exited, not yet reaped: a zombie
     finally:
         proc.kill()
         proc.wait()
