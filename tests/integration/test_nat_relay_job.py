@@ -61,7 +61,8 @@ def start_provider(procs: _h.Processes, host: netns.Host, root: Path, boot_addr:
     return proc, data_dir
 
 
-def test_a_provider_behind_nat_sells_through_the_relay(tmp_path, demo_image):
+@pytest.mark.parametrize("kill_relay", [False, True], ids=["relay-up", "relay-killed-mid-job"])
+def test_a_provider_behind_nat_sells_through_the_relay(tmp_path, demo_image, kill_relay):
     procs = _h.Processes()
     try:
         with netns.Lab() as lab:
@@ -80,6 +81,11 @@ def test_a_provider_behind_nat_sells_through_the_relay(tmp_path, demo_image):
             home = tmp_path / "buyer"
             run = procs.start("buyer", _in(buyer_host, "run", "--data-dir", str(home), "--bootstrap", boot_addr,
                                            "--image", demo_image, *JOB, "--", "sh", "-c", OUTPUT))
+            boot = procs.procs[0]
+            if kill_relay:  # issue 15 test 4: after the upgrade the job needs the relay no more
+                _h.wait_until("the job running", lambda: _h.status_json(data_dir)["jobs"], 60)
+                boot.signal_group(signal.SIGKILL)
+                boot.wait_exit(10)
             assert run.wait_exit(120) == 0, (run.tail()[-3000:], provider.tail())
             got = sum(line.count("x") for line in run.stdout)
             assert got == 360000, f"{got} of 360000 bytes of output arrived\n{run.tail(3)[-3000:]}"
@@ -88,7 +94,8 @@ def test_a_provider_behind_nat_sells_through_the_relay(tmp_path, demo_image):
             receipts = _h.receipts_in(data_dir / "node.db", agreement[0])
             assert receipts and all(cosigned for _, cosigned, _ in receipts)
             _h.assert_audits_clean(home / "buyer.db", data_dir / "node.db")
-            boot = procs.procs[0]
+            if kill_relay:
+                return
             boot.send(signal.SIGINT)
             assert boot.wait_exit(30) == 0, boot.tail()
             relay = json.loads(boot.stdout[-1])["relay"]
