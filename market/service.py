@@ -51,6 +51,7 @@ from p2p.framing import FramedStream
 from p2p.host import Node, PeerUnreachableError
 from p2p.identity import NodeKey, public_from_peer_id
 from p2p.records import Record
+from p2p.relay import relay_refusal
 
 log = logging.getLogger("suanli.market")
 
@@ -214,9 +215,17 @@ class Attempt:
 
 
 async def negotiate_with(node: Node, provider: str, key: NodeKey, proposal: Signed[Proposal],
-                         before_accept: BeforeAccept | None = None, addrs: Sequence[str] = ()) -> Deal:
-    """Open ``/suanli/negotiate/1.0.0`` to ``provider`` (Rule 6: at ``addrs``, its offer's) and negotiate on it."""
+                         before_accept: BeforeAccept | None = None, addrs: Sequence[str] = (),
+                         bulk_bytes: int = 0) -> Deal:
+    """Open ``/suanli/negotiate/1.0.0`` to ``provider`` (Rule 6: at ``addrs``, its offer's) and negotiate on it.
+
+    Rule 7 (issue 15): when the connection stayed relayed (hole punching failed) and ``bulk_bytes`` (the
+    image archive and inputs to send) do not fit the relay's limit, the job is refused before any bid."""
     framed = FramedStream(await node.open_stream(provider, PROTOCOL_ID, addrs))
+    refusal = relay_refusal(node, provider, bulk_bytes)
+    if refusal is not None:
+        await framed.aclose()
+        raise NegotiationRefused(f"{provider}: {refusal}", reason="needs_direct_connection", peer=provider)
     try:
         return await negotiate(framed, key, proposal, before_accept=before_accept)
     finally:
@@ -225,7 +234,7 @@ async def negotiate_with(node: Node, provider: str, key: NodeKey, proposal: Sign
 
 async def negotiate_first(node: Node, key: NodeKey, candidates: Sequence[tuple[str, Signed[Proposal]]],
                           per_candidate_s: float, before_accept: BeforeAccept | None = None,
-                          addrs: Mapping[str, Sequence[str]] | None = None,
+                          addrs: Mapping[str, Sequence[str]] | None = None, bulk_bytes: int = 0,
                           ) -> tuple[Deal | None, list[Attempt]]:
     """Try candidates in order; a refusal, an error or silence costs at most ``per_candidate_s``.
 
@@ -236,7 +245,7 @@ async def negotiate_first(node: Node, key: NodeKey, candidates: Sequence[tuple[s
         try:
             with trio.fail_after(per_candidate_s):
                 deal = await negotiate_with(node, provider, key, proposal, before_accept,
-                                            (addrs or {}).get(provider, ()))
+                                            (addrs or {}).get(provider, ()), bulk_bytes)
         except trio.TooSlowError:
             attempts.append(Attempt(provider, f"no answer within {per_candidate_s:g} s", answered=False))
         except NegotiationRefused as exc:

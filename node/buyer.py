@@ -223,7 +223,8 @@ async def buy(node: Any, key: NodeKey, home: Path, buy_request: BuyRequest, cons
                                                per_candidate_s=buy_request.retry.negotiate_timeout_s,
                                                before_accept=keep_evidence, addrs={  # dial each at its offer's
                                                    peer_id_from_public(p): o.record.addrs
-                                                   for p, o in signed_by_provider.items()})
+                                                   for p, o in signed_by_provider.items()},
+                                               bulk_bytes=len(inputs) + len(image.archive or b""))  # issue 15
         for attempt in attempts:
             if attempt.outcome != "agreed":
                 say(f"suanli: {attempt.provider}: {attempt.outcome}")

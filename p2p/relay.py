@@ -42,7 +42,7 @@ from libp2p.relay.circuit_v2.resources import RelayLimits as LibRelayLimits
 from libp2p.relay.circuit_v2.utils import read_delimited_msg, write_delimited_msg
 
 from p2p.errors import PeerUnreachableError
-from p2p.relay_limits import RelayLimits, RelayPolicy
+from p2p.relay_limits import RelayLimits, RelayPolicy, needs_direct
 
 log = logging.getLogger("suanli.p2p.relay")
 
@@ -433,3 +433,15 @@ async def upgrade_to_direct(node: Any, pid: ID, *, budget_s: float = DIRECT_UPGR
                 await conn.close()
     log.info("direct connection to %s %.0f ms after the relayed one", pid, took_ms)
     return True
+
+
+def relay_refusal(node: Any, peer: str, bulk_bytes: int) -> str | None:
+    """Why a job for ``peer`` cannot go ahead on the current connection (None: it can): only when it is
+    relayed (the upgrade failed) and the relay's byte limit is too small (``relay_limits.needs_direct``)."""
+    try:
+        pid = ID.from_base58(peer)
+    except Exception:
+        return None
+    if pid not in node.host.get_network().connections or is_direct(node, pid):
+        return None
+    return needs_direct(bulk_bytes, node.relay.circuit_limits.get(peer, {}).get("bytes", 0))

@@ -112,6 +112,20 @@ class RelayPolicy:
                 "circuits_total": self.circuits_total, "refused": dict(self.refused)}
 
 
+CONTROL_RESERVE_BYTES = 64 * KIB  # a negotiation, a job's control messages, logs and receipts
+
+
+def needs_direct(bulk_bytes: int, relay_allows_bytes: int) -> str | None:
+    """Why a job cannot run over a relayed connection that allows ``relay_allows_bytes`` (None: it can).
+
+    The image archive and inputs (``bulk_bytes``) and ``CONTROL_RESERVE_BYTES`` for the rest must fit.
+    """
+    if relay_allows_bytes <= 0 or bulk_bytes + CONTROL_RESERVE_BYTES <= relay_allows_bytes:
+        return None
+    return (f"needs a direct connection: hole punching failed, relay allows {relay_allows_bytes // KIB} KiB "
+            f"and the job sends {bulk_bytes // KIB} KiB")
+
+
 # flag -> (RelayLimits field, what it bounds), for `suanli bootstrap` (node.cli)
 FLAGS = {
     "--relay-reservations": ("reservations", "reservations held at once, in all"),

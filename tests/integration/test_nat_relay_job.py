@@ -102,3 +102,38 @@ def test_a_provider_behind_nat_sells_through_the_relay(tmp_path, demo_image, kil
             assert relay["circuits_total"] >= 1 and relay["refused"] == {}, relay  # the buyer came through it
     finally:
         procs.stop_all()
+
+
+def test_when_punching_fails_a_small_job_runs_over_the_relay_and_a_large_one_is_refused(tmp_path, demo_image):
+    """Issue 15 test 3: the buyer behind a cone NAT, the provider behind a NAT that randomises ports, so the
+    hole punch cannot work. A small job runs over the relay within its limits; a job whose inputs exceed
+    them is refused before any agreement, with the reason."""
+    procs = _h.Processes()
+    try:
+        with netns.Lab() as lab:
+            relay_host = lab.public_host("boot")
+            buyer_host = lab.host_in(lab.home("bhome", nat="cone"), "buyer")
+            pc = lab.host_in(lab.home("phome", nat="symmetric"), "pc")
+            boot_addr = start_bootstrap(procs, relay_host, tmp_path, "--relay-circuit-bytes", str(256 * 1024))
+            _, data_dir = start_provider(procs, pc, tmp_path, boot_addr)
+            _h.wait_until("a circuit address", lambda: any(
+                "/p2p-circuit/" in a for a in _h.status_json(data_dir)["addrs"]), 30)
+
+            home = tmp_path / "buyer"
+            small = procs.start("small", _in(buyer_host, "run", "--data-dir", str(home), "--bootstrap", boot_addr,
+                                             "--image", demo_image, *JOB, "--", "echo", "hi"))
+            assert small.wait_exit(120) == 0, small.tail()
+            assert "hi" in small.stdout
+
+            inputs = tmp_path / "in"
+            inputs.mkdir()
+            (inputs / "big").write_bytes(os.urandom(300_000))
+            large = procs.start("large", _in(buyer_host, "run", "--data-dir", str(home), "--bootstrap", boot_addr,
+                                             "--image", demo_image, "--input", str(inputs), *JOB, "--", "ls", "/io/in"))
+            assert large.wait_exit(120) != 0, large.tail()
+            assert large.stderr_lines("needs a direct connection: hole punching failed, relay allows 256 KiB"), \
+                large.tail()
+            assert len(_h.agreement_ids(data_dir / "node.db")) == 1  # the small job's only
+            _h.assert_audits_clean(home / "buyer.db", data_dir / "node.db")
+    finally:
+        procs.stop_all()
