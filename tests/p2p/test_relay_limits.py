@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from p2p.relay_limits import RelayLimits, RelayPolicy
+from p2p.relay_limits import RelayLimits, RelayPolicy, needs_direct
 
 
 def test_reservations_table():
@@ -48,3 +48,16 @@ def test_circuits_table():
 def test_limits_are_whole_numbers_of_at_least_one(bad):
     with pytest.raises(ValueError, match="circuits"):
         RelayLimits(circuits=bad)
+
+
+@pytest.mark.parametrize(("bulk", "allows", "refused"), [
+    (0, 256 * 1024, False),  # a negotiation and a control stream fit
+    (192 * 1024, 256 * 1024, False),  # exactly: bulk + the 64 KiB reserve
+    (192 * 1024 + 1, 256 * 1024, True),
+    (10**9, 0, False),  # a relay that states no limit
+])
+def test_a_job_needs_a_direct_connection_when_its_bulk_does_not_fit_the_relay(bulk, allows, refused):
+    reason = needs_direct(bulk, allows)
+    assert (reason is not None) is refused
+    if refused:
+        assert reason.startswith("needs a direct connection: hole punching failed, relay allows 256 KiB")
