@@ -6,8 +6,11 @@ order.
 Rule 2 (explanations): every offer that is refused gets human-readable reasons ("price 120 > max 100",
 "needs 24576 MiB GPU memory, has 12288", "exposure cap 2000000 > your max exposure 100000"), so a
 buyer whose job matches nothing sees why, instead of a job that hangs.
-Rule 3 (speed): ranking takes the top ``limit`` with a heap; reasons are computed only for the offers
-the caller asks to explain.
+Rule 3 (one rule, two paths): ``evaluate`` is the definition of whether an offer can run a job, at
+what price, on which GPUs. ``rank_offers`` is its fast path (no reasons, the checks inlined, the top
+``limit`` with a heap): it must return exactly the offers ``evaluate`` finds feasible, at its price and
+GPUs, in Rule 1's order; tests/market/test_matching_agree.py holds it to that for generated books. A
+change to a rule goes into ``evaluate`` first, then into the fast path, and that test says if they part.
 """
 
 from __future__ import annotations
@@ -65,9 +68,7 @@ def pick_gpus(offer: Offer, request: ResourceRequest) -> tuple[GpuSpec, ...] | N
     """The cheapest free GPUs that fit, or None when there are not enough."""
     if request.gpus == 0:
         return ()
-    model, min_mem, min_cc = request.gpu_model, request.min_gpu_memory_mib, _cc(request.min_compute_capability)
-    fitting = [g for g in offer.free.gpus if (model is None or g.model == model) and g.memory_mib >= min_mem
-               and _cc(g.compute_capability) >= min_cc]
+    fitting = [g for g in offer.free.gpus if gpu_fits(g, request)]
     if len(fitting) < request.gpus:
         return None
     if len(fitting) > request.gpus:
@@ -121,7 +122,7 @@ def rank_offers(offers: Iterable[Offer], request: JobRequest, now_ms: int, *,
                 limit: int = 10) -> list[Candidate]:
     """The best ``limit`` feasible offers in Rule 1's order.
 
-    The same judgement as ``evaluate`` without building reasons, and a bounded heap instead of a sort:
+    ``evaluate``'s judgement without building reasons (Rule 3), and a bounded heap instead of a sort:
     a book of 100,000 offers is ranked in tens of milliseconds (bench/market.py).
     """
     reputation = reputation or {}
