@@ -132,6 +132,23 @@ def _add_signature(signed: Signed[R], key: NodeKey) -> Signed[R]:
     return Signed(body=signed.body, record=signed.record, sigs=signed.sigs + (sig,))
 
 
+def _envelope_parts(obj: Any, tag: str) -> tuple[bytes, list[Any]]:
+    """The body and signature list of an unpacked envelope: the one definition of the envelope's shape
+    (``{"body": bin, "sigs": [...]}``, keys in that order), for the full path and the fast path."""
+    if type(obj) is not dict or list(obj) != _ENVELOPE_KEYS:
+        raise CodecError(f"not a signed {tag} envelope")
+    body, sigs = obj.values()
+    if type(body) is not bytes or type(sigs) is not list:
+        raise CodecError(f"malformed signed {tag} envelope")
+    return body, sigs
+
+
+def _check_signature_sizes(sigs: list[Any], tag: str) -> None:
+    for sig in sigs:
+        if type(sig) is not bytes or len(sig) != SIGNATURE_BYTES:
+            raise CodecError(f"{tag}: a signature is not {SIGNATURE_BYTES} bytes")
+
+
 def signed_from_wire(obj: Any, cls: type[R], *, min_sigs: int = 1, verify: bool = True) -> Signed[R]:
     """Decode an envelope already unpacked from canonical msgpack and (unless told not to) verify it.
 
@@ -154,18 +171,12 @@ def signed_list_from_wire(objs: Iterable[Any], cls: type[R], *, min_sigs: int = 
     out: list[Signed[R]] = []
     n_signers = 0  # known once an envelope is well-formed (a class without signers raises then)
     for obj in objs:
-        if type(obj) is not dict or list(obj) != _ENVELOPE_KEYS:
-            raise CodecError(f"not a signed {cls.TAG} envelope")
-        body, sigs = obj.values()
-        if type(body) is not bytes or type(sigs) is not list:
-            raise CodecError(f"malformed signed {cls.TAG} envelope")
+        body, sigs = _envelope_parts(obj, cls.TAG)
         n_signers = n_signers or len(_domains(cls))
         if not min_sigs <= len(sigs) <= n_signers:
             raise SignatureError(f"{cls.TAG}: {len(sigs)} signatures, expected {min_sigs} to {n_signers}",
                                  expected=min_sigs, actual=len(sigs))
-        for sig in sigs:
-            if type(sig) is not bytes or len(sig) != SIGNATURE_BYTES:
-                raise CodecError(f"{cls.TAG}: a signature is not {SIGNATURE_BYTES} bytes")
+        _check_signature_sizes(sigs, cls.TAG)
         record = decode(body)
         signed: Signed[R] = _new(Signed)
         _setattr(signed, "__dict__", {"body": body, "record": record, "sigs": tuple(sigs)})
@@ -188,21 +199,19 @@ def open_countersigned(data: bytes, ours: Mapping[bytes, Signed[R]]) -> Signed[R
     made it) plus one next signature that verifies, that envelope, after verifying only the new
     signature: decoding the body and checking our own signatures again would repeat work (about a
     third of a countersignature's CPU on a provider). None for anything else; the caller then takes
-    ``open_signed`` and its error messages.
+    ``open_signed`` and its error messages. The envelope's shape is checked by the same code as
+    ``open_signed``'s; tests/p2p/test_envelope_fast_path.py holds the two paths to the same answers.
     """
     try:
-        obj = unpack(data, MAX_RECORD_BYTES + _ENVELOPE_OVERHEAD)
+        body, sigs = _envelope_parts(unpack(data, MAX_RECORD_BYTES + _ENVELOPE_OVERHEAD), "")
+        mine = ours.get(body)
+        if mine is None or len(sigs) != len(mine.sigs) + 1 or len(sigs) > len(_domains(type(mine.record))):
+            return None
+        _check_signature_sizes(sigs, "")
     except CodecError:
         return None
-    if type(obj) is not dict or list(obj) != _ENVELOPE_KEYS:
-        return None
-    body, sigs = obj.values()
-    mine = ours.get(body) if type(body) is bytes else None
-    if mine is None or type(sigs) is not list or len(sigs) != len(mine.sigs) + 1 \
-            or len(sigs) > len(_domains(type(mine.record))):
-        return None
     *earlier, new = sigs
-    if tuple(earlier) != mine.sigs or type(new) is not bytes or len(new) != SIGNATURE_BYTES:
+    if tuple(earlier) != mine.sigs:
         return None
     signed = Signed(body=mine.body, record=mine.record, sigs=mine.sigs + (new,))
     index = len(mine.sigs)
