@@ -35,7 +35,7 @@ def _node(role: str, ip: str, relay_addr: str, target: str) -> None:
     """One lab process: relay, listener or dialer (runs inside its namespace)."""
     import trio
 
-    from p2p import relay as relaying
+    from p2p import relay_dial as relaying
     from p2p.host import HostConfig, open_host
     from p2p.identity import generate_key
     from p2p.relay_limits import RelayLimits

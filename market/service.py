@@ -51,7 +51,7 @@ from p2p.framing import FramedStream
 from p2p.host import Node, PeerUnreachableError
 from p2p.identity import NodeKey, public_from_peer_id
 from p2p.records import Record
-from p2p.relay import relay_refusal
+from p2p.relay_dial import relay_refusal
 
 log = logging.getLogger("suanli.market")
 

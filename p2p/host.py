@@ -54,7 +54,7 @@ from libp2p.tools.anyio_service import background_trio_service
 
 from p2p import dht as dht_ops
 from p2p import relay as relaying
-from p2p import workarounds
+from p2p import relay_dial, workarounds
 from p2p.addrs import WrongPeerError, advertised_addrs, answered_as, parse_multiaddr
 from p2p.errors import ConfigError, LocalProtocolError, PeerUnreachableError
 from p2p.identity import NodeKey
@@ -194,10 +194,10 @@ class Node:
             raise LocalProtocolError(f"not a peer id: {peer_id!r}", peer=peer_id) from exc
         try:
             if pid not in self.host.get_network().connections:
-                circuits = [a for a in (addrs or relaying.known_addrs(self, pid)) if relaying.is_circuit(a)]
+                circuits = [a for a in (addrs or relay_dial.known_addrs(self, pid)) if relaying.is_circuit(a)]
                 if circuits:  # Rule 8: a direct address first, briefly; then through each relay in turn
-                    direct = [a for a in (addrs or relaying.known_addrs(self, pid)) if not relaying.is_circuit(a)]
-                    await relaying.connect_some_way(self, pid, direct, circuits)
+                    direct = [a for a in (addrs or relay_dial.known_addrs(self, pid)) if not relaying.is_circuit(a)]
+                    await relay_dial.connect_some_way(self, pid, direct, circuits)
                 else:
                     await self._learn_addrs(pid, addrs)
             return await self.host.new_stream(pid, [TProtocol(protocol)])
