@@ -12,8 +12,9 @@ example its price), ``reject`` (a machine-readable reason) and finally ``confirm
                                deciding -counter-> countered -propose-> deciding
                                deciding|accepting -reject-> closed
 
-Rule 1: ``MOVES`` is the whole machine: (role, phase, direction, message) -> next phase. A move not in
-the table is LocalProtocolError when we try it (our bug) and RemoteProtocolError when the peer does.
+Rule 1: ``MOVES`` is the whole machine: (role, phase, direction, message) -> next phase, looked up by
+p2p.moves.next_phase (as node.jobsession's table is). A move not in the table is LocalProtocolError
+when we try it (our bug) and RemoteProtocolError when the peer does.
 Rule 2: at most ``MAX_ROUNDS`` proposals per stream.
 Rule 3 (issue 13 L7): one proposal gets at most one agreement. The provider remembers the id of every
 proposal it bid on (``ProposalMemory``) until that proposal expires, and refuses it again with
@@ -27,9 +28,9 @@ from dataclasses import dataclass, field
 
 from market.records import Agreement, Offer, Proposal
 from p2p.errors import LocalProtocolError, RemoteProtocolError
+from p2p.moves import RECV, SEND, next_phase
 
 BUYER, PROVIDER = "buyer", "provider"
-SEND, RECV = "send", "recv"
 MAX_ROUNDS = 3
 
 MOVES: dict[tuple[str, str, str, str], str] = {
@@ -80,13 +81,7 @@ class Negotiation:
     rounds: int = 0
 
     def _move(self, direction: str, message: str) -> str:
-        nxt = MOVES.get((self.role, self.phase, direction, message))
-        if nxt is None:
-            if direction == SEND:
-                raise LocalProtocolError(f"{self.role} may not send {message!r} in phase {self.phase!r}",
-                                         phase=self.phase, msg_type=message)
-            raise RemoteProtocolError(f"peer sent {message!r} to the {self.role} in phase {self.phase!r}",
-                                      phase=self.phase, msg_type=message)
+        nxt = next_phase(MOVES, self.role, self.phase, direction, message)
         if message == "propose":
             self.rounds += 1
             if self.rounds > MAX_ROUNDS:

@@ -11,9 +11,10 @@ exit, a stop requested, a transfer done, and the owner's return (node.owner_job)
     buyer:    start -start-> preparing -running-> running -final-> closing -done-> done
               preparing -fail-> closed
 
-Rule 1: ``MOVES`` is the whole machine: (role, phase, direction, message kind) -> next phase, as in
-market.negotiation. A move not in the table is LocalProtocolError when we try it (our bug) and
-RemoteProtocolError when the peer does. A message's kind is its jobwire type, except that a receipt
+Rule 1: ``MOVES`` is the whole machine: (role, phase, direction, message kind) -> next phase, looked
+up by p2p.moves.next_phase as market.negotiation's table is. A move not in the table is
+LocalProtocolError when we try it (our bug) and RemoteProtocolError when the peer does. A message's kind
+is its jobwire type, except that a receipt
 is ``final`` when it ends the chain, a ``status("running")`` is ``running`` (the container started),
 and chunks and ends are named by what they carry (``image``, ``inputs``, ``outputs``: one transfer).
 Rule 2: pausing is a set of reasons (``COUNTERSIGNATURE_LATE``, ``OWNER_RETURNED``): the container is
@@ -27,12 +28,12 @@ from dataclasses import dataclass
 
 from node.jobwire import Cancel, Chunk, Countersign, Done, End, Fail, Log, ReceiptMsg, Start, Status
 from p2p.envelope import Signed
-from p2p.errors import LocalProtocolError, RemoteProtocolError, SuanliError
+from p2p.errors import SuanliError
+from p2p.moves import RECV, SEND, next_phase
 from p2p.records import Record
 from settlement.records import Receipt
 
 PROVIDER, BUYER = "provider", "buyer"
-SEND, RECV = "send", "recv"
 
 # Message kinds (Rule 1).
 START, IMAGE, INPUTS, OUTPUTS = "start", "image", "inputs", "outputs"
@@ -115,15 +116,8 @@ class JobMachine:
     phase: str = "start"
 
     def move(self, direction: str, kind: str) -> str:
-        nxt = MOVES.get((self.role, self.phase, direction, kind))
-        if nxt is None:
-            if direction == SEND:
-                raise LocalProtocolError(f"the {self.role} may not send {kind!r} in phase {self.phase!r}",
-                                         phase=self.phase, msg_type=kind)
-            raise RemoteProtocolError(f"the peer sent {kind!r} to the {self.role} in phase {self.phase!r}",
-                                      phase=self.phase, msg_type=kind)
-        self.phase = nxt
-        return nxt
+        self.phase = next_phase(MOVES, self.role, self.phase, direction, kind)
+        return self.phase
 
     def allows(self, direction: str, kind: str) -> bool:
         return (self.role, self.phase, direction, kind) in MOVES
