@@ -117,18 +117,23 @@ def battery_from(supplies: Sequence[Mapping[str, str]]) -> bool | None:
 
 
 # --- thin readers (blocking: run them in a worker thread) ----------------------------------------------
-def read_last_input(globs: Sequence[str] = DEVICE_GLOBS) -> float | None:
-    """Rule 2: the newest access time of the terminals and readable input devices."""
+def watched_devices(globs: Sequence[str] = DEVICE_GLOBS) -> list[str]:
+    """Rule 2: the terminals and the readable input devices that ``globs`` name now."""
+    return [path for pattern in globs for path in glob.glob(pattern)
+            if not path.startswith("/dev/input/") or os.access(path, os.R_OK)]
+
+
+def read_last_input(paths: Iterable[str]) -> float | None:
+    """Rule 2: the newest access time of ``paths`` (watched_devices); None: none could be read."""
     newest: float | None = None
-    for pattern in globs:
-        for path in glob.glob(pattern):
-            if path.startswith("/dev/input/") and not os.access(path, os.R_OK):
-                continue
-            try:
-                atime = os.stat(path).st_atime
-            except OSError:
-                continue
-            newest = atime if newest is None else max(newest, atime)
+    stat = os.stat
+    for path in paths:
+        try:
+            atime = stat(path).st_atime
+        except OSError:
+            continue  # closed meanwhile
+        if newest is None or atime > newest:
+            newest = atime
     return newest
 
 

@@ -8,15 +8,15 @@ no free capacity while the owner is active or outside the schedule (GPUs only, f
 and the market refuses every proposal with the reason (market.deal Rule 6), whichever offer it names.
 Rule 2: running jobs get node.owner_state's pause, resume and stop through their ``on_owner`` hook
 (node.owner_job); the hold is counted from the moment each job was paused.
-Rule 3 (cheap, issue 18's budget of 0.1 % of a core on an idle provider): each poll stats the terminal
-and input devices and reads /proc/stat; the device list is re-globbed and the process table (exclusive
-applications) scanned only every ``SLOW_EVERY_S``; NVML is asked only where a GPU is offered and
-``foreign_gpu`` is on. Nothing is read for a signal the preferences switch off.
+Rule 3 (cheap, issue 18's budget of 0.1 % of a core on an idle provider): each poll stats the known
+terminal and input devices (and /proc/stat where other programs' CPU is watched). The device list is
+globbed again when ``/dev/pts`` changes (a terminal opened) and every ``SLOW_EVERY_S`` otherwise, when
+the process table (exclusive applications) is scanned and the battery read too; NVML is asked only
+where a GPU is offered and ``foreign_gpu`` is on. Nothing is read for a signal the preferences switch off.
 """
 
 from __future__ import annotations
 
-import glob
 import logging
 import os
 import time
@@ -51,6 +51,8 @@ class SignalReader:
         self.prefs, self.globs, self.gpu_uuids = prefs, tuple(device_globs), tuple(gpu_uuids)
         self.our_cpu_files, self.our_containers = our_cpu_files, our_containers
         self.devices: list[str] = []
+        self.pts_mtime: float | None = None
+        self.on_battery: bool | None = None
         self.running: frozenset[str] = frozenset()
         self.slow_at = -1e18
         self.stat: tuple[int, int] | None = None
@@ -59,19 +61,22 @@ class SignalReader:
 
     def read(self, now_s: float, mono_s: float) -> sig.Readings:
         p = self.prefs
+        watch_input = p.input and p.idle_s > 0
+        pts = _mtime("/dev/pts") if watch_input else None
+        if mono_s - self.slow_at >= SLOW_EVERY_S or pts != self.pts_mtime:
+            self.pts_mtime = pts
+            self.devices = sig.watched_devices(self.globs) if watch_input else []
         if mono_s - self.slow_at >= SLOW_EVERY_S:
             self.slow_at = mono_s
-            self.devices = [path for pattern in self.globs for path in glob.glob(pattern)
-                            if not path.startswith("/dev/input/") or os.access(path, os.R_OK)]
             names = (*p.exclusive_apps, *p.exclusive_gpu_apps)
             self.running = sig.read_running(names) if names else frozenset()
+            self.on_battery = sig.read_battery() if not p.sell_on_battery else None
         return sig.Readings(
             now_s=now_s,
-            last_input_s=sig.read_last_input(self.devices) if p.input and p.idle_s > 0 else None,
+            last_input_s=sig.read_last_input(self.devices) if watch_input else None,
             foreign_gpu_pids=self._foreign_gpu() if p.foreign_gpu and self.gpu_uuids else None,
             other_cpu_pct=self._other_cpu() if p.cpu_busy_pct > 0 else None,
-            running=self.running,
-            on_battery=sig.read_battery() if not p.sell_on_battery else None)
+            running=self.running, on_battery=self.on_battery)
 
     def _other_cpu(self) -> float | None:
         cur = sig.read_proc_stat()
@@ -90,6 +95,13 @@ class SignalReader:
                 return None
             devices: list[dict[str, Any]] = process_records(self.gpu_uuids, int(time.time() * 1e6))
         return sig.foreign_gpu_from(devices, pid_container_id, self.our_containers())
+
+
+def _mtime(path: str) -> float | None:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return None
 
 
 def owner_status(verdict: Verdict | None) -> dict[str, object] | None:
