@@ -98,3 +98,27 @@ async def test_circuit_addresses_survive_py_libp2ps_address_rewriting():
         assert node.addrs().count(circuit) >= 1
         node.relay.held.clear()
         assert not any(is_circuit(a) for a in node.addrs())
+
+
+async def test_circuits_past_the_per_peer_limit_are_refused_and_freed_when_they_end():
+    limits = RelayLimits(circuits_per_peer=2)
+    async with open_host(loopback_config(relay_hop=limits)) as relay:
+        boot = (relay.addrs()[0],)
+        async with open_host(loopback_config(bootstrap=boot, relays=(), reachability="private",
+                                             handlers={ECHO: _echo})) as private, \
+                open_host(loopback_config(bootstrap=boot)) as greedy:
+            await wait_until(lambda: len(private.relay.held) == 1, timeout_s=10)
+            target = ID.from_base58(private.peer_id).to_bytes()
+            held, statuses = [], []
+            for _ in range(3):
+                stream = await greedy.host.new_stream(ID.from_base58(relay.peer_id), [PROTOCOL_ID])
+                await write_delimited_msg(stream, HopMessage(type=HopMessage.CONNECT, peer=CircuitPeerId(id=target)))
+                with trio.fail_after(10):
+                    statuses.append((await read_delimited_msg(stream, HopMessage)).status)
+                held.append(stream)
+            assert statuses == [StatusCode.OK, StatusCode.OK, StatusCode.RESOURCE_LIMIT_EXCEEDED]
+            assert relay.hop is not None and relay.hop.refused == {"circuits_per_peer": 1}
+            for stream in held:
+                await stream.reset()
+            await wait_until(lambda: not relay.hop.circuits, timeout_s=20)  # type: ignore[union-attr]
+            assert set(relay.hop.reservations) == {private.peer_id}  # the reservation is unaffected
