@@ -25,7 +25,6 @@ this cluster's root, in the ``suanli.owner`` label: sandbox.spec ``LABEL_OWNER``
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -220,11 +219,10 @@ class Cluster:
         return self._start(node)
 
     def remove(self, node: Node) -> None:
-        """A node leaves for good (SIGTERM, then SIGKILL): its namespace stays until the lab closes."""
+        """A node leaves for good (SIGTERM, then SIGKILL). Its record stays, so that its database is still
+        audited; its namespace stays until the lab closes."""
         if node.proc is not None:
             node.proc.stop(timeout_s=5)
-        del self.nodes[node.name]
-        shutil.rmtree(node.home, ignore_errors=True) if node.role == "watcher" else None
 
     def partition(self, side_a: list[Node], side_b: list[Node]) -> None:
         self.lab.cut([n.host for n in side_a], [n.host for n in side_b])
