@@ -21,6 +21,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import ExitStack
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -53,13 +54,22 @@ class SignalReader:
         self.devices: list[str] = []
         self.pts_mtime: float | None = None
         self.on_battery: bool | None = None
+        self.cpu_files_now: list[str] = []
+        self.containers_now: set[str] = set()
+        self.nvml: ExitStack | None = None
+        self.nvml_problem: str | None = None
         self.running: frozenset[str] = frozenset()
         self.slow_at = -1e18
         self.stat: tuple[int, int] | None = None
         self.ours_us = 0
         self.cores = os.cpu_count() or 1
 
+    def snapshot(self) -> None:
+        """Our jobs' cgroup files and containers, taken in the trio thread (the jobs change there)."""
+        self.cpu_files_now, self.containers_now = list(self.our_cpu_files()), set(self.our_containers())
+
     def read(self, now_s: float, mono_s: float) -> sig.Readings:
+        """Blocking where NVML is asked; call ``snapshot`` first."""
         p = self.prefs
         watch_input = p.input and p.idle_s > 0
         pts = _mtime("/dev/pts") if watch_input else None
@@ -80,21 +90,33 @@ class SignalReader:
 
     def _other_cpu(self) -> float | None:
         cur = sig.read_proc_stat()
-        ours = sig.read_cgroup_usage_us(self.our_cpu_files())
+        ours = sig.read_cgroup_usage_us(self.cpu_files_now)
         prev, prev_ours = self.stat, self.ours_us
         self.stat, self.ours_us = cur, ours
         if prev is None or cur is None:
             return None
         return sig.other_cpu_pct(prev, cur, max(0, ours - prev_ours), self.cores, os.sysconf("SC_CLK_TCK"))
 
+    @property
+    def watches_gpu(self) -> bool:
+        """NVML is asked (blocking: the watch then reads in a worker thread)."""
+        return self.prefs.foreign_gpu and bool(self.gpu_uuids) and self.nvml_problem is None
+
     def _foreign_gpu(self) -> frozenset[int] | None:
         from sandbox.gpus import nvml_session, pid_container_id, process_records
 
-        with nvml_session() as problem:
-            if problem is not None:
-                return None
-            devices: list[dict[str, Any]] = process_records(self.gpu_uuids, int(time.time() * 1e6))
-        return sig.foreign_gpu_from(devices, pid_container_id, self.our_containers())
+        if self.nvml is None:  # one NVML session for the watch's life: nvmlInit is far too dear per poll
+            self.nvml = ExitStack()
+            self.nvml_problem = self.nvml.enter_context(nvml_session())
+        if self.nvml_problem is not None:
+            return None
+        devices: list[dict[str, Any]] = process_records(self.gpu_uuids, int(time.time() * 1e6))
+        return sig.foreign_gpu_from(devices, pid_container_id, self.containers_now)
+
+    def close(self) -> None:
+        if self.nvml is not None:
+            self.nvml.close()
+            self.nvml = None
 
 
 def _mtime(path: str) -> float | None:
@@ -133,12 +155,26 @@ async def watch_owner(runtime: ProviderRuntime, prefs: OwnerPrefs, announce: Ann
     # A job's cgroup path names its container (sandbox.nvml Rule 2), and so its GPU processes.
     reader = SignalReader(prefs, device_globs, [g.uuid for g in runtime.gpus], cpu_files,
                           lambda: {c for f in cpu_files() if (c := container_id_of(f)) is not None})
+    try:
+        await _watch(runtime, prefs, reader, task_status)
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(reader.close)
+
+
+async def _watch(runtime: ProviderRuntime, prefs: OwnerPrefs, reader: SignalReader,
+                 task_status: trio.TaskStatus[None]) -> None:
+    services = runtime.services
     hold = OwnerHold(prefs)
     last: Verdict | None = None
     started = False
     while True:
         now = time.time()
-        readings = reader.read(now, time.monotonic())
+        reader.snapshot()
+        if reader.watches_gpu:  # NVML blocks: a worker thread (docs/STYLE.md 2)
+            readings = await trio.to_thread.run_sync(reader.read, now, time.monotonic())
+        else:
+            readings = reader.read(now, time.monotonic())
         verdict = decide(prefs, readings, datetime.fromtimestamp(now).astimezone())
         if last is None or (verdict.state, verdict.gpu_only, verdict.reason) != (last.state, last.gpu_only,
                                                                                  last.reason):
