@@ -31,8 +31,8 @@ import trio  # noqa: E402
 from sandbox.engine import Engine, connect, probe_engine  # noqa: E402
 from sandbox.images import ensure_demo_image  # noqa: E402
 from sandbox.meter import run_meter  # noqa: E402
+from sandbox.prepare import prepare_job  # noqa: E402
 from sandbox.reaper import reap_orphans  # noqa: E402
-from sandbox.run import prepare_job  # noqa: E402
 from sandbox.runner import open_job  # noqa: E402
 from sandbox.spec import EngineFacts, JobSpec, ProviderPolicy  # noqa: E402
 

@@ -34,7 +34,7 @@ from p2p.framing import FramedStream
 from p2p.identity import generate_key, peer_id_from_public
 from p2p.testing import loopback_config, open_host
 from sandbox.engine import Engine
-from sandbox.run import prepare_job
+from sandbox.prepare import prepare_job
 from sandbox.runner import Job, open_job
 from sandbox.spec import LABEL_AGREEMENT, JobSpec, ProviderPolicy
 from settlement.astore import open_store

@@ -16,11 +16,12 @@ from dataclasses import replace
 import pytest
 import trio
 from cli_helpers import tmpfs_mounted
+from container_life import run_container
 
 from p2p.errors import SandboxError
 from sandbox.disk import disk_files, free_bytes, loop_devices
+from sandbox.prepare import prepare_job
 from sandbox.reaper import reap_orphans
-from sandbox.run import prepare_job, run_job
 from sandbox.spec import LABEL_NODE, JobSpec, ProviderPolicy
 
 pytestmark = [pytest.mark.docker,
@@ -59,7 +60,7 @@ async def _run(engine, image, node, policy, command, disk_mib, **kw):
     plan = await prepare_job(engine, spec, policy, node_id=node, agreement_id=AGREEMENT,
                              job_key=uuid.uuid4().hex[:12])
     logs = []
-    outcome = await run_job(engine, plan, on_log=logs.append, meter_interval_s=1.0)
+    outcome = await run_container(engine, plan, on_log=logs.append, meter_interval_s=1.0)
     return plan, outcome.exit, [line.text for line in logs]
 
 
@@ -103,7 +104,7 @@ async def test_a_job_is_refused_when_the_host_has_less_free_disk_than_promised(e
     big = replace(policy, max_disk_mib=asked)
     plan = await prepare_job(engine, spec, big, node_id=node, agreement_id=AGREEMENT, job_key=uuid.uuid4().hex[:12])
     with pytest.raises(SandboxError) as caught:  # measured where the disk is reserved, before any container
-        await run_job(engine, plan)
+        await run_container(engine, plan)
     assert caught.value.fields.get("reason") == "disk_full"
     assert disk_files(tmp_path / "disks") == []
 
@@ -130,7 +131,7 @@ async def test_a_job_may_not_take_the_providers_reserve(engine, demo_image, node
 CRASHING_RUNNER = """
 import os, signal, sys, trio
 from sandbox.engine import Engine, connect
-from sandbox.run import prepare_job
+from sandbox.prepare import prepare_job
 from sandbox.runner import open_job
 from sandbox.spec import JobSpec, ProviderPolicy
 

@@ -18,6 +18,7 @@ import uuid
 import docker.errors
 import pytest
 import trio
+from container_life import run_container
 
 from p2p.errors import GpuUnavailableError, ImageError, SandboxError
 from sandbox.archive import LayerEntry, image_archive, layer_tar
@@ -26,8 +27,8 @@ from sandbox.images import build_demo_archive, ensure_demo_image, load_image_arc
 from sandbox.jobio import read_output_tar
 from sandbox.meter import CgroupFileReader, StatsApiReader, open_usage_reader, run_meter
 from sandbox.metering import cpu_bound_core_ms
+from sandbox.prepare import prepare_job
 from sandbox.reaper import reap_orphans
-from sandbox.run import prepare_job, run_job
 from sandbox.runner import open_job
 from sandbox.spec import LABEL_NODE, JobSpec, ProviderPolicy
 
@@ -78,7 +79,7 @@ async def plan_for(engine, image, node, command, policy=FAST, **spec):
 async def run(engine, image, node, command, policy=FAST, inputs=None, interval_s=1.0, **spec):
     plan = await plan_for(engine, image, node, command, policy, **spec)
     logs, samples = [], []
-    outcome = await run_job(engine, plan, inputs=inputs, on_log=logs.append, on_sample=samples.append,
+    outcome = await run_container(engine, plan, inputs=inputs, on_log=logs.append, on_sample=samples.append,
                             meter_interval_s=interval_s)
     return outcome.exit, logs, samples
 
@@ -162,7 +163,7 @@ async def test_file_over_fsize_limit_fails(engine, image, node):
 async def test_inputs_round_trip_to_outputs(engine, image, node, tmp_path):
     files = {"data.bin": os.urandom(1 << 20), "nested/dir/n.txt": b"\x00line\r\n\xff"}
     plan = await plan_for(engine, image, node, "cp -r /io/in/. /io/out/")
-    outcome = await run_job(engine, plan, inputs=files, outputs_to=tmp_path / "out.tar")
+    outcome = await run_container(engine, plan, inputs=files, outputs_to=tmp_path / "out.tar")
     assert outcome.exit.exit_code == 0
     assert read_output_tar((tmp_path / "out.tar").read_bytes()) == files
     assert outcome.outputs.size_bytes == (tmp_path / "out.tar").stat().st_size
@@ -182,7 +183,7 @@ async def test_stdout_and_stderr_arrive_live_in_order(engine, image, node):
     script = "for i in 1 2 3; do echo out$i; sleep 0.3; echo err$i >&2; sleep 0.3; done"
     plan = await plan_for(engine, image, node, script)
     arrivals = []
-    outcome = await run_job(engine, plan, on_log=lambda line: arrivals.append((trio.current_time(), line)))
+    outcome = await run_container(engine, plan, on_log=lambda line: arrivals.append((trio.current_time(), line)))
     exited = trio.current_time()
     assert [(line.stream, line.text) for _, line in arrivals] == [
         ("stdout", "out1"), ("stderr", "err1"), ("stdout", "out2"), ("stderr", "err2"),
@@ -258,7 +259,7 @@ async def test_cancelling_mid_job_removes_container_and_volume(engine, image, no
     running = trio.Event()
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(functools.partial(run_job, engine, plan, on_log=lambda line: running.set()))
+            nursery.start_soon(functools.partial(run_container, engine, plan, on_log=lambda line: running.set()))
             await running.wait()  # the job printed: its container is running
             nursery.cancel_scope.cancel()
     with pytest.raises(docker.errors.NotFound):
@@ -270,7 +271,7 @@ async def test_cancelling_mid_job_removes_container_and_volume(engine, image, no
 CRASHING_RUNNER = """
 import os, signal, sys, trio
 from sandbox.engine import Engine, connect
-from sandbox.run import prepare_job
+from sandbox.prepare import prepare_job
 from sandbox.runner import open_job
 from sandbox.spec import JobSpec, ProviderPolicy
 
