@@ -25,7 +25,7 @@ from sandbox.images import ensure_demo_image  # noqa: E402
 from sandbox.jobio import LogRateLimit  # noqa: E402
 from sandbox.plan import plan_container  # noqa: E402
 from sandbox.runner import open_job  # noqa: E402
-from sandbox.spec import JobSpec, ProviderPolicy  # noqa: E402
+from sandbox.spec import ProviderPolicy, SandboxJob  # noqa: E402
 
 
 def _cpu_self() -> float:
@@ -53,7 +53,7 @@ def _dockerd() -> int | None:
 
 async def flood(engine: Engine, image: str, seconds: int, limit: LogRateLimit | None) -> tuple[float, float, int]:
     facts = await engine.call(probe_engine, engine.client)
-    spec = JobSpec(image, ("sh", "-c", f"timeout {seconds} yes; true"), max_duration_ms=(seconds + 30) * 1000)
+    spec = SandboxJob(image, ("sh", "-c", f"timeout {seconds} yes; true"), max_duration_ms=(seconds + 30) * 1000)
     plan = plan_container(spec, ProviderPolicy(), facts, image_env=[], free_gpus=(), node_id="bench-logflood",
                           agreement_id="bf" * 32, job_key=uuid.uuid4().hex[:12])
     dockerd = _dockerd()

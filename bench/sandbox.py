@@ -34,7 +34,7 @@ from sandbox.meter import run_meter  # noqa: E402
 from sandbox.prepare import prepare_job  # noqa: E402
 from sandbox.reaper import reap_orphans  # noqa: E402
 from sandbox.runner import open_job  # noqa: E402
-from sandbox.spec import EngineFacts, JobSpec, ProviderPolicy  # noqa: E402
+from sandbox.spec import EngineFacts, ProviderPolicy, SandboxJob  # noqa: E402
 
 NODE = f"bench-{uuid.uuid4().hex[:8]}"
 AGREEMENT = "be" * 32
@@ -64,7 +64,7 @@ def bare_docker_run_ms(image: str, rounds: int) -> list[float]:
 
 async def sandbox_start_ms(engine: Engine, image: str, facts: EngineFacts, rounds: int) -> list[float]:
     times = []
-    spec = JobSpec(image, ("sleep", "600"), memory_mib=16, cpus_millicores=100)
+    spec = SandboxJob(image, ("sleep", "600"), memory_mib=16, cpus_millicores=100)
     for i in range(rounds):
         plan = await prepare_job(engine, spec, POLICY, node_id=NODE, agreement_id=AGREEMENT,
                                  job_key=f"{NODE}-s{i}", facts=facts)
@@ -79,7 +79,7 @@ async def sandbox_start_ms(engine: Engine, image: str, facts: EngineFacts, round
 async def metering_cost(engine: Engine, image: str, facts: EngineFacts, jobs: int, window_s: float,
                         prefer_files: bool) -> tuple[float, float | None, str]:
     """(process CPU ms per job per second, dockerd CPU ms per job per second, metering source)."""
-    spec = JobSpec(image, ("sleep", "600"), memory_mib=16, cpus_millicores=100)
+    spec = SandboxJob(image, ("sleep", "600"), memory_mib=16, cpus_millicores=100)
     sources: list[str] = []
     result: list[tuple[float, float | None]] = []
     async with trio.open_nursery() as nursery:

@@ -2,7 +2,7 @@
 
 Pure cores (no docker, trio or pynvml import; `now` and data in, data out; table-driven tests):
 
-    spec.py      JobSpec, ProviderPolicy, EngineFacts, GpuInfo, labels; images only by pinned id
+    spec.py      SandboxJob, ProviderPolicy, EngineFacts, GpuInfo, labels; images only by pinned id
     plan.py      spec + policy + engine facts + free GPUs → ContainerPlan (hardening, refusals, GPU gate)
     metering.py  Meter: run-state clock (paused time excluded) + cumulative integer usage → MeterSample
     nvml.py      NVML records → GPU inventory, per-job GPU readings (host PID → container id)

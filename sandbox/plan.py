@@ -31,8 +31,8 @@ from sandbox.spec import (
     LABEL_ROLE,
     EngineFacts,
     GpuInfo,
-    JobSpec,
     ProviderPolicy,
+    SandboxJob,
 )
 
 MIB = 1 << 20
@@ -114,7 +114,7 @@ def check_gpu_support(facts: EngineFacts, policy: ProviderPolicy) -> None:
             reason="old_toolkit", expected=policy.min_toolkit_version, actual=version)
 
 
-def select_gpus(spec: JobSpec, free: Sequence[GpuInfo]) -> tuple[str, ...]:
+def select_gpus(spec: SandboxJob, free: Sequence[GpuInfo]) -> tuple[str, ...]:
     """UUIDs of the first `spec.gpus` free GPUs of the asked model, in index order (Rule 2)."""
     fit = [g for g in sorted(free, key=lambda g: g.index)
            if spec.gpu_model is None or (g.name or "") == spec.gpu_model]
@@ -151,7 +151,7 @@ def default_disk_mib(free_bytes: int, fs_bytes: int, other_budgets_bytes: int) -
     return max(0, spare) // MIB // 2
 
 
-def _check_limits(spec: JobSpec, policy: ProviderPolicy) -> None:
+def _check_limits(spec: SandboxJob, policy: ProviderPolicy) -> None:
     for asked, limit, key in ((spec.cpus_millicores, policy.max_cpus_millicores, "cpus_millicores"),
                               (spec.memory_mib, policy.max_memory_mib, "memory_mib"),
                               (spec.gpus, policy.max_gpus, "gpus"),
@@ -162,7 +162,7 @@ def _check_limits(spec: JobSpec, policy: ProviderPolicy) -> None:
                                key=key, expected=limit, actual=asked)
 
 
-def plan_container(spec: JobSpec, policy: ProviderPolicy, facts: EngineFacts, *, image_env: Sequence[str],
+def plan_container(spec: SandboxJob, policy: ProviderPolicy, facts: EngineFacts, *, image_env: Sequence[str],
                    free_gpus: Sequence[GpuInfo], node_id: str, agreement_id: str,
                    job_key: str) -> ContainerPlan:
     """The hardened plan for one job, or a SuanliError that says why it cannot run (Rule 1).

@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from sandbox.engine import Engine, probe_engine
 from sandbox.images import image_env
 from sandbox.plan import ContainerPlan, plan_container
-from sandbox.spec import EngineFacts, GpuInfo, JobSpec, ProviderPolicy
+from sandbox.spec import EngineFacts, GpuInfo, ProviderPolicy, SandboxJob
 
 
-async def prepare_job(engine: Engine, spec: JobSpec, policy: ProviderPolicy, *, node_id: str,
+async def prepare_job(engine: Engine, spec: SandboxJob, policy: ProviderPolicy, *, node_id: str,
                       agreement_id: str, job_key: str, free_gpus: Sequence[GpuInfo] = (),
                       facts: EngineFacts | None = None) -> ContainerPlan:
     """The container plan for `spec` on this engine, or the SuanliError that says why not."""

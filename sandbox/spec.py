@@ -1,6 +1,6 @@
 """What the planner is given: a job spec, the provider's policy, the engine's facts (pure).
 
-The market's agreement records are converted into a `JobSpec` by the layer above; nothing here knows
+The market's agreement records are converted into a `SandboxJob` by the layer above; nothing here knows
 about signatures or the network. Units are in the names (`_ms`, `_mib`, `millicores`).
 
 Rule 1: an image is named only by a pinned id ``sha256:<64 hex>``; a tag or a short id is refused
@@ -40,8 +40,10 @@ def pinned_image_id(value: str) -> ImageId:
 
 
 @dataclass(frozen=True)
-class JobSpec:
-    """One job as agreed: what to run and how much of the machine it may use."""
+class SandboxJob:
+    """One job as agreed: what to run and how much of the machine it may use. Not the wire's
+    ``market.records.JobSpec`` (image, archive digest, command, env): node.jobcontainer builds this from
+    the agreement's JobSpec and resources (the two were both called JobSpec until issue 14)."""
 
     image_id: str
     command: tuple[str, ...]

@@ -36,7 +36,7 @@ from p2p.testing import loopback_config, open_host
 from sandbox.engine import Engine
 from sandbox.prepare import prepare_job
 from sandbox.runner import Job, open_job
-from sandbox.spec import LABEL_AGREEMENT, JobSpec, ProviderPolicy
+from sandbox.spec import LABEL_AGREEMENT, ProviderPolicy, SandboxJob
 from settlement.astore import open_store
 from settlement.audit import audit, read_inputs
 from settlement.billing import amount_due, unsigned_window_ms
@@ -184,7 +184,7 @@ async def test_the_runners_own_kill_is_never_taken_for_someone_elses(demo_image,
     asked for afterwards neither thaws the frozen job nor waits out its grace."""
     engine, node = Engine(docker_client), f"test-{time.time_ns()}"
     since = int(time.time()) - 1
-    plan = await prepare_job(engine, JobSpec(demo_image, IGNORES_SIGTERM, max_duration_ms=30_000),
+    plan = await prepare_job(engine, SandboxJob(demo_image, IGNORES_SIGTERM, max_duration_ms=30_000),
                              ProviderPolicy(stop_grace_ms=10_000), node_id=node, agreement_id="b2" * 32,
                              job_key=node[-12:])
     with trio.fail_after(60):

@@ -22,7 +22,7 @@ from p2p.errors import SandboxError
 from sandbox.disk import disk_files, free_bytes, loop_devices
 from sandbox.prepare import prepare_job
 from sandbox.reaper import reap_orphans
-from sandbox.spec import LABEL_NODE, JobSpec, ProviderPolicy
+from sandbox.spec import LABEL_NODE, ProviderPolicy, SandboxJob
 
 pytestmark = [pytest.mark.docker,
               pytest.mark.skipif(os.geteuid() != 0, reason="loop devices need root (the provider daemon runs as root)")]
@@ -56,7 +56,7 @@ def engine(docker_client):
 
 
 async def _run(engine, image, node, policy, command, disk_mib, **kw):
-    spec = JobSpec(image, ("sh", "-c", command), disk_mib=disk_mib, max_duration_ms=60_000, **kw)
+    spec = SandboxJob(image, ("sh", "-c", command), disk_mib=disk_mib, max_duration_ms=60_000, **kw)
     plan = await prepare_job(engine, spec, policy, node_id=node, agreement_id=AGREEMENT,
                              job_key=uuid.uuid4().hex[:12])
     logs = []
@@ -83,7 +83,7 @@ async def test_a_job_that_writes_past_its_disk_gets_enospc_and_the_host_does_not
 
 
 async def test_the_disk_holds_the_inputs_and_hands_back_outputs(engine, demo_image, node, policy):
-    spec = JobSpec(demo_image, ("sh", "-c", "cat /io/in/a.txt > /io/out/b.txt; id -u; touch /io/x && echo w"),
+    spec = SandboxJob(demo_image, ("sh", "-c", "cat /io/in/a.txt > /io/out/b.txt; id -u; touch /io/x && echo w"),
                    disk_mib=16, max_duration_ms=60_000)
     plan = await prepare_job(engine, spec, policy, node_id=node, agreement_id=AGREEMENT, job_key=uuid.uuid4().hex[:12])
     from sandbox.runner import open_job
@@ -100,7 +100,7 @@ async def test_a_job_is_refused_when_the_host_has_less_free_disk_than_promised(e
                                                                                tmp_path):
     free_mib = free_bytes(tmp_path) // MIB
     asked = free_mib + 1024
-    spec = JobSpec(demo_image, ("true",), disk_mib=asked, max_duration_ms=60_000)
+    spec = SandboxJob(demo_image, ("true",), disk_mib=asked, max_duration_ms=60_000)
     big = replace(policy, max_disk_mib=asked)
     plan = await prepare_job(engine, spec, big, node_id=node, agreement_id=AGREEMENT, job_key=uuid.uuid4().hex[:12])
     with pytest.raises(SandboxError) as caught:  # measured where the disk is reserved, before any container
@@ -133,11 +133,11 @@ import os, signal, sys, trio
 from sandbox.engine import Engine, connect
 from sandbox.prepare import prepare_job
 from sandbox.runner import open_job
-from sandbox.spec import JobSpec, ProviderPolicy
+from sandbox.spec import SandboxJob, ProviderPolicy
 
 async def main(image, node, disk_dir):
     engine = Engine(connect())
-    plan = await prepare_job(engine, JobSpec(image, ("sleep", "600"), disk_mib=16),
+    plan = await prepare_job(engine, SandboxJob(image, ("sleep", "600"), disk_mib=16),
                              ProviderPolicy(disk_dir=disk_dir), node_id=node, agreement_id="ee" * 32, job_key=node)
     async with open_job(engine, plan) as job:
         await job.start()

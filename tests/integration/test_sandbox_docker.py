@@ -30,7 +30,7 @@ from sandbox.metering import cpu_bound_core_ms
 from sandbox.prepare import prepare_job
 from sandbox.reaper import reap_orphans
 from sandbox.runner import open_job
-from sandbox.spec import LABEL_NODE, JobSpec, ProviderPolicy
+from sandbox.spec import LABEL_NODE, ProviderPolicy, SandboxJob
 
 pytestmark = pytest.mark.docker
 AGREEMENT = "a1" * 32
@@ -72,7 +72,7 @@ async def plan_for(engine, image, node, command, policy=FAST, **spec):
     """The plan of `sh -c command` (a str) or of `command` (a tuple), keyed uniquely."""
     spec.setdefault("max_duration_ms", 30_000)
     argv = ("sh", "-c", command) if isinstance(command, str) else command
-    return await prepare_job(engine, JobSpec(image, argv, **spec), policy, node_id=node,
+    return await prepare_job(engine, SandboxJob(image, argv, **spec), policy, node_id=node,
                              agreement_id=AGREEMENT, job_key=uuid.uuid4().hex[:12])
 
 
@@ -273,11 +273,11 @@ import os, signal, sys, trio
 from sandbox.engine import Engine, connect
 from sandbox.prepare import prepare_job
 from sandbox.runner import open_job
-from sandbox.spec import JobSpec, ProviderPolicy
+from sandbox.spec import SandboxJob, ProviderPolicy
 
 async def main(image, node):
     engine = Engine(connect())
-    plan = await prepare_job(engine, JobSpec(image, ("sleep", "600")), ProviderPolicy(), node_id=node,
+    plan = await prepare_job(engine, SandboxJob(image, ("sleep", "600")), ProviderPolicy(), node_id=node,
                              agreement_id="ee" * 32, job_key=node)
     async with open_job(engine, plan) as job:
         await job.start()
@@ -309,13 +309,13 @@ async def test_gpu_request_fails_clearly_before_anything_starts(engine, image, n
     if "nvidia" in facts.runtimes:
         pytest.skip("this engine has an NVIDIA runtime; the refusal is tested where it has none")
     with pytest.raises(GpuUnavailableError) as info:
-        await prepare_job(engine, JobSpec(image, ("true",), gpus=1), FAST, node_id=node,
+        await prepare_job(engine, SandboxJob(image, ("true",), gpus=1), FAST, node_id=node,
                           agreement_id=AGREEMENT, job_key="gpu" + node)
     assert info.value.reason == "no_nvidia_runtime" and "nvidia" in str(info.value).lower()
     label = {"label": f"{LABEL_NODE}={node}"}
     assert not client.api.containers(all=True, filters=label)
     # Even a plan that skipped the gate is refused by the engine, and still cleaned up.
-    plan = await prepare_job(engine, JobSpec(image, ("true",)), FAST, node_id=node, agreement_id=AGREEMENT,
+    plan = await prepare_job(engine, SandboxJob(image, ("true",)), FAST, node_id=node, agreement_id=AGREEMENT,
                              job_key="gpu2" + node)
     forged = dataclasses.replace(plan, gpu_uuids=("GPU-00000000-1111-2222-3333-444444444444",),
                                  gpu_capabilities=(("gpu", "compute", "utility"),))
@@ -360,7 +360,7 @@ async def test_image_with_ld_preload_refused(engine, client, node):
                                   image_id=digests.config_digest)
     try:
         with pytest.raises(ImageError, match="LD_PRELOAD"):
-            await prepare_job(engine, JobSpec(image_id, ("true",)), FAST, node_id=node,
+            await prepare_job(engine, SandboxJob(image_id, ("true",)), FAST, node_id=node,
                               agreement_id=AGREEMENT, job_key="ld" + node)
     finally:
         client.api.remove_image(image_id, force=True)

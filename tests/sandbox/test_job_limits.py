@@ -11,7 +11,7 @@ from p2p.errors import SandboxError
 from sandbox.disk import disk_support_problem
 from sandbox.jobio import LogFrames, LogRateLimit, output_entry_problem
 from sandbox.plan import check_disk_room, default_disk_mib, disk_reserve_bytes, plan_container
-from sandbox.spec import EngineFacts, JobSpec, ProviderPolicy
+from sandbox.spec import EngineFacts, ProviderPolicy, SandboxJob
 
 IMAGE = "sha256:" + "ab" * 32
 RUNC = EngineFacts("1.41", frozenset({"runc"}), 1, "cgroupfs")
@@ -30,7 +30,7 @@ def plan(spec, policy):
     (1, 16 * MIB),            # the floor: mkfs leaves nothing below 16 MiB
 ])
 def test_the_plan_sizes_the_disk(disk_mib, outcome):
-    p = plan(JobSpec(IMAGE, ("true",), disk_mib=disk_mib), ProviderPolicy(disk_dir="/var/lib/suanli/disks"))
+    p = plan(SandboxJob(IMAGE, ("true",), disk_mib=disk_mib), ProviderPolicy(disk_dir="/var/lib/suanli/disks"))
     assert p.disk_bytes == outcome and p.disk_file == "/var/lib/suanli/disks/suanli-io-k1.ext4"
 
 
@@ -89,14 +89,14 @@ def test_a_provider_that_cannot_make_job_disks_says_why_in_one_line(euid, tools,
 
 
 def test_without_a_disk_dir_io_is_a_plain_volume_and_a_policy_limit_still_applies():
-    p = plan(JobSpec(IMAGE, ("true",), disk_mib=4096), ProviderPolicy())
+    p = plan(SandboxJob(IMAGE, ("true",), disk_mib=4096), ProviderPolicy())
     assert (p.disk_bytes, p.disk_file) == (0, None)
     with pytest.raises(SandboxError, match="disk_mib=4096, above this provider's limit 2048"):
-        plan(JobSpec(IMAGE, ("true",), disk_mib=4096), ProviderPolicy(max_disk_mib=2048))
+        plan(SandboxJob(IMAGE, ("true",), disk_mib=4096), ProviderPolicy(max_disk_mib=2048))
 
 
 def test_the_owner_lock_is_labelled():
-    p = plan(JobSpec(IMAGE, ("true",)), ProviderPolicy(owner_lock="/d/provider.lock"))
+    p = plan(SandboxJob(IMAGE, ("true",)), ProviderPolicy(owner_lock="/d/provider.lock"))
     assert p.labels["suanli.owner"] == "/d/provider.lock"
 
 

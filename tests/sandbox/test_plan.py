@@ -8,7 +8,7 @@ import pytest
 
 from p2p.errors import ConfigError, GpuUnavailableError, ImageError, SandboxError
 from sandbox.plan import forbidden_env, parse_toolkit_version, plan_container
-from sandbox.spec import EngineFacts, GpuInfo, JobSpec, ProviderPolicy, pinned_image_id
+from sandbox.spec import EngineFacts, GpuInfo, ProviderPolicy, SandboxJob, pinned_image_id
 
 IMAGE = "sha256:" + "ab" * 32
 AGREEMENT = "cd" * 32
@@ -21,15 +21,15 @@ def gpu(index: int, name: str = "NVIDIA H200") -> GpuInfo:
                    "580.159.04", 13000, 700_000, 0)
 
 
-def plan(spec: JobSpec | None = None, policy: ProviderPolicy | None = None, facts: EngineFacts = RUNC,
+def plan(spec: SandboxJob | None = None, policy: ProviderPolicy | None = None, facts: EngineFacts = RUNC,
          image_env=("PATH=/bin",), free_gpus=()):
-    return plan_container(spec or JobSpec(IMAGE, ("true",)), policy or ProviderPolicy(), facts,
+    return plan_container(spec or SandboxJob(IMAGE, ("true",)), policy or ProviderPolicy(), facts,
                           image_env=list(image_env), free_gpus=free_gpus, node_id="12D3KooWnode",
                           agreement_id=AGREEMENT, job_key="k1")
 
 
 def test_baseline_hardening_on_every_plan():
-    p = plan(JobSpec(IMAGE, ("sh", "-c", "exit 0"), cpus_millicores=1500, memory_mib=64))
+    p = plan(SandboxJob(IMAGE, ("sh", "-c", "exit 0"), cpus_millicores=1500, memory_mib=64))
     assert p.image_id == IMAGE and p.user == "65534:65534" and p.working_dir == "/io"
     assert p.nano_cpus == 1_500_000_000 and p.memory_bytes == 64 << 20
     assert p.pids_limit == 256
@@ -55,7 +55,7 @@ def test_images_only_by_pinned_id(value):
     with pytest.raises(ImageError):
         pinned_image_id(value)
     with pytest.raises(ImageError):
-        JobSpec(value, ("true",))
+        SandboxJob(value, ("true",))
 
 
 @pytest.mark.parametrize("env, refused", [
@@ -77,14 +77,14 @@ def test_forbidden_image_env(env, refused):
 
 def test_forbidden_job_env_refused_too():
     with pytest.raises(SandboxError):
-        plan(JobSpec(IMAGE, ("true",), env={"LD_PRELOAD": "/x.so"}))
+        plan(SandboxJob(IMAGE, ("true",), env={"LD_PRELOAD": "/x.so"}))
 
 
 @pytest.mark.parametrize("field, value", [
     ("cpus_millicores", 2001), ("memory_mib", 4097), ("max_duration_ms", 24 * 3_600_000 + 1),
 ])
 def test_requests_above_policy_refused(field, value):
-    spec = dataclasses.replace(JobSpec(IMAGE, ("true",)), **{field: value})
+    spec = dataclasses.replace(SandboxJob(IMAGE, ("true",)), **{field: value})
     with pytest.raises(SandboxError) as info:
         plan(spec)
     assert info.value.key == field and info.value.actual == value
@@ -96,7 +96,7 @@ def test_requests_above_policy_refused(field, value):
 ])
 def test_malformed_specs_refused(kwargs):
     with pytest.raises(ConfigError):
-        JobSpec(**{"image_id": IMAGE, "command": ("true",), **kwargs})
+        SandboxJob(**{"image_id": IMAGE, "command": ("true",), **kwargs})
 
 
 @pytest.mark.parametrize("facts, reason", [
@@ -107,12 +107,12 @@ def test_malformed_specs_refused(kwargs):
 ])
 def test_gpu_jobs_gated_on_runtime_and_toolkit(facts, reason):
     with pytest.raises(GpuUnavailableError) as info:
-        plan(JobSpec(IMAGE, ("true",), gpus=1), facts=facts, free_gpus=[gpu(0)])
+        plan(SandboxJob(IMAGE, ("true",), gpus=1), facts=facts, free_gpus=[gpu(0)])
     assert info.value.reason == reason
 
 
 def test_gpus_requested_by_uuid_never_by_count():
-    p = plan(JobSpec(IMAGE, ("true",), gpus=2), facts=NVIDIA, free_gpus=[gpu(3), gpu(1), gpu(2)])
+    p = plan(SandboxJob(IMAGE, ("true",), gpus=2), facts=NVIDIA, free_gpus=[gpu(3), gpu(1), gpu(2)])
     assert p.gpu_uuids == (gpu(1).uuid, gpu(2).uuid)
     assert p.gpu_capabilities == (("gpu", "compute", "utility"),)
     assert p.env["NVIDIA_VISIBLE_DEVICES"] == f"{gpu(1).uuid},{gpu(2).uuid}"
@@ -126,7 +126,7 @@ def test_gpus_requested_by_uuid_never_by_count():
     (3, None, [gpu(0), gpu(1)], False),
 ])
 def test_gpu_selection(gpus, model, free, ok):
-    spec = JobSpec(IMAGE, ("true",), gpus=gpus, gpu_model=model)
+    spec = SandboxJob(IMAGE, ("true",), gpus=gpus, gpu_model=model)
     if ok:
         assert plan(spec, facts=NVIDIA, free_gpus=free).gpu_uuids
     else:
