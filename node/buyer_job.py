@@ -13,7 +13,6 @@ import hashlib
 import io
 import logging
 import tarfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from market.service import Deal
 from node.jobsession import Abort, Finish, Send, Store, Upload
 from node.jobsession_buyer import BuyerSession, JobFailed, JobOutcome  # noqa: F401  (JobOutcome: re-exported)
 from node.jobwire import CHUNK_BYTES, MAX_FRAME_BYTES, PROTOCOL_ID, Chunk, End, Log, Status, decode_message
+from p2p.clock import monotonic_ms, wall_ms  # module globals: tests set buyer_job.wall_ms
 from p2p.envelope import Signed
 from p2p.errors import RemoteProtocolError, SuanliError
 from p2p.framing import FramedStream
@@ -33,15 +33,6 @@ from settlement.astore import AsyncStore
 from settlement.records import Receipt
 
 log = logging.getLogger("suanli.node.buyer")
-
-
-def wall_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def monotonic_ms() -> int:
-    """Durations are measured on this clock: a wall clock stepping back must not refuse honest receipts."""
-    return time.monotonic_ns() // 1_000_000
 
 
 def pack_dir(path: Path | None) -> bytes:

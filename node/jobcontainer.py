@@ -15,19 +15,19 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from typing import TYPE_CHECKING
 
 import trio
 
 from node.jobsession import PAUSE_DETAIL, Kill, Pause, Resume, Stop, Store
 from node.jobwire import CHUNK_BYTES, Log
+from p2p.clock import monotonic_ms, wall_ms  # re-exported for node.provider_job and node.jobupload
 from p2p.errors import SuanliError
 from sandbox.jobio import LogRateLimit
 from sandbox.meter import open_sampler
 from sandbox.metering import MeterSample
 from sandbox.plan import plan_container
-from sandbox.spec import JobSpec as SandboxJob
+from sandbox.spec import SandboxJob
 
 if TYPE_CHECKING:
     from node.provider_job import JobRun
@@ -36,15 +36,6 @@ log = logging.getLogger("suanli.node.job")
 
 LOGS_DROPPED = "logs_dropped"  # a Status phase: its detail says how many log bytes the rate limit dropped
 LOG_TAIL_S = 5.0  # how long the last log lines may take to arrive after the job exits
-
-
-def wall_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def monotonic_ms() -> int:
-    """For durations (the exposure guard's timeouts): a wall clock that steps would stretch or cut them."""
-    return time.monotonic_ns() // 1_000_000
 
 
 class ContainerSide:

@@ -24,13 +24,13 @@ a flood of offers cannot pin itself in place of the offers that will still be li
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
 from libp2p.peer.id import ID
 
+from p2p.clock import wall_ms  # where callers have found it
 from p2p.envelope import Signed, open_signed
 from p2p.errors import RemoteProtocolError
 from p2p.identity import peer_id_from_public, public_from_peer_id
@@ -50,10 +50,6 @@ class GossipedRecord(Protocol):
 
 
 R = TypeVar("R", bound=Record)
-
-
-def wall_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @dataclass

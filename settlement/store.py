@@ -33,6 +33,7 @@ from typing import Any
 
 import sqlite_utils
 
+from p2p.clock import wall_ms
 from p2p.envelope import Signed
 from p2p.errors import StoreError, UnusableInputError
 from settlement.private import make_private as make_private  # where callers have found it
@@ -90,10 +91,6 @@ class StoredChain:
     offer: dict[str, Any] | None
     proposal: dict[str, Any] | None
     receipts: list[dict[str, Any]]
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def _envelope(body: bytes, *sigs: bytes | None) -> dict[str, Any]:
@@ -255,7 +252,7 @@ class Store:
                 "INSERT OR IGNORE INTO agreements(id, provider, buyer, offer_id, proposal_id, created_at_ms, body,"
                 " provider_sig, buyer_sig, stored_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (signed.record_id, r.provider, r.buyer, r.offer_id, r.proposal_id, r.created_at_ms, signed.body,
-                 signed.sigs[0], buyer_sig, _now_ms()))
+                 signed.sigs[0], buyer_sig, wall_ms()))
             if buyer_sig is not None:
                 self.conn.execute("UPDATE agreements SET buyer_sig = ? WHERE id = ? AND buyer_sig IS NULL",
                                   (buyer_sig, signed.record_id))
@@ -301,7 +298,7 @@ class Store:
             self.conn.execute(
                 "INSERT INTO receipts(agreement_id, seq, id, body, provider_sig, buyer_sig, stored_at_ms)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (r.agreement_id, r.seq, rid, signed.body, signed.sigs[0], buyer_sig, _now_ms()))
+                (r.agreement_id, r.seq, rid, signed.body, signed.sigs[0], buyer_sig, wall_ms()))
         elif row[0] != rid:
             raise StoreError(f"a different receipt {r.seq} is already stored for agreement "
                              f"{r.agreement_id.hex()[:16]}", agreement_id=r.agreement_id, seq=r.seq)
