@@ -60,7 +60,11 @@ def _node(role: str, ip: str, relay_addr: str, target: str) -> None:
 
             pid = ID.from_base58(target.rsplit("/p2p/", 1)[-1])
             t0 = time.monotonic()
-            await relaying.dial_circuit(node, target, pid)
+            try:
+                await relaying.dial_circuit(node, target, pid)
+            except Exception as exc:  # reported, counted apart from punch failures
+                print(json.dumps({"error": str(exc)[:300]}), flush=True)
+                return
             relayed_ms = (time.monotonic() - t0) * 1000
             direct = await relaying.upgrade_to_direct(node, pid)
             print(json.dumps({"relayed_ms": relayed_ms, "direct": direct,
@@ -108,7 +112,7 @@ def run_topology(topology: str, trials: int, trial_timeout_s: float) -> dict[str
         relay_addr = str(_json_line(relay, 60)["addr"])
         lst = listener.popen([*me, "listener", "--relay-addr", relay_addr], **env_cwd)
         circuit = str(_json_line(lst, 60)["circuit"])
-        relayed, upgraded, failures = [], [], 0
+        relayed, upgraded, failures, errors = [], [], 0, []
         for _ in range(trials):
             proc = dialer.popen([*me, "dialer", "--target", circuit], **env_cwd)
             try:
@@ -120,10 +124,14 @@ def run_topology(topology: str, trials: int, trial_timeout_s: float) -> dict[str
                 if proc.poll() is None:
                     proc.kill()
                 proc.wait(timeout=10)
+            if "error" in result:
+                errors.append(str(result["error"]))
+                continue
             relayed.append(float(result["relayed_ms"]))  # type: ignore[arg-type]
             if result["direct"]:
                 upgraded.append(float(result["upgrade_ms"]))  # type: ignore[arg-type]
         return {"topology": topology, "trials": trials, "direct": len(upgraded), "no_answer": failures,
+                "relay_errors": len(errors), "first_error": errors[0] if errors else None,
                 "relayed_connect_ms_p50": _pct(relayed, 0.5), "relayed_connect_ms_p95": _pct(relayed, 0.95),
                 "relayed_to_direct_ms_p50": _pct(upgraded, 0.5), "relayed_to_direct_ms_p95": _pct(upgraded, 0.95),
                 "relayed_to_direct_ms_mean": round(statistics.fmean(upgraded), 1) if upgraded else None}
