@@ -17,7 +17,9 @@ Each rule is a named finding (docs/PROTOCOL.md §5, "Receipt chains"):
   than the agreement's timeline allows (settlement.billing Rule 4).
 
 ``_clean`` is every rule as one predicate, the fast path of an honest chain; ``_findings`` the same rules
-one by one with their details. tests/settlement/test_chain.py holds the two equal.
+one by one with their details. They share what can be shared without slowing the fast path
+(``_kept_up``, the monotony rule); the rest of ``_clean`` inlines settlement.billing's arithmetic, and
+the property test in tests/settlement/test_chain.py holds the two equal.
 """
 
 from __future__ import annotations
@@ -127,14 +129,8 @@ class ChainChecker:
         if (self.final or r.seq != self.next_seq or (r.prev != self.last_id and self.last_id is not None)
                 or r.agreement_id != self.agreement_id or (r.provider, r.buyer) != self._parties):
             return False
-        if prev is not None and monotonic:
-            pu = prev.usage
-            if not (r.issued_at_ms >= prev.issued_at_ms and metered >= prev.metered_ms
-                    and r.amount_micros >= prev.amount_micros and u.cpu_core_ms >= pu.cpu_core_ms
-                    and u.mem_peak_bytes >= pu.mem_peak_bytes and u.gpu_ms >= pu.gpu_ms
-                    and u.gpu_mem_peak_bytes >= pu.gpu_mem_peak_bytes and u.gpu_sm_pct_ms >= pu.gpu_sm_pct_ms
-                    and u.energy_mj >= pu.energy_mj):
-                return False
+        if prev is not None and monotonic and not _kept_up(r, prev):
+            return False
         if r.issued_at_ms < self._created_at or (monotonic and r.issued_at_ms > self._timeline_end):
             return False
         elapsed = r.issued_at_ms - self._created_at
@@ -180,14 +176,8 @@ class ChainChecker:
             bad("seq_gap", f"seq {seq}, expected {expected_seq}")
         elif self.last_id is not None and r.prev != self.last_id:
             bad("broken_link", "prev is not the hash of the previous receipt")
-        if prev is not None and monotonic:
-            u, pu = r.usage, prev.usage
-            if not (r.issued_at_ms >= prev.issued_at_ms and r.metered_ms >= prev.metered_ms
-                    and r.amount_micros >= prev.amount_micros and u.cpu_core_ms >= pu.cpu_core_ms
-                    and u.mem_peak_bytes >= pu.mem_peak_bytes and u.gpu_ms >= pu.gpu_ms
-                    and u.gpu_mem_peak_bytes >= pu.gpu_mem_peak_bytes and u.gpu_sm_pct_ms >= pu.gpu_sm_pct_ms
-                    and u.energy_mj >= pu.energy_mj):
-                bad("decreasing", f"{', '.join(_decreased(r, prev))} decreased")
+        if prev is not None and monotonic and not _kept_up(r, prev):
+            bad("decreasing", f"{', '.join(_decreased(r, prev))} decreased")
         due = amount_due(r.metered_ms, ag.price_micros_per_s)
         if r.amount_micros != due:
             bad("wrong_amount", f"amount {r.amount_micros} != {r.metered_ms} ms x {ag.price_micros_per_s}/s = {due}")
@@ -242,6 +232,16 @@ class ChainChecker:
 
 
 _COUNTERS = ("cpu_core_ms", "mem_peak_bytes", "gpu_ms", "gpu_mem_peak_bytes", "gpu_sm_pct_ms", "energy_mj")
+
+
+def _kept_up(r: Receipt, prev: Receipt) -> bool:
+    """The monotony rule, one definition for both paths: nothing of ``r`` is below ``prev``."""
+    u, pu = r.usage, prev.usage
+    return (r.issued_at_ms >= prev.issued_at_ms and r.metered_ms >= prev.metered_ms
+            and r.amount_micros >= prev.amount_micros and u.cpu_core_ms >= pu.cpu_core_ms
+            and u.mem_peak_bytes >= pu.mem_peak_bytes and u.gpu_ms >= pu.gpu_ms
+            and u.gpu_mem_peak_bytes >= pu.gpu_mem_peak_bytes and u.gpu_sm_pct_ms >= pu.gpu_sm_pct_ms
+            and u.energy_mj >= pu.energy_mj)
 
 
 def _decreased(r: Receipt, prev: Receipt) -> list[str]:
