@@ -28,7 +28,9 @@ from dataclasses import dataclass, field
 
 from market.records import Agreement, Offer, Proposal
 from p2p.errors import LocalProtocolError, RemoteProtocolError
-from p2p.moves import RECV, SEND, next_phase
+from p2p.moves import RECV as RECV  # re-exported: the roles' sessions and tests use them from here
+from p2p.moves import SEND as SEND
+from p2p.moves import next_phase
 
 BUYER, PROVIDER = "buyer", "provider"
 MAX_ROUNDS = 3

@@ -29,7 +29,9 @@ from dataclasses import dataclass
 from node.jobwire import Cancel, Chunk, Countersign, Done, End, Fail, Log, ReceiptMsg, Start, Status
 from p2p.envelope import Signed
 from p2p.errors import SuanliError
-from p2p.moves import RECV, SEND, next_phase
+from p2p.moves import RECV as RECV  # re-exported: the roles' sessions and tests use them from here
+from p2p.moves import SEND as SEND
+from p2p.moves import next_phase
 from p2p.records import Record
 from settlement.records import Receipt
 
