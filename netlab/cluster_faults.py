@@ -44,8 +44,13 @@ def _start(cluster: Cluster, name: str) -> tuple[Report, int]:
     return report, time.time_ns() // 1_000_000
 
 
-def _finish(cluster: Cluster, report: Report, since_ms: int, find_rounds: int = 2) -> Report:
-    report.figures["propagation_ms"] = percentiles(propagation_ms(cluster, since_ms))
+def _wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _finish(cluster: Cluster, report: Report, since_ms: int, find_rounds: int = 2,
+            exclude: tuple[int, int] | None = None) -> Report:
+    report.figures["propagation_ms"] = percentiles(propagation_ms(cluster, since_ms, exclude))
     report.figures["find_ms"] = percentiles(find_ms(cluster, find_rounds))
     report.figures["rss_end_mib"] = rss_mib(cluster)
     invariants(cluster, report)
@@ -78,7 +83,7 @@ def partition(cluster: Cluster, *, cut_s: float, reconverge_timeout_s: float) ->
     side_a = [n for n in cluster.nodes.values() if n not in side_b]
     long_jobs = [cluster.run_job(a, cut_s + 15, max_duration_s=int(cut_s) + 120) for a in agents]
     _wait_running(cluster, len(agents), 60)
-    t_cut = time.monotonic()
+    t_cut, cut_ms = time.monotonic(), _wall_ms()
     cluster.partition(side_a, side_b)
     try:
         during = run_jobs(cluster, report, agents, 2)  # each side buys on its own side
@@ -87,14 +92,24 @@ def partition(cluster: Cluster, *, cut_s: float, reconverge_timeout_s: float) ->
     finally:
         cluster.heal()
     report.figures["cut_s"] = round(time.monotonic() - t_cut, 1)
+    heal_ms = _wall_ms()
     took = reconverge_s(cluster, reconverge_timeout_s)
     report.figures["reconverge_s"] = took
     report.verdicts.append(Verdict("offers reconverge", took is not None,
                                    f"within {reconverge_timeout_s:g} s of the heal: {took} s"))
     report.figures["long_jobs"] = [collect(report, j, cut_s + 120 + JOB_MARGIN_S)[1] for j in long_jobs]
+    report.figures["cut_offers_heard_after_heal_ms"] = percentiles(
+        [heard - heal_ms for heard in _heard_after(cluster, cut_ms, heal_ms)])
     after = run_jobs(cluster, report, agents, 1)
     report.verdicts.append(Verdict("jobs after the heal", all(ok for ok, _ in after), str([r for _, r in after])))
-    return _finish(cluster, report, since)
+    # offers made during the cut reach the far side only after the heal: reported above, not as propagation
+    return _finish(cluster, report, since, exclude=(cut_ms, heal_ms))
+
+
+def _heard_after(cluster: Cluster, cut_ms: int, heal_ms: int) -> list[int]:
+    """Arrival times (wall ms) after the heal of offers created during the cut, at every watcher."""
+    return [d["at_ms"] for w in cluster.of_role("watcher") if w.proc is not None for _, d in w.proc.json_lines()
+            if d.get("event") == "offer" and cut_ms <= d["created_ms"] <= heal_ms and d["at_ms"] > heal_ms]
 
 
 def provider_crash(cluster: Cluster, *, fraction: float, job_s: float = 40) -> Report:

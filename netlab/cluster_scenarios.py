@@ -67,8 +67,10 @@ def percentiles(values: list[float]) -> dict[str, float | None]:
     return {"n": len(ordered), "p50": at(0.50), "p95": at(0.95), "p99": at(0.99)}
 
 
-def propagation_ms(cluster: Cluster, since_wall_ms: int = 0) -> list[float]:
-    """Rule 2: (arrival - creation) of every offer a watcher heard, created after it joined and after ``since``."""
+def propagation_ms(cluster: Cluster, since_wall_ms: int = 0,
+                   exclude: tuple[int, int] | None = None) -> list[float]:
+    """Rule 2: (arrival - creation) of every offer a watcher heard, created after it joined and after ``since``
+    (and outside ``exclude``, a wall-ms window such as a partition, when one side cannot hear the other)."""
     out: list[float] = []
     for w in cluster.of_role("watcher"):
         if w.proc is None:
@@ -79,7 +81,8 @@ def propagation_ms(cluster: Cluster, since_wall_ms: int = 0) -> list[float]:
             continue
         joined_ms = int((time.time() - (time.monotonic() - ready)) * 1000)
         out += [d["at_ms"] - d["created_ms"] for _, d in docs
-                if d.get("event") == "offer" and d["created_ms"] >= max(joined_ms, since_wall_ms)]
+                if d.get("event") == "offer" and d["created_ms"] >= max(joined_ms, since_wall_ms)
+                and not (exclude and exclude[0] <= d["created_ms"] <= exclude[1])]
     return out
 
 
@@ -115,7 +118,7 @@ def job_result(job: Proc, timeout_s: float) -> tuple[bool, str]:
     doc = docs[-1]
     if doc.get("ok") and code == 0:
         return True, "completed"
-    return False, str(doc.get("reason") or doc.get("error") or f"exit {code}")[:80]
+    return False, str(doc.get("reason") or doc.get("error") or f"exit {code}")[:160]
 
 
 def current_seqs(cluster: Cluster) -> dict[str, int]:
