@@ -6,6 +6,8 @@ Modules that import neither libp2p nor trio (offline commands use only these):
 - ``records``     frozen-dataclass records with a type tag and a version, encoded by ``codec`` (pure)
 - ``envelope``    signatures over ``domain || body || earlier signatures``, verified on arrived bytes (pure)
 - ``identity``    Ed25519 key files and libp2p peer ids, without importing libp2p (file IO only)
+- ``moves``       the one table step of the negotiation and job state machines (pure)
+- ``clock``       the one place that reads the wall and monotonic clocks, in ms
 
 The overlay on py-libp2p 0.8.1 (these import libp2p and trio):
 - ``workarounds`` every py-libp2p defect we work around, named, each with a regression test

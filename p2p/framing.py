@@ -6,10 +6,13 @@ msgpack value (``p2p.codec``). A stream carries frames in both directions until 
 
 Rule 1: a frame longer than the stream's ``max_frame_bytes`` is refused from its length prefix alone,
 before any of it is buffered; so is a non-minimal or overlong varint.
-Rule 2: peer misbehaviour (garbage, oversize, a stream that ends mid-frame, a reset, a wrong record
-type, a bad signature) raises ``RemoteProtocolError`` (or its ``CodecError`` / ``SignatureError``)
-with ``peer`` set; ``serve_framed`` turns that into a reset of that one stream and a log line.
-Rule 3: libp2p's exceptions are translated here, once, and nowhere else in Suanli.
+Rule 2: peer misbehaviour (garbage, oversize, a stream that ends mid-frame, a wrong record type, a
+bad signature) raises ``RemoteProtocolError`` (or its ``CodecError`` / ``SignatureError``), fault
+PEER, with ``peer`` set; ``serve_framed`` turns that into a reset of that one stream and a log line.
+Rule 3: libp2p's exceptions are translated here, once, and nowhere else in Suanli: a reset or a broken
+connection while reading, writing or closing is ``StreamBrokenError`` (fault ENVIRONMENT, not proven
+the peer's; still a RemoteProtocolError for the handlers that drop the stream), a write after our own
+close is ``LocalProtocolError`` (our bug). Callers read the error's ``fault`` (p2p.errors).
 Rule 4: no timeouts in here; callers wrap calls in ``trio.fail_after`` (STYLE 2), with one exception
 that belongs to the frame itself: a stream given ``frame_timeout_s`` (``serve_framed`` always gives
 one) refuses a frame not complete that long after its first byte arrived, so a half-sent frame
@@ -35,7 +38,7 @@ from libp2p.stream_muxer.exceptions import MuxedStreamEOF
 
 from p2p.codec import pack, unpack
 from p2p.envelope import Signed, open_signed
-from p2p.errors import CodecError, LocalProtocolError, RemoteProtocolError, SuanliError
+from p2p.errors import CodecError, LocalProtocolError, RemoteProtocolError, StreamBrokenError, SuanliError
 from p2p.records import Record
 
 log = logging.getLogger("suanli.p2p.framing")
@@ -99,8 +102,8 @@ class FramedStream:
         except StreamClosed as exc:
             raise LocalProtocolError("write after this side closed the stream", peer=self.peer) from exc
         except (BaseLibp2pError, OSError) as exc:
-            raise RemoteProtocolError(f"stream to {self.peer} broke while writing: {exc!r}",
-                                      peer=self.peer) from exc
+            raise StreamBrokenError(f"stream to {self.peer} broke while writing: {exc!r}",
+                                    peer=self.peer) from exc
 
     async def send(self, value: Any) -> None:
         """Send one value as a canonical msgpack frame."""
@@ -169,8 +172,8 @@ class FramedStream:
         try:
             await self.stream.close_write()
         except (BaseLibp2pError, OSError) as exc:
-            raise RemoteProtocolError(f"stream to {self.peer} broke while closing: {exc!r}",
-                                      peer=self.peer) from exc
+            raise StreamBrokenError(f"stream to {self.peer} broke while closing: {exc!r}",
+                                    peer=self.peer) from exc
 
     async def aclose(self) -> None:
         """Close both directions; never raises for a stream the peer already broke."""
@@ -224,11 +227,10 @@ class FramedStream:
             self._eof = True
             return False
         except StreamReset as exc:
-            raise RemoteProtocolError(f"{self.peer} reset the stream", peer=self.peer,
-                                      reason="reset") from exc
+            raise StreamBrokenError(f"{self.peer} reset the stream", peer=self.peer, reason="reset") from exc
         except (BaseLibp2pError, OSError) as exc:
-            raise RemoteProtocolError(f"stream from {self.peer} broke while reading: {exc!r}",
-                                      peer=self.peer) from exc
+            raise StreamBrokenError(f"stream from {self.peer} broke while reading: {exc!r}",
+                                    peer=self.peer) from exc
         if not data:
             self._eof = True
             return False

@@ -41,7 +41,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import IO
 
-from p2p.errors import ImageError
 from sandbox.archive_writer import (  # the writer's names, re-exported for callers of sandbox.archive
     NOBODY,
     ArchiveDigests,
@@ -53,6 +52,7 @@ from sandbox.archive_writer import (  # the writer's names, re-exported for call
     layer_tar,
     sha256_digest,
 )
+from sandbox.errors import ImageError
 from sandbox.tarwalk import Blocks, Member, Section, decompress, walk_tar
 
 __all__ = ["NOBODY", "ArchiveDigests", "ImagePlan", "LayerEntry", "file_sha256", "image_archive",

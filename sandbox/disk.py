@@ -25,7 +25,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from p2p.errors import SandboxError
+from sandbox.errors import SandboxError
 from sandbox.plan import DISK_SUFFIX, check_disk_room
 
 SUFFIX = DISK_SUFFIX  # one definition (sandbox.plan); this name is kept for the reaper

@@ -21,7 +21,7 @@ import docker.errors
 import requests
 import trio
 
-from p2p.errors import ImageError, SandboxError
+from sandbox.errors import ImageError, SandboxError
 from sandbox.plan import parse_toolkit_version
 from sandbox.spec import EngineFacts
 

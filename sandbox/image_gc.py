@@ -26,9 +26,9 @@ from pathlib import Path
 import docker
 import docker.errors
 
-from p2p.errors import SandboxError
 from p2p.identity import write_atomically
 from sandbox.engine import FOREIGN, translate
+from sandbox.errors import SandboxError
 
 log = logging.getLogger("suanli.sandbox.image_gc")
 

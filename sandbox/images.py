@@ -26,7 +26,7 @@ from typing import IO
 
 import docker
 
-from p2p.errors import ImageError, SandboxError
+from p2p.errors import ENVIRONMENT
 from sandbox.archive import (
     NOBODY,
     ArchiveDigests,
@@ -37,6 +37,7 @@ from sandbox.archive import (
     write_clean_archive,
 )
 from sandbox.engine import FOREIGN, connect, translate
+from sandbox.errors import ImageError, SandboxError
 from sandbox.spec import pinned_image_id
 
 DEFAULT_BUSYBOX = "/bin/busybox"
@@ -66,10 +67,10 @@ def read_busybox(path: str = DEFAULT_BUSYBOX) -> bytes:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise ImageError(f"static busybox not found at {path}: install it (`apt-get install "
-                         "busybox-static`) or pass --busybox PATH", path=path) from exc
+                         "busybox-static`) or pass --busybox PATH", path=path, fault=ENVIRONMENT) from exc
     if not is_static_elf(data):
         raise ImageError(f"{path} is not a statically linked busybox: install `busybox-static` "
-                         "or pass --busybox PATH", path=path)
+                         "or pass --busybox PATH", path=path, fault=ENVIRONMENT)
     return data
 
 
@@ -138,7 +139,8 @@ def load_image_archive(client: docker.DockerClient, data: bytes | IO[bytes], *, 
             write_clean_archive(source, plan, clean)
             clean.seek(0)
         except OSError as exc:  # a full disk, a closed file
-            raise ImageError(f"the image archive could not be copied for loading: {exc}") from exc
+            raise ImageError(f"the image archive could not be copied for loading: {exc}",
+                             fault=ENVIRONMENT) from exc
         _docker_load(client, clean)
     loaded = local_image_id(client, digests.image_ids())
     if loaded != image_id:

@@ -19,8 +19,9 @@ import tarfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-from p2p.errors import SandboxError, UnusableInputError
+from p2p.errors import UnusableInputError
 from sandbox.archive import NOBODY
+from sandbox.errors import SandboxError
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ from typing import Any
 
 import trio
 
-from p2p.errors import SandboxError
 from sandbox.engine import FOREIGN, translate
+from sandbox.errors import SandboxError
 from sandbox.jobio import (
     LineSplitter,
     LogFrames,

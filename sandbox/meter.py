@@ -27,8 +27,8 @@ from typing import Protocol
 
 import trio
 
-from p2p.errors import SandboxError
 from sandbox.cgroups import CgroupFiles, CgroupPaths, CgroupReading, find_cgroup, reading_from_stats
+from sandbox.errors import SandboxError
 from sandbox.gpus import JobGpuProbe
 from sandbox.metering import GpuReading, MeterSample
 from sandbox.runner import Job

@@ -16,7 +16,7 @@ from typing import Any
 import docker.errors
 import docker.types
 
-from p2p.errors import SandboxError
+from sandbox.errors import SandboxError
 from sandbox.jobio import (
     output_entry_problem,
 )

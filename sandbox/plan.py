@@ -23,7 +23,8 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from p2p.errors import ConfigError, GpuUnavailableError, ImageError, SandboxError
+from p2p.errors import ConfigError
+from sandbox.errors import GpuUnavailableError, ImageError, SandboxError
 from sandbox.spec import (
     LABEL_AGREEMENT,
     LABEL_NODE,

@@ -36,9 +36,9 @@ import docker.errors
 import docker.types
 import trio
 
-from p2p.errors import SandboxError
 from sandbox.disk import make_disk, release_disk
 from sandbox.engine import Engine
+from sandbox.errors import SandboxError
 from sandbox.jobio import (
     LogLine,
     LogRateLimit,

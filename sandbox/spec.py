@@ -15,7 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import NewType
 
-from p2p.errors import ConfigError, ImageError
+from p2p.errors import ConfigError
+from sandbox.errors import ImageError
 
 ImageId = NewType("ImageId", str)
 

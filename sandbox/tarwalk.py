@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Protocol, cast
 
-from p2p.errors import ImageError
+from sandbox.errors import ImageError
 
 MAX_HEADER_DATA_BYTES = 64 << 10  # one pax or GNU long-name header (read whole, in the outer tar and each layer)
 _SKIP_BYTES = 64 << 10  # a layer's file data, decompressed and discarded (read size bounds the decompressor)

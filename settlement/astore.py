@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import trio
 
 from p2p.envelope import Signed
-from p2p.errors import StoreError
+from settlement.errors import StoreError
 from settlement.store import Store
 
 T = TypeVar("T")

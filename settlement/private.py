@@ -6,7 +6,7 @@ import os
 import stat
 from pathlib import Path
 
-from p2p.errors import StoreError
+from settlement.errors import StoreError
 
 
 def make_private(path: Path) -> None:

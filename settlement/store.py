@@ -35,7 +35,8 @@ import sqlite_utils
 
 from p2p.clock import wall_ms
 from p2p.envelope import Signed
-from p2p.errors import StoreError, UnusableInputError
+from p2p.errors import UnusableInputError
+from settlement.errors import StoreError
 from settlement.private import make_private as make_private  # where callers have found it
 from settlement.records import FINAL, Receipt
 
