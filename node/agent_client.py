@@ -28,6 +28,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from p2p.errors import PeerUnreachableError  # standard library only, like this module
+
 # The options of ``suanli run`` that travel to the agent, with the JSON types each may have. The
 # network (--bootstrap, --local) and the identity (--key, --data-dir) are the agent's own.
 FIELDS: dict[str, tuple[type, ...]] = {
@@ -45,7 +47,7 @@ EXIT_AGENT_LOST = 125  # node.exitcodes.EXIT_SUANLI (not imported: this module s
 # the agent went away, suanli's own failure
 
 
-class AgentUnavailable(Exception):
+class AgentUnavailable(PeerUnreachableError):  # in the error tree (issue 14 item 4): environment
     """Nothing answers at the socket (no agent, or a stale socket file of one that is gone)."""
 
 

@@ -24,12 +24,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from p2p.errors import ConfigError
+
 ROLES = ("provide", "agent")
 DESCRIPTIONS = {"provide": "Suanli provider: sells this machine's idle compute time",
                 "agent": "Suanli buyer agent: starts `suanli run` jobs at once"}
 
 
-class UnitError(ValueError):
+class UnitError(ConfigError, ValueError):  # in the error tree (issue 14 item 4); a ValueError as before
     """A value that cannot be written into a unit file as it is (Rule 5)."""
 
 
