@@ -19,7 +19,7 @@ Each rule is a named finding (docs/PROTOCOL.md §5, "Receipt chains"):
 ``_clean`` is every rule as one predicate, the fast path of an honest chain; ``_findings`` the same rules
 one by one with their details. They share what can be shared without slowing the fast path
 (``_kept_up``, the monotony rule); the rest of ``_clean`` inlines settlement.billing's arithmetic, and
-the property test in tests/settlement/test_chain.py holds the two equal.
+the property test in tests/settlement/test_chain_fast_path.py holds the two equal.
 """
 
 from __future__ import annotations
