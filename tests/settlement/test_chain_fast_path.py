@@ -10,24 +10,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from settlement.billing import (
-    START_ALLOWANCE_MS,
     amount_due,
     energy_bound_mj,
     gpu_memory_bound_bytes,
     memory_bound_bytes,
     metered_bound,
     sm_pct_bound,
-    unsigned_window_ms,
     usage_bound,
 )
 from settlement.chain import ChainChecker
 from settlement.records import BUYER_UNRESPONSIVE, COMPLETED, FINAL, RUNNING, Receipt, Usage
-from settlement.testing import TERMS, key_from_label, make_agreement
+from settlement.testing import key_from_label, make_agreement
 
-P, B = key_from_label("provider"), key_from_label("buyer")
-OFFER, PROPOSAL, AGREEMENT = make_agreement(P, B)
-WINDOW_MS = unsigned_window_ms(TERMS.interval_ms, TERMS.countersign_timeout_ms, TERMS.grace_ms)
-TIMELINE_END = AGREEMENT.record.created_at_ms + START_ALLOWANCE_MS + AGREEMENT.record.max_duration_ms + WINDOW_MS
+AGREEMENT = make_agreement(key_from_label("provider"), key_from_label("buyer"))[2]
 
 
 @st.composite
