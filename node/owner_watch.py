@@ -134,13 +134,15 @@ def owner_status(verdict: Verdict | None) -> dict[str, object] | None:
             "window_end_ms": None if verdict.window_end_s is None else int(verdict.window_end_s * 1000)}
 
 
-def apply_verdict(runtime: ProviderRuntime, verdict: Verdict) -> None:
-    """Rule 1: what the offer and the market say (never reopens a provider that is shutting down)."""
+def apply_verdict(runtime: ProviderRuntime, verdict: Verdict, *, changed: bool = True) -> None:
+    """Rule 1: what the offer and the market say (never reopens a provider that is shutting down);
+    ``changed``: a new state, so the publisher wakes to re-issue the offer."""
     runtime.owner = verdict
     if runtime.accepting:
         open_ = verdict.state == AVAILABLE or verdict.gpu_only
         runtime.market.accepting = True if open_ else f"{verdict.state}: {verdict.reason}"
-    runtime.changed.set()
+    if changed:
+        runtime.changed.set()
 
 
 async def watch_owner(runtime: ProviderRuntime, prefs: OwnerPrefs, announce: Announce | None = None, *,
@@ -176,13 +178,11 @@ async def _watch(runtime: ProviderRuntime, prefs: OwnerPrefs, reader: SignalRead
         else:
             readings = reader.read(now, time.monotonic())
         verdict = decide(prefs, readings, datetime.fromtimestamp(now).astimezone())
-        if last is None or (verdict.state, verdict.gpu_only, verdict.reason) != (last.state, last.gpu_only,
-                                                                                 last.reason):
-            if last is None or (verdict.state, verdict.gpu_only) != (last.state, last.gpu_only):
-                log.info("owner: %s%s", verdict.state, f" ({verdict.reason})" if verdict.reason else "")
-            apply_verdict(runtime, verdict)
-        elif verdict.window_end_s != last.window_end_s:
-            runtime.owner = verdict
+        # Only a new state re-issues the offer; a reason that merely ages ("used 3 s ago") is shown.
+        changed = last is None or (verdict.state, verdict.gpu_only) != (last.state, last.gpu_only)
+        if changed:
+            log.info("owner: %s%s", verdict.state, f" ({verdict.reason})" if verdict.reason else "")
+        apply_verdict(runtime, verdict, changed=changed)
         last = verdict
         jobs = {ag: bool(job.allocation.gpu_uuids) for ag, job in services.active.items()
                 if job.phase in RUNNING_PHASES}

@@ -50,6 +50,9 @@ def test_apply_verdict_closes_the_market_with_the_reason_and_reopens_it():
     apply_verdict(rt, Verdict(AVAILABLE, window_end_s=1_800_000_000.5))
     assert rt.market.accepting is True and owner_status(rt.owner)["window_end_ms"] == 1_800_000_000_500
     assert owner_status(None) is None
+    rt.changed = trio.Event()
+    apply_verdict(rt, Verdict(OWNER_ACTIVE, "keyboard or terminal used 4 s ago"), changed=False)
+    assert not rt.changed.is_set() and "4 s ago" in str(rt.market.accepting)  # an aging reason: no new offer
 
 
 def test_a_provider_shutting_down_is_never_reopened_by_the_owner_leaving():
