@@ -225,3 +225,48 @@ async def test_an_exclusive_application_pauses_the_job_until_it_exits(tmp_path, 
     assert seen["resumed"] - seen["typed"] >= 3.0
     assert outcome.reason == "completed" and outcome.exit_code == 0
     assert result.report.ok, result.report
+
+
+async def test_shutting_down_while_the_owner_holds_a_job_ends_its_chain_and_removes_its_container(
+        tmp_path, demo_image, docker_client, terminal):
+    """The watch's cancellation case: the daemon stops while a job is frozen for the owner."""
+    from node.provider import _shutdown
+    from sandbox.spec import LABEL_NODE
+
+    provider_key, buyer = generate_key(), generate_key()
+    prefs = OwnerPrefs(idle_s=60, notice_s=60, poll_ms=100)
+    setup = replace(local_setup(tmp_path / "provider", provider_key), owner=prefs, owner_devices=(terminal.path,))
+    seen: dict[str, float] = {}
+    outcomes = []
+
+    async def until(what: str, tenths: int) -> None:
+        for _ in range(tenths):
+            if what in seen:
+                return
+            await trio.sleep(0.1)
+        raise AssertionError(f"no {what!r} status: {seen}")
+
+    async with open_provider(setup) as runtime:
+        async with open_host(loopback_config(buyer, bootstrap=(runtime.node.addrs()[0],))) as client, \
+                open_store(tmp_path / "buyer.db") as store:
+            deal = await negotiate_with(client, provider_key.peer_id, buyer,
+                                        make_proposal(buyer, runtime.offer, demo_image, ["sleep", "60"]))
+            await store.put_agreement(deal.agreement)
+            hooks = BuyerHooks(on_status=lambda phase, detail: seen.setdefault(phase, time.time()))
+
+            async def buy() -> None:
+                outcomes.append(await run_job(client, buyer, store, deal, b"", None, hooks, trio.Event(), now_ms()))
+
+            with trio.fail_after(90):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(buy)
+                    await until("running", 600)
+                    terminal.type()
+                    await until("paused", 50)
+                    await _shutdown(runtime, None)
+    (outcome,) = outcomes
+    assert outcome.reason == "provider_shutdown" and outcome.last.state == "final", outcome
+    left = docker_client.containers.list(all=True, filters={"label": f"{LABEL_NODE}={provider_key.peer_id}"})
+    assert left == []
+    (result,) = audit(read_inputs([tmp_path / "provider" / "node.db", tmp_path / "buyer.db"]))
+    assert result.report.ok, result.report

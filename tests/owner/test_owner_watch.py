@@ -59,3 +59,15 @@ def test_a_provider_shutting_down_is_never_reopened_by_the_owner_leaving():
     rt = _runtime(accepting=False)
     apply_verdict(rt, Verdict(AVAILABLE))
     assert rt.market.accepting is False
+
+
+def test_suanli_status_shows_the_owner_state_and_reason(monkeypatch, capsys, tmp_path):
+    import argparse
+
+    import node.commands.provide as provide
+
+    status = {"peer_id": "12D3KooWx", "addrs": [], "offer": None, "earned_micros": 0, "jobs": [], "last_errors": [],
+              "owner": owner_status(Verdict(OWNER_ACTIVE, "keyboard or terminal used 3 s ago (idle_s = 300)"))}
+    monkeypatch.setattr(provide, "query", lambda path: {"status": status})
+    assert provide.cmd_status(argparse.Namespace(data_dir=str(tmp_path), json=False)) == 0
+    assert "owner      owner_active: keyboard or terminal used 3 s ago (idle_s = 300)\n" in capsys.readouterr().out
