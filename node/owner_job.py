@@ -9,6 +9,9 @@ the machine, and a thawed job would be billed again): the reason ``owner_preempt
 runner's kill marks the exit as ours before the job's stop watch can thaw it.
 Rule 3: paused time is never billed: the runner stops the metered clock at the freeze (sandbox.metering
 Rule 1), so the final receipt covers every second the job ran and nothing after the pause.
+Rule 4: a job being stopped (a cancel, a shutdown) is neither paused (session Rule 3) nor thawed here: the
+runner's stop thaws it. Residual race, in sandbox.runner: a stop asked for while our unpause is in flight
+finds the job "paused", and its own unpause fails.
 """
 
 from __future__ import annotations
@@ -57,7 +60,11 @@ class OwnerSide:
                 continue
             if job is None or job.exited.is_set() or self.session.machine.phase != "running":
                 continue
-            if kind == OWNER_PAUSE and self.session.stopping:  # session Rule 3: a stopping job is never paused
+            if self.session.stopping or self.active.stop_requested.is_set():
+                # Rule 4: the stop thaws and ends the job itself; an unpause of ours racing it would make the
+                # runner's own unpause fail and the stop with it. Only the reason is forgotten.
+                if kind == OWNER_RESUME:
+                    self.session.pause_lifted(OWNER_RETURNED)
                 continue
             actions = (self.session.pause_requested(OWNER_RETURNED) if kind == OWNER_PAUSE
                        else self.session.pause_lifted(OWNER_RETURNED))

@@ -270,3 +270,34 @@ async def test_shutting_down_while_the_owner_holds_a_job_ends_its_chain_and_remo
     assert left == []
     (result,) = audit(read_inputs([tmp_path / "provider" / "node.db", tmp_path / "buyer.db"]))
     assert result.report.ok, result.report
+
+
+@pytest.mark.parametrize("idle_s", [60, 1])  # 1: the owner leaves while the job is being stopped
+async def test_a_buyer_cancelling_a_job_frozen_for_the_owner_gets_a_countersigned_final(
+        tmp_path, demo_image, terminal, idle_s):
+    prefs = OwnerPrefs(idle_s=idle_s, notice_s=60, poll_ms=100)
+    provider_key, buyer = generate_key(), generate_key()
+    setup = replace(local_setup(tmp_path / "provider", provider_key), owner=prefs, owner_devices=(terminal.path,))
+    seen: dict[str, float] = {}
+    async with open_provider(setup) as runtime:
+        async with open_host(loopback_config(buyer, bootstrap=(runtime.node.addrs()[0],))) as client, \
+                open_store(tmp_path / "buyer.db") as store:
+            deal = await negotiate_with(client, provider_key.peer_id, buyer,
+                                        make_proposal(buyer, runtime.offer, demo_image, ["sleep", "60"]))
+            await store.put_agreement(deal.agreement)
+            cancel = trio.Event()
+
+            def on_status(phase: str, detail: str) -> None:
+                seen.setdefault(phase, time.time())
+                if phase == "running":
+                    terminal.type()
+                if phase == "paused":
+                    cancel.set()
+
+            with trio.fail_after(60):
+                outcome = await run_job(client, buyer, store, deal, b"", None, BuyerHooks(on_status=on_status),
+                                        cancel, now_ms())
+    assert outcome.reason == "buyer_cancel" and outcome.last.state == "final", outcome
+    assert len(outcome.receipts[-1].sigs) == 2  # the final is countersigned
+    (result,) = audit(read_inputs([tmp_path / "provider" / "node.db", tmp_path / "buyer.db"]))
+    assert result.report.ok, result.report
