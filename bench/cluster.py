@@ -48,20 +48,23 @@ def topology(nodes: int) -> dict[str, int]:
 
 def soak(cluster: Cluster, minutes: float) -> cluster_scenarios.Report:
     report = cluster_scenarios.Report("soak")
+    report.figures["rss_start_mib"] = cluster_scenarios.rss_mib(cluster)
     start = {n.name: cluster_checks.proc_stats(n.proc.pid) for n in cluster.nodes.values() if n.proc and n.alive()}
     t0 = time.monotonic()
     since = time.time_ns() // 1_000_000
     while time.monotonic() - t0 < minutes * 60:
         cluster_scenarios.run_jobs(cluster, report, cluster.of_role("agent"), 2)
     hours = (time.monotonic() - t0) / 3600
-    growth = []
+    growth, by_node = [], {}
     for n in cluster.nodes.values():
         before, now = start.get(n.name), cluster_checks.proc_stats(n.proc.pid) if n.proc and n.alive() else None
         if before and now:
             growth.append(100 * (now["rss_kib"] - before["rss_kib"]) / before["rss_kib"] / hours)
+            by_node[n.name] = round(growth[-1], 1)
     report.figures["minutes"] = round((time.monotonic() - t0) / 60, 1)
     report.figures["rss_growth_pct_per_hour"] = {
         "min": round(min(growth), 2), "median": round(statistics.median(growth), 2), "max": round(max(growth), 2)}
+    report.figures["rss_growth_top_nodes"] = sorted(by_node.items(), key=lambda kv: -kv[1])[:3]
     report.figures["propagation_ms"] = cluster_scenarios.percentiles(cluster_scenarios.propagation_ms(cluster, since))
     report.figures["rss_end_mib"] = cluster_scenarios.rss_mib(cluster)
     cluster_scenarios.invariants(cluster, report)
@@ -78,7 +81,7 @@ def line(report: cluster_scenarios.Report) -> str:
            f"  jobs: {jobs or 'none'}"]
     for key in ("reconverge_s", "cut_s", "cut_offers_heard_after_heal_ms", "jobs_during_cut", "long_jobs",
                 "victims", "jobs_at_crash", "restart_close_s", "join_s", "joined", "left", "lookups",
-                "minutes", "rss_growth_pct_per_hour"):
+                "minutes", "rss_growth_pct_per_hour", "rss_growth_top_nodes"):
         if key in f:
             out.append(f"  {key}: {f[key]}")
     out.append(f"  RSS MiB start {f.get('rss_start_mib')}  end {f.get('rss_end_mib')}")
