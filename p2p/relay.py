@@ -93,11 +93,53 @@ async def _status(stream: INetStream, code: StatusCode) -> None:
     await stream.close()
 
 
+async def _reset(stream: INetStream) -> None:
+    with trio.CancelScope(shield=True), trio.move_on_after(HOP_TIMEOUT_S):
+        try:
+            await stream.reset()
+        except Exception:  # already gone
+            pass
+
+
+def end_circuits_with_a_reset(library: CircuitV2Protocol) -> None:
+    """Found here (bench/nat.py): a circuit outlived its source by up to the duration limit (600 s).
+
+    py-libp2p's relay copies each direction in ``_relay_data`` and, when one ends, "closes" the streams it
+    finds in ``_active_relays`` under the *peer id*: the entry of another circuit of the same peer (the
+    latest), and only half-closed. The other direction of the circuit that ended kept reading, and its
+    slot stayed taken: a private node was refused (RESOURCE_LIMIT_EXCEEDED) once 4 buyers had come and
+    gone. Here the first direction to end cancels the other (a read on a stream reset locally is not
+    woken: measured) and resets its own circuit's two streams; py-libp2p's cleanup by peer id is made a
+    no-op (it could only hit a live circuit).
+    """
+    relay_data = library._relay_data
+    directions: dict[frozenset[int], list[trio.CancelScope]] = {}  # a circuit's two copies, while both run
+
+    async def _relay_data(src: INetStream, dst: INetStream, *args: Any) -> None:
+        circuit = frozenset((id(src), id(dst)))
+        with trio.CancelScope() as scope:
+            directions.setdefault(circuit, []).append(scope)
+            try:
+                await relay_data(src, dst, *args)
+            finally:
+                for other in directions.pop(circuit, []):
+                    other.cancel()  # the other copy may wait in a read that a reset does not wake
+                await _reset(src)
+                await _reset(dst)
+
+    async def _close_stream(stream: INetStream | None) -> None:
+        return None
+
+    library._relay_data = _relay_data  # type: ignore[method-assign]
+    library._close_stream = _close_stream  # type: ignore[method-assign]
+
+
 def hop_handler(host: IHost, policy: RelayPolicy) -> Callable[[INetStream], Any]:
     """The HOP protocol of a relay: Rules 1-2 of ``p2p.relay_limits`` before py-libp2p's handler."""
     # Found here: py-libp2p's relay logs every circuit's normal end ("stream is reset") at ERROR, twice.
     logging.getLogger("libp2p.relay.circuit_v2.protocol").setLevel(logging.CRITICAL)
     library = CircuitV2Protocol(host, limits=_lib_limits(policy.limits), allow_hop=True)
+    end_circuits_with_a_reset(library)
 
     async def handle(stream: INetStream) -> None:
         peer = stream.muxed_conn.peer_id

@@ -77,6 +77,8 @@ def test_a_provider_behind_nat_sells_through_the_relay(tmp_path, demo_image, kil
                 else None)(_h.status_json(data_dir)), 30)
             assert f"{boot_addr}/p2p-circuit/p2p/{status['peer_id']}" in status["addrs"]
             assert provider.stderr_lines("reachability unknown -> private"), provider.tail()
+            human = _h.run_cli("status", "--data-dir", str(data_dir), timeout_s=30).stdout
+            assert "reachable  private" in human and "/p2p-circuit/" in human, human
 
             home = tmp_path / "buyer"
             run = procs.start("buyer", _in(buyer_host, "run", "--data-dir", str(home), "--bootstrap", boot_addr,

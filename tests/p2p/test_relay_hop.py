@@ -120,5 +120,7 @@ async def test_circuits_past_the_per_peer_limit_are_refused_and_freed_when_they_
             assert relay.hop is not None and relay.hop.refused == {"circuits_per_peer": 1}
             for stream in held:
                 await stream.reset()
-            await wait_until(lambda: not relay.hop.circuits, timeout_s=20)  # type: ignore[union-attr]
+            # end_circuits_with_a_reset: before it, each circuit stayed open after its source left (the
+            # other direction kept reading a half-closed stream) until the 600 s duration limit.
+            await wait_until(lambda: not relay.hop.circuits, timeout_s=3)  # type: ignore[union-attr]
             assert set(relay.hop.reservations) == {private.peer_id}  # the reservation is unaffected
