@@ -124,3 +124,18 @@ async def test_circuits_past_the_per_peer_limit_are_refused_and_freed_when_they_
             # other direction kept reading a half-closed stream) until the 600 s duration limit.
             await wait_until(lambda: not relay.hop.circuits, timeout_s=3)  # type: ignore[union-attr]
             assert set(relay.hop.reservations) == {private.peer_id}  # the reservation is unaffected
+
+
+async def test_dht_provider_records_carry_the_circuit_address():
+    from p2p import dht
+
+    async with open_host(loopback_config(relay_hop=RelayLimits())) as relay:
+        boot = (relay.addrs()[0],)
+        async with open_host(loopback_config(bootstrap=boot, relays=(), reachability="private")) as private:
+            await wait_until(lambda: len(private.relay.held) == 1, timeout_s=10)
+            assert (await dht.provide(private, ["any"])) == {"any": True}
+            async with open_host(loopback_config(bootstrap=boot, dht_mode="client")) as buyer:
+                found = []
+                await dht.find_providers(buyer, "any", on_found=found.append)
+                addrs = [str(a) for info in found if info.peer_id.to_base58() == private.peer_id for a in info.addrs]
+                assert private.relay.circuit_addrs()[0] in addrs
