@@ -283,6 +283,10 @@ class Lab:
         self._in(ns, "iptables", "-A", "FORWARD", "-i", "eth0", "-m", "conntrack", "--ctstate",
                  "ESTABLISHED,RELATED", "-j", "ACCEPT")
         self._in(ns, "iptables", "-A", "FORWARD", "-i", "eth0", "-j", "DROP")
+        # And the router itself answers nothing new from outside: an unsolicited SYN is dropped, not
+        # refused with a RST (which would end the peer's half of a simultaneous open early), as home
+        # routers and carrier NATs do.
+        self._in(ns, "iptables", "-A", "INPUT", "-i", "eth0", "-m", "conntrack", "--ctstate", "NEW", "-j", "DROP")
         router = Host(self, name, ns, outside)
         home = Home(name, router, lan, nat, isp)
         if isp is not None:
