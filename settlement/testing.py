@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from market.records import Agreement, Capacity, JobSpec, Limits, Offer, Prices, Proposal, ReceiptTerms, ResourceRequest
 from p2p.envelope import Signed, countersign, sign_record
@@ -93,6 +94,20 @@ def make_chain(provider: NodeKey, buyer: NodeKey, n: int, *, now_ms: int = 1_800
         receipts.append(signed)
         prev, prev_id = r, signed.record_id
     return Evidence(offer, proposal, agreement, receipts)
+
+
+def write_store(path: Path, ev: Evidence) -> Path:
+    """A node database at ``path`` holding ``ev`` (offer, proposal, agreement, receipts), as a node
+    would have stored it; returns ``path``."""
+    from settlement.store import Store
+
+    with Store(path) as store:
+        store.put_offer(ev.offer)
+        store.put_proposal(ev.proposal)
+        store.put_agreement(ev.agreement)
+        for r in ev.receipts:
+            store.append_receipt(r)
+    return path
 
 
 def resign(record: Receipt, provider: NodeKey, buyer: NodeKey | None) -> Signed[Receipt]:

@@ -9,7 +9,7 @@ import sqlite3
 from node.dashboard.board import Board
 from p2p.envelope import countersign, sign_record
 from settlement.store import Store
-from settlement.testing import key_from_label, make_agreement, make_chain, next_receipt
+from settlement.testing import key_from_label, make_agreement, make_chain, next_receipt, write_store
 
 PROVIDER, BUYER = key_from_label("provider"), key_from_label("buyer")
 NOW = 1_800_000_100_000
@@ -55,14 +55,8 @@ def test_receipts_as_they_arrive_and_a_late_countersignature(tmp_path):
 
 
 def test_a_body_that_no_longer_decodes_is_shown_and_fails_the_audit(tmp_path):
-    db = tmp_path / "node.db"
     chain = make_chain(PROVIDER, BUYER, 2, final=False)
-    with Store(db) as store:
-        store.put_offer(chain.offer)
-        store.put_proposal(chain.proposal)
-        store.put_agreement(chain.agreement)
-        for r in chain.receipts:
-            store.append_receipt(r)
+    db = write_store(tmp_path / "node.db", chain)
     conn = sqlite3.connect(db)
     conn.execute("DROP TRIGGER receipts_no_rewrite")
     conn.execute("UPDATE receipts SET body = x'00' WHERE seq = 2")

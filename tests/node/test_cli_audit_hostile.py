@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 
 from node.cli import main
-from settlement.store import Store
-from settlement.testing import key_from_label, make_chain
+from settlement.testing import key_from_label, make_chain, write_store
 
 SUANLI = shutil.which("suanli", path=str(Path(sys.executable).parent)) or "suanli"
 P, B = key_from_label("provider"), key_from_label("buyer")
@@ -93,14 +92,7 @@ def test_a_fifo_and_a_directory_are_refused_without_blocking(tmp_path):
 
 
 def _honest_db(path):
-    ev = make_chain(P, B, 3)
-    with Store(path) as store:
-        store.put_offer(ev.offer)
-        store.put_proposal(ev.proposal)
-        store.put_agreement(ev.agreement)
-        for r in ev.receipts:
-            store.append_receipt(r)
-    return path
+    return write_store(path, make_chain(P, B, 3))
 
 
 def test_inputs_over_the_size_limit_are_refused_before_reading(tmp_path, monkeypatch, capsys):

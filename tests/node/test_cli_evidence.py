@@ -19,7 +19,7 @@ from p2p.envelope import Signed, countersign, open_signed, sign_record
 from settlement.bundle import encode_bundle
 from settlement.records import Statement
 from settlement.store import Store
-from settlement.testing import key_from_label, make_chain
+from settlement.testing import key_from_label, make_chain, write_store
 
 SUANLI = shutil.which("suanli", path=str(Path(sys.executable).parent)) or "suanli"
 P, B = key_from_label("provider"), key_from_label("buyer")
@@ -39,14 +39,7 @@ def assert_one_line_error(code, out, err, expected_code=2):
 
 @pytest.fixture
 def node_db(tmp_path, evidence):
-    path = tmp_path / "provider.db"
-    with Store(path) as store:
-        store.put_offer(evidence.offer)
-        store.put_proposal(evidence.proposal)
-        store.put_agreement(evidence.agreement)
-        for r in evidence.receipts:
-            store.append_receipt(r)
-    return path
+    return write_store(tmp_path / "provider.db", evidence)
 
 
 def write_bundle(path, ev, receipts=None):

@@ -14,7 +14,7 @@ from pathlib import Path
 from p2p.envelope import open_signed, sign_record
 from settlement.bundle import encode_bundle
 from settlement.records import Statement
-from settlement.testing import key_from_label, make_chain, resign
+from settlement.testing import key_from_label, make_chain, resign, write_store
 
 SUANLI = shutil.which("suanli", path=str(Path(sys.executable).parent)) or "suanli"
 P, B, A = key_from_label("provider"), key_from_label("buyer"), key_from_label("auditor")
@@ -107,16 +107,7 @@ def test_a_statement_alone_or_broken_is_one_line_exit_2(tmp_path):
 
 
 def test_export_keeps_an_existing_file_unless_forced(tmp_path):
-    from settlement.store import Store
-
-    ev = make_chain(P, B, 2)
-    db = tmp_path / "node.db"
-    with Store(db) as store:
-        store.put_offer(ev.offer)
-        store.put_proposal(ev.proposal)
-        store.put_agreement(ev.agreement)
-        for r in ev.receipts:
-            store.append_receipt(r)
+    db = write_store(tmp_path / "node.db", make_chain(P, B, 2))
     out = tmp_path / "x.bundle"
     out.write_bytes(b"precious")
     code, stdout, err = run("export", "--db", db, "--out", out)

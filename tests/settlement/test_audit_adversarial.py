@@ -23,8 +23,7 @@ from settlement.audit import ChainJob, audit, audit_chain, read_inputs
 from settlement.billing import amount_due
 from settlement.records import BUYER_UNRESPONSIVE, COMPLETED, FINAL, RUNNING
 from settlement.statement import build_statement
-from settlement.store import Store
-from settlement.testing import TERMS, key_from_label, make_agreement, make_chain, next_receipt
+from settlement.testing import TERMS, key_from_label, make_agreement, make_chain, next_receipt, write_store
 from settlement.verify_statement import statement_problems
 
 P, B = key_from_label("provider"), key_from_label("buyer")
@@ -293,13 +292,7 @@ def test_an_edited_database_column_is_one_finding_and_changes_nothing_owed(tmp_p
     table, name, value = column
     tmp = tmp_path_factory.mktemp("db")
     ev = make_chain(P, B, n, nonce=hashlib.sha256(f"{n}".encode()).digest()[:16])
-    db = tmp / "node.db"
-    with Store(db) as store:
-        store.put_offer(ev.offer)
-        store.put_proposal(ev.proposal)
-        store.put_agreement(ev.agreement)
-        for r in ev.receipts:
-            store.append_receipt(r)
+    db = write_store(tmp / "node.db", ev)
     [honest_result] = audit(read_inputs([db]))
     edited = tmp / "edited.db"
     shutil.copy(db, edited)

@@ -13,8 +13,7 @@ from settlement.bundle import encode_bundle
 from settlement.chain import verify_chain
 from settlement.records import FINAL
 from settlement.statement import build_statement
-from settlement.store import Store
-from settlement.testing import key_from_label, make_chain, next_receipt, resign
+from settlement.testing import key_from_label, make_chain, next_receipt, resign, write_store
 
 P, B = key_from_label("provider"), key_from_label("buyer")
 P2, B2 = key_from_label("provider-b"), key_from_label("buyer-b")
@@ -77,14 +76,7 @@ def test_nothing_is_owed_beyond_a_final():
 
 
 def _db(tmp_path, ev):
-    path = tmp_path / "node.db"
-    with Store(path) as store:
-        store.put_offer(ev.offer)
-        store.put_proposal(ev.proposal)
-        store.put_agreement(ev.agreement)
-        for r in ev.receipts:
-            store.append_receipt(r)
-    return path
+    return write_store(tmp_path / "node.db", ev)
 
 
 def _tamper(path, sql, *params):
