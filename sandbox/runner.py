@@ -178,7 +178,13 @@ class Job:
         if self._killed:
             return
         if self.meter.state == "paused":
-            await self.resume()
+            try:
+                await self.resume()
+            except SandboxError as exc:
+                # Another task's unpause got there first (the owner left while a stop was asked
+                # for): the engine says "not paused", the meter has not heard yet. The job runs
+                # again, so the stop goes on; a real engine failure shows again in the stop below.
+                log.info("unpause of %s before its stop: %s; stopping it anyway", self.id[:12], exc)
         try:
             await self.engine.call(self.api.stop, self.id, timeout=self.plan.stop_timeout_s,
                                    what="stop container")
