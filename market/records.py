@@ -16,7 +16,10 @@ from typing import Annotated, ClassVar
 
 from p2p.records import U64, Digest, MaxLen, PublicKey, Record, ShortText, Size, record, struct
 
-ImageRef = Annotated[str, MaxLen(128)]
+# A pinned local image id ``sha256:<64 hex>``, or a registry image pinned by digest
+# ``REGISTRY/REPO@sha256:<64 hex>`` (sandbox.registry); never a tag.
+ImageRef = Annotated[str, MaxLen(256)]
+MAX_OFFER_IMAGES = 32  # digests an offer advertises (issue 19): the most recently used first
 DEFAULT_DISK_MIB = 1024  # a job's /io when the buyer names no size
 Command = Annotated[tuple[Annotated[str, MaxLen(4096)], ...], MaxLen(256)]
 
@@ -75,9 +78,13 @@ class ReceiptTerms:
     exposure_cap_micros: U64
 
 
-@record("offer", 1)
+@record("offer", 2)
 @dataclass(frozen=True)
 class Offer(Record):
+    """Version 2 (issues 18 and 19) added availability (``window_end_ms``, ``notice_ms``, ``preemptible``)
+    and ``images``, the digests of the images the provider holds, so a buyer can prefer one that need not
+    pull or receive its image."""
+
     SIGNERS: ClassVar = (("provider", "provider"),)
 
     provider: PublicKey
@@ -90,12 +97,17 @@ class Offer(Record):
     prices: Prices
     limits: Limits
     terms: ReceiptTerms
+    images: Annotated[tuple[Digest, ...], MaxLen(MAX_OFFER_IMAGES)] = ()  # image ids and manifest digests held
+    window_end_ms: U64 = 0  # when the owner's schedule ends this selling window; 0: no scheduled end
+    notice_ms: U64 = 0  # the notice a running job gets when the owner returns (docs/OWNER.md)
+    preemptible: bool = False  # True when the owner may take the machine back before a job ends
 
 
 @struct
 @dataclass(frozen=True)
 class JobSpec:
-    """What runs: an image pinned by id (``sha256:<64 hex>``), never a tag."""
+    """What runs: an image pinned by id (``sha256:<64 hex>``) or a registry image pinned by its manifest
+    digest (``REGISTRY/REPO@sha256:<64 hex>``), never a tag."""
 
     image: ImageRef
     image_archive_sha256: Digest | None
@@ -138,9 +150,13 @@ class Proposal(Record):
     expires_at_ms: U64
 
 
-@record("agreement", 1)
+@record("agreement", 2)
 @dataclass(frozen=True)
 class Agreement(Record):
+    """Version 2 (issue 19) added ``image_manifest`` and ``image_platform``: for a registry image, the
+    manifest the provider will pull (the platform's, when the buyer named a multi-platform index) and
+    that platform ("linux/amd64"); both None for a local image id."""
+
     SIGNERS: ClassVar = (("provider", "provider"), ("buyer", "buyer"))
 
     provider: PublicKey
@@ -154,3 +170,5 @@ class Agreement(Record):
     terms: ReceiptTerms
     created_at_ms: U64
     accept_by_ms: U64
+    image_manifest: Digest | None = None
+    image_platform: ShortText | None = None

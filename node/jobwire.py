@@ -1,7 +1,8 @@
 """The messages of ``/suanli/job/1.0.0``: one stream per job, opened by the buyer after the agreement.
 
     buyer                                           provider
-    start(agreement_id, input_bytes, image) ─────▶
+    start(agreement_id, input_bytes, image, layers) ▶
+                                         ◀───────── have_layers(layers)      (only when it holds some)
                                          ◀───────── status("need_image") | status("starting") | fail
     chunk("image", ...)* end("image") ───────────▶  (only when asked for the image)
     chunk("inputs", ...)* end("inputs") ─────────▶
@@ -19,6 +20,10 @@
 
 Rule 1: every frame is one canonical record (p2p.records); chunks carry at most ``CHUNK_BYTES``.
 Rule 2: declared sizes are enforced: a peer that sends more than it declared is cut off.
+Rule 3 (issue 19): layer-aware shipping. A ``start`` names the layers of the buyer's archive; a provider
+that lacks the image but holds some of those layers says which in ``have_layers`` before its
+``need_image``, and the buyer then sends the archive without them (at most the declared size). The
+provider rebuilds the whole image from what arrived and its layer store, and checks every digest.
 """
 
 from __future__ import annotations
@@ -31,16 +36,28 @@ from p2p.records import I64, U64, Digest, MaxLen, Record, ShortText, decode_one_
 PROTOCOL_ID = "/suanli/job/1.0.0"
 CHUNK_BYTES = 128 * 1024
 MAX_FRAME_BYTES = CHUNK_BYTES + 4096
+MAX_LAYERS = 128  # layers in one image archive (sandbox.archive refuses more)
 Envelope = Annotated[bytes, MaxLen(96 * 1024)]
 Text = Annotated[str, MaxLen(2048)]
 
 
-@record("job.start", 1)
+@record("job.start", 2)
 @dataclass(frozen=True)
 class Start(Record):
+    """Version 2 (issue 19) added ``image_layers``: the layers (diff ids) of the archive the buyer can send."""
+
     agreement_id: Digest
     input_bytes: U64  # size of the inputs tar that follows (0: none)
     image_archive_bytes: U64  # size of the image archive the buyer can send if asked (0: none)
+    image_layers: Annotated[tuple[Digest, ...], MaxLen(MAX_LAYERS)] = ()
+
+
+@record("job.have_layers", 1)
+@dataclass(frozen=True)
+class HaveLayers(Record):
+    """The provider already holds these layers of the buyer's archive (Rule 3): send the archive without them."""
+
+    layers: Annotated[tuple[Digest, ...], MaxLen(MAX_LAYERS)]
 
 
 @record("job.chunk", 1)
@@ -108,7 +125,7 @@ class Fail(Record):
     detail: Text
 
 
-MESSAGES: dict[str, type[Record]] = {cls.TAG: cls for cls in (Start, Chunk, End, Status, Log, ReceiptMsg,
+MESSAGES: dict[str, type[Record]] = {cls.TAG: cls for cls in (Start, HaveLayers, Chunk, End, Status, Log, ReceiptMsg,
                                                                Countersign, Cancel, Done, Fail)}
 
 

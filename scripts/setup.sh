@@ -28,6 +28,10 @@ command -v losetup >/dev/null 2>&1 || [ -x /usr/sbin/losetup ] || [ -x /sbin/los
 if command -v dpkg >/dev/null 2>&1; then
     dpkg -s busybox-static >/dev/null 2>&1 || missing+=(busybox-static)
 fi
+# - mmdebstrap: builds the Python workload image (sandbox.pyimage) offline from Debian's packages;
+# - docker-registry: a real registry (the CNCF distribution server) that the tests run on 127.0.0.1.
+command -v mmdebstrap >/dev/null 2>&1 || missing+=(mmdebstrap)
+command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
     echo "setup: installing ${missing[*]}"
