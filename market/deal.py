@@ -64,11 +64,23 @@ class Bid:
 Decision = Refuse | CounterPrice | Bid
 
 
+@dataclass(frozen=True)
+class ImageVerdict:
+    """The provider's own check of a registry image before it bids (node.jobimages; market.negotiation
+    Rule 4): the manifest and platform it will pull, or why it will not (``refuse``)."""
+
+    manifest: bytes | None = None
+    platform: str | None = None
+    refuse: Refuse | None = None
+
+
 def decide(proposal: Proposal, proposal_id: bytes, provider: bytes, offers: Mapping[bytes, Offer],
            gpus: Sequence[OfferedGpu], ledger: CapacityLedger, now_ms: int, hold_ms: int,
-           unstarted: int = 0, *, accepting: bool | str = True) -> Decision:
+           unstarted: int = 0, *, accepting: bool | str = True,
+           image_manifest: bytes | None = None, image_platform: str | None = None) -> Decision:
     """``unstarted``: agreements of this buyer that are confirmed and whose job has not started;
-    ``accepting``: False while the provider takes no new jobs (Rule 6)."""
+    ``accepting``: False while the provider takes no new jobs (Rule 6); ``image_manifest`` and
+    ``image_platform``: what the provider resolved a registry image to (market.negotiation Rule 4)."""
     if accepting is not True:  # Rule 6: before the offer is even looked up; a text says why (node.owner_watch)
         return Refuse(BUSY, accepting or "this provider is shutting down and takes no new jobs")
     offer = offers.get(proposal.offer_id)
@@ -111,7 +123,8 @@ def decide(proposal: Proposal, proposal_id: bytes, provider: bytes, offers: Mapp
     agreement = Agreement(
         provider=provider, buyer=proposal.buyer, offer_id=proposal.offer_id, proposal_id=proposal_id,
         job=proposal.job, resources=r, price_micros_per_s=price, max_duration_ms=proposal.max_duration_ms,
-        terms=proposal.terms, created_at_ms=now_ms, accept_by_ms=accept_by)
+        terms=proposal.terms, created_at_ms=now_ms, accept_by_ms=accept_by, image_manifest=image_manifest,
+        image_platform=image_platform)
     allocation = ledger.reserve(agreement.record_id(), tuple(g.uuid for g in chosen), r.cpu_millis, r.memory_mib,
                                 hold_until_ms=accept_by, owner=proposal.buyer, disk_mib=r.disk_mib)
     if allocation is None:

@@ -20,10 +20,18 @@ Rule 3 (issue 13 L7): one proposal gets at most one agreement. The provider reme
 proposal it bid on (``ProposalMemory``) until that proposal expires, and refuses it again with
 ``duplicate_proposal``; a bid the buyer never countersigned is forgotten, so the buyer may retry it.
 A proposal must expire within ``MAX_PROPOSAL_LIFETIME_MS``, so what is remembered is bounded in time.
+Rule 4 (issue 19): a job's image is a pinned local id ``sha256:<64 hex>`` or a registry image pinned by
+its manifest digest ``REGISTRY/REPO@sha256:<64 hex>``; anything else (a tag) is ``bad_proposal``. An
+offer's ``allowed_images`` lists digests; a registry image is allowed when its digest is listed. For a
+registry image the provider's agreement names the manifest it will pull (``image_manifest``: the named
+digest itself, or with ``image_platform`` set, one platform's manifest from the named index); for a
+local id both are empty. Whether the provider may reach that registry and hold that image is its own
+policy, checked before it bids (node.jobimages), refused with the reasons below.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from market.records import Agreement, Offer, Proposal
@@ -68,9 +76,37 @@ BAD_PROPOSAL = "bad_proposal"
 AGREEMENT_EXPIRED = "agreement_expired"
 DUPLICATE_PROPOSAL = "duplicate_proposal"  # Rule 3
 UNSTARTED_AGREEMENTS = "unstarted_agreements"  # market.deal Rule 5
+# Rule 4: a registry image the provider will not pull.
+REGISTRY_NOT_ALLOWED = "registry_not_allowed"  # the operator's list of registries does not name it
+IMAGE_TOO_LARGE = "image_too_large"  # its manifest states more than the operator takes, or than the cache holds
+IMAGE_UNAVAILABLE = "image_unavailable"  # the registry did not answer, has no such manifest, or no such platform
 REJECT_REASONS = frozenset({NO_CAPACITY, PRICE_TOO_LOW, IMAGE_NOT_ALLOWED, DURATION_TOO_LONG, EXPIRED_OFFER,
                             EXPIRED_PROPOSAL, BUSY, TERMS_UNACCEPTABLE, BAD_PROPOSAL, AGREEMENT_EXPIRED,
-                            DUPLICATE_PROPOSAL, UNSTARTED_AGREEMENTS})
+                            DUPLICATE_PROPOSAL, UNSTARTED_AGREEMENTS, REGISTRY_NOT_ALLOWED, IMAGE_TOO_LARGE,
+                            IMAGE_UNAVAILABLE})
+
+# Rule 4: the two shapes of an image (sandbox.registry parses a registry reference in full).
+_LOCAL_ID = re.compile(r"sha256:([0-9a-f]{64})")
+_REGISTRY_REF = re.compile(r"[a-z0-9][a-z0-9._:/-]*@sha256:([0-9a-f]{64})")
+
+
+def image_digest(image: str) -> bytes | None:
+    """Rule 4: the 32 bytes that pin ``image`` (a local id, or a registry reference's manifest digest),
+    or None when it is neither."""
+    m = _LOCAL_ID.fullmatch(image) or _REGISTRY_REF.fullmatch(image)
+    return bytes.fromhex(m.group(1)) if m else None
+
+
+def is_registry_image(image: str) -> bool:
+    return _REGISTRY_REF.fullmatch(image) is not None
+
+
+def image_allowed(image: str, allowed: tuple[str, ...]) -> bool:
+    """Rule 4: an empty list allows any pinned image; otherwise its digest must be listed."""
+    if not allowed:
+        return True
+    digest = image_digest(image)
+    return digest is not None and f"sha256:{digest.hex()}" in allowed
 
 # Rule 3: buyers set 30 s; ten minutes leaves room for slow buyers and skewed clocks.
 MAX_PROPOSAL_LIFETIME_MS = 10 * 60_000
@@ -114,9 +150,11 @@ def check_proposal(proposal: Proposal, offer: Offer, provider: bytes, now_ms: in
         return BAD_PROPOSAL
     if offer.expires_at_ms <= now_ms:
         return EXPIRED_OFFER
-    if not proposal.job.image.startswith("sha256:") or len(proposal.job.image) != 71:
+    if image_digest(proposal.job.image) is None:  # Rule 4
         return BAD_PROPOSAL
-    if offer.limits.allowed_images and proposal.job.image not in offer.limits.allowed_images:
+    if is_registry_image(proposal.job.image) and proposal.job.image_archive_sha256 is not None:
+        return BAD_PROPOSAL  # pulled or shipped, not both
+    if not image_allowed(proposal.job.image, offer.limits.allowed_images):
         return IMAGE_NOT_ALLOWED
     if proposal.max_duration_ms > offer.limits.max_duration_s * 1000 or proposal.max_duration_ms == 0:
         return DURATION_TOO_LONG
@@ -167,6 +205,13 @@ def check_agreement(agreement: Agreement, proposal: Proposal, proposal_id: bytes
         problems.append("names another offer")
     if agreement.job != proposal.job:
         problems.append("changes the job")
+    elif not is_registry_image(proposal.job.image):  # Rule 4
+        if agreement.image_manifest is not None or agreement.image_platform is not None:
+            problems.append("names a registry manifest for a local image")
+    elif agreement.image_manifest is None:
+        problems.append("names no manifest for the registry image")
+    elif agreement.image_platform is None and agreement.image_manifest != image_digest(proposal.job.image):
+        problems.append("names another manifest than the image's digest")
     if agreement.resources != proposal.resources:
         problems.append("changes the resources")
     if agreement.terms != proposal.terms:

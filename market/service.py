@@ -32,18 +32,20 @@ from dataclasses import dataclass, field
 import trio
 
 from market.capacity import Allocation, CapacityLedger
-from market.deal import Bid, CounterPrice, Refuse, decide
+from market.deal import Bid, CounterPrice, ImageVerdict, Refuse, decide
 from market.negotiation import (
     AGREEMENT_EXPIRED,
     BUYER,
     DUPLICATE_PROPOSAL,
     PROVIDER,
+    REGISTRY_NOT_ALLOWED,
     Negotiation,
     ProposalMemory,
     check_agreement,
+    is_registry_image,
 )
 from market.offers import OfferedGpu
-from market.records import Agreement, Offer, Proposal
+from market.records import Agreement, JobSpec, Offer, Proposal
 from market.wire import NAMES, PROTOCOL_ID, Accept, Agree, Confirm, Counter, Propose, Reject, decode_message
 from p2p.envelope import Signed, countersign, open_signed, sign_record
 from p2p.errors import RemoteProtocolError, SuanliError
@@ -97,12 +99,25 @@ class ProviderMarket:
     unstarted: Unstarted = no_unstarted  # Rule 5
     proposals: ProposalMemory = field(default_factory=ProposalMemory)  # Rule 4
     accepting: bool | str = True  # market.deal Rule 6: False (or why, a text) refuses every new bid, on any offer
+    # market.negotiation Rule 4: the provider's own check of a registry image (its policy, the registry's
+    # manifest), awaited before ``decide``; None: registry images are refused.
+    check_image: Callable[[JobSpec], Awaitable[ImageVerdict]] | None = None
 
     def publish(self, signed: Signed[Offer]) -> None:
         """Make an offer negotiable; forget offers that have expired."""
         now = self.clock()
         self.offers = {oid: o for oid, o in self.offers.items() if o.expires_at_ms > now}
         self.offers[signed.record_id] = signed.record
+
+    async def _image_verdict(self, job: JobSpec) -> ImageVerdict:
+        """market.negotiation Rule 4: nothing to check for a local id; a registry image asks the provider's
+        own check (bounded in time there), or is refused when this provider pulls nothing."""
+        if not is_registry_image(job.image):
+            return ImageVerdict()
+        if self.check_image is None:
+            return ImageVerdict(refuse=Refuse(REGISTRY_NOT_ALLOWED,
+                                              "this provider does not pull images from registries"))
+        return await self.check_image(job)
 
     async def handle(self, framed: FramedStream) -> None:
         n = Negotiation(PROVIDER)
@@ -126,9 +141,15 @@ class ProviderMarket:
                         await _send(framed, n, Reject(DUPLICATE_PROPOSAL, "this proposal already has a bid or "
                                                       "an agreement; sign a new one (a new nonce) for another job"))
                         continue
+                    verdict = await self._image_verdict(proposal.record.job)
+                    if verdict.refuse is not None:
+                        await _send(framed, n, Reject(verdict.refuse.reason, verdict.refuse.detail))
+                        continue
+                    now = self.clock()
                     decision = decide(proposal.record, proposal.record_id, self.key.public, self.offers, self.gpus,
                                       self.ledger, now, self.hold_ms, self.unstarted(proposal.record.buyer),
-                                      accepting=self.accepting)
+                                      accepting=self.accepting, image_manifest=verdict.manifest,
+                                      image_platform=verdict.platform)
                     if isinstance(decision, Refuse):
                         await _send(framed, n, Reject(decision.reason, decision.detail))
                     elif isinstance(decision, CounterPrice):

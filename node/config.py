@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,7 +62,7 @@ cpu_millis = 0                 # 0..1048576; CPU offered, in millicores; 0 = all
 memory_mib = 0                 # 0..16777216; memory offered; 0 = three quarters of this machine's memory
 disk_mib = 0                   # 0..1073741824; scratch disk offered for jobs' /io; 0 = half the data dir's free
                                # disk after a reserve (1 GiB or 5 %) and the image budgets (8 + 10 GiB)
-# Images allowed, pinned by id ("sha256:..."); empty = any image the buyer supplies.
+# Images allowed: image ids or registry manifest digests ("sha256:..."); empty = any pinned image.
 allowed_images = []
 offer_ttl_s = 120              # 10..86400; how long each signed offer lives; it is re-issued at half-life
 start_window_s = 30            # 5..600; an agreement whose job has not started by then is closed, its capacity freed
@@ -78,6 +79,16 @@ runtime = ""
 pids_limit = 256               # 16..4194304
 log_rate_bytes_per_s = 65536   # 1024..104857600; a job's log lines beyond this rate are dropped, with a note
 log_burst_bytes = 262144       # 1024..1073741824; what a job may log at once before the rate applies
+
+[images]
+# Registry images (docs/SANDBOX.md, "Images from registries"): a buyer names REGISTRY/REPO@sha256:<digest>,
+# never a tag; you pull it before the job's clock starts, and only its digest may run.
+pull = true                    # false = run only images you hold or buyers upload
+allowed_registries = []        # e.g. ["ghcr.io", "registry.example.com:5000"]; [] = any public registry
+                               # (a loopback or private address only when listed here)
+max_image_mib = 20480          # 1..1048576; the largest image pulled, from its manifest, before any layer
+cache_mib = 10240              # 1024..16777216; pulled and uploaded images kept (least recently used go first)
+layer_store_mib = 4096         # 0..16777216; layers of uploaded archives kept, so a buyer sends only new ones
 
 [dashboard]
 # The operator's web dashboard (docs/DASHBOARD.md), on 127.0.0.1 only; `suanli dashboard` prints its URL.
@@ -104,6 +115,8 @@ port = 8742                    # 0..65535; 0 = any free port (if this one is tak
 # sat = ["22:00-09:00"]        # e.g. a cafe: Saturday from closing at 22:00 to opening at 09:00
 '''
 
+_REGISTRY_HOST = re.compile(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]{1,5})?|\[[0-9a-f:]+\](:[0-9]{1,5})?")
+
 # Rule 3. Prices at most 100 credits per unit-second: 1,048 cores + 16 TiB + 64 GPUs at that price for
 # 30 days is about 4.5e18 micro-credits, below 2^63 (SQLite's integers) and 2^64 (the wire's U64).
 MAX_PRICE = 100_000_000
@@ -127,6 +140,9 @@ RANGES: dict[str, tuple[int, int]] = {
     "sandbox.log_rate_bytes_per_s": (1024, 104_857_600),  # 100 MiB/s
     "sandbox.log_burst_bytes": (1024, 1 << 30),
     "dashboard.port": (0, 65_535),
+    "images.max_image_mib": (1, 1_048_576),           # 1 TiB
+    "images.cache_mib": (1024, 16_777_216),
+    "images.layer_store_mib": (0, 16_777_216),
 }
 
 # Rule 3 for the buyer: `suanli run`'s numeric options (argparse has checked their types; the agent's
@@ -155,7 +171,8 @@ def check_run_numbers(values: dict[str, Any]) -> None:
             raise ConfigError(f"{flag}: expected a number in {lo}..{hi}, got {_show(value)}", key=flag)
 
 
-_TOP = {"data_dir", "key", "listen", "bootstrap", "prices", "limits", "receipts", "sandbox", "dashboard", "owner"}
+_TOP = {"data_dir", "key", "listen", "bootstrap", "prices", "limits", "receipts", "sandbox", "dashboard", "owner",
+        "images"}
 _SECTIONS: dict[str, set[str]] = {
     "prices": {"cpu_core_micros_per_s", "memory_gib_micros_per_s", "gpu_micros_per_s"},
     "limits": {"max_duration_s", "max_concurrent_jobs", "cpu_millis", "memory_mib", "disk_mib", "allowed_images",
@@ -163,7 +180,19 @@ _SECTIONS: dict[str, set[str]] = {
     "receipts": {"interval_ms", "countersign_timeout_ms", "grace_ms", "exposure_cap_micros"},
     "sandbox": {"runtime", "pids_limit", "log_rate_bytes_per_s", "log_burst_bytes"},
     "dashboard": {"enabled", "port"},
+    "images": {"pull", "allowed_registries", "max_image_mib", "cache_mib", "layer_store_mib"},
 }
+
+
+@dataclass(frozen=True)
+class ImageSettings:
+    """``[images]`` (issue 19): registry pulls, the image cache and the layer store (node.jobimages)."""
+
+    pull: bool = True
+    allowed_registries: tuple[str, ...] = ()  # host[:port]; empty: any public registry
+    max_image_mib: int = 20480
+    cache_mib: int = 10240
+    layer_store_mib: int = 4096
 
 
 @dataclass(frozen=True)
@@ -187,6 +216,7 @@ class ProviderConfig:
     dashboard_enabled: bool = True  # issue 20: node.dashboard, on 127.0.0.1:dashboard_port
     dashboard_port: int = 8742
     owner: OwnerPrefs | None = None  # issue 18: [owner] (node.owner_prefs); None: sold around the clock
+    images: ImageSettings = field(default_factory=ImageSettings)  # issue 19: [images]
 
 
 class _Reader:
@@ -284,7 +314,8 @@ def load_config(path: str | os.PathLike[str]) -> ProviderConfig:
     images = r.strings(lim.get("allowed_images", []), "limits.allowed_images")
     for image in images:
         if not (image.startswith("sha256:") and len(image) == 71):
-            raise r.fail("limits.allowed_images", f"{image!r} is not a pinned image id (sha256:<64 hex>)")
+            raise r.fail("limits.allowed_images", f"{image!r} is not a pinned image id or manifest digest "
+                         "(sha256:<64 hex>)")
     limits = Limits(max_duration_s=r.whole(lim, "limits", "max_duration_s", 3600, 1),
                     max_concurrent_jobs=r.whole(lim, "limits", "max_concurrent_jobs", 2, 1),
                     allowed_images=images)
@@ -297,6 +328,17 @@ def load_config(path: str | os.PathLike[str]) -> ProviderConfig:
     runtime = sb.get("runtime", "")
     if not isinstance(runtime, str):
         raise r.fail("sandbox.runtime", "expected a runtime name such as \"runsc\"")
+    img = r.section("images")
+    if type(img.get("pull", True)) is not bool:
+        raise r.fail("images.pull", f"expected true or false, got {_show(img.get('pull'))}")
+    registries = r.strings(img.get("allowed_registries", []), "images.allowed_registries")
+    for host in registries:
+        if not _REGISTRY_HOST.fullmatch(host):
+            raise r.fail("images.allowed_registries", f"{host!r} is not a registry host (host or host:port)")
+    image_settings = ImageSettings(pull=img.get("pull", True), allowed_registries=registries,
+                                   max_image_mib=r.whole(img, "images", "max_image_mib", 20480),
+                                   cache_mib=r.whole(img, "images", "cache_mib", 10240),
+                                   layer_store_mib=r.whole(img, "images", "layer_store_mib", 4096))
     dash = r.section("dashboard")
     if type(dash.get("enabled", True)) is not bool:
         raise r.fail("dashboard.enabled", f"expected true or false, got {_show(dash.get('enabled'))}")
@@ -311,7 +353,7 @@ def load_config(path: str | os.PathLike[str]) -> ProviderConfig:
         log_burst_bytes=r.whole(sb, "sandbox", "log_burst_bytes", 262144),
         start_window_s=r.whole(lim, "limits", "start_window_s", 30),
         dashboard_enabled=dash.get("enabled", True), dashboard_port=r.whole(dash, "dashboard", "port", 8742),
-        owner=parse_owner(doc.get("owner"), r.fail), ranges=r.checked)
+        owner=parse_owner(doc.get("owner"), r.fail), images=image_settings, ranges=r.checked)
 
 
 def example_for(data: Path) -> str:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from node.jobwire import Cancel, Chunk, Countersign, Done, End, Fail, Log, ReceiptMsg, Start, Status
+from node.jobwire import Cancel, Chunk, Countersign, Done, End, Fail, HaveLayers, Log, ReceiptMsg, Start, Status
 from p2p.envelope import Signed
 from p2p.errors import SuanliError
 from p2p.moves import RECV as RECV  # re-exported: the roles' sessions and tests use them from here
@@ -41,7 +41,9 @@ PROVIDER, BUYER = "provider", "buyer"
 START, IMAGE, INPUTS, OUTPUTS = "start", "image", "inputs", "outputs"
 STATUS, RUNNING, LOG, RECEIPT, FINAL = "status", "running", "log", "receipt", "final"
 COUNTERSIGN, CANCEL, DONE, FAIL = "countersign", "cancel", "done", "fail"
-KINDS = (START, IMAGE, INPUTS, OUTPUTS, STATUS, RUNNING, LOG, RECEIPT, FINAL, COUNTERSIGN, CANCEL, DONE, FAIL)
+HAVE_LAYERS = "have_layers"  # node.jobwire Rule 3: before need_image, the layers the provider holds
+KINDS = (START, IMAGE, INPUTS, OUTPUTS, STATUS, RUNNING, LOG, RECEIPT, FINAL, COUNTERSIGN, CANCEL, DONE, FAIL,
+         HAVE_LAYERS)
 
 # Reasons to pause (Rule 2).
 COUNTERSIGNATURE_LATE = "countersignature_late"  # the exposure guard (settlement.session Rule 2)
@@ -52,7 +54,8 @@ PAUSE_DETAIL = {COUNTERSIGNATURE_LATE: "waiting for your countersignature",  # t
 MOVES: dict[tuple[str, str, str, str], str] = {
     # The provider. A buyer's cancel during an upload is not in the table: the upload fails.
     (PROVIDER, "start", RECV, START): "preparing",
-    (PROVIDER, "preparing", SEND, STATUS): "preparing",  # need_image, loading_image, need_inputs, starting
+    (PROVIDER, "preparing", SEND, STATUS): "preparing",  # need_image, pulling_image, loading_image, need_inputs, ...
+    (PROVIDER, "preparing", SEND, HAVE_LAYERS): "preparing",
     (PROVIDER, "preparing", RECV, IMAGE): "preparing",
     (PROVIDER, "preparing", RECV, INPUTS): "preparing",
     (PROVIDER, "preparing", SEND, FAIL): "failed",
@@ -74,6 +77,7 @@ MOVES: dict[tuple[str, str, str, str], str] = {
     # The buyer. Logs may trail the final receipt: the provider's outbox sends control messages first.
     (BUYER, "start", SEND, START): "preparing",
     (BUYER, "preparing", RECV, STATUS): "preparing",
+    (BUYER, "preparing", RECV, HAVE_LAYERS): "preparing",
     (BUYER, "preparing", SEND, IMAGE): "preparing",
     (BUYER, "preparing", SEND, INPUTS): "preparing",
     (BUYER, "preparing", SEND, CANCEL): "preparing",
@@ -107,7 +111,7 @@ def kind_of(msg: Record, receipt: Receipt | None = None) -> str:
 
 
 _KIND_OF_TYPE: dict[type[Record], str] = {Start: START, Log: LOG, Countersign: COUNTERSIGN, Cancel: CANCEL,
-                                          Done: DONE, Fail: FAIL}
+                                          Done: DONE, Fail: FAIL, HaveLayers: HAVE_LAYERS}
 
 
 @dataclass
@@ -172,9 +176,11 @@ class Kill:
 
 @dataclass(frozen=True)
 class Upload:
-    """The buyer sends its ``kind`` blob (``image`` or ``inputs``), then reports ``transfer_done``."""
+    """The buyer sends its ``kind`` blob (``image`` or ``inputs``), then reports ``transfer_done``; an image
+    archive goes without the layers in ``omit`` (the provider holds them: node.jobwire Rule 3)."""
 
     kind: str
+    omit: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from node.jobsession import (
     Upload,
     kind_of,
 )
-from node.jobwire import Cancel, Chunk, Countersign, Done, End, Fail, ReceiptMsg, Start, Status
+from node.jobwire import Cancel, Chunk, Countersign, Done, End, Fail, HaveLayers, ReceiptMsg, Start, Status
 from p2p.envelope import Signed, countersign, open_signed
 from p2p.errors import CodecError, SignatureError, SuanliError
 from p2p.identity import NodeKey
@@ -72,8 +72,11 @@ class JobOutcome:
 
 
 class BuyerSession:
-    def __init__(self, agreement: Signed[Agreement], key: NodeKey, now_ms: int, *, has_image: bool) -> None:
+    def __init__(self, agreement: Signed[Agreement], key: NodeKey, now_ms: int, *, has_image: bool,
+                 image_layers: tuple[bytes, ...] = ()) -> None:
         self.agreement, self.key, self.has_image = agreement, key, has_image
+        self.image_layers = image_layers  # the archive's layers (diff ids), named in ``start``
+        self.omit_layers: tuple[bytes, ...] = ()  # those the provider holds
         self.machine = JobMachine(BUYER)
         self.verifier = ReceiptVerifier(agreement, now_ms)  # moved on to the inputs' upload (Rule 3)
         self.outcome = JobOutcome()
@@ -87,7 +90,7 @@ class BuyerSession:
 
     def start(self, input_bytes: int, image_bytes: int) -> Send:
         self.machine.move(SEND, START)
-        return Send(Start(self.agreement.record_id, input_bytes, image_bytes))
+        return Send(Start(self.agreement.record_id, input_bytes, image_bytes, self.image_layers))
 
     def cancel(self, reason: str = "buyer_cancel") -> list[Action]:
         """Ctrl-C: ``cancel`` goes out, unless the job is over already."""
@@ -115,9 +118,11 @@ class BuyerSession:
                 if not self.has_image:
                     raise JobFailed("the provider lacks the image and no --image-archive was given",
                                     reason="image_missing")
-                return [Upload(IMAGE)]
+                return [Upload(IMAGE, self.omit_layers)]
             elif msg.phase == "need_inputs":
                 return [Upload(INPUTS)]
+        elif isinstance(msg, HaveLayers):  # node.jobwire Rule 3: only layers the archive has may be left out
+            self.omit_layers = tuple(d for d in msg.layers if d in self.image_layers)
         elif isinstance(msg, Chunk):  # outputs: the table allows no other kind here
             self._out_buf += msg.data
             self._out_hash.update(msg.data)

@@ -44,7 +44,7 @@ from node.jobsession import (
     Store,
     kind_of,
 )
-from node.jobwire import Cancel, Countersign, Done, Fail, ReceiptMsg, Status
+from node.jobwire import Cancel, Countersign, Done, Fail, HaveLayers, ReceiptMsg, Status
 from p2p.envelope import Signed, open_countersigned, open_signed, sign_record
 from p2p.errors import CodecError, LocalProtocolError, RemoteProtocolError, SignatureError
 from p2p.identity import NodeKey
@@ -210,6 +210,10 @@ class ProviderSession:
 
     def status(self, phase: str, wall_ms: int, detail: str = "") -> Send:
         return self.send(Status(phase, wall_ms, detail))
+
+    def have_layers(self, layers: tuple[bytes, ...]) -> Send:
+        """node.jobwire Rule 3: the layers of the buyer's archive this provider holds, before ``need_image``."""
+        return self.send(HaveLayers(layers))
 
     def cannot_start(self, reason: str, detail: str, wall_ms: int) -> list[Action]:
         """``job.fail`` says why, and a final receipt that claims nothing closes the empty chain."""

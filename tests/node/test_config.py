@@ -17,6 +17,7 @@ def test_example_config_loads(tmp_path):
     assert cfg.terms.prices.cpu_core_micros_per_s == 50 and cfg.terms.receipts.interval_ms == 1000
     assert cfg.listen == ("/ip4/0.0.0.0/tcp/0",) and cfg.bootstrap == () and cfg.runtime is None
     assert cfg.key_path.name == "node.key"
+    assert cfg.images.pull and cfg.images.allowed_registries == () and cfg.images.cache_mib == 10240
     with pytest.raises(ConfigError, match="already exists"):
         write_example(path)
 
@@ -31,6 +32,9 @@ def test_example_config_loads(tmp_path):
     (('listen = ["/ip4/0.0.0.0/tcp/0"]', 'listen = ["0.0.0.0:4001"]'), "listen"),
     (("[sandbox]", "[sandbox]\ncolour = 1"), "sandbox.colour"),
     (("[limits]", "[limit]\nx = 1\n[limits]"), "limit"),
+    (("pull = true", 'pull = "yes"'), "images.pull"),
+    (("allowed_registries = []", 'allowed_registries = ["https://ghcr.io/"]'), "images.allowed_registries"),
+    (("allowed_registries = []", 'allowed_registries = "ghcr.io"'), "images.allowed_registries"),
     (("# \"NVIDIA GeForce RTX 4090\" = 600", '"NVIDIA GeForce RTX 4090" = "600"'),
      "prices.gpu_micros_per_s.NVIDIA GeForce RTX 4090"),
 ])
@@ -193,3 +197,11 @@ def json_string(path) -> str:  # noqa: ANN001
     import json
 
     return json.dumps(str(path), ensure_ascii=False)
+
+
+def test_images_section_names_registries_and_sizes(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text(EXAMPLE.replace("allowed_registries = []", 'allowed_registries = ["127.0.0.1:5000", "ghcr.io"]')
+                    .replace("max_image_mib = 20480", "max_image_mib = 512"))
+    cfg = load_config(path)
+    assert cfg.images.allowed_registries == ("127.0.0.1:5000", "ghcr.io") and cfg.images.max_image_mib == 512
