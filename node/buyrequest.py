@@ -97,13 +97,17 @@ def request_from_options(options: Mapping[str, Any], command: Sequence[str]) -> 
     archive = Path(options["image_archive"]) if options.get("image_archive") else None
     if archive is not None and not archive.is_file():
         raise SuanliError(f"--image-archive {archive}: no such file")
-    if archive is None:
-        check_image_pin(options.get("image"))
+    image = options.get("image")
+    if archive is not None and image and "@" in image:
+        raise SuanliError("--image-archive ships an image; a registry image (REGISTRY/REPO@sha256:...) is pulled "
+                          "by the provider: give one or the other")
+    if archive is None or image:
+        image = check_image_pin(image)  # canonical: a registry reference as the engine will name it
     resources = ResourceRequest(gpus=options["gpus"], gpu_model=options.get("gpu_model"),
                                 min_gpu_memory_mib=options.get("gpu_memory") or 0, min_compute_capability=None,
                                 cpu_millis=int(options["cpus"] * 1000), memory_mib=memory_mib, disk_mib=disk_mib)
     return BuyRequest(
-        command=tuple(command), image=options.get("image"), resources=resources,
+        command=tuple(command), image=image, resources=resources,
         max_price_micros_per_s=options["max_price"], max_duration_s=options["max_duration"], image_archive=archive,
         max_exposure_micros=options.get("max_exposure"), env=env, inputs=inputs, outputs=output,
         force=bool(options.get("force")),
@@ -151,12 +155,23 @@ def parse_env(items: Sequence[str]) -> dict[str, str]:
 
 
 def check_image_pin(image: str | None) -> str:
+    """A pinned local id, or a registry image pinned by digest in its canonical form (market.negotiation
+    Rule 4; sandbox.registry parses it); SuanliError with one line otherwise."""
     if not image:
-        raise SuanliError("give --image sha256:<id> (an image the provider has) and/or --image-archive FILE")
-    if not _PINNED.fullmatch(image):
-        raise SuanliError(f"--image {image!r}: pin the image by its id (sha256:<64 hex>, see `docker images "
-                          "--no-trunc`); a tag could mean another image on the provider's machine")
-    return image
+        raise SuanliError("give --image sha256:<id> (an image the provider has), --image REGISTRY/REPO@sha256:"
+                          "<digest> (pulled by the provider) and/or --image-archive FILE")
+    if _PINNED.fullmatch(image):
+        return image
+    if "@" not in image:
+        raise SuanliError(f"--image {image!r}: pin the image: sha256:<64 hex> for an image the provider has (see "
+                          "`docker images --no-trunc`), or REGISTRY/REPO@sha256:<64 hex> for a registry image; a "
+                          "tag could mean another image on the provider's machine", reason="image_tag")
+    from sandbox.registry import parse_ref
+
+    try:
+        return str(parse_ref(image))
+    except SuanliError as exc:
+        raise SuanliError(str(exc), reason=exc.fields.get("reason", "image_ref")) from None
 
 
 @dataclass(frozen=True)
@@ -170,6 +185,9 @@ def choose_image(image: str | None, archive_path: str | Path | None) -> ImageCho
     """The image to propose, with the archive's bytes and digest when one is shipped (read here)."""
     from sandbox.archive import read_digests
 
+    if archive_path and image and "@" in image:
+        raise SuanliError("--image-archive ships an image; a registry image (REGISTRY/REPO@sha256:...) is pulled "
+                          "by the provider: give one or the other")
     if archive_path:
         try:
             data = Path(archive_path).read_bytes()

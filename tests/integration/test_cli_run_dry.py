@@ -46,5 +46,22 @@ def test_usage_errors_are_one_line():
     proc = subprocess.run([sys.executable, "-m", "node.cli", "run", "--image", "busybox:latest", "--bootstrap",
                            "/ip4/127.0.0.1/tcp/1/p2p/12D3KooWJg7uBnNy1R3HdXQF3Tn36XvPayG4tjAjDw9UV95ETbbf", "--",
                            "true"], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 125 and "pin the image by its id" in proc.stderr
+    assert proc.returncode == 125 and "pin the image: sha256:<64 hex>" in proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_registry_image_needs_a_digest_and_no_archive(tmp_path):
+    boot = "/ip4/127.0.0.1/tcp/1/p2p/12D3KooWJg7uBnNy1R3HdXQF3Tn36XvPayG4tjAjDw9UV95ETbbf"
+    for image, words in (("127.0.0.1:5000/suanli/python:3", "pin the image"),
+                         ("127.0.0.1:5000/suanli/python:3@sha256:" + "ab" * 32, "without a tag"),
+                         ("127.0.0.1:5000/Suanli/python@sha256:" + "ab" * 32, "lower case")):
+        proc = subprocess.run([sys.executable, "-m", "node.cli", "run", "--image", image, "--bootstrap", boot, "--",
+                               "true"], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 125 and words in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    archive = tmp_path / "image.tar"
+    archive.write_bytes(b"x")
+    proc = subprocess.run([sys.executable, "-m", "node.cli", "run", "--image", "127.0.0.1:5000/a@sha256:" + "ab" * 32,
+                           "--image-archive", str(archive), "--bootstrap", boot, "--", "true"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 125 and "one or the other" in proc.stderr, proc.stderr
