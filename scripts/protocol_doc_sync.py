@@ -1,5 +1,5 @@
 """Rewrite the generated parts of docs/PROTOCOL.md from the code: the record field tables, the test
-vectors, their field values and the negative vectors. Run it after a record changes (and bump that
+vectors, their field values, the negative vectors and the message vectors. Run it after a record changes (and bump that
 record's version: the golden hashes in tests/p2p/test_records.py are then updated by hand, on purpose).
 
     .venv/bin/python scripts/protocol_doc_sync.py
@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from node.wire_vectors import message_vectors
 from settlement.testing import negative_vectors, protocol_vectors, vector_fields
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "PROTOCOL.md"
@@ -31,7 +32,7 @@ def main() -> int:
             print(f"protocol_doc_sync: {name} is not in {DOC.name}; add it by hand", file=sys.stderr)
             continue
         text = pattern.sub(lambda _m, b=block: b.rstrip("\n") + "\n\n", text, count=1)
-    for name, value in {**protocol_vectors(), **negative_vectors()}.items():
+    for name, value in {**protocol_vectors(), **negative_vectors(), **message_vectors()}.items():
         text = re.sub(rf"(?m)^{re.escape(name)}: [0-9a-f]+$", f"{name}: {value.hex()}", text)
     text = re.sub(r"(?s)(### Field values of the vectors\n.*?```text\n).*?(\n```)",
                   lambda m: m.group(1) + vector_fields() + m.group(2), text, count=1)
