@@ -125,6 +125,10 @@ class JobMachine:
         self.phase = next_phase(MOVES, self.role, self.phase, direction, kind)
         return self.phase
 
+    def check(self, direction: str, kind: str) -> None:
+        """The errors of ``move`` (Rule 1), without moving: for a message built now and sent later."""
+        next_phase(MOVES, self.role, self.phase, direction, kind)
+
     def allows(self, direction: str, kind: str) -> bool:
         return (self.role, self.phase, direction, kind) in MOVES
 

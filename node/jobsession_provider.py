@@ -46,7 +46,7 @@ from node.jobsession import (
 )
 from node.jobwire import Cancel, Countersign, Done, Fail, HaveLayers, ReceiptMsg, Status
 from p2p.envelope import Signed, open_countersigned, open_signed, sign_record
-from p2p.errors import CodecError, LocalProtocolError, RemoteProtocolError, SignatureError
+from p2p.errors import CodecError, RemoteProtocolError, SignatureError
 from p2p.identity import NodeKey
 from p2p.records import Record
 from sandbox.metering import MeterSample
@@ -257,9 +257,7 @@ class ProviderSession:
                  final: tuple[str, int | None, bytes | None] | None = None,
                  max_metered_ms: int | None = None) -> Store:
         kind = FINAL if final is not None else RECEIPT
-        if not self.machine.allows(SEND, kind):
-            raise LocalProtocolError(f"the provider may not send {kind!r} in phase {self.machine.phase!r}",
-                                     phase=self.machine.phase, msg_type=kind)
+        self.machine.check(SEND, kind)  # the table's own error: the move itself is made when it is stored
         r = self.issuer.next(metered_ms, usage, wall_ms, final=final, max_metered_ms=max_metered_ms)
         return Store(sign_record(r, self.key))
 

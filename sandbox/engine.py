@@ -98,7 +98,8 @@ class Engine:
         bound = functools.partial(_translated, fn, what or getattr(fn, "__name__", "docker"), args, kwargs)
         if own_thread:
             # Cancelling abandons the thread; the caller stops the container so that it returns.
-            return await trio.to_thread.run_sync(bound, abandon_on_cancel=True,
+            # ignore: trio-typing's stubs (a libp2p dependency) predate abandon_on_cancel and shadow trio's own
+            return await trio.to_thread.run_sync(bound, abandon_on_cancel=True,  # type: ignore[call-arg]
                                                  limiter=trio.CapacityLimiter(1))
         return await trio.to_thread.run_sync(bound, limiter=self.limiter)
 
