@@ -26,7 +26,7 @@ from p2p.errors import SuanliError
 from sandbox.jobio import LogRateLimit
 from sandbox.meter import open_sampler
 from sandbox.metering import MeterSample
-from sandbox.plan import plan_container
+from sandbox.prepare import prepare_job
 from sandbox.spec import SandboxJob
 
 if TYPE_CHECKING:
@@ -41,16 +41,17 @@ LOG_TAIL_S = 5.0  # how long the last log lines may take to arrive after the job
 class ContainerSide:
     """The runner's half of ``JobRun`` (its attributes are JobRun's)."""
 
-    def plan(self: JobRun, image_id: str, env: list[str]):  # type: ignore[no-untyped-def,misc]
+    async def plan(self: JobRun, image_id: str):  # type: ignore[no-untyped-def,misc]
+        """The container plan, by sandbox.prepare's one preparation (the engine probed once at start)."""
         ag, r = self.ag, self.ag.resources
         spec = SandboxJob(image_id=image_id, command=tuple(ag.job.command), env=dict(ag.job.env),
                           cpus_millicores=max(1, r.cpu_millis), memory_mib=max(1, r.memory_mib), gpus=r.gpus,
                           gpu_model=r.gpu_model, max_duration_ms=ag.max_duration_ms, disk_mib=max(1, r.disk_mib))
         gpus = [self.s.gpus[u] for u in self.active.allocation.gpu_uuids]
         # H4: free disk is checked where the job's disk is reserved, in a worker thread (sandbox.plan Rule 3).
-        return plan_container(spec, self.s.policy, self.s.facts, image_env=env, free_gpus=gpus,
-                              node_id=self.s.node_id, agreement_id=self.active.agreement.record_id.hex(),
-                              job_key=os.urandom(4).hex())
+        return await prepare_job(self.s.engine, spec, self.s.policy, node_id=self.s.node_id,
+                                 agreement_id=self.active.agreement.record_id.hex(), job_key=os.urandom(4).hex(),
+                                 free_gpus=gpus, facts=self.s.facts)
 
     async def _supervise(self: JobRun, job, outer: trio.Nursery) -> MeterSample | None:  # type: ignore[no-untyped-def,misc]
         logs_send, logs = trio.open_memory_channel(256)

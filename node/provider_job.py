@@ -45,7 +45,6 @@ from p2p.errors import CodecError, RemoteProtocolError, SuanliError
 from p2p.framing import FramedStream
 from p2p.identity import public_from_peer_id
 from sandbox.cgroups import find_cgroup
-from sandbox.images import image_env
 from sandbox.metering import MeterSample
 from sandbox.runner import open_job
 from settlement.records import PROVIDER_FAULT, Receipt
@@ -187,8 +186,7 @@ class JobRun(ContainerSide, OwnerSide):
     async def _run(self, start: Start, outer: trio.Nursery) -> Signed[Receipt] | None:
         try:
             image_id, inputs = await self._prepare_unless_stopped(start)
-            env = await self.s.engine.call(image_env, self.s.engine.client, image_id, what="inspect image")
-            plan = self.plan(image_id, env)
+            plan = await self.plan(image_id)
         except (SuanliError, OSError) as exc:
             return await self._cannot_start(exc)
         self.status("starting")

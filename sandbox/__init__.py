@@ -29,7 +29,7 @@ Shells (docker SDK calls in worker threads behind a CapacityLimiter; trio):
     meter.py     run_meter: once a second per job, cgroup files (or the stats API) and NVML → samples
     reaper.py    reap_orphans: remove this node's labelled containers, volumes and disks left by a crash,
                  never those of a live daemon sharing the key
-    prepare.py   prepare_job: probe, the image's env, the plan (all refusals before anything exists)
+    prepare.py   prepare_job: probe, the image's env, the plan (all refusals before anything exists); the provider's too
 
 docs/SANDBOX.md gives the reasons: the hardening list, the metering sources, image pinning and GPU gating.
 """
