@@ -25,7 +25,7 @@ import trio
 from market.records import JobSpec
 from node.jobcontainer import wall_ms
 from node.jobwire import CHUNK_BYTES, Chunk, End, Start, decode_message
-from p2p.errors import RemoteProtocolError, SuanliError
+from p2p.errors import RemoteProtocolError, SuanliError, first_leaf
 from p2p.framing import FramedStream
 from p2p.records import Record
 from sandbox.disk import check_room
@@ -222,13 +222,6 @@ async def _receive_image(engine: Engine, image_dir: Path | None, framed: FramedS
 
 
 T = TypeVar("T")
-
-
-def first_leaf(group: BaseException) -> BaseException:
-    """The first real exception inside (possibly nested) exception groups."""
-    while isinstance(group, BaseExceptionGroup):
-        group = group.exceptions[0]
-    return group
 
 
 async def unless_stopped(work: Callable[[], Awaitable[T]], stop_requested: trio.Event,

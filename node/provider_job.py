@@ -32,7 +32,6 @@ from node.jobupload import (  # noqa: F401  (re-exported: node.provider, tests)
     UPLOAD_ALLOWANCE_S,
     UPLOAD_WINDOW_S,
     expect,
-    first_leaf,
     prepare,
     send_blob,
     unless_stopped,
@@ -41,7 +40,7 @@ from node.jobwire import Countersign, Fail, Start, decode_message
 from node.outbox import Outbox
 from node.owner_job import OwnerSide
 from p2p.envelope import Signed, open_countersigned
-from p2p.errors import CodecError, RemoteProtocolError, SuanliError
+from p2p.errors import CodecError, RemoteProtocolError, SuanliError, first_leaf
 from p2p.framing import FramedStream
 from p2p.identity import public_from_peer_id
 from sandbox.cgroups import find_cgroup

@@ -123,6 +123,20 @@ class UnusableInputError(SuanliError):
     fault = ENVIRONMENT
 
 
+def leaves(exc: BaseException) -> list[BaseException]:
+    """The real exceptions inside (possibly nested) exception groups, in order; ``[exc]`` for one."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in leaves(sub)]
+    return [exc]
+
+
+def first_leaf(exc: BaseException) -> BaseException:
+    """The first real exception inside (possibly nested) exception groups."""
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
 # Rule 1: moved to their owners, still importable from here.
 _MOVED = {"StoreError": "settlement.errors", "SandboxError": "sandbox.errors", "ImageError": "sandbox.errors",
           "GpuUnavailableError": "sandbox.errors"}

@@ -56,10 +56,11 @@ from p2p import dht as dht_ops
 from p2p import relay as relaying
 from p2p import relay_dial, workarounds
 from p2p.addrs import WrongPeerError, advertised_addrs, answered_as, parse_multiaddr
-from p2p.errors import ConfigError, LocalProtocolError, PeerUnreachableError
+from p2p.errors import LocalProtocolError, PeerUnreachableError
+from p2p.errors import leaves as errors_leaves
 from p2p.identity import NodeKey
 from p2p.limits import InboundGate, InboundLimits
-from p2p.listen import parse_listen_addrs, try_bind
+from p2p.listen import check_listening, parse_listen_addrs, try_bind
 from p2p.relay_limits import RelayLimits, RelayPolicy
 
 log = logging.getLogger("suanli.p2p.host")
@@ -282,12 +283,6 @@ class Node:
                     log.warning("re-joining failed: %r", exc)
 
 
-def _leaves(exc: BaseException) -> list[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
-    return [exc]
-
-
 @asynccontextmanager
 async def open_host(config: HostConfig) -> AsyncIterator[Node]:
     """Build, start and join; on exit close everything (Rules 1-3).
@@ -299,7 +294,7 @@ async def open_host(config: HostConfig) -> AsyncIterator[Node]:
         async with _open_host(config) as node:
             yield node
     except BaseExceptionGroup as group:
-        leaves = _leaves(group)
+        leaves = errors_leaves(group)
         if len(leaves) == 1:
             raise leaves[0] from leaves[0].__cause__
         raise
@@ -340,7 +335,7 @@ async def _open_host(config: HostConfig) -> AsyncIterator[Node]:
     try:
         async with host.run(listen_addrs=listen):
             try:
-                _check_listening(host, config.listen)  # Rule 6
+                check_listening(host.get_network().listeners, config.listen)  # type: ignore[attr-defined]  # Rule 6
                 async with background_trio_service(pubsub), background_trio_service(router):
                     await pubsub.wait_until_ready()
                     async with background_trio_service(dht):
@@ -376,16 +371,6 @@ async def _open_host(config: HostConfig) -> AsyncIterator[Node]:
                 await workarounds.close_host(host)  # item 5: inside run(); idempotent
     finally:
         workarounds.stop_pubsub_threads(pubsub)  # item 26
-
-
-def _check_listening(host: IHost, wanted: Sequence[str]) -> None:
-    """Rule 6: py-libp2p logs a listener that failed at debug level and runs on; a node that listens on
-    fewer addresses than it was given stops with one line instead."""
-    listening = host.get_network().listeners  # type: ignore[attr-defined]
-    for text in wanted:
-        if str(multiaddr.Multiaddr(text)) not in listening:
-            raise ConfigError(f"cannot listen on {text} (the address was free a moment ago: another process "
-                              f"may have taken it)", key="listen address", value=text)
 
 
 async def _register(config: HostConfig, host: IHost, pubsub: Pubsub, router: GossipSub, dht: KadDHT,

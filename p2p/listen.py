@@ -61,6 +61,19 @@ def parse_listen_addrs(texts: Iterable[str], *, what: str = "listen address") ->
     return addrs
 
 
+def check_listening(listening: Iterable[object], wanted: Iterable[str]) -> None:
+    """py-libp2p logs a listener that failed at debug level and runs on (p2p.host Rule 6): a node that
+    listens on fewer addresses than it was given (``listening``: the swarm's listeners, by multiaddr
+    text) stops with one line instead."""
+    import multiaddr
+
+    have = {str(k) for k in listening}
+    for text in wanted:
+        if str(multiaddr.Multiaddr(text)) not in have:
+            raise ConfigError(f"cannot listen on {text} (the address was free a moment ago: another process "
+                              f"may have taken it)", key="listen address", value=text)
+
+
 def try_bind(addr: ListenAddr, *, what: str = "listen address") -> None:
     """Rule 2: ConfigError (one line) when this process cannot listen at ``addr`` now."""
     try:

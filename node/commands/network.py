@@ -18,6 +18,7 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
     from node.logsetup import configure
     from p2p import relay_limits
     from p2p.errors import ConfigError, SuanliError
+    from p2p.errors import leaves as errors_leaves
     from p2p.identity import load_key
     from p2p.listen import parse_listen_addrs
 
@@ -31,17 +32,11 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
     try:
         trio.run(_bootstrap, key, args)
     except BaseExceptionGroup as group:  # an error while starting comes out of the nursery as a group
-        leaves = _leaves(group)
+        leaves = errors_leaves(group)
         if len(leaves) == 1 and isinstance(leaves[0], SuanliError):
             raise leaves[0] from None
         raise
     return 0
-
-
-def _leaves(exc: BaseException) -> list[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
-    return [exc]
 
 
 async def _bootstrap(key, args: argparse.Namespace) -> None:  # type: ignore[no-untyped-def]
