@@ -14,6 +14,9 @@ by the provider (node.provider), which frees its capacity and this count.
 Rule 6 (issue 14, item 2): pausing sales is one switch. While the provider is not ``accepting`` (its
 shutdown grace), every proposal is refused with ``busy``, whichever offer it names: emptying the next
 offer is not enough, since a buyer may hold an earlier one that has not expired (Rule 1).
+Rule 7 (issue 18): an offer whose owner's selling window ends (``window_end_ms``) agrees a job only up to
+that end, unless the buyer ``accepts_preemption``: the agreement's ``max_duration_ms`` is cut to what is
+left of the window, and a proposal with less than ``MIN_WINDOW_MS`` left is refused.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from market.capacity import Allocation, CapacityLedger
 from market.matching import gpu_fits
 from market.negotiation import (
     BUSY,
+    DURATION_TOO_LONG,
     EXPIRED_OFFER,
     NO_CAPACITY,
     PRICE_TOO_LOW,
@@ -41,6 +45,7 @@ MIN_CAP_INTERVALS = 3
 # accept_by_ms) nor with agreements it never starts (each lasts until the provider's start window
 # ends); two at once let a buyer negotiate its next job while one is starting.
 MAX_UNSTARTED_PER_BUYER = 2
+MIN_WINDOW_MS = 60_000  # Rule 7: less than a minute of window left is not worth a job
 
 
 @dataclass(frozen=True)
@@ -119,10 +124,17 @@ def decide(proposal: Proposal, proposal_id: bytes, provider: bytes, offers: Mapp
         return Refuse(TERMS_UNACCEPTABLE, f"the exposure cap of {proposal.terms.exposure_cap_micros} micro-credits "
                       f"is below {MIN_CAP_INTERVALS} receipt intervals at {price} micro-credits/s; the provider "
                       "must raise receipts.exposure_cap_micros")
+    duration_ms = proposal.max_duration_ms
+    if offer.window_end_ms and not proposal.accepts_preemption:  # Rule 7
+        left_ms = offer.window_end_ms - now_ms
+        if left_ms < MIN_WINDOW_MS:
+            return Refuse(DURATION_TOO_LONG, f"this provider's selling window ends in {max(0, left_ms) // 1000} s; "
+                          "propose with accepts_preemption (suanli run --preemptible) to run past it")
+        duration_ms = min(duration_ms, left_ms)
     accept_by = min(now_ms + hold_ms, proposal.expires_at_ms + hold_ms)
     agreement = Agreement(
         provider=provider, buyer=proposal.buyer, offer_id=proposal.offer_id, proposal_id=proposal_id,
-        job=proposal.job, resources=r, price_micros_per_s=price, max_duration_ms=proposal.max_duration_ms,
+        job=proposal.job, resources=r, price_micros_per_s=price, max_duration_ms=duration_ms,
         terms=proposal.terms, created_at_ms=now_ms, accept_by_ms=accept_by, image_manifest=image_manifest,
         image_platform=image_platform)
     allocation = ledger.reserve(agreement.record_id(), tuple(g.uuid for g in chosen), r.cpu_millis, r.memory_mib,

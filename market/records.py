@@ -132,9 +132,13 @@ class ResourceRequest:
     disk_mib: U64 = DEFAULT_DISK_MIB  # a buyer sets it with `suanli run --disk SIZE`
 
 
-@record("proposal", 1)
+@record("proposal", 2)
 @dataclass(frozen=True)
 class Proposal(Record):
+    """Version 2 (issue 18) added ``accepts_preemption``: the buyer lets the job run past the end of the
+    provider's selling window (``Offer.window_end_ms``), knowing the owner may take the machine back;
+    without it the provider caps the agreed duration at the window's end (market.deal Rule 7)."""
+
     SIGNERS: ClassVar = (("buyer", "buyer"),)
 
     buyer: PublicKey
@@ -148,6 +152,7 @@ class Proposal(Record):
     nonce: Annotated[bytes, Size(16)]
     created_at_ms: U64
     expires_at_ms: U64
+    accepts_preemption: bool = False
 
 
 @record("agreement", 2)

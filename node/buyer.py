@@ -192,7 +192,7 @@ async def buy(node: Any, key: NodeKey, home: Path, buy_request: BuyRequest, cons
             resources=resources, max_price_micros_per_s=buy_request.max_price_micros_per_s,
             max_duration_ms=buy_request.max_duration_s * 1000,
             terms=offer.record.terms, nonce=os.urandom(16), created_at_ms=now_ms(),
-            expires_at_ms=now_ms() + 30_000), key)
+            expires_at_ms=now_ms() + 30_000, accepts_preemption=buy_request.accepts_preemption), key)
 
     candidates = [(peer_id_from_public(c.offer.provider), proposal_for(c.offer.provider)) for c in ranked]
     if dry_run:
@@ -205,7 +205,8 @@ async def buy(node: Any, key: NodeKey, home: Path, buy_request: BuyRequest, cons
             "disk_mib": first.resources.disk_mib,
             "gpus": first.resources.gpus, "max_price_micros_per_s": first.max_price_micros_per_s,
             "max_duration_ms": first.max_duration_ms, "receipt_interval_ms": first.terms.interval_ms,
-            "exposure_cap_micros": first.terms.exposure_cap_micros, "max_exposure_micros": max_exposure}}
+            "exposure_cap_micros": first.terms.exposure_cap_micros, "max_exposure_micros": max_exposure,
+            "accepts_preemption": first.accepts_preemption}}
         doc.update({"exit_code": 0, "exit_source": SUANLI})
         console.result(doc, indent=None if console.quiet else 1)
         return 0

@@ -35,7 +35,7 @@ _PINNED = re.compile(r"sha256:[0-9a-f]{64}")
 DEFAULTS: dict[str, Any] = {
     "image": None, "image_archive": None, "gpus": 0, "gpu_model": None, "gpu_memory": None, "cpus": 1.0,
     "memory": "512m", "disk": "1g", "max_price": 10_000, "max_duration": 600, "max_exposure": None,
-    "input": None, "output": None, "force": False, "env": None, "wait": 3.0, "candidates": 5,
+    "input": None, "output": None, "force": False, "preemptible": False, "env": None, "wait": 3.0, "candidates": 5,
     "negotiate_timeout": 10.0,
 }
 
@@ -68,6 +68,7 @@ class BuyRequest:
     inputs: Path | None = None
     outputs: Path | None = None
     force: bool = False
+    accepts_preemption: bool = False  # market.deal Rule 7: --preemptible
     retry: RetryPolicy = RetryPolicy()
 
     @classmethod
@@ -110,7 +111,7 @@ def request_from_options(options: Mapping[str, Any], command: Sequence[str]) -> 
         command=tuple(command), image=image, resources=resources,
         max_price_micros_per_s=options["max_price"], max_duration_s=options["max_duration"], image_archive=archive,
         max_exposure_micros=options.get("max_exposure"), env=env, inputs=inputs, outputs=output,
-        force=bool(options.get("force")),
+        force=bool(options.get("force")), accepts_preemption=bool(options.get("preemptible")),
         retry=RetryPolicy(options["wait"], options["candidates"], options["negotiate_timeout"]))
 
 
