@@ -63,3 +63,13 @@ def demo_image(docker_client):
     from sandbox.images import ensure_demo_image
 
     return ensure_demo_image(docker_client)
+
+
+@pytest.fixture
+def registry(tmp_path):
+    """A real registry (Debian's docker-registry) on 127.0.0.1 for one test, its storage under tmp_path
+    (tests/registry_helpers.py); skipped where it is missing, failed instead under SUANLI_REQUIRE_DOCKER=1."""
+    from registry_helpers import local_registry
+
+    with local_registry(tmp_path) as started:
+        yield started
