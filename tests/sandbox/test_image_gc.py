@@ -1,4 +1,5 @@
-"""Buyer images: least recently used first over the budget, never one in use, never the operator's."""
+"""The image cache: least recently used first within the quota, never one in use, never the operator's;
+the digests the offer advertises."""
 
 from __future__ import annotations
 
@@ -17,7 +18,10 @@ from sandbox.image_gc import (
     LoadedImage,
     choose_evictions,
     collect_buyer_images,
+    held_digests,
+    make_room,
     record_loaded,
+    record_pulled,
     record_used,
 )
 from sandbox.images import load_image_archive
@@ -123,3 +127,129 @@ def test_a_loaded_image_the_ledger_cannot_enter_does_not_fail_the_job(tmp_path, 
         assert sorted(p.name for p in tmp_path.iterdir()) == [LEDGER_NAME]
     finally:
         docker_client.api.remove_image(image_id, force=True)
+
+
+def _digest(c: str) -> str:
+    return f"sha256:{c * 64}"
+
+
+def _ledger_v2(tmp_path, *entries: tuple[str, int, str, list[str]]) -> None:
+    """Entries (image id, used_ms, source, digests) of 100 bytes each, written as the ledger."""
+    (tmp_path / LEDGER_NAME).write_text(json.dumps({
+        image_id: {"size_bytes": 100, "loaded_ms": 0, "used_ms": used, "source": source, "digests": digests}
+        for image_id, used, source, digests in entries}))
+
+
+def test_held_digests_most_recently_used_first_and_bounded(tmp_path):
+    _ledger_v2(tmp_path, (_digest("1"), 5, "loaded", []),
+               (_digest("2"), 9, "pulled", [_digest("a"), _digest("b")]),
+               (_digest("3"), 7, "pulled", [_digest("c")]))
+    assert held_digests(tmp_path) == (_digest("a"), _digest("b"), _digest("2"), _digest("c"), _digest("3"),
+                                      _digest("1"))
+    assert held_digests(tmp_path, limit=4) == (_digest("a"), _digest("b"), _digest("2"), _digest("c"))
+    assert held_digests(tmp_path, limit=0) == ()
+    record_used(tmp_path, _digest("1"), now_ms=10)  # now the most recently used; its names stay whole
+    assert held_digests(tmp_path, limit=2) == (_digest("1"), _digest("a"))
+    assert json.loads((tmp_path / LEDGER_NAME).read_text())[_digest("2")]["digests"] == [_digest("a"), _digest("b")]
+
+
+def test_an_old_ledger_reads_as_loaded_images(tmp_path):
+    _ledger_with(tmp_path, A, B)  # the format before issue 19: no source, no digests
+    assert held_digests(tmp_path) == (A.image_id, B.image_id)
+
+
+@pytest.mark.parametrize("text", ["{not json", "[]", '{"x": {}}', '{"sha256:%s": {"size_bytes": "1", "loaded_ms": 0, '
+                                  '"used_ms": 0}}' % ("a" * 64), '{"sha256:%s": {"size_bytes": 1, "loaded_ms": 0, '
+                                  '"used_ms": 0, "digests": ["latest"]}}' % ("a" * 64)])
+def test_a_corrupt_ledger_reads_as_empty(tmp_path, text):
+    (tmp_path / LEDGER_NAME).write_text(text)
+    assert held_digests(tmp_path) == ()
+    assert record_used(tmp_path, A.image_id, now_ms=1) is True  # and it is written anew when needed
+
+
+def _size(client, image_id):
+    return int(client.api.inspect_image(image_id)["Size"])
+
+
+def _remove_all(client, ids):
+    for image_id in ids:
+        try:
+            client.api.remove_image(image_id, force=True)
+        except docker.errors.NotFound:
+            pass
+
+
+def _present(client, image_id) -> bool:
+    try:
+        client.api.inspect_image(image_id)
+        return True
+    except docker.errors.ImageNotFound:
+        return False
+
+
+@pytest.mark.docker
+def test_make_room_evicts_least_recently_used_within_the_quota(tmp_path, docker_client):
+    ids = [_tiny_image(docker_client) for _ in range(3)]
+    foreign = _tiny_image(docker_client)  # loaded by the test, never entered: not the cache's
+    try:
+        for at, image_id in enumerate(ids):
+            record_loaded(tmp_path, docker_client, image_id, now_ms=at)
+        record_used(tmp_path, ids[0], now_ms=10)  # the order, least recent first: ids[1], ids[2], ids[0]
+        sizes = [_size(docker_client, i) for i in ids]
+        quota = sum(sizes)
+        assert make_room(docker_client, tmp_path, 0, frozenset(), quota) is True  # fits already
+        assert all(_present(docker_client, i) for i in ids)
+        # Room for ids[1]'s size: exactly the least recently used goes.
+        assert make_room(docker_client, tmp_path, sizes[1], frozenset(), quota) is True
+        assert [_present(docker_client, i) for i in ids] == [True, False, True]
+        # ids[2] is in use: however far over, it stays, and ids[0] goes instead.
+        assert make_room(docker_client, tmp_path, quota - sizes[2], frozenset({ids[2]}), quota) is True
+        assert [_present(docker_client, i) for i in ids] == [False, False, True]
+        # No room without evicting an image in use: False, and nothing is removed.
+        assert make_room(docker_client, tmp_path, quota, frozenset({ids[2]}), quota) is False
+        assert _present(docker_client, ids[2])
+        assert held_digests(tmp_path) == (ids[2],)
+        # Everything out of use and a quota of nothing: the ledger empties, the foreign image stays.
+        assert make_room(docker_client, tmp_path, 0, frozenset(), 0) is True
+        assert not _present(docker_client, ids[2]) and _present(docker_client, foreign)
+        assert held_digests(tmp_path) == ()
+        assert make_room(docker_client, tmp_path, 1, frozenset(), 0) is False  # larger than the quota itself
+    finally:
+        _remove_all(docker_client, [*ids, foreign])
+
+
+@pytest.mark.docker
+def test_an_image_a_container_uses_stays(tmp_path, docker_client):
+    image_id = _tiny_image(docker_client)
+    container = docker_client.api.create_container(image_id, command=["/f"])  # created, never started
+    try:
+        record_loaded(tmp_path, docker_client, image_id, now_ms=1)
+        assert make_room(docker_client, tmp_path, 0, frozenset(), 0) is False  # the engine refuses: it stays
+        assert _present(docker_client, image_id) and held_digests(tmp_path) == (image_id,)
+    finally:
+        docker_client.api.remove_container(container["Id"], force=True)
+        _remove_all(docker_client, [image_id])
+
+
+@pytest.mark.docker
+def test_a_pulled_image_is_advertised_and_evicted_by_id(tmp_path, docker_client, registry):
+    pushed = _tiny_image(docker_client)
+    docker_client.api.tag(pushed, "suanli-test-gc", "keep")  # a name of its own, so the push leaves it
+    manifest = None
+    try:
+        manifest = registry.push(docker_client, pushed, "gc/tiny")
+        docker_client.api.remove_image("suanli-test-gc:keep")
+        assert not _present(docker_client, pushed)
+        name = f"{registry.host}/gc/tiny@{manifest}"
+        docker_client.api.pull(name)
+        image_id = docker_client.api.inspect_image(name)["Id"]
+        assert image_id == pushed
+        assert record_pulled(tmp_path, docker_client, image_id, [manifest], now_ms=3) is True
+        assert held_digests(tmp_path) == (manifest, image_id)
+        assert json.loads((tmp_path / LEDGER_NAME).read_text())[image_id]["source"] == "pulled"
+        assert make_room(docker_client, tmp_path, 0, frozenset(), 0) is True
+        assert not _present(docker_client, image_id)
+        with pytest.raises(docker.errors.ImageNotFound):
+            docker_client.api.inspect_image(name)  # its RepoDigest went with it
+    finally:
+        _remove_all(docker_client, ["suanli-test-gc:keep", pushed])
