@@ -4,6 +4,10 @@ Builds the busybox demo image if missing, starts a bootstrap node and N provider
 on 127.0.0.1 (temporary data directories), runs a job through ``suanli run`` (it reads an input and
 writes an output), shows its live output and the receipts as they are co-signed, audits both sides'
 databases, and shuts everything down. Exit 0 only when the job ran and every database audits clean.
+
+``--image python`` runs a real Python workload instead: the Debian python3 image (sandbox.pyimage, built
+with mmdebstrap or taken from its cache) and examples/wordstats, whose script and sample texts are the
+job's inputs; its report.json and top_words.csv come back as outputs.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ DEFAULT_JOB = ["sh", "-c", 'echo "hello from a Suanli sandbox: $(id -u) $(uname 
                'echo "input: $(wc -w < /io/in/words.txt) words"; '
                'for i in 1 2 3; do echo "working $i/3"; sleep 1; done; '
                'tr a-z A-Z < /io/in/words.txt > /io/out/WORDS.txt; echo "wrote /io/out/WORDS.txt"']
+EXAMPLE_DIR = Path(__file__).resolve().parents[2] / "examples" / "wordstats"
+PYTHON_JOB = ["python3", "/io/in/wordstats.py"]
 PROVIDER_CONFIG = """\
 data_dir = "{data_dir}"
 listen = ["/ip4/127.0.0.1/tcp/0"]
@@ -115,13 +121,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
     command = list(args.command)
     if command and command[0] == "--":
         command = command[1:]
-    command = command or DEFAULT_JOB
+    python = getattr(args, "image", "busybox") == "python"
+    command = command or (PYTHON_JOB if python else DEFAULT_JOB)
     quiet = args.json
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
+    if python and not (EXAMPLE_DIR / "wordstats.py").is_file():
+        raise SuanliError(f"demo --image python: the example is missing ({EXAMPLE_DIR / 'wordstats.py'})")
     client = connect()
-    image = ensure_demo_image(client)
-    client.close()
-    say(f"demo: image {image} (busybox, built locally)")
+    try:
+        if python:
+            from sandbox.pyimage import ensure_python_image
+            say("demo: the python image (built with mmdebstrap the first time, 20-60 s; cached after)")
+            image = ensure_python_image(client)
+        else:
+            image = ensure_demo_image(client)
+    finally:
+        client.close()
+    say(f"demo: image {image} ({'Debian python3' if python else 'busybox'}, built locally)")
     root = Path(tempfile.mkdtemp(prefix="suanli-demo-"))
     procs = Processes()
     summary: dict[str, Any] = {"ok": False, "root": str(root), "image": image}
@@ -145,8 +161,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
             say(f"demo: provider {i + 1} {ready['peer_id']} ready ({ready['cpu_millis'] / 1000:g} CPU, "
                 f"{ready['memory_mib']} MiB, {ready['gpus']} GPU)")
         inputs, outputs, buyer_home = root / "in", root / "out", root / "buyer"
-        inputs.mkdir()
-        (inputs / "words.txt").write_text("the quick brown fox jumps over the lazy dog\n")
+        if python:
+            shutil.copytree(EXAMPLE_DIR, inputs, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            inputs.mkdir()
+            (inputs / "words.txt").write_text("the quick brown fox jumps over the lazy dog\n")
         run_args = [*_suanli(), "run", "--bootstrap", boot_addr, "--local", "--image", image, "--input", str(inputs),
                     "--output", str(outputs), "--data-dir", str(buyer_home), "--max-price", "1000",
                     "--cpus", "0.5", "--memory", "256m", "--wait", "4", "--show-receipts"]

@@ -37,9 +37,9 @@ def python_image_id(tmp_path_factory, docker_client):
     from sandbox.images import local_image_id
 
     cache = tmp_path_factory.getbasetemp() / SESSION_CACHE
-    cache.mkdir(exist_ok=True)
-    recorded = [json.loads(p.read_text())["image_id"] for p in cache.glob("python3-*.json")]
-    present_before = bool(recorded) and local_image_id(docker_client, frozenset(recorded)) is not None
+    built = pyimage.build_python_archive(cache)  # the ids, before anything is loaded
+    ids = frozenset(d for d in (built.image_id, built.manifest_digest) if d)
+    present_before = local_image_id(docker_client, ids) is not None
     image_id = pyimage.ensure_python_image(docker_client, cache)
     yield image_id
     if not present_before:
