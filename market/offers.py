@@ -4,6 +4,10 @@ Rule 1: an offer advertises what the machine has (``capacity``) and what is free
 a machine with no GPU offers CPU and memory only, so the market works everywhere.
 Rule 2: a new offer (``seq`` + 1) is due when inventory, prices or free capacity change, and before the
 current one expires (``needs_refresh``); offers live ``ttl_ms`` and are refreshed at half-life.
+Rule 3 (issues 18, 19): an offer names the images the provider holds (32-byte digests: image ids and
+registry manifest digests, most recently used first, at most ``MAX_OFFER_IMAGES``; duplicates dropped)
+and its availability (``window_end_ms``, ``notice_ms``, ``preemptible``, from node.owner_state). Both are
+content (``same_content``): a changed cache or schedule re-announces the offer.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from market.records import Capacity, GpuSpec, Limits, Offer, Prices, ReceiptTerms
+from market.records import MAX_OFFER_IMAGES, Capacity, GpuSpec, Limits, Offer, Prices, ReceiptTerms
 
 
 @dataclass(frozen=True)
@@ -32,8 +36,11 @@ class OfferedGpu:
 
 def build_offer(provider: bytes, addrs: Sequence[str], terms: ProviderTerms, gpus: Sequence[OfferedGpu],
                 cpu_millis: int, memory_mib: int, free_gpu_uuids: Sequence[str], free_cpu_millis: int,
-                free_memory_mib: int, seq: int, now_ms: int, *, disk_mib: int = 0, free_disk_mib: int = 0) -> Offer:
+                free_memory_mib: int, seq: int, now_ms: int, *, disk_mib: int = 0, free_disk_mib: int = 0,
+                images: Sequence[bytes] = (), window_end_ms: int = 0, notice_ms: int = 0,
+                preemptible: bool = False) -> Offer:
     free_set = set(free_gpu_uuids)
+    held = tuple(dict.fromkeys(images))[:MAX_OFFER_IMAGES]  # Rule 3: the first (most recent) of each kept
     return Offer(
         provider=provider, addrs=tuple(addrs)[:16], seq=seq, created_at_ms=now_ms,
         expires_at_ms=now_ms + terms.ttl_ms,
@@ -41,13 +48,19 @@ def build_offer(provider: bytes, addrs: Sequence[str], terms: ProviderTerms, gpu
                           disk_mib=disk_mib),
         free=Capacity(gpus=tuple(g.spec for g in gpus if g.uuid in free_set), cpu_millis=max(0, free_cpu_millis),
                       memory_mib=max(0, free_memory_mib), disk_mib=max(0, free_disk_mib)),
-        prices=terms.prices, limits=terms.limits, terms=terms.receipts)
+        prices=terms.prices, limits=terms.limits, terms=terms.receipts, images=held,
+        window_end_ms=max(0, window_end_ms), notice_ms=max(0, notice_ms), preemptible=preemptible)
 
 
 def same_content(a: Offer, b: Offer) -> bool:
-    """True when two offers differ only in seq and timestamps (no need to re-announce)."""
-    return (a.addrs, a.capacity, a.free, a.prices, a.limits, a.terms) == (
-        b.addrs, b.capacity, b.free, b.prices, b.limits, b.terms)
+    """True when two offers differ only in seq and timestamps (no need to re-announce; Rule 3: the images
+    held and the availability are content)."""
+    return _content(a) == _content(b)
+
+
+def _content(o: Offer) -> tuple[object, ...]:
+    return (o.addrs, o.capacity, o.free, o.prices, o.limits, o.terms, o.images, o.window_end_ms, o.notice_ms,
+            o.preemptible)
 
 
 def needs_refresh(current: Offer | None, candidate: Offer, now_ms: int) -> bool:
