@@ -14,6 +14,14 @@ exclusive GPU application, the GPU temperature ceiling). The first reason found 
 Rule 3: a job hit by the verdict is paused at once; it resumes when the verdict clears within its hold, and
 is stopped once, when the hold runs out (owner_prefs Rule 3: ``hold_s``; a GPU job while another program
 uses the GPU: ``notice_s``, since a frozen CUDA process keeps its memory). A stopped job is never resumed.
+Rule 4 (the offer's availability, issues 18 and 19): ``availability`` says what the signed offer states.
+``window_end_ms`` is Rule 1's end of the window that holds now, on whole minutes (the schedule's unit, so
+the offer does not change between ticks), or 0 when no schedule ends it: none configured, one that never
+closes, or now outside it (the offer has nothing free then and the verdict stops every job). The machine
+is ``preemptible`` when the owner section can take it back: any activity signal is watched (input, a
+foreign GPU process, other programs' CPU, an exclusive application, battery, the GPU temperature) or the
+schedule closes. ``notice_ms`` is then the least notice a job gets before it is stopped, ``notice_s``
+(a GPU job's notice even with ``on_return = "pause"``; ``max_paused_s`` is never less), else 0.
 """
 
 from __future__ import annotations
@@ -97,6 +105,21 @@ def decide(prefs: OwnerPrefs, r: Readings, local: datetime) -> Verdict:
     if gpu is not None:
         return Verdict(OWNER_ACTIVE, gpu + " (GPU work only)", gpu_only=True, window_end_s=end)
     return Verdict(AVAILABLE, "", window_end_s=end)
+
+
+def availability(prefs: OwnerPrefs | None, local_now: datetime) -> tuple[int, int, bool]:
+    """Rule 4: (window_end_ms as epoch ms, 0 for no end; notice_ms; preemptible) for the offer, at
+    ``local_now`` (an aware local time; a naive one is read as this machine's zone)."""
+    if prefs is None:  # owner_prefs Rule 1: sold around the clock
+        return 0, 0, False
+    local = local_now.replace(second=0, microsecond=0)
+    left = window_left_min(prefs.schedule, local)
+    end_ms = round(window_end_s(local, left) * 1000) if left else 0
+    watched = (prefs.input or prefs.foreign_gpu or prefs.cpu_busy_pct > 0 or bool(prefs.exclusive_apps)
+               or bool(prefs.exclusive_gpu_apps) or not prefs.sell_on_battery or prefs.gpu_max_temp_c > 0)
+    closes = prefs.schedule is not None and left is not None
+    preemptible = watched or closes
+    return end_ms, prefs.notice_s * 1000 if preemptible else 0, preemptible
 
 
 @dataclass

@@ -18,6 +18,7 @@ from node.owner_state import (
     STOP,
     OwnerHold,
     Verdict,
+    availability,
     decide,
     window_left_min,
 )
@@ -145,3 +146,42 @@ def test_gpu_only_verdicts_spare_cpu_jobs_and_a_gpu_wanted_elsewhere_is_not_held
     assert hold.paused_since(A) == 2
     assert hold.step(GPU_BUSY, {A: False}, 8) == []  # the GPU job is gone: forgotten
     assert hold.stopped == set()
+
+
+def _ms(*when: int) -> int:
+    return int(datetime(*when, tzinfo=BERLIN).timestamp() * 1000)
+
+
+# Rule 4: what the offer states. 2026-12-07 is a Monday; CAFE sells 22:00-08:00 (Saturday 20:00-10:00).
+@pytest.mark.parametrize("when, end_ms", [
+    ((2026, 12, 7, 23, 15, 42, 500_000), _ms(2026, 12, 8, 8, 0)),  # across midnight, to Tuesday 08:00
+    ((2026, 12, 7, 22, 0), _ms(2026, 12, 8, 8, 0)),  # the same end from the window's first minute
+    ((2026, 12, 8, 7, 59, 59), _ms(2026, 12, 8, 8, 0)),  # and from its last second
+    ((2026, 12, 12, 21, 0), _ms(2026, 12, 13, 10, 0)),  # Saturday's own window
+    ((2026, 12, 7, 21, 59, 59), 0),  # outside: nothing free, no end to state
+    ((2026, 12, 8, 8, 0), 0),
+])
+def test_the_offer_states_the_windows_end_across_midnight(when, end_ms):
+    assert availability(CAFE, datetime(*when, tzinfo=BERLIN)) == (end_ms, 30_000, True)
+
+
+def test_the_windows_end_is_on_the_wall_clock_across_a_dst_change():
+    night = prefs(schedule={"all": ["22:00-08:00"]})  # 2026-10-25 03:00 CEST is 02:00 CET
+    assert availability(night, datetime(2026, 10, 24, 23, 0, tzinfo=BERLIN))[0] == _ms(2026, 10, 25, 8, 0)
+    assert _ms(2026, 10, 25, 8, 0) - _ms(2026, 10, 24, 23, 0) == 10 * 3_600_000  # 9 wall-clock hours
+
+
+def test_preemptible_when_the_owner_section_can_take_the_machine_back():
+    monday = datetime(2026, 12, 7, 12, 0, tzinfo=BERLIN)
+    assert availability(None, monday) == (0, 0, False)  # no [owner]: sold around the clock
+    assert availability(prefs(), monday) == (0, 30_000, True)  # input, foreign GPU and battery watched
+    quiet = {"input": False, "foreign_gpu": False, "sell_on_battery": True}
+    assert availability(prefs(**quiet), monday) == (0, 0, False)
+    assert availability(prefs(**quiet, schedule={"all": ["00:00-24:00"]}), monday) == (0, 0, False)  # never closes
+    assert availability(prefs(**quiet, schedule={"all": ["00:00-24:00"], "sun": []}), monday) == (
+        _ms(2026, 12, 13, 0, 0), 30_000, True)
+    for signal in ({"cpu_busy_pct": 80}, {"exclusive_apps": ["game"]}, {"exclusive_gpu_apps": ["blender"]},
+                   {"gpu_max_temp_c": 85}, {"sell_on_battery": False}):
+        assert availability(prefs(**{**quiet, **signal}), monday) == (0, 30_000, True), signal
+    paused = prefs(on_return="pause", notice_s=60, max_paused_s=900)
+    assert availability(paused, monday) == (0, 60_000, True)  # a GPU job's notice, the least any job gets
