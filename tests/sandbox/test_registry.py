@@ -282,9 +282,9 @@ def test_resolve_and_pull_by_digest(registry, docker_client, demo_image, owned, 
     resolved = resolve(ref, _policy(registry))
     assert resolved.manifest_digest == digest and resolved.config_digest == image_id
     assert resolved.platform is None and len(resolved.layers) == 2
-    assert resolved.total_bytes == sum(size for _, size in resolved.layers) + len(
-        docker_client.api.inspect_image(demo_image)["Id"]) * 0 + resolved.total_bytes - sum(
-        size for _, size in resolved.layers)
+    config_bytes = registry.blob_path(image_id).stat().st_size
+    assert resolved.total_bytes == config_bytes + sum(size for _, size in resolved.layers)
+    assert [registry.blob_path(d).stat().st_size for d, _ in resolved.layers] == [s for _, s in resolved.layers]
     assert not _blob_gets(registry)  # resolve reads manifests only
 
     lines: list[str] = []
