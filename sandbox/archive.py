@@ -24,6 +24,19 @@ refuses any pax or GNU long-name header over its MAX_HEADER_DATA_BYTES before re
 on which tar readers could disagree about where the next header starts; this module builds the member
 map from what it yields.
 
+Rule 6 (issue 19, layer-aware shipping): a *partial* archive is a clean archive whose manifests still
+list every layer but which lacks the contents of some, which the provider said it holds
+(``write_partial_archive``, the buyer's side; node.jobwire Rule 3). Only a layer whose bytes are its diff
+id (an uncompressed layer: under an OCI blob name, that name's digest is the diff id) may be left out,
+since the provider's store holds uncompressed layers by diff id (sandbox.layerstore). The provider reads
+a partial archive with ``inspect_archive(..., store=)``: a layer may be absent only when the store holds
+it, and every other check of Rules 2-5 is the same (one image, no foreign member, bounded sizes; an
+absent layer counts its stored size against the unpacked bound). ``write_clean_archive(..., store=)``
+copies each absent layer from the store and hashes it as it is copied: anything but its diff id refuses
+the archive (the store is not trusted, sandbox.layerstore Rule 2). The layers that did arrive are checked
+as in any archive (their blob digests here, their diff ids by the engine's ``docker load``), then
+``store_layers`` keeps the uncompressed ones for the next buyer.
+
 The deterministic writer (Rule 1) lives in sandbox.archive_writer; its names are re-exported here.
 """
 
@@ -32,15 +45,18 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import lzma
+import os
 import posixpath
 import re
 import tarfile
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import IO
+from dataclasses import dataclass, field
+from typing import IO, Protocol, cast
 
+from p2p.errors import ENVIRONMENT
 from sandbox.archive_writer import (  # the writer's names, re-exported for callers of sandbox.archive
     NOBODY,
     ArchiveDigests,
@@ -55,8 +71,9 @@ from sandbox.archive_writer import (  # the writer's names, re-exported for call
 from sandbox.errors import ImageError
 from sandbox.tarwalk import Blocks, Member, Section, decompress, walk_tar
 
-__all__ = ["NOBODY", "ArchiveDigests", "ImagePlan", "LayerEntry", "file_sha256", "image_archive",
-           "inspect_archive", "layer_tar", "read_digests", "sha256_digest", "write_clean_archive"]
+__all__ = ["NOBODY", "ArchiveDigests", "ImagePlan", "LayerEntry", "LayerSource", "file_sha256", "image_archive",
+           "inspect_archive", "layer_diff_ids", "layer_tar", "read_digests", "sha256_digest", "store_layers",
+           "write_clean_archive", "write_partial_archive"]
 
 MAX_MEMBERS = 4096  # tar members of an image archive, directories included
 MAX_LAYERS = 256  # Docker itself stops at 127 on overlay
@@ -64,6 +81,7 @@ MAX_JSON_BYTES = 4 << 20  # manifest.json, index.json, an OCI manifest, an image
 MAX_UNPACKED_BYTES = 8 << 30  # the image's files once unpacked (gzip/bzip2/xz layers are expanded)
 MAX_LAYER_ENTRIES = 1_000_000  # entries of one layer
 _COPY_BYTES = 1 << 20
+log = logging.getLogger("suanli.sandbox.archive")
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _METADATA = frozenset({"manifest.json", "index.json", "oci-layout", "repositories"})  # rewritten or dropped
 _MANIFEST_TYPES = frozenset({"application/vnd.oci.image.manifest.v1+json",
@@ -87,6 +105,30 @@ class ImagePlan:
     manifest_size: int
     sources: Mapping[str, str]  # clean archive name -> the member of the buyer's archive it is copied from
     expected: Mapping[str, str]  # clean archive name -> the sha256 its bytes must have (Rule 2)
+    diff_ids: tuple[str, ...] = ()  # the config's rootfs.diff_ids, one per entry of layer_names
+    absent: Mapping[str, str] = field(default_factory=dict)  # clean layer name -> diff id, from the store (Rule 6)
+
+    def layers(self) -> tuple[tuple[str, str], ...]:
+        """(clean name, diff id) of each distinct layer, in the config's order."""
+        return tuple(dict.fromkeys(zip(self.layer_names, self.diff_ids, strict=True)))
+
+    def omittable(self, name: str, diff_id: str) -> bool:
+        """Whether this layer may travel by its diff id alone (Rule 6): its bytes must be its diff id."""
+        return self.expected.get(name, diff_id) == diff_id
+
+
+class LayerSource(Protocol):
+    """What a partial archive's missing layers are taken from (sandbox.layerstore.LayerStore)."""
+
+    def has(self, diff_id: str) -> bool: ...
+
+    def size(self, diff_id: str) -> int: ...
+
+    def open(self, diff_id: str) -> IO[bytes]: ...
+
+    def add(self, diff_id: str, src: IO[bytes], size: int) -> bool: ...
+
+    def discard(self, diff_id: str) -> None: ...
 
 
 def read_digests(data: bytes) -> ArchiveDigests:
@@ -104,21 +146,27 @@ def file_sha256(f: IO[bytes]) -> str:
 
 
 def inspect_archive(f: IO[bytes], *, archive_sha256: str | None = None,
-                    max_unpacked_bytes: int = MAX_UNPACKED_BYTES) -> ImagePlan:
+                    max_unpacked_bytes: int = MAX_UNPACKED_BYTES, store: LayerSource | None = None) -> ImagePlan:
     """Read an archive (a seekable file) without trusting it: its one image, or ImageError.
 
     ``archive_sha256``: the sha256 the caller already computed of these bytes (as they arrived);
     recomputed here when absent. ``max_unpacked_bytes``: what the image's layers may hold once
     unpacked on the engine's disk (a compressed layer is expanded to count; a sparse file, which
-    the engine would write out in full, is refused).
+    the engine would write out in full, is refused). ``store``: a partial archive's missing layers
+    are allowed when it holds them (Rule 6); the plan's ``absent`` names them.
     """
     try:
         sha = archive_sha256 or file_sha256(f)
         files = _members(f)
-        plan = _plan(f, files, sha)
+        plan = _plan(f, files, sha, store)
         unpacked = 0
-        for source in set(plan.sources[n] for n in plan.layer_names):
+        for source in set(plan.sources[n] for n in plan.layer_names if n not in plan.absent):
             unpacked += _unpacked_size(f, files[source], max_unpacked_bytes - unpacked)
+        for diff_id in set(plan.absent.values()):
+            assert store is not None  # absent is empty without one
+            unpacked += store.size(diff_id)  # an uncompressed tar: at least what it unpacks to
+            if unpacked > max_unpacked_bytes:
+                raise _refuse("the image would take too much disk once unpacked", limit=MAX_UNPACKED_BYTES)
         return plan
     except ImageError:
         raise
@@ -196,7 +244,7 @@ def _layer_list(value: object, what: str) -> list[object]:
     return value
 
 
-def _plan(f: IO[bytes], files: dict[str, Member], sha: str) -> ImagePlan:
+def _plan(f: IO[bytes], files: dict[str, Member], sha: str, store: LayerSource | None = None) -> ImagePlan:
     expected: dict[str, str] = {}
     config_name = manifest_name = None
     layer_names: list[str] = []
@@ -245,9 +293,13 @@ def _plan(f: IO[bytes], files: dict[str, Member], sha: str) -> ImagePlan:
     diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
     if not isinstance(config, dict) or not isinstance(diff_ids, list) or len(diff_ids) != len(layer_names):
         raise _refuse("the image config does not list one diff id per layer", actual=len(layer_names))
-    for name in layer_names:
+    diff_ids = [_digest(d, "a diff id of the image config") for d in diff_ids]
+    missing: dict[int, str] = {}  # index in layer_names -> diff id, of the layers a partial archive lacks
+    for i, name in enumerate(layer_names):
         if name not in files:
-            raise _refuse("the archive lacks a layer of its image", actual=name[:200])
+            if store is None or not store.has(diff_ids[i]):
+                raise _refuse("the archive lacks a layer of its image", actual=name[:200])
+            missing[i] = diff_ids[i]
     keep = {config_name, *layer_names} | ({manifest_name} if manifest_name else set())
     legacy_meta = {posixpath.dirname(n) + suffix for n in layer_names if n.endswith("/layer.tar")
                    for suffix in ("/json", "/VERSION")}
@@ -270,12 +322,22 @@ def _plan(f: IO[bytes], files: dict[str, Member], sha: str) -> ImagePlan:
         sources = {n: n for n in (config_name, *layer_names)}
         expected.update({n: "sha256:" + n.rsplit("/", 1)[1] for n in sources
                          if n.startswith("blobs/sha256/") and _DIGEST.fullmatch("sha256:" + n[13:])})
+    absent: dict[str, str] = {}
+    for i, diff_id in missing.items():
+        name = layer_names[i]
+        if expected.get(name, diff_id) != diff_id:  # a compressed blob cannot come from the store (Rule 6)
+            raise _refuse("the archive lacks a compressed layer of its image", actual=name[:200])
+        absent[name] = diff_id
+    for name in layer_names:
+        if name not in absent and sources[name] not in files:  # one blob named twice, present once
+            raise _refuse("the archive lacks a layer of its image", actual=name[:200])
     return ImagePlan(ArchiveDigests(sha, config_digest, manifest_digest, config), config_name,
-                     tuple(layer_names), manifest_name, str(media_type), manifest_size, sources, expected)
+                     tuple(layer_names), manifest_name, str(media_type), manifest_size, sources, expected,
+                     tuple(diff_ids), absent)
 
 
 class _HashingReader:
-    def __init__(self, f: Section) -> None:
+    def __init__(self, f: Section | IO[bytes]) -> None:
         self.f, self.digest = f, hashlib.sha256()
 
     def read(self, size: int = -1) -> bytes:
@@ -284,11 +346,66 @@ class _HashingReader:
         return data
 
 
-def write_clean_archive(src: IO[bytes], plan: ImagePlan, dst: IO[bytes]) -> None:
-    """Copy the plan's image from ``src`` into ``dst`` as a fresh, untagged archive (Rule 3), streaming.
+def write_clean_archive(src: IO[bytes], plan: ImagePlan, dst: IO[bytes], *,
+                        store: LayerSource | None = None) -> None:
+    """Copy the plan's image from ``src`` into ``dst`` as a fresh, untagged archive (Rule 3), streaming;
+    the layers a partial archive lacks (``plan.absent``) come from ``store`` (Rule 6).
 
-    ImageError if a member does not hash to what the plan expects (``dst`` is then unusable).
+    ImageError if a member or a stored layer does not hash to what the plan expects (``dst`` is then
+    unusable; a damaged stored layer is discarded from the store), or if a layer is absent and the store
+    no longer holds it.
     """
+    if plan.absent and store is None:
+        raise _refuse("a partial image archive needs the layer store to be rebuilt", reason="layer_missing",
+                      fault=ENVIRONMENT)
+    _write_archive(src, plan, dst, frozenset(), store)
+
+
+def write_partial_archive(src: IO[bytes], plan: ImagePlan, omit: frozenset[str], dst: IO[bytes]) -> tuple[str, ...]:
+    """The buyer's side of Rule 6: the clean archive of ``plan`` without the contents of the layers whose
+    diff ids are in ``omit`` (the manifests still list them); the diff ids left out, in order. A compressed
+    layer is always sent."""
+    names = {name: diff_id for name, diff_id in plan.layers() if diff_id in omit and plan.omittable(name, diff_id)}
+    _write_archive(src, plan, dst, frozenset(names), None)
+    return tuple(dict.fromkeys(names.values()))
+
+
+def layer_diff_ids(f: IO[bytes]) -> tuple[str, ...]:
+    """The diff ids of an archive's layers in the config's order (a shared layer may repeat); ImageError
+    when it is not one readable image archive."""
+    return inspect_archive(f).diff_ids
+
+
+def store_layers(src: IO[bytes], plan: ImagePlan, store: LayerSource) -> tuple[str, ...]:
+    """After a successful load, keep the archive's uncompressed layers in ``store`` (Rule 6); the diff ids
+    it holds afterwards, in order. Bookkeeping (sandbox.layerstore Rule 5): a layer whose bytes are not its
+    diff id is not kept, logged, and nothing fails."""
+    held = []
+    try:
+        src.seek(0)
+        members = _members(src)
+    except (ImageError, *_PARSE_ERRORS) as exc:
+        log.warning("the archive's layers are not kept in the layer store (%s)", exc)
+        return ()
+    for name, diff_id in plan.layers():
+        member = members.get(plan.sources[name])
+        try:
+            if name in plan.absent or member is None or not plan.omittable(name, diff_id):
+                kept = store.has(diff_id)
+            else:
+                kept = store.add(diff_id, cast(IO[bytes], Section(src, member)), member.size)
+        except ImageError as exc:  # e.g. a compressed layer under a legacy name: not the stored form
+            log.info("layer %s is not kept in the layer store: %s", diff_id[:19], exc)
+            kept = False
+        if kept:
+            held.append(diff_id)
+    return tuple(held)
+
+
+def _write_archive(src: IO[bytes], plan: ImagePlan, dst: IO[bytes], omit: frozenset[str],
+                   store: LayerSource | None) -> None:
+    """The clean archive (Rule 3): ``omit`` names layers left out (Rule 6, the buyer), ``plan.absent`` those
+    copied from ``store`` (Rule 6, the provider); every member is hashed as it is copied (Rule 2)."""
     legacy = [{"Config": plan.config_name, "RepoTags": None, "Layers": list(plan.layer_names)}]
     meta: list[tuple[str, bytes]] = [("manifest.json", _canonical_json(legacy))]
     if plan.manifest_name is not None:
@@ -297,7 +414,7 @@ def write_clean_archive(src: IO[bytes], plan: ImagePlan, dst: IO[bytes]) -> None
                                 "size": plan.manifest_size}]}
         meta += [("oci-layout", _canonical_json({"imageLayoutVersion": "1.0.0"})),
                  ("index.json", _canonical_json(index))]
-    copied = list(plan.sources)
+    copied = [n for n in plan.sources if n not in omit]
     dirs = sorted({d for n in copied for d in _parents(n)})
     try:
         src.seek(0)
@@ -308,6 +425,10 @@ def write_clean_archive(src: IO[bytes], plan: ImagePlan, dst: IO[bytes]) -> None
             for name, data in meta:
                 tar_out.addfile(_info(name, size=len(data)), io.BytesIO(data))
             for name in copied:
+                if name in plan.absent:
+                    assert store is not None  # write_clean_archive checked
+                    _copy_stored(tar_out, name, plan.absent[name], store)
+                    continue
                 member = members[plan.sources[name]]
                 reader = _HashingReader(Section(src, member))
                 tar_out.addfile(_info(name, size=member.size), reader)
@@ -319,6 +440,20 @@ def write_clean_archive(src: IO[bytes], plan: ImagePlan, dst: IO[bytes]) -> None
         raise
     except _PARSE_ERRORS as exc:
         raise ImageError(f"the image archive could not be copied: {type(exc).__name__}: {exc}"[:300]) from exc
+
+
+def _copy_stored(tar_out: tarfile.TarFile, name: str, diff_id: str, store: LayerSource) -> None:
+    """One absent layer from the store, hashed as it is copied: its sha256 must be its diff id (Rule 6;
+    the store is not trusted, sandbox.layerstore Rule 2). A damaged layer leaves the store."""
+    with store.open(diff_id) as layer:
+        size = os.fstat(layer.fileno()).st_size
+        reader = _HashingReader(layer)
+        tar_out.addfile(_info(name, size=size), reader)
+    actual = "sha256:" + reader.digest.hexdigest()
+    if actual != diff_id:
+        store.discard(diff_id)
+        raise _refuse("a layer from the layer store does not match its diff id", expected=diff_id, actual=actual,
+                      reason="layer_mismatch", fault=ENVIRONMENT)
 
 
 def _strip_dot(name: str) -> str:

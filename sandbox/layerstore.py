@@ -121,6 +121,13 @@ class LayerStore:
         finally:
             temp.unlink(missing_ok=True)
 
+    def discard(self, diff_id: str) -> None:
+        """Forget a layer (one found damaged, Rule 2); nothing when the store does not hold it."""
+        try:
+            self.path(diff_id).unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("layer %s could not be removed from the layer store (%s)", diff_id[:19], exc)
+
     def usage_bytes(self) -> int:
         return sum(size for _, _, size in self._entries())
 
