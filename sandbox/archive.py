@@ -327,7 +327,8 @@ def _plan(f: IO[bytes], files: dict[str, Member], sha: str, store: LayerSource |
         name = layer_names[i]
         if expected.get(name, diff_id) != diff_id:  # a compressed blob cannot come from the store (Rule 6)
             raise _refuse("the archive lacks a compressed layer of its image", actual=name[:200])
-        absent[name] = diff_id
+        if absent.setdefault(name, diff_id) != diff_id:
+            raise _refuse("one absent layer is named for two diff ids", actual=name[:200])
     for name in layer_names:
         if name not in absent and sources[name] not in files:  # one blob named twice, present once
             raise _refuse("the archive lacks a layer of its image", actual=name[:200])

@@ -31,6 +31,7 @@ import uuid
 from pathlib import Path
 from typing import IO
 
+from p2p.errors import ENVIRONMENT
 from sandbox.errors import ImageError
 
 log = logging.getLogger("suanli.sandbox.layerstore")
@@ -76,8 +77,8 @@ class LayerStore:
         try:
             return self.path(diff_id).stat().st_size
         except FileNotFoundError as exc:
-            raise ImageError("the layer store does not hold a layer", actual=diff_id,
-                             reason="layer_missing") from exc
+            raise ImageError("the layer store does not hold a layer", actual=diff_id, reason="layer_missing",
+                             fault=ENVIRONMENT) from exc
 
     def open(self, diff_id: str) -> IO[bytes]:
         """The stored layer for reading (the caller closes it and hashes what it reads, Rule 2); it becomes
@@ -86,8 +87,8 @@ class LayerStore:
         try:
             f = path.open("rb")
         except FileNotFoundError as exc:
-            raise ImageError("the layer store does not hold a layer", actual=diff_id,
-                             reason="layer_missing") from exc
+            raise ImageError("the layer store does not hold a layer", actual=diff_id, reason="layer_missing",
+                             fault=ENVIRONMENT) from exc
         self._touch(path)
         return f
 
