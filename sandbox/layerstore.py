@@ -28,6 +28,7 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 from typing import IO
 
@@ -68,7 +69,7 @@ class LayerStore:
     def has(self, diff_id: str) -> bool:
         return self.path(diff_id).is_file()
 
-    def held(self, diff_ids: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    def held(self, diff_ids: Iterable[str]) -> tuple[str, ...]:
         """Those of ``diff_ids`` the store holds, in the given order, each once."""
         return tuple(d for d in dict.fromkeys(diff_ids) if self.has(d))
 
