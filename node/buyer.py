@@ -147,7 +147,7 @@ async def buy(node: Any, key: NodeKey, home: Path, buy_request: BuyRequest, cons
     from market.records import JobSpec, Proposal
     from market.service import negotiate_first, now_ms
     from node.buyer_config import load_max_exposure
-    from node.buyer_job import pack_dir, run_job
+    from node.buyer_job import archive_layers, pack_dir, run_job
     from node.joblog import keeper
     from node.jobsession_buyer import JobFailed
     from p2p.envelope import sign_record
@@ -156,6 +156,8 @@ async def buy(node: Any, key: NodeKey, home: Path, buy_request: BuyRequest, cons
 
     t0 = time.monotonic() if t0 is None else t0
     image = choose_image(buy_request.image, buy_request.image_archive)
+    # node.jobwire Rule 3: the archive's layers, so a provider holding some is sent only the rest
+    layers = await trio.to_thread.run_sync(archive_layers, image.archive) if image.archive else ()
     if buy_request.outputs is not None:  # again: it may have been filled since the request was checked
         check_output_dir(buy_request.outputs, force=buy_request.force)
     inputs = pack_dir(buy_request.inputs) if buy_request.inputs is not None else b""
@@ -260,7 +262,8 @@ async def buy(node: Any, key: NodeKey, home: Path, buy_request: BuyRequest, cons
                 if sigint is not None:
                     nursery.start_soon(on_interrupt, sigint)
                 try:
-                    outcome = await run_job(node, key, store, deal, inputs, image.archive, hooks, cancel, now_ms())
+                    outcome = await run_job(node, key, store, deal, inputs, image.archive, hooks, cancel, now_ms(),
+                                            image_layers=layers)
                 except JobFailed as exc:
                     failure = exc
                 nursery.cancel_scope.cancel()

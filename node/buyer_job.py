@@ -22,7 +22,7 @@ import trio
 from market.service import Deal
 from node.jobsession import Abort, Finish, Send, Store, Upload
 from node.jobsession_buyer import BuyerSession, JobFailed, JobOutcome  # noqa: F401  (JobOutcome: re-exported)
-from node.jobwire import CHUNK_BYTES, MAX_FRAME_BYTES, PROTOCOL_ID, Chunk, End, Log, Status, decode_message
+from node.jobwire import CHUNK_BYTES, MAX_FRAME_BYTES, MAX_LAYERS, PROTOCOL_ID, Chunk, End, Log, Status, decode_message
 from p2p.clock import monotonic_ms, wall_ms  # module globals: tests set buyer_job.wall_ms
 from p2p.envelope import Signed
 from p2p.errors import RemoteProtocolError, SuanliError
@@ -87,7 +87,8 @@ class _Sender:
 
 async def run_job(node: Node, key: NodeKey, store: AsyncStore, deal: Deal, inputs: bytes,
                   image_archive: bytes | None, hooks: BuyerHooks, cancel: trio.Event,
-                  confirmed_at_ms: int, *, budget_s: float | None = None) -> JobOutcome:
+                  confirmed_at_ms: int, *, budget_s: float | None = None,
+                  image_layers: tuple[bytes, ...] = ()) -> JobOutcome:
     """Run the agreed job; JobFailed when it cannot run, the provider breaks a rule, vanishes, or
     stays silent past ``budget_s`` (default: the agreed duration plus uploads, timeouts and slack)."""
     ag = deal.agreement.record
@@ -96,7 +97,8 @@ async def run_job(node: Node, key: NodeKey, store: AsyncStore, deal: Deal, input
     sender = _Sender(framed)
     # Durations are on the monotonic clock (``confirmed_at_ms``, a wall-clock time, is not mixed in); the
     # start is moved to when the inputs are sent.
-    session = BuyerSession(deal.agreement, key, monotonic_ms(), has_image=image_archive is not None)
+    session = BuyerSession(deal.agreement, key, monotonic_ms(), has_image=image_archive is not None,
+                           image_layers=image_layers if image_archive is not None else ())
     after_cancel_s = (ag.terms.countersign_timeout_ms + ag.terms.grace_ms) / 1000 + 30
     if budget_s is None:
         upload = len(inputs) + len(image_archive or b"")
@@ -155,7 +157,10 @@ async def _follow(sender: _Sender, store: AsyncStore, session: BuyerSession, hoo
         for action in session.message_received(msg, monotonic_ms(), wall_ms()):
             if isinstance(action, Upload):
                 if action.kind == "image":
-                    await sender.blob("image", image_archive or b"", hooks.on_progress)
+                    archive = image_archive or b""
+                    if action.omit:  # node.jobwire Rule 3: the provider holds these layers
+                        archive = await trio.to_thread.run_sync(archive_without, archive, action.omit)
+                    await sender.blob("image", archive, hooks.on_progress)
                 else:
                     await sender.blob("inputs", inputs)
                 session.transfer_done(action.kind, monotonic_ms())
@@ -174,3 +179,29 @@ async def _follow(sender: _Sender, store: AsyncStore, session: BuyerSession, hoo
                 raise action.error
             elif isinstance(action, Finish):
                 return
+
+
+def archive_layers(archive: bytes) -> tuple[bytes, ...]:
+    """The layers (diff ids) of a ``docker save`` or OCI archive, in order, named in ``job.start``
+    (node.jobwire Rule 3); () when the archive cannot be read (the provider's checks say why later)."""
+    from sandbox.archive import layer_diff_ids
+    from sandbox.errors import ImageError
+
+    try:
+        layers = tuple(bytes.fromhex(d.removeprefix("sha256:")) for d in layer_diff_ids(io.BytesIO(archive)))
+    except ImageError:
+        return ()
+    return layers if len(layers) <= MAX_LAYERS else ()  # more than job.start carries: sent whole
+
+
+def archive_without(archive: bytes, omit: tuple[bytes, ...]) -> bytes:
+    """The archive without the layers the provider holds (node.jobwire Rule 3): the clean copy of its one
+    image, those layers' contents left out (sandbox.archive)."""
+    from sandbox.archive import inspect_archive, write_partial_archive
+
+    src = io.BytesIO(archive)
+    plan = inspect_archive(src)
+    out = io.BytesIO()
+    write_partial_archive(src, plan, frozenset(f"sha256:{d.hex()}" for d in omit), out)
+    return out.getvalue()
+

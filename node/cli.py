@@ -173,6 +173,8 @@ def _add_network(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     offers = sub.add_parser("offers", help="list the offers a buyer sees on the network")
     offers.add_argument("--bootstrap", action="append", metavar="MULTIADDR", help="a bootstrap peer (repeatable)")
     offers.add_argument("--wait", type=float, default=3.0, metavar="SECONDS", help="time to collect offers")
+    offers.add_argument("--image", metavar="IMAGE",
+                        help="only offers whose provider holds this image (sha256:<id> or REGISTRY/REPO@sha256:...)")
     offers.add_argument("--json", action="store_true")
     offers.add_argument("--local", action="store_true", help="listen on 127.0.0.1 only")
     offers.add_argument("-v", "--verbose", action="store_true")
@@ -189,9 +191,11 @@ def _add_network(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     boot.set_defaults(run="node.commands.network:cmd_bootstrap")
 
     demo = sub.add_parser("demo", help="a local network, one real job in Docker, co-signed receipts, the audit",
-                          usage="suanli demo [--providers N] [--json] [-- COMMAND...]")
+                          usage="suanli demo [--providers N] [--image busybox|python] [--json] [-- COMMAND...]")
     demo.add_argument("--providers", type=_providers, default=2, metavar="N",
                       help=f"provider processes, 1 to {MAX_DEMO_PROVIDERS} (default 2)")
+    demo.add_argument("--image", choices=("busybox", "python"), default="busybox",
+                      help="python: examples/wordstats in the Debian python3 image (sandbox.pyimage)")
     demo.add_argument("--json", action="store_true", help="print one JSON summary")
     demo.add_argument("--clean", action="store_true", help="delete the demo's files when it succeeds")
     demo.add_argument("-v", "--verbose", action="store_true")

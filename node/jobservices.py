@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -21,6 +22,9 @@ from sandbox.engine import Engine
 from sandbox.spec import EngineFacts, GpuInfo, ProviderPolicy
 from settlement.astore import AsyncStore
 from settlement.records import Receipt
+
+if TYPE_CHECKING:
+    from node.jobimages import ProviderImages
 
 
 @dataclass
@@ -41,6 +45,7 @@ class ActiveJob:
     on_stop: Callable[[str], object] = field(default=lambda reason: None, repr=False, compare=False)  # the session
     on_owner: Callable[[str], object] = field(default=lambda kind: None, repr=False, compare=False)  # node.owner_watch
     cpu_usage_file: str | None = None  # its container's cgroup CPU counter (node.owner_signals Rule 3)
+    image_id: str | None = None  # the image it runs, once known (a registry image's, before its pull)
 
     def request_stop(self, reason: str) -> None:
         if self.stop_reason is None:
@@ -63,3 +68,9 @@ class JobServices:
     active: dict[bytes, ActiveJob]
     on_finished: Callable[[ActiveJob, Receipt | None, bool], None]  # (job, final receipt, final countersigned)
     image_dir: Path | None = None  # uploads, clean copies and the buyer image ledger (None: a temporary folder)
+    images: ProviderImages | None = None  # registry pulls, the image cache, the layer store (None: none of them)
+
+    def images_in_use(self) -> frozenset[str]:
+        """The images running or agreed jobs use: their agreed names and, once known, their ids."""
+        jobs = self.active.values()
+        return frozenset(j.agreement.record.job.image for j in jobs) | {j.image_id for j in jobs if j.image_id}

@@ -9,6 +9,10 @@ budgeted (``IMAGE_UPLOADS``), and an upload that does not fit is refused at once
 Rule 4 (H4): an upload must leave the provider's disk reserve free (sandbox.plan Rule 3), measured in a
 worker thread and refused with ``disk_full`` before a byte is received.
 Rule 5: the preparation is abandoned as soon as the daemon asks the job to stop (``unless_stopped``).
+Rule 6 (issue 19): a registry image is pulled (node.jobimages), never uploaded. For an archive, a
+provider with a layer store first says which of the archive's layers it holds (``have_layers``), and
+the buyer sends the archive without them; it is rebuilt from what arrived and the store, and checked by
+the agreed image id and every layer's diff id (the partial archive's sha256 cannot be the agreed one).
 """
 
 from __future__ import annotations
@@ -17,11 +21,13 @@ import hashlib
 import tempfile
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import IO, TYPE_CHECKING, TypeVar
 
 import trio
 
+from market.negotiation import is_registry_image
 from market.records import JobSpec
 from node.jobcontainer import wall_ms
 from node.jobwire import CHUNK_BYTES, Chunk, End, Start, decode_message
@@ -34,6 +40,9 @@ from sandbox.image_gc import record_loaded, record_used
 from sandbox.images import load_image_archive, local_image_id
 from sandbox.jobio import read_tar_files
 from settlement.records import PROVIDER_FAULT
+
+if TYPE_CHECKING:
+    from sandbox.layerstore import LayerStore
 
 MAX_INPUT_BYTES = 256 << 20
 MAX_IMAGE_BYTES = 2 << 30  # one upload; it lies on disk, never in memory (M2)
@@ -168,19 +177,46 @@ async def send_blob(framed: FramedStream, kind: str, data: bytes) -> None:
 Status = Callable[[str, str], None]  # (phase, detail): a job.status to the buyer
 
 
+@dataclass(frozen=True)
+class ImageSources:
+    """Where a job's image may come from besides the engine (Rule 6): ``pull`` for a registry image
+    (node.jobimages), the layer ``store`` and ``have_layers`` (sends ``job.have_layers``) for archives,
+    and ``received`` (the session's transfer_done) once an archive has arrived."""
+
+    pull: Callable[[], Awaitable[str]] | None = None
+    store: LayerStore | None = None
+    have_layers: Callable[[tuple[bytes, ...]], None] | None = None
+    received: Callable[[str], None] = lambda kind: None
+
+
 async def prepare(engine: Engine, image_dir: Path | None, framed: FramedStream, job: JobSpec, start: Start,
                   status: Status, drained: Callable[[], Awaitable[None]], *, allowance_s: float = UPLOAD_ALLOWANCE_S,
-                  window_s: float = UPLOAD_WINDOW_S) -> tuple[str, dict[str, bytes]]:
-    """The pinned image (loading the buyer's archive if we lack it) and the inputs."""
-    image_id = await engine.call(local_image_id, engine.client, frozenset({job.image}), what="find image")
+                  window_s: float = UPLOAD_WINDOW_S, sources: ImageSources = ImageSources()
+                  ) -> tuple[str, dict[str, bytes]]:
+    """The pinned image (pulling it, or loading the buyer's archive if we lack it) and the inputs."""
+    if is_registry_image(job.image):  # Rule 6
+        if sources.pull is None:
+            raise SuanliError(f"image {job.image}: this provider does not pull registry images", reason="image_missing")
+        image_id: str | None = await sources.pull()
+    else:
+        image_id = await engine.call(local_image_id, engine.client, frozenset({job.image}), what="find image")
     if image_id is None:
         if not start.image_archive_bytes or job.image_archive_sha256 is None:
             raise SuanliError(f"image {job.image} is not on this provider and no archive was offered",
                               reason="image_missing")
+        held: tuple[bytes, ...] = ()
+        if sources.store is not None and sources.have_layers is not None and start.image_layers:
+            store = sources.store
+            names = [f"sha256:{d.hex()}" for d in start.image_layers]
+            held = tuple(bytes.fromhex(n.removeprefix("sha256:"))
+                         for n in await trio.to_thread.run_sync(store.held, names))
+            if held:
+                sources.have_layers(held)
         image_id = await _receive_image(engine, image_dir, framed, start.image_archive_bytes, job.image,
                                         "sha256:" + job.image_archive_sha256.hex(), status, drained,
-                                        allowance_s, window_s)
-    elif image_dir is not None:
+                                        allowance_s, window_s, store=sources.store, partial=bool(held))
+        sources.received("image")
+    elif image_dir is not None and not is_registry_image(job.image):
         await engine.call(record_used, image_dir, image_id, wall_ms(), what="note image use")
     status("need_inputs", "")
     await drained()
@@ -194,7 +230,8 @@ async def prepare(engine: Engine, image_dir: Path | None, framed: FramedStream, 
 
 async def _receive_image(engine: Engine, image_dir: Path | None, framed: FramedStream, declared: int, image: str,
                          archive_sha256: str, status: Status, drained: Callable[[], Awaitable[None]],
-                         allowance_s: float, window_s: float) -> str:
+                         allowance_s: float, window_s: float, *, store: LayerStore | None = None,
+                         partial: bool = False) -> str:
     """The buyer's archive, streamed to a file on disk, checked, loaded and entered in the ledger of
     buyer images (sandbox.image_gc). Uploads run side by side (no lock); their disk is budgeted."""
     if declared > MAX_IMAGE_BYTES:
@@ -215,7 +252,7 @@ async def _receive_image(engine: Engine, image_dir: Path | None, framed: FramedS
         # own_thread: a long load holds none of the engine's shared worker tokens.
         image_id: str = await engine.call(load_image_archive, engine.client, f, archive_sha256=archive_sha256,
                                           image_id=image, known_sha256=sha, work_dir=image_dir, what="load image",
-                                          own_thread=True)
+                                          own_thread=True, store=store, partial=partial)
     if image_dir is not None:
         await engine.call(record_loaded, image_dir, engine.client, image_id, wall_ms(), what="note a loaded image")
     return image_id

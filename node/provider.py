@@ -42,7 +42,9 @@ from market.reputation import COMPLETED, NEVER_STARTED, STOPPED_COUNTERSIGNING
 from market.service import ProviderMarket
 from market.wire import PROTOCOL_ID as NEGOTIATE_PROTOCOL
 from node import jobwire
+from node.config import ImageSettings
 from node.daemonlock import lock_alive, take_daemon_lock, take_key_lock
+from node.jobimages import ProviderImages
 from node.owner_watch import AVAILABLE, DEVICE_GLOBS, OwnerPrefs, Verdict, owner_status, watch_owner
 from node.provider_job import IMAGE_DISK_BUDGET_BYTES, ActiveJob, JobServices, serve_job
 from p2p.envelope import Signed, sign_record, signed_from_wire
@@ -53,8 +55,6 @@ from p2p.identity import NodeKey, peer_id_from_public
 from sandbox.disk import disk_room, disk_support_problem
 from sandbox.engine import Engine, connect, probe_engine
 from sandbox.gpus import gpu_inventory
-from sandbox.image_gc import DEFAULT_BUDGET_BYTES as IMAGE_KEEP_BUDGET_BYTES
-from sandbox.image_gc import collect_buyer_images
 from sandbox.plan import default_disk_mib
 from sandbox.reaper import reap_orphans
 from sandbox.spec import LABEL_NODE, LABEL_OWNER, LABEL_ROLE, GpuInfo, ProviderPolicy
@@ -91,6 +91,7 @@ class ProviderSetup:
     shutdown_grace_s: float = 30.0
     key_lock_dir: Path | None = None  # None: /run/lock, else the temporary directory (node.daemonlock Rule 3)
     owner: OwnerPrefs | None = None  # issue 18: [owner]; None: sold around the clock (node.owner_watch)
+    images: ImageSettings = field(default_factory=ImageSettings)  # issue 19: [images] (node.jobimages)
     owner_devices: tuple[str, ...] = DEVICE_GLOBS  # the terminals and input devices watched
 
 
@@ -263,7 +264,7 @@ async def open_provider(setup: ProviderSetup, *, handlers: dict[str, object] | N
     # H4: by default half of what is free once the reserve, the uploads in flight and the kept buyer images
     # (all on this disk, none counted in disk_mib) are taken off.
     disk = setup.disk_mib or default_disk_mib(*await trio.to_thread.run_sync(disk_room, setup.data_dir),
-                                              IMAGE_DISK_BUDGET_BYTES + IMAGE_KEEP_BUDGET_BYTES)
+                                              IMAGE_DISK_BUDGET_BYTES + setup.images.cache_mib * (1 << 20))
     ledger = CapacityLedger(tuple(g.uuid for g in gpus), cpu, mem, setup.terms.limits.max_concurrent_jobs,
                             disk_mib=disk)
     policy = replace(setup.policy, max_cpus_millicores=cpu, max_memory_mib=mem, max_disk_mib=disk,
@@ -321,6 +322,8 @@ async def open_provider(setup: ProviderSetup, *, handlers: dict[str, object] | N
         services = JobServices(key=key, store=store, engine=engine, facts=facts, policy=policy,
                                gpus={g.uuid: g for g in inventory.gpus}, node_id=key.peer_id, active={},
                                on_finished=on_finished, image_dir=setup.data_dir / "images")
+        services.images = ProviderImages.open(engine, services.image_dir, setup.images, services.images_in_use)
+        market.check_image = services.images.verdict  # market.negotiation Rule 4
         max_job_s = setup.terms.limits.max_duration_s + 600
         all_handlers: dict[str, object] = {
             NEGOTIATE_PROTOCOL: serve_framed(market.handle, protocol=NEGOTIATE_PROTOCOL, stream_budget_s=60),
@@ -341,7 +344,7 @@ async def open_provider(setup: ProviderSetup, *, handlers: dict[str, object] | N
             await services_nursery.start(partial(watch_owner, device_globs=setup.owner_devices), runtime, setup.owner)
         await runtime.publish_if_needed(announce, force=True)
         services_nursery.start_soon(_publisher, runtime, announce)
-        services_nursery.start_soon(_collect_buyer_images, services)  # at start, then periodically
+        services_nursery.start_soon(services.images.keep_collected, runtime.changed.set)  # at start, then periodically
         try:
             yield runtime
         finally:
@@ -363,23 +366,6 @@ async def _remove_marker(engine: Engine, name: str) -> None:
             await engine.call(engine.api.remove_volume, name, force=True, what="remove marker volume")
         except SuanliError as exc:  # the next start reaps it
             log.warning("marker volume %s not removed: %s", name, exc)
-
-
-IMAGE_COLLECT_INTERVAL_S = 60.0
-
-
-async def _collect_buyer_images(services: JobServices) -> None:
-    """Buyer images over their disk budget are removed, least recently used first (sandbox.image_gc)."""
-    if services.image_dir is None:
-        return
-    while True:
-        in_use = frozenset(job.agreement.record.job.image for job in services.active.values())
-        try:
-            await services.engine.call(collect_buyer_images, services.engine.client, services.image_dir, in_use,
-                                       what="collect buyer images")
-        except SuanliError as exc:
-            log.warning("buyer images not collected: %s", exc)
-        await trio.sleep(IMAGE_COLLECT_INTERVAL_S)
 
 
 async def _publisher(runtime: ProviderRuntime, announce: Announce | None) -> None:

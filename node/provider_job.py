@@ -31,6 +31,7 @@ from node.jobupload import (  # noqa: F401  (re-exported: node.provider, tests)
     IMAGE_UPLOADS,
     UPLOAD_ALLOWANCE_S,
     UPLOAD_WINDOW_S,
+    ImageSources,
     expect,
     prepare,
     send_blob,
@@ -138,10 +139,30 @@ class JobRun(ContainerSide, OwnerSide):
         """The session's fast path (p2p.envelope.open_countersigned), for tests/node/test_provider_job_cpu."""
         return open_countersigned(data, self._issued_by_body)
 
+    def _image_sources(self) -> ImageSources:
+        """node.jobupload Rule 6: the provider's puller and layer store, and this session's messages."""
+        images = self.s.images
+
+        def claim(image_id: str) -> None:  # in use before any room is made for it (node.jobimages Rule 4)
+            self.active.image_id = image_id
+
+        def have_layers(layers: tuple[bytes, ...]) -> None:
+            self.outbox.control(self.session.have_layers(layers).message)
+
+        async def pull() -> str:
+            assert images is not None
+            return await images.pull(self.ag, self.status, claim)
+
+        return ImageSources(pull=pull if images is not None else None,
+                            store=images.layers if images is not None else None,
+                            have_layers=have_layers, received=self.session.transfer_done)
+
     async def _prepare_unless_stopped(self, start: Start) -> tuple[str, dict[str, bytes]]:
         async def work() -> tuple[str, dict[str, bytes]]:
             prepared = await prepare(self.s.engine, self.s.image_dir, self.framed, self.ag.job, start, self.status,
-                                     self.outbox.drained, allowance_s=UPLOAD_ALLOWANCE_S, window_s=UPLOAD_WINDOW_S)
+                                     self.outbox.drained, allowance_s=UPLOAD_ALLOWANCE_S, window_s=UPLOAD_WINDOW_S,
+                                     sources=self._image_sources())
+            self.active.image_id = prepared[0]
             self.session.transfer_done("inputs")
             return prepared
 

@@ -6,6 +6,9 @@ reports that id (config digest on the classic store, manifest digest on the cont
 Rule 3: what `docker load` sees is never the buyer's tar but a clean copy of its one image, without a
 tag (sandbox.archive Rule 3), written to a temporary file and streamed: a load can add that image and
 nothing else, and change no tag. Only the operator's own demo image is tagged, explicitly.
+Rule 4 (issue 19): after a buyer's archive loads, its uncompressed layers go into the provider's layer
+store (sandbox.layerstore), so that a later archive sharing them is shipped without them; such a
+partial archive is rebuilt from the store and checked by its image id and every layer's diff id.
 Rule 2: the demo image is `FROM scratch` + a static busybox, written as a deterministic archive in
 pure Python, so its id is known before `docker load` and equal on every machine with the same busybox.
 
@@ -31,9 +34,11 @@ from sandbox.archive import (
     NOBODY,
     ArchiveDigests,
     LayerEntry,
+    LayerSource,
     image_archive,
     inspect_archive,
     layer_tar,
+    store_layers,
     write_clean_archive,
 )
 from sandbox.engine import FOREIGN, connect, translate
@@ -115,18 +120,22 @@ def local_image_id(client: docker.DockerClient, ids: frozenset[str]) -> str | No
 
 
 def load_image_archive(client: docker.DockerClient, data: bytes | IO[bytes], *, archive_sha256: str,
-                       image_id: str, known_sha256: str | None = None, work_dir: Path | None = None) -> str:
+                       image_id: str, known_sha256: str | None = None, work_dir: Path | None = None,
+                       store: LayerSource | None = None, partial: bool = False) -> str:
     """Load a buyer's archive after checking it (Rules 1 and 3); return the pinned image id.
 
     ``data``: the archive's bytes or a seekable file holding them; ``known_sha256``: the sha256 the
     caller computed of those bytes as they arrived (else recomputed); ``work_dir``: where the clean
-    copy is written (the system's temporary directory by default).
+    copy is written (the system's temporary directory by default). ``store``: the provider's layer
+    store, which keeps the archive's layers once loaded (Rule 4); ``partial``: the buyer left out the
+    layers the store holds (layer-aware shipping), so the archive's sha256 cannot be the agreed one and
+    the image is checked by its id and every layer's diff id instead (sandbox.archive Rule 6).
     """
     pinned_image_id(image_id)
     source = io.BytesIO(data) if isinstance(data, bytes | bytearray) else data
-    plan = inspect_archive(source, archive_sha256=known_sha256)
+    plan = inspect_archive(source, archive_sha256=known_sha256, store=store if partial else None)
     digests = plan.digests
-    if digests.archive_sha256 != archive_sha256:
+    if not partial and digests.archive_sha256 != archive_sha256:
         raise ImageError("the image archive's sha256 is not the agreed one; refusing to load it",
                          expected=archive_sha256, actual=digests.archive_sha256)
     if image_id not in digests.image_ids():
@@ -136,7 +145,7 @@ def load_image_archive(client: docker.DockerClient, data: bytes | IO[bytes], *, 
         return present
     with tempfile.TemporaryFile(dir=work_dir, prefix="suanli-image-") as clean:
         try:
-            write_clean_archive(source, plan, clean)
+            write_clean_archive(source, plan, clean, store=store if partial else None)
             clean.seek(0)
         except OSError as exc:  # a full disk, a closed file
             raise ImageError(f"the image archive could not be copied for loading: {exc}",
@@ -146,6 +155,8 @@ def load_image_archive(client: docker.DockerClient, data: bytes | IO[bytes], *, 
     if loaded != image_id:
         raise ImageError("after loading, the engine does not report the agreed image id",
                          expected=image_id, actual=loaded)
+    if store is not None:  # Rule 4: the next buyer of an image sharing these layers sends only the rest
+        store_layers(source, plan, store)
     return loaded
 
 

@@ -55,6 +55,7 @@ async def _provide(config, as_json: bool) -> None:  # type: ignore[no-untyped-de
     setup = ProviderSetup(key=key, data_dir=config.data_dir, terms=config.terms, listen=config.listen,
                           bootstrap=config.bootstrap, cpu_millis=config.cpu_millis, memory_mib=config.memory_mib,
                           disk_mib=config.disk_mib, start_timeout_s=config.start_window_s, owner=config.owner,
+                          images=config.images,
                           policy=replace(ProviderPolicy(), runtime=config.runtime, pids_limit=config.pids_limit,
                                          log_rate_bytes_per_s=config.log_rate_bytes_per_s,
                                          log_burst_bytes=config.log_burst_bytes))
