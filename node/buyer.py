@@ -165,9 +165,10 @@ async def buy(node: Any, key: NodeKey, home: Path, buy_request: BuyRequest, cons
     resources = buy_request.resources
     # Issue 13, H3: no offer whose provider may claim more than this without our countersignature.
     max_exposure = load_max_exposure(home, buy_request.max_exposure_micros)
-    request = JobRequest(resources, buy_request.max_price_micros_per_s, buy_request.max_duration_s * 1000,
-                         image.image_id, max_exposure_micros=max_exposure)
     say = console.say
+    request = JobRequest(resources, buy_request.max_price_micros_per_s, buy_request.max_duration_s * 1000,
+                         image.image_id, max_exposure_micros=max_exposure,
+                         pull_bytes=await _pull_bytes(image.image_id, say))
     offers = await find(request)
     now = now_ms()
     reputation = await trio.to_thread.run_sync(_reputation, home / "buyer.db")
@@ -326,6 +327,31 @@ def write_outputs(data: bytes, dest: Path, say: Callable[[str], None], *, force:
 
 def _mib_text(mib: int) -> str:
     return f"{mib >> 10} GiB" if mib >= 1024 and mib % 1024 == 0 else f"{mib} MiB"
+
+
+PULL_SIZE_TIMEOUT_S = 10.0
+
+
+async def _pull_bytes(image: str, say: Callable[[str], None]) -> int | None:
+    """What a provider that lacks a registry image would pull (its manifest's sizes), so that ranking can
+    weigh it (market.matching); None for a local image, or when the registry does not answer in time: the
+    provider checks the image itself before it bids (node.jobimages)."""
+    import trio
+
+    from p2p.errors import SuanliError
+    from sandbox.registry import RegistryPolicy, parse_ref, resolve
+
+    if "@" not in image:
+        return None
+    ref = parse_ref(image)
+    policy = RegistryPolicy(allowed=(ref.registry,), timeout_s=PULL_SIZE_TIMEOUT_S)  # the buyer's own choice
+    try:
+        with trio.fail_after(PULL_SIZE_TIMEOUT_S * 2):
+            resolved = await trio.to_thread.run_sync(resolve, ref, policy, abandon_on_cancel=True)
+    except (SuanliError, trio.TooSlowError) as exc:
+        say(f"suanli: the size of {ref.name} is unknown ({exc or 'no answer'}); offers are ranked without it")
+        return None
+    return resolved.total_bytes
 
 
 def _no_offers_reason(resources: Any) -> str:

@@ -185,6 +185,14 @@ class ProviderImages:
         changed, self.offered = offered != self.offered, offered
         return changed
 
+    async def keep_offered(self, changed: Callable[[], None]) -> None:
+        """``refresh_offered``, then ``changed`` when the list moved; a failure is only logged."""
+        try:
+            if await self.refresh_offered():
+                changed()
+        except OSError as exc:
+            log.warning("images held not read: %s", exc)
+
     async def keep_collected(self, changed: Callable[[], None], interval_s: float = COLLECT_INTERVAL_S) -> None:
         """Rule 4, at start and then every ``interval_s``: images over the cache's quota are removed, least
         recently used first, and the offer's list of held images is read again (``changed`` when it moved)."""

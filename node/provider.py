@@ -30,6 +30,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 
@@ -45,6 +46,7 @@ from node import jobwire
 from node.config import ImageSettings
 from node.daemonlock import lock_alive, take_daemon_lock, take_key_lock
 from node.jobimages import ProviderImages
+from node.owner_state import availability
 from node.owner_watch import AVAILABLE, DEVICE_GLOBS, OwnerPrefs, Verdict, owner_status, watch_owner
 from node.provider_job import IMAGE_DISK_BUDGET_BYTES, ActiveJob, JobServices, serve_job
 from p2p.envelope import Signed, sign_record, signed_from_wire
@@ -155,11 +157,15 @@ class ProviderRuntime:
         free, owner = self.ledger.free(), self.owner
         sell = self.accepting and (owner is None or owner.state == AVAILABLE or owner.gpu_only)
         gpus = sell and (owner is None or owner.state == AVAILABLE)
+        images = self.services.images
+        window_end_ms, notice_ms, preemptible = availability(self.setup.owner, datetime.now().astimezone())
         return build_offer(
             self.setup.key.public, self.node.addrs(), self.setup.terms, self.gpus, self.ledger.cpu_millis,
             self.ledger.memory_mib, free.gpu_uuids if gpus else (), free.cpu_millis if sell else 0,
             free.memory_mib if sell else 0, self.seq + 1, now_ms,
-            disk_mib=self.ledger.disk_mib, free_disk_mib=free.disk_mib if sell else 0)
+            disk_mib=self.ledger.disk_mib, free_disk_mib=free.disk_mib if sell else 0,
+            images=images.offered if images is not None else (), window_end_ms=window_end_ms, notice_ms=notice_ms,
+            preemptible=preemptible)  # issues 18 and 19: what the buyer ranks and plans by
 
     async def publish_if_needed(self, announce: Announce | None, *, force: bool = False) -> None:
         now = wall_ms()
@@ -309,6 +315,8 @@ async def open_provider(setup: ProviderSetup, *, handlers: dict[str, object] | N
                 rt = runtime_box[0]
                 rt.earned_micros += final.amount_micros if final is not None and final_cosigned else job.cosigned_micros
                 rt.changed.set()
+                if services.images is not None:  # a job may have brought an image: the offer names it
+                    services_nursery.start_soon(services.images.keep_offered, lambda: rt.changed.set())
             reason = final.reason if final is not None else None
             outcome = (STOPPED_COUNTERSIGNING if reason == BUYER_UNRESPONSIVE
                        else NEVER_STARTED if reason == EXPIRED else COMPLETED)
@@ -344,7 +352,7 @@ async def open_provider(setup: ProviderSetup, *, handlers: dict[str, object] | N
             await services_nursery.start(partial(watch_owner, device_globs=setup.owner_devices), runtime, setup.owner)
         await runtime.publish_if_needed(announce, force=True)
         services_nursery.start_soon(_publisher, runtime, announce)
-        services_nursery.start_soon(services.images.keep_collected, runtime.changed.set)  # at start, then periodically
+        services_nursery.start_soon(services.images.keep_collected, lambda: runtime.changed.set())
         try:
             yield runtime
         finally:

@@ -4,6 +4,7 @@ policy before any layer moves, and a pull that fails ends the job with nothing b
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import uuid
@@ -15,12 +16,13 @@ import trio
 from cli_helpers import assert_audits_clean, images_removed_after, provider_on_overlay, run_cli_async
 
 from market.negotiation import IMAGE_TOO_LARGE, REGISTRY_NOT_ALLOWED
+from market.records import Prices
 from market.service import NegotiationRefused, negotiate_with, now_ms
 from node.buyer_job import BuyerHooks, run_job
 from node.config import ImageSettings
 from node.jobsession_buyer import JobFailed
 from node.provider import open_provider
-from node.testing import local_setup, make_proposal
+from node.testing import FAST_TERMS, local_setup, make_proposal
 from p2p.envelope import sign_record
 from p2p.identity import generate_key
 from p2p.testing import loopback_config, open_host
@@ -88,6 +90,23 @@ async def test_a_job_pulled_by_digest_runs_and_audits_clean(tmp_path, registry, 
         assert ref in attrs["RepoDigests"]  # the engine reports the agreed digest (node.jobimages Rule 3)
         digest = ref.rsplit("@", 1)[1]
         assert digest in held_digests(tmp_path / "p" / "images")  # the cache names it for the offer
+        wanted = bytes.fromhex(digest.removeprefix("sha256:"))
+        for _ in range(100):  # and the re-issued signed offer advertises it (market.matching ranks by it)
+            if wanted in runtime.offer.record.images:
+                break
+            await trio.sleep(0.2)
+        assert wanted in runtime.offer.record.images
+        # a cheaper provider that lacks the image ranks after the one that holds it (market.matching Rule 1)
+        cheap = replace(FAST_TERMS, prices=Prices({}, cpu_core_micros_per_s=10, memory_gib_micros_per_s=1))
+        async with provider_on_overlay(tmp_path / "cheap", terms=cheap, bootstrap=(boot,)) as other:
+            with trio.fail_after(120):
+                code, out, err = await run_cli_async("run", "--dry-run", "--json", "--local", "--bootstrap", boot,
+                                                     "--data-dir", str(tmp_path / "buyer"), "--image", ref, "--wait",
+                                                     "3", "--cpus", "0.5", "--memory", "128m", "--", "true")
+            assert code == 0, err
+            plan = json.loads(out)["candidates"]
+            assert [c["provider"] for c in plan] == [runtime.setup.key.peer_id, other.setup.key.peer_id], plan
+            assert plan[0]["price_micros_per_s"] > plan[1]["price_micros_per_s"]
     assert_audits_clean(tmp_path / "p" / "node.db", tmp_path / "buyer" / "buyer.db")
 
 
