@@ -208,6 +208,13 @@ def read_battery(root: str = "/sys/class/power_supply") -> bool | None:
     return battery_from(supplies)
 
 
+def hottest_gpu_c(devices: Sequence[Mapping[str, Any]]) -> int | None:
+    """The hottest GPU's temperature in °C from NVML records (sandbox.gpus.temperature_records, or an
+    inventory recording); a device whose reading failed is skipped; None when none answered (Rule 1)."""
+    temps = [t for d in devices if type(t := d.get("nvmlDeviceGetTemperature")) is int]
+    return max(temps) if temps else None
+
+
 def foreign_gpu_from(devices: Sequence[Mapping[str, Any]], container_of: Callable[[int], str | None],
                      ours: Collection[str]) -> frozenset[int] | None:
     """NVML's GPU processes (sandbox.gpus.process_records) that run in none of our job containers

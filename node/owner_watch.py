@@ -59,6 +59,7 @@ class SignalReader:
         self.nvml: ExitStack | None = None
         self.nvml_problem: str | None = None
         self.running: frozenset[str] = frozenset()
+        self.gpu_temp_c: int | None = None
         self.slow_at = -1e18
         self.stat: tuple[int, int] | None = None
         self.ours_us = 0
@@ -81,12 +82,13 @@ class SignalReader:
             names = (*p.exclusive_apps, *p.exclusive_gpu_apps)
             self.running = sig.read_running(names) if names else frozenset()
             self.on_battery = sig.read_battery() if not p.sell_on_battery else None
+            self.gpu_temp_c = self._gpu_temp() if p.gpu_max_temp_c > 0 and self.gpu_uuids else None
         return sig.Readings(
             now_s=now_s,
             last_input_s=sig.read_last_input(self.devices) if watch_input else None,
             foreign_gpu_pids=self._foreign_gpu() if p.foreign_gpu and self.gpu_uuids else None,
             other_cpu_pct=self._other_cpu() if p.cpu_busy_pct > 0 else None,
-            running=self.running, on_battery=self.on_battery)
+            running=self.running, on_battery=self.on_battery, gpu_temp_c=self.gpu_temp_c)
 
     def _other_cpu(self) -> float | None:
         cur = sig.read_proc_stat()
@@ -100,18 +102,30 @@ class SignalReader:
     @property
     def watches_gpu(self) -> bool:
         """NVML is asked (blocking: the watch then reads in a worker thread)."""
-        return self.prefs.foreign_gpu and bool(self.gpu_uuids) and self.nvml_problem is None
+        p = self.prefs
+        return (p.foreign_gpu or p.gpu_max_temp_c > 0) and bool(self.gpu_uuids) and self.nvml_problem is None
 
-    def _foreign_gpu(self) -> frozenset[int] | None:
-        from sandbox.gpus import nvml_session, pid_container_id, process_records
+    def _nvml_ready(self) -> bool:
+        from sandbox.gpus import nvml_session
 
         if self.nvml is None:  # one NVML session for the watch's life: nvmlInit is far too dear per poll
             self.nvml = ExitStack()
             self.nvml_problem = self.nvml.enter_context(nvml_session())
-        if self.nvml_problem is not None:
+        return self.nvml_problem is None
+
+    def _foreign_gpu(self) -> frozenset[int] | None:
+        from sandbox.gpus import pid_container_id, process_records
+
+        if not self._nvml_ready():
             return None
         devices: list[dict[str, Any]] = process_records(self.gpu_uuids, int(time.time() * 1e6))
         return sig.foreign_gpu_from(devices, pid_container_id, self.containers_now)
+
+    def _gpu_temp(self) -> int | None:
+        """The hottest GPU, read at the slow cadence (temperature moves in seconds, not polls)."""
+        from sandbox.gpus import temperature_records
+
+        return sig.hottest_gpu_c(temperature_records(self.gpu_uuids)) if self._nvml_ready() else None
 
     def close(self) -> None:
         if self.nvml is not None:

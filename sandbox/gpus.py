@@ -114,6 +114,21 @@ def process_records(uuids: Sequence[str], since_us: int) -> list[dict[str, Any]]
     return out
 
 
+def temperature_records(uuids: Sequence[str]) -> list[dict[str, Any]]:
+    """Each GPU's core temperature in °C under the key the recordings use (``nvmlDeviceGetTemperature``), or
+    an ``error`` (call inside ``nvml_session()``): the owner's GPU temperature ceiling (node.owner_signals)."""
+    out = []
+    for uuid in uuids:
+        try:
+            handle = pynvml.nvmlDeviceGetHandleByUUID(uuid)
+        except pynvml.NVMLError as exc:
+            out.append({"uuid": uuid, "error": f"{type(exc).__name__}: {exc}"})
+            continue
+        out.append({"uuid": uuid, "nvmlDeviceGetTemperature": _ask(pynvml.nvmlDeviceGetTemperature, handle,
+                                                                   pynvml.NVML_TEMPERATURE_GPU)})
+    return out
+
+
 def pid_container_id(pid: int) -> str | None:
     """The container id of host PID `pid` (nvml Rule 2), or None (gone, or not in a container)."""
     try:

@@ -131,3 +131,16 @@ def test_read_running_finds_a_process_by_its_name_and_not_once_it_exited(tmp_pat
         proc.kill()
         proc.wait()
     assert sig.read_running(["suanli-owner-ex"]) == frozenset()
+
+
+def test_the_hottest_gpu_from_real_h200_recordings():
+    """The temperature reader's pure part over NVML as recorded on an H200 (35 °C idle, 57 °C busy): the
+    owner's ceiling of 50 °C counts the busy machine as in use and the idle one not."""
+    fixtures = TIMELINE.parent
+    idle = json.loads((fixtures / "h200_idle.json").read_text())["devices"]
+    busy = json.loads((fixtures / "h200_busy.json").read_text())["devices"]
+    assert (sig.hottest_gpu_c(idle), sig.hottest_gpu_c(busy)) == (35, 57)
+    assert sig.temperature_use(sig.hottest_gpu_c(idle), 50) is None
+    assert sig.temperature_use(sig.hottest_gpu_c(busy), 50) == "GPU at 57 °C (gpu_max_temp_c = 50)"
+    failed = [{"uuid": "GPU-1", "error": "NVMLError_GpuIsLost: GPU is lost"}]
+    assert sig.hottest_gpu_c(failed + busy) == 57 and sig.hottest_gpu_c(failed) is None
