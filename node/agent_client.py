@@ -40,7 +40,7 @@ FIELDS: dict[str, tuple[type, ...]] = {
     "output": (str, type(None)),
     "env": (list, type(None)), "wait": (float, int), "candidates": (int,), "negotiate_timeout": (float, int),
     "show_receipts": (bool,), "dry_run": (bool,), "json": (bool,), "verbose": (bool,), "force": (bool,),
-    "preemptible": (bool,),
+    "preemptible": (bool,), "on_preempt": (str,),
 }
 PATH_FIELDS = ("input", "output", "image_archive")
 MAX_EVENT_BYTES = 1 << 20

@@ -17,11 +17,16 @@ Rule 1: a ``Console`` is where one run reports: notes (stderr), the job's own ou
 summary; ``quiet`` (--json) keeps only the summary.
 Rule 2 (issue 17 item 5): a buyer's own limit or mistake is never recorded against the provider in the
 buyer's local reputation (``reputation_outcome``).
+Rule 3 (issue 18): with ``--on-preempt retry``, a job whose provider's owner took the machine back
+(final reason ``owner_preempt``) runs again from the start on another provider, at most
+``preempt_retries`` times (default 2); the preempted run stays billed to the second, its chain closed,
+and that provider is not tried again for this job.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -130,7 +135,7 @@ async def buy(node: Any, key: NodeKey, home: Path, buy_request: BuyRequest, cons
               find: Callable[[JobRequest], Awaitable[list[Signed[Offer]]]], cancel: trio.Event,
               store: AsyncStore | None, *, dry_run: bool = False, interruptible: bool = False,
               t0: float | None = None, started: Callable[[], None] | None = None,
-              unanswered: Callable[[str], None] | None = None) -> int:
+              unanswered: Callable[[str], None] | None = None, exclude: frozenset[bytes] = frozenset()) -> int:
     """One job on a joined node: discover, rank, negotiate, run, countersign, write outputs; the exit code.
 
     ``find(request)`` returns the offers to rank. ``cancel`` set during the job sends ``cancel`` to the
@@ -139,7 +144,7 @@ async def buy(node: Any, key: NodeKey, home: Path, buy_request: BuyRequest, cons
     use, or None to open ``<home>/buyer.db`` for this run. ``started()`` is called when the agreement is
     made and the job phase begins. ``unanswered(peer_id)`` is called for each candidate that could not be
     reached, stayed silent or broke off (the agent sets its offer aside, p2p.gossip Rule 4). ``dry_run``:
-    print the candidates and the proposal, agree to nothing.
+    print the candidates and the proposal, agree to nothing. ``exclude``: providers not to try (Rule 3).
     """
     import trio
 
@@ -155,6 +160,7 @@ async def buy(node: Any, key: NodeKey, home: Path, buy_request: BuyRequest, cons
     from settlement.astore import open_store
 
     t0 = time.monotonic() if t0 is None else t0
+    given_store = store  # rebound below to the one opened for this run
     image = choose_image(buy_request.image, buy_request.image_archive)
     # node.jobwire Rule 3: the archive's layers, so a provider holding some is sent only the rest
     layers = await trio.to_thread.run_sync(archive_layers, image.archive) if image.archive else ()
@@ -169,7 +175,7 @@ async def buy(node: Any, key: NodeKey, home: Path, buy_request: BuyRequest, cons
     request = JobRequest(resources, buy_request.max_price_micros_per_s, buy_request.max_duration_s * 1000,
                          image.image_id, max_exposure_micros=max_exposure,
                          pull_bytes=await _pull_bytes(image.image_id, say))
-    offers = await find(request)
+    offers = [o for o in await find(request) if o.record.provider not in exclude]
     now = now_ms()
     reputation = await trio.to_thread.run_sync(_reputation, home / "buyer.db")
     ranked = rank_offers([o.record for o in offers], request, now, limit=buy_request.retry.candidates,
@@ -284,6 +290,17 @@ async def buy(node: Any, key: NodeKey, home: Path, buy_request: BuyRequest, cons
                             "provider": provider, "database": str(db_path), "exit_code": lost,
                             "exit_source": SUANLI})
         return lost
+    if outcome.reason == "owner_preempt" and buy_request.on_preempt == "retry" and buy_request.preempt_retries > 0:
+        # Rule 3: billed to the second for what ran (its chain is closed and stored); the job runs again,
+        # from the start, on another provider; its outputs are the retry's.
+        left = buy_request.preempt_retries - 1
+        say(f"suanli: preempted by {provider}'s owner after {outcome.last.metered_ms / 1000 if outcome.last else 0:.1f}"
+            f" s (agreement {deal.agreement.record_id.hex()[:16]}); running the job again on another provider "
+            f"({left} more {'retry' if left == 1 else 'retries'} allowed)")
+        return await buy(node, key, home, dataclasses.replace(buy_request, preempt_retries=left), console, find, cancel,
+                         given_store,
+                         interruptible=interruptible, t0=t0, started=None, unanswered=unanswered,
+                         exclude=exclude | {ag.provider})
     files = write_outputs(outcome.outputs, buy_request.outputs, say,
                           force=buy_request.force) if buy_request.outputs is not None else []
     last = outcome.last

@@ -35,7 +35,8 @@ _PINNED = re.compile(r"sha256:[0-9a-f]{64}")
 DEFAULTS: dict[str, Any] = {
     "image": None, "image_archive": None, "gpus": 0, "gpu_model": None, "gpu_memory": None, "cpus": 1.0,
     "memory": "512m", "disk": "1g", "max_price": 10_000, "max_duration": 600, "max_exposure": None,
-    "input": None, "output": None, "force": False, "preemptible": False, "env": None, "wait": 3.0, "candidates": 5,
+    "input": None, "output": None, "force": False, "preemptible": False, "on_preempt": "fail",
+    "env": None, "wait": 3.0, "candidates": 5,
     "negotiate_timeout": 10.0,
 }
 
@@ -69,6 +70,8 @@ class BuyRequest:
     outputs: Path | None = None
     force: bool = False
     accepts_preemption: bool = False  # market.deal Rule 7: --preemptible
+    on_preempt: str = "fail"  # node.buyer Rule 3: "retry" runs the job again on another provider
+    preempt_retries: int = 2
     retry: RetryPolicy = RetryPolicy()
 
     @classmethod
@@ -112,6 +115,7 @@ def request_from_options(options: Mapping[str, Any], command: Sequence[str]) -> 
         max_price_micros_per_s=options["max_price"], max_duration_s=options["max_duration"], image_archive=archive,
         max_exposure_micros=options.get("max_exposure"), env=env, inputs=inputs, outputs=output,
         force=bool(options.get("force")), accepts_preemption=bool(options.get("preemptible")),
+        on_preempt=_on_preempt(options.get("on_preempt") or "fail"),
         retry=RetryPolicy(options["wait"], options["candidates"], options["negotiate_timeout"]))
 
 
@@ -153,6 +157,12 @@ def parse_env(items: Sequence[str]) -> dict[str, str]:
             raise SuanliError(f"--env {item!r}: expected NAME=VALUE")
         env[name] = value
     return env
+
+
+def _on_preempt(value: str) -> str:
+    if value not in ("fail", "retry"):
+        raise SuanliError(f"--on-preempt {value!r}: expected fail or retry")
+    return value
 
 
 def check_image_pin(image: str | None) -> str:

@@ -136,6 +136,9 @@ def _add_network(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     run.add_argument("--output", metavar="DIR", help="directory that receives /io/out; must be new or empty "
                      "(unless --force); symlinks in it are never followed")
     run.add_argument("--force", action="store_true", help="let outputs replace files of the same name in --output")
+    run.add_argument("--on-preempt", choices=("fail", "retry"), default="fail",
+                     help="when a provider's owner takes the machine back: fail (exit 124), or retry the job on "
+                          "another provider (at most twice; the preempted run stays billed to the second)")
     run.add_argument("--preemptible", action="store_true",
                      help="let the job run past the end of a provider's selling window, knowing its owner may "
                           "take the machine back (billed to the second; without it the duration is cut there)")

@@ -301,3 +301,41 @@ async def test_a_buyer_cancelling_a_job_frozen_for_the_owner_gets_a_countersigne
     assert len(outcome.receipts[-1].sigs) == 2  # the final is countersigned
     (result,) = audit(read_inputs([tmp_path / "provider" / "node.db", tmp_path / "buyer.db"]))
     assert result.report.ok, result.report
+
+
+async def test_on_preempt_retry_runs_the_job_again_on_another_provider(tmp_path, demo_image, terminal):
+    """node.buyer Rule 3: the cheaper provider's owner comes back; the buyer's --on-preempt retry runs the
+    job again on the other provider, and the preempted run stays billed and audits clean."""
+    from cli_helpers import assert_audits_clean, provider_on_overlay
+
+    from market.records import Prices
+    from node.buyer import Collected, run_once
+    from node.buyrequest import BuyRequest
+    from node.testing import FAST_TERMS
+
+    home = tmp_path / "buyer"
+    request = BuyRequest.build(["sh", "-c", "sleep 4; echo finished"], image=demo_image, cpus=0.5, memory="128m",
+                               wait=3, on_preempt="retry")
+    console = Collected()
+    prefs = OwnerPrefs(idle_s=30, notice_s=1, poll_ms=100)
+    dear = replace(FAST_TERMS, prices=Prices({}, cpu_core_micros_per_s=400, memory_gib_micros_per_s=10))
+    async with provider_on_overlay(tmp_path / "a", owner=prefs, owner_devices=(terminal.path,)) as cheap:
+        boot = cheap.node.addrs()[0]
+        async with provider_on_overlay(tmp_path / "b", terms=dear, bootstrap=(boot,)) as other:
+
+            async def owner_comes_back() -> None:
+                for _ in range(600):  # 60 s at most
+                    if any(job.phase == "running" for job in cheap.services.active.values()):
+                        break
+                    await trio.sleep(0.1)
+                await trio.sleep(1.5)
+                terminal.type()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(owner_comes_back)
+                with trio.fail_after(150):
+                    code = await run_once(request, generate_key(), home, [boot], console, local=True)
+    doc = console.document
+    assert code == 0 and doc["reason"] == "completed" and doc["provider"] == other.setup.key.peer_id, doc
+    assert any("running the job again on another provider" in line for line in console.notes), console.notes
+    assert_audits_clean(home / "buyer.db", cheap.setup.data_dir / "node.db", other.setup.data_dir / "node.db")
