@@ -148,7 +148,7 @@ async def buy(node: Any, key: NodeKey, home: Path, buy_request: BuyRequest, cons
     """
     import trio
 
-    from market.matching import JobRequest, explain, rank_offers
+    from market.matching import JobRequest, explain, facts, notes, rank_offers
     from market.records import JobSpec, Proposal
     from market.service import negotiate_first, now_ms
     from node.buyer_config import load_max_exposure
@@ -206,7 +206,10 @@ async def buy(node: Any, key: NodeKey, home: Path, buy_request: BuyRequest, cons
     candidates = [(peer_id_from_public(c.offer.provider), proposal_for(c.offer.provider)) for c in ranked]
     if dry_run:
         plan = [{"provider": p, "price_micros_per_s": c.price_micros_per_s, "reputation": c.reputation,
-                 "gpus": [g.model for g in c.gpus]} for (p, _), c in zip(candidates, ranked, strict=True)]
+                 "gpus": [g.model for g in c.gpus], **facts(c.offer, request), "notes": notes(c.offer, request, now)}
+                for (p, _), c in zip(candidates, ranked, strict=True)]
+        for entry in plan:
+            say(f"  {entry['provider']}: {entry['price_micros_per_s']} micro-credits/s; {'; '.join(entry['notes'])}")
         first = candidates[0][1].record
         doc = {"dry_run": True, "candidates": plan, "would_propose": {
             "provider": candidates[0][0], "image": first.job.image, "command": list(first.job.command),
@@ -350,9 +353,10 @@ PULL_SIZE_TIMEOUT_S = 10.0
 
 
 async def _pull_bytes(image: str, say: Callable[[str], None]) -> int | None:
-    """What a provider that lacks a registry image would pull (its manifest's sizes), so that ranking can
-    weigh it (market.matching); None for a local image, or when the registry does not answer in time: the
-    provider checks the image itself before it bids (node.jobimages)."""
+    """What a provider that lacks a registry image would pull (its manifest's sizes), shown beside each
+    offer by the dry run and explain (ranking itself prefers a provider that holds it: market.matching);
+    None for a local image, or when the registry does not answer in time: the provider checks the image
+    itself before it bids (node.jobimages)."""
     import trio
 
     from p2p.errors import SuanliError

@@ -107,6 +107,8 @@ async def test_a_job_pulled_by_digest_runs_and_audits_clean(tmp_path, registry, 
             plan = json.loads(out)["candidates"]
             assert [c["provider"] for c in plan] == [runtime.setup.key.peer_id, other.setup.key.peer_id], plan
             assert plan[0]["price_micros_per_s"] > plan[1]["price_micros_per_s"]
+            assert plan[0]["image_cached"] and "image cached" in plan[0]["notes"]
+            assert not plan[1]["image_cached"] and plan[1]["pull_bytes"] > 0, plan  # read from the manifest
     assert_audits_clean(tmp_path / "p" / "node.db", tmp_path / "buyer" / "buyer.db")
 
 
