@@ -426,7 +426,7 @@ def _hooks(console: Console, keep: Callable[[str, bytes], None]) -> Any:
         console.log(stream, data)
 
     def on_status(phase: str, detail: str) -> None:
-        if phase in ("paused", "resumed", "loading_image", "logs_dropped", "outputs_skipped") or console.verbose:
+        if phase in ("paused", "resumed", "pulling_image", "loading_image", "logs_dropped", "outputs_skipped") or console.verbose:
             say(f"suanli: provider says {phase}" + (f": {detail}" if detail else ""))
 
     def on_progress(kind: str, done: int, total: int) -> None:
