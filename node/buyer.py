@@ -350,6 +350,8 @@ def _mib_text(mib: int) -> str:
 
 
 PULL_SIZE_TIMEOUT_S = 10.0
+# The provider's statuses a buyer sees without --verbose.
+_SHOWN_PHASES = frozenset({"paused", "resumed", "pulling_image", "loading_image", "logs_dropped", "outputs_skipped"})
 
 
 async def _pull_bytes(image: str, say: Callable[[str], None]) -> int | None:
@@ -426,7 +428,7 @@ def _hooks(console: Console, keep: Callable[[str, bytes], None]) -> Any:
         console.log(stream, data)
 
     def on_status(phase: str, detail: str) -> None:
-        if phase in ("paused", "resumed", "pulling_image", "loading_image", "logs_dropped", "outputs_skipped") or console.verbose:
+        if phase in _SHOWN_PHASES or console.verbose:
             say(f"suanli: provider says {phase}" + (f": {detail}" if detail else ""))
 
     def on_progress(kind: str, done: int, total: int) -> None:
