@@ -184,7 +184,7 @@ async def _follow(sender: _Sender, store: AsyncStore, session: BuyerSession, hoo
 def archive_layers(archive: bytes) -> tuple[bytes, ...]:
     """The layers (diff ids) of a ``docker save`` or OCI archive, in order, named in ``job.start``
     (node.jobwire Rule 3); () when the archive cannot be read (the provider's checks say why later)."""
-    from sandbox.archive import layer_diff_ids
+    from sandbox.archive_layers import layer_diff_ids
     from sandbox.errors import ImageError
 
     try:
@@ -197,7 +197,8 @@ def archive_layers(archive: bytes) -> tuple[bytes, ...]:
 def archive_without(archive: bytes, omit: tuple[bytes, ...]) -> bytes:
     """The archive without the layers the provider holds (node.jobwire Rule 3): the clean copy of its one
     image, those layers' contents left out (sandbox.archive)."""
-    from sandbox.archive import inspect_archive, write_partial_archive
+    from sandbox.archive import inspect_archive
+    from sandbox.archive_layers import write_partial_archive
 
     src = io.BytesIO(archive)
     plan = inspect_archive(src)

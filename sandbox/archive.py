@@ -3,12 +3,12 @@
 An image travels between peers without a registry as a `docker save` archive. The archive this module
 writes is both a legacy docker-archive (``manifest.json``) and an OCI image layout (``oci-layout``,
 ``index.json``, ``blobs/sha256/...``), so that either kind of image store can load it:
-
-- the classic graphdriver store names the loaded image by its **config digest**;
-- the containerd image store (default on fresh Docker 29+) names it by its **manifest digest**.
+- the classic graphdriver store names the loaded image by its **config digest**, the containerd image
+  store (default on fresh Docker 29+) by its **manifest digest**.
 
 Rule 1: the same inputs give the same bytes, hence the same digests (every tar header has mtime 0,
-uid/gid as given, empty user and group names; entries are sorted; JSON is compact with sorted keys).
+uid/gid as given, empty user and group names; entries are sorted; JSON is compact with sorted keys); the
+writer lives in sandbox.archive_writer, its names re-exported here.
 Rule 2: an archive's digests are computed from its blobs, never trusted from its own claims.
 Rule 3 (a buyer's archive, issue 13 C1): it holds exactly one image. ``manifest.json`` (what the
 classic store loads) and ``index.json`` (what the containerd store loads) must describe the same one,
@@ -18,26 +18,13 @@ and every member must belong to it; anything else is refused before any load. Wh
 Rule 4 (issue 13 L5): for any input bytes, ``inspect_archive``/``read_digests`` return a value or
 raise ImageError, nothing else; memory stays bounded whatever the archive's size (JSON members,
 tar metadata headers and member counts have limits; blobs are streamed, never read whole).
-Rule 5 (review of issue 13): tarfile never reads a buyer's tar. One guarded walk (``sandbox.tarwalk``)
-reads the headers of the outer tar and of each layer (gzip, bzip2 and xz decompressed as a stream), and
-refuses any pax or GNU long-name header over its MAX_HEADER_DATA_BYTES before reading it, and any header
-on which tar readers could disagree about where the next header starts; this module builds the member
-map from what it yields.
-
-Rule 6 (issue 19, layer-aware shipping): a *partial* archive is a clean archive whose manifests still
-list every layer but which lacks the contents of some, which the provider said it holds
-(``write_partial_archive``, the buyer's side; node.jobwire Rule 3). Only a layer whose bytes are its diff
-id (an uncompressed layer: under an OCI blob name, that name's digest is the diff id) may be left out,
-since the provider's store holds uncompressed layers by diff id (sandbox.layerstore). The provider reads
-a partial archive with ``inspect_archive(..., store=)``: a layer may be absent only when the store holds
-it, and every other check of Rules 2-5 is the same (one image, no foreign member, bounded sizes; an
-absent layer counts its stored size against the unpacked bound). ``write_clean_archive(..., store=)``
-copies each absent layer from the store and hashes it as it is copied: anything but its diff id refuses
-the archive (the store is not trusted, sandbox.layerstore Rule 2). The layers that did arrive are checked
-as in any archive (their blob digests here, their diff ids by the engine's ``docker load``), then
-``store_layers`` keeps the uncompressed ones for the next buyer.
-
-The deterministic writer (Rule 1) lives in sandbox.archive_writer; its names are re-exported here.
+Rule 5 (review of issue 13): tarfile never reads a buyer's tar. One guarded walk (``sandbox.tarwalk``) reads
+the headers of the outer tar and of each layer (gzip, bzip2, xz decompressed as a stream), refuses any pax
+or GNU long-name header over its MAX_HEADER_DATA_BYTES before reading it, and any header on which tar
+readers could disagree about where the next header starts; the member map is built from what it yields.
+Rule 6 (issue 19, layer-aware shipping): a *partial* archive lacks the contents of layers the provider's
+store holds; ``inspect_archive(..., store=)`` allows an absent layer only when the store holds it, and
+``write_clean_archive(..., store=)`` copies it from there, hashed as it goes (sandbox.archive_layers).
 """
 
 from __future__ import annotations
@@ -45,7 +32,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import logging
 import lzma
 import os
 import posixpath
@@ -54,7 +40,7 @@ import tarfile
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import IO, Protocol, cast
+from typing import IO, TYPE_CHECKING
 
 from p2p.errors import ENVIRONMENT
 from sandbox.archive_writer import (  # the writer's names, re-exported for callers of sandbox.archive
@@ -71,9 +57,11 @@ from sandbox.archive_writer import (  # the writer's names, re-exported for call
 from sandbox.errors import ImageError
 from sandbox.tarwalk import Blocks, Member, Section, decompress, walk_tar
 
-__all__ = ["NOBODY", "ArchiveDigests", "ImagePlan", "LayerEntry", "LayerSource", "file_sha256", "image_archive",
-           "inspect_archive", "layer_diff_ids", "layer_tar", "read_digests", "sha256_digest", "store_layers",
-           "write_clean_archive", "write_partial_archive"]
+if TYPE_CHECKING:
+    from sandbox.archive_layers import LayerSource
+
+__all__ = ["NOBODY", "ArchiveDigests", "ImagePlan", "LayerEntry", "file_sha256", "image_archive", "inspect_archive",
+           "layer_tar", "read_digests", "sha256_digest", "write_clean_archive"]
 
 MAX_MEMBERS = 4096  # tar members of an image archive, directories included
 MAX_LAYERS = 256  # Docker itself stops at 127 on overlay
@@ -81,7 +69,6 @@ MAX_JSON_BYTES = 4 << 20  # manifest.json, index.json, an OCI manifest, an image
 MAX_UNPACKED_BYTES = 8 << 30  # the image's files once unpacked (gzip/bzip2/xz layers are expanded)
 MAX_LAYER_ENTRIES = 1_000_000  # entries of one layer
 _COPY_BYTES = 1 << 20
-log = logging.getLogger("suanli.sandbox.archive")
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _METADATA = frozenset({"manifest.json", "index.json", "oci-layout", "repositories"})  # rewritten or dropped
 _MANIFEST_TYPES = frozenset({"application/vnd.oci.image.manifest.v1+json",
@@ -115,20 +102,6 @@ class ImagePlan:
     def omittable(self, name: str, diff_id: str) -> bool:
         """Whether this layer may travel by its diff id alone (Rule 6): its bytes must be its diff id."""
         return self.expected.get(name, diff_id) == diff_id
-
-
-class LayerSource(Protocol):
-    """What a partial archive's missing layers are taken from (sandbox.layerstore.LayerStore)."""
-
-    def has(self, diff_id: str) -> bool: ...
-
-    def size(self, diff_id: str) -> int: ...
-
-    def open(self, diff_id: str) -> IO[bytes]: ...
-
-    def add(self, diff_id: str, src: IO[bytes], size: int) -> bool: ...
-
-    def discard(self, diff_id: str) -> None: ...
 
 
 def read_digests(data: bytes) -> ArchiveDigests:
@@ -360,47 +333,6 @@ def write_clean_archive(src: IO[bytes], plan: ImagePlan, dst: IO[bytes], *,
         raise _refuse("a partial image archive needs the layer store to be rebuilt", reason="layer_missing",
                       fault=ENVIRONMENT)
     _write_archive(src, plan, dst, frozenset(), store)
-
-
-def write_partial_archive(src: IO[bytes], plan: ImagePlan, omit: frozenset[str], dst: IO[bytes]) -> tuple[str, ...]:
-    """The buyer's side of Rule 6: the clean archive of ``plan`` without the contents of the layers whose
-    diff ids are in ``omit`` (the manifests still list them); the diff ids left out, in order. A compressed
-    layer is always sent."""
-    names = {name: diff_id for name, diff_id in plan.layers() if diff_id in omit and plan.omittable(name, diff_id)}
-    _write_archive(src, plan, dst, frozenset(names), None)
-    return tuple(dict.fromkeys(names.values()))
-
-
-def layer_diff_ids(f: IO[bytes]) -> tuple[str, ...]:
-    """The diff ids of an archive's layers in the config's order (a shared layer may repeat); ImageError
-    when it is not one readable image archive."""
-    return inspect_archive(f).diff_ids
-
-
-def store_layers(src: IO[bytes], plan: ImagePlan, store: LayerSource) -> tuple[str, ...]:
-    """After a successful load, keep the archive's uncompressed layers in ``store`` (Rule 6); the diff ids
-    it holds afterwards, in order. Bookkeeping (sandbox.layerstore Rule 5): a layer whose bytes are not its
-    diff id is not kept, logged, and nothing fails."""
-    held = []
-    try:
-        src.seek(0)
-        members = _members(src)
-    except (ImageError, *_PARSE_ERRORS) as exc:
-        log.warning("the archive's layers are not kept in the layer store (%s)", exc)
-        return ()
-    for name, diff_id in plan.layers():
-        member = members.get(plan.sources[name])
-        try:
-            if name in plan.absent or member is None or not plan.omittable(name, diff_id):
-                kept = store.has(diff_id)
-            else:
-                kept = store.add(diff_id, cast(IO[bytes], Section(src, member)), member.size)
-        except ImageError as exc:  # e.g. a compressed layer under a legacy name: not the stored form
-            log.info("layer %s is not kept in the layer store: %s", diff_id[:19], exc)
-            kept = False
-        if kept:
-            held.append(diff_id)
-    return tuple(held)
 
 
 def _write_archive(src: IO[bytes], plan: ImagePlan, dst: IO[bytes], omit: frozenset[str],

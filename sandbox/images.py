@@ -34,13 +34,12 @@ from sandbox.archive import (
     NOBODY,
     ArchiveDigests,
     LayerEntry,
-    LayerSource,
     image_archive,
     inspect_archive,
     layer_tar,
-    store_layers,
     write_clean_archive,
 )
+from sandbox.archive_layers import LayerSource, store_layers
 from sandbox.engine import FOREIGN, connect, translate
 from sandbox.errors import ImageError, SandboxError
 from sandbox.spec import pinned_image_id

@@ -17,13 +17,11 @@ from sandbox.archive import (
     LayerEntry,
     file_sha256,
     inspect_archive,
-    layer_diff_ids,
     layer_tar,
     sha256_digest,
-    store_layers,
     write_clean_archive,
-    write_partial_archive,
 )
+from sandbox.archive_layers import layer_diff_ids, store_layers, write_partial_archive
 from sandbox.archive_writer import _blob, _canonical_json, _info
 from sandbox.images import load_image_archive
 from sandbox.layerstore import LayerStore
