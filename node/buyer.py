@@ -28,16 +28,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import json
 import logging
 import os
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from node.buyconsole import Collected, Console  # Rule 1 (Collected re-exported for Python callers)
 from node.buyrequest import BuyRequest, choose_image
 from node.exitcodes import EXIT_NO_PROVIDER, SUANLI, final_exit_code, job_exit_code
 from node.outputs import check_output_dir
@@ -50,64 +49,9 @@ if TYPE_CHECKING:
     from p2p.envelope import Signed
     from p2p.identity import NodeKey
     from settlement.astore import AsyncStore
-    from settlement.records import Receipt
 
 log = logging.getLogger("suanli.buyer")
-
-
-class Console:
-    """Rule 1, on this process's terminal. The resident agent (node.agent) sends the same calls to the
-    ``suanli run`` that asked for the job; ``Collected`` keeps them for a Python caller."""
-
-    def __init__(self, quiet: bool, *, show_receipts: bool = False, verbose: bool = False) -> None:
-        self.quiet = quiet  # --json: no notes, no job output, only the final document
-        self.show_receipts = show_receipts
-        self.verbose = verbose
-
-    def say(self, text: str) -> None:
-        if not self.quiet:
-            print(text, file=sys.stderr, flush=True)
-
-    def log(self, stream: str, data: bytes) -> None:
-        if self.quiet:
-            return
-        out = sys.stdout if stream == "stdout" else sys.stderr
-        out.buffer.write(data + b"\n")
-        out.flush()
-
-    def result(self, doc: dict[str, Any], indent: int | None = None) -> None:
-        print(json.dumps(doc, indent=indent), flush=True)
-
-    def receipt(self, receipt: Signed[Receipt]) -> None:
-        """A receipt this buyer has just countersigned (and stored)."""
-        r = receipt.record
-        if self.show_receipts:
-            self.say(f"suanli: receipt {r.seq} co-signed: {r.metered_ms / 1000:.1f} s, {r.amount_micros} "
-                     "micro-credits" + (f" (final: {r.reason})" if r.state == "final" else ""))
-
-
-class Collected(Console):
-    """A console that prints nothing and keeps everything: ``notes``, ``logs`` ((stream, line) pairs),
-    the countersigned ``receipts`` in order, and the summary ``document`` (Python callers of ``run_once``)."""
-
-    def __init__(self, *, verbose: bool = False) -> None:
-        super().__init__(True, show_receipts=False, verbose=verbose)
-        self.notes: list[str] = []
-        self.logs: list[tuple[str, bytes]] = []
-        self.receipts: list[Signed[Receipt]] = []
-        self.document: dict[str, Any] = {}
-
-    def say(self, text: str) -> None:
-        self.notes.append(text)
-
-    def log(self, stream: str, data: bytes) -> None:
-        self.logs.append((stream, data))
-
-    def result(self, doc: dict[str, Any], indent: int | None = None) -> None:
-        self.document = doc
-
-    def receipt(self, receipt: Signed[Receipt]) -> None:
-        self.receipts.append(receipt)
+__all__ = ["Collected", "Console", "buy", "reputation_outcome", "run_once", "write_outputs"]
 
 
 async def run_once(request: BuyRequest, key: NodeKey, home: Path, bootstrap: Sequence[str], console: Console, *,

@@ -158,7 +158,8 @@ class ProviderRuntime:
         sell = self.accepting and (owner is None or owner.state == AVAILABLE or owner.gpu_only)
         gpus = sell and (owner is None or owner.state == AVAILABLE)
         images = self.services.images
-        window_end_ms, notice_ms, preemptible = availability(self.setup.owner, datetime.now().astimezone())
+        local = datetime.fromtimestamp(now_ms / 1000).astimezone()  # the offer's own clock
+        window_end_ms, notice_ms, preemptible = availability(self.setup.owner, local)
         return build_offer(
             self.setup.key.public, self.node.addrs(), self.setup.terms, self.gpus, self.ledger.cpu_millis,
             self.ledger.memory_mib, free.gpu_uuids if gpus else (), free.cpu_millis if sell else 0,
