@@ -91,42 +91,38 @@ def gpu_inventory() -> Inventory:
     return inventory(inventory_record())
 
 
+def _per_device(uuids: Sequence[str], read: Callable[[Any], dict[str, Any]]) -> list[dict[str, Any]]:
+    """``{"uuid": ..., **read(handle)}`` for each GPU, or its ``error`` when NVML cannot find it."""
+    out = []
+    for uuid in uuids:
+        try:
+            handle = pynvml.nvmlDeviceGetHandleByUUID(uuid)
+        except pynvml.NVMLError as exc:
+            out.append({"uuid": uuid, "error": f"{type(exc).__name__}: {exc}"})
+            continue
+        out.append({"uuid": uuid, **read(handle)})
+    return out
+
+
 def process_records(uuids: Sequence[str], since_us: int) -> list[dict[str, Any]]:
     """One per-device sample record for each GPU in `uuids` (same keys as the timeline recording).
 
     Call inside `nvml_session()`; `since_us` is the lastSeenTimeStamp of the previous poll.
     """
-    out = []
-    for uuid in uuids:
-        try:
-            handle = pynvml.nvmlDeviceGetHandleByUUID(uuid)
-        except pynvml.NVMLError as exc:
-            out.append({"uuid": uuid, "error": f"{type(exc).__name__}: {exc}"})
-            continue
-        out.append({
-            "uuid": uuid, "t": time.time(),
-            "compute_procs": _ask(pynvml.nvmlDeviceGetComputeRunningProcesses, handle),
-            "graphics_procs": _ask(pynvml.nvmlDeviceGetGraphicsRunningProcesses, handle),
-            "nvmlDeviceGetProcessUtilization": _ask(pynvml.nvmlDeviceGetProcessUtilization, handle,
-                                                    since_us),
-            "energy_mJ": _ask(pynvml.nvmlDeviceGetTotalEnergyConsumption, handle),
-        })
-    return out
+    return _per_device(uuids, lambda handle: {
+        "t": time.time(),
+        "compute_procs": _ask(pynvml.nvmlDeviceGetComputeRunningProcesses, handle),
+        "graphics_procs": _ask(pynvml.nvmlDeviceGetGraphicsRunningProcesses, handle),
+        "nvmlDeviceGetProcessUtilization": _ask(pynvml.nvmlDeviceGetProcessUtilization, handle, since_us),
+        "energy_mJ": _ask(pynvml.nvmlDeviceGetTotalEnergyConsumption, handle),
+    })
 
 
 def temperature_records(uuids: Sequence[str]) -> list[dict[str, Any]]:
     """Each GPU's core temperature in °C under the key the recordings use (``nvmlDeviceGetTemperature``), or
     an ``error`` (call inside ``nvml_session()``): the owner's GPU temperature ceiling (node.owner_signals)."""
-    out = []
-    for uuid in uuids:
-        try:
-            handle = pynvml.nvmlDeviceGetHandleByUUID(uuid)
-        except pynvml.NVMLError as exc:
-            out.append({"uuid": uuid, "error": f"{type(exc).__name__}: {exc}"})
-            continue
-        out.append({"uuid": uuid, "nvmlDeviceGetTemperature": _ask(pynvml.nvmlDeviceGetTemperature, handle,
-                                                                   pynvml.NVML_TEMPERATURE_GPU)})
-    return out
+    return _per_device(uuids, lambda handle: {
+        "nvmlDeviceGetTemperature": _ask(pynvml.nvmlDeviceGetTemperature, handle, pynvml.NVML_TEMPERATURE_GPU)})
 
 
 def pid_container_id(pid: int) -> str | None:

@@ -12,6 +12,7 @@ from dataclasses import replace
 import docker.errors
 import pytest
 import trio
+from image_helpers import build_from
 
 from market.records import JobSpec
 from market.service import negotiate_with, now_ms
@@ -30,17 +31,7 @@ pytestmark = pytest.mark.docker
 def built_and_saved(client, tmp_path, demo_image: str, name: str, own_bytes: int) -> tuple[bytes, str]:
     """An image FROM the demo image plus one file of ``own_bytes``, saved (``docker save``) and then
     removed from the engine, so that a provider must receive it: (the archive, its image id)."""
-    context = tmp_path / f"context-{name}"
-    context.mkdir()
-    (context / name).write_bytes(os.urandom(own_bytes))
-    (context / "Dockerfile").write_text(f"FROM {demo_image}\nCOPY {name} /{name}\n")
-    image_id = None
-    for message in client.api.build(path=str(context), rm=True, forcerm=True, decode=True):
-        if message.get("error"):
-            raise RuntimeError(message["error"])
-        if (aux := message.get("aux")) and aux.get("ID"):
-            image_id = aux["ID"]
-    assert image_id is not None
+    image_id = build_from(client, tmp_path, demo_image, name, os.urandom(own_bytes))
     archive = b"".join(client.api.get_image(image_id))
     client.api.remove_image(image_id, force=True)
     return archive, image_id

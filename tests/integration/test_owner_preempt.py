@@ -50,6 +50,16 @@ class Terminal:
         os.close(self.slave)
 
 
+async def owner_comes_back(runtime, terminal: Terminal) -> None:
+    """Once a job of ``runtime`` runs (60 s at most), the owner types on the watched terminal 1.5 s later."""
+    for _ in range(600):
+        if any(job.phase == "running" for job in runtime.services.active.values()):
+            break
+        await trio.sleep(0.1)
+    await trio.sleep(1.5)
+    terminal.type()
+
+
 @pytest.fixture
 def terminal():
     t = Terminal()
@@ -165,17 +175,8 @@ async def test_the_buyer_exits_124_on_owner_preempt_and_its_evidence_audits_clea
     console = Collected()
     prefs = OwnerPrefs(idle_s=30, notice_s=1, poll_ms=100)
     async with provider_on_overlay(tmp_path, owner=prefs, owner_devices=(terminal.path,)) as runtime:
-
-        async def owner_comes_back() -> None:
-            for _ in range(600):  # 60 s at most
-                if any(job.phase == "running" for job in runtime.services.active.values()):
-                    break
-                await trio.sleep(0.1)
-            await trio.sleep(1.5)
-            terminal.type()
-
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(owner_comes_back)
+            nursery.start_soon(owner_comes_back, runtime, terminal)
             with trio.fail_after(120):
                 code = await run_once(request, generate_key(), home, [runtime.node.addrs()[0]], console, local=True)
     doc = console.document
@@ -322,17 +323,8 @@ async def test_on_preempt_retry_runs_the_job_again_on_another_provider(tmp_path,
     async with provider_on_overlay(tmp_path / "a", owner=prefs, owner_devices=(terminal.path,)) as cheap:
         boot = cheap.node.addrs()[0]
         async with provider_on_overlay(tmp_path / "b", terms=dear, bootstrap=(boot,)) as other:
-
-            async def owner_comes_back() -> None:
-                for _ in range(600):  # 60 s at most
-                    if any(job.phase == "running" for job in cheap.services.active.values()):
-                        break
-                    await trio.sleep(0.1)
-                await trio.sleep(1.5)
-                terminal.type()
-
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(owner_comes_back)
+                nursery.start_soon(owner_comes_back, cheap, terminal)
                 with trio.fail_after(150):
                     code = await run_once(request, generate_key(), home, [boot], console, local=True)
     doc = console.document

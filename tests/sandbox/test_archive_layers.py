@@ -11,6 +11,7 @@ import uuid
 
 import docker.errors
 import pytest
+from image_helpers import build_from
 
 from p2p.errors import ImageError
 from sandbox.archive import (
@@ -158,21 +159,6 @@ def test_store_layers_keeps_the_uncompressed_layers(tmp_path):
 # -- with the real engine: two images built from the demo image share its layer ------------------------
 
 
-def _build(client, tmp_path, demo_image: str, name: str, data: bytes) -> str:
-    context = tmp_path / f"context-{name}"
-    context.mkdir()
-    (context / name).write_bytes(data)
-    (context / "Dockerfile").write_text(f"FROM {demo_image}\nCOPY {name} /{name}\n")
-    image_id = None
-    for message in client.api.build(path=str(context), rm=True, forcerm=True, decode=True):
-        if message.get("error"):
-            raise RuntimeError(message["error"])
-        if (aux := message.get("aux")) and aux.get("ID"):
-            image_id = aux["ID"]
-    assert image_id is not None
-    return image_id
-
-
 def _save(client, image_id: str, path) -> None:
     with path.open("wb") as out:
         for chunk in client.api.get_image(image_id):
@@ -189,8 +175,8 @@ def _gone(client, image_id: str) -> None:
 @pytest.mark.docker
 def test_the_second_image_ships_only_its_own_layer(tmp_path, docker_client, demo_image):
     own_bytes = 64 << 10
-    first = _build(docker_client, tmp_path, demo_image, "first", uuid.uuid4().bytes * (own_bytes // 16))
-    second = _build(docker_client, tmp_path, demo_image, "second", uuid.uuid4().bytes * (own_bytes // 16))
+    first = build_from(docker_client, tmp_path, demo_image, "first", uuid.uuid4().bytes * (own_bytes // 16))
+    second = build_from(docker_client, tmp_path, demo_image, "second", uuid.uuid4().bytes * (own_bytes // 16))
     ids = [first, second]
     try:
         _save(docker_client, first, tmp_path / "first.tar")
