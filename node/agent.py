@@ -19,6 +19,9 @@ Rule 5: a provider that could not be reached, stayed silent or broke off during 
 offer set aside (p2p.gossip Rule 4) until it publishes a newer one: later runs do not wait on a
 provider that has gone, for as long as its last offer would have lived. Only the offer the run was given
 is set aside: a newer one that came meanwhile (a provider restarted on a new port) is tried next.
+Rule 6: the agent serves the buyer's side of the dashboard (docs/DASHBOARD.md, node.dashboard.buyer) on
+127.0.0.1, one more task of its nursery, read-only over ``buyer.db``; ``suanli dashboard --agent`` prints
+its URL with the token.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +47,8 @@ from node.buyer import Console, buy
 from node.buyer_config import MAX_EXPOSURE_RANGE
 from node.buyrequest import request_from_options
 from node.control import listen_private
+from node.dashboard.serve import AGENT_PORT as DASHBOARD_PORT
+from node.dashboard.serve import serve_dashboard
 from node.exitcodes import EXIT_INTERRUPTED, EXIT_SUANLI, SUANLI
 from node.overlay import BuyerOverlay, capability_for
 from node.paths import AGENT_SOCKET
@@ -184,6 +190,7 @@ class Agent:
     jobs: set[_Job] = field(default_factory=set)
     handed_out: dict[bytes, bytes] = field(default_factory=dict)  # provider -> the offer id a run was last given
     _ended: trio.Event = field(default_factory=trio.Event)  # set each time a run ends
+    dashboard: str | None = None  # Rule 6: its URL (without the token) once it serves
 
     async def find(self, request: JobRequest, wait_s: float) -> list[Signed[Offer]]:
         """The offers already known when one of them can run the job; else a fresh collection."""
@@ -301,7 +308,8 @@ class Agent:
 
     def status(self) -> dict[str, Any]:
         return {"peer_id": self.key.peer_id, "addrs": self.node.addrs(), "data_dir": str(self.home),
-                "offers": len(self.overlay.ledger.current(now_ms())), "jobs": len(self.jobs)}
+                "offers": len(self.overlay.ledger.current(now_ms())), "jobs": len(self.jobs),
+                "dashboard": self.dashboard}
 
 
 async def _read_line(stream: trio.SocketStream, buffer: bytes) -> tuple[bytes, bytes]:
@@ -334,9 +342,10 @@ async def _watch_client(stream: trio.SocketStream, buffer: bytes, cancel: Any) -
 
 
 @asynccontextmanager
-async def open_agent(key: NodeKey, home: Path, bootstrap: tuple[str, ...],
-                     listen: tuple[str, ...]) -> AsyncIterator[Agent]:
-    """Joined, offers collected, the socket open; on exit Rule 4, then the overlay is left."""
+async def open_agent(key: NodeKey, home: Path, bootstrap: tuple[str, ...], listen: tuple[str, ...], *,
+                     dashboard_port: int | None = DASHBOARD_PORT) -> AsyncIterator[Agent]:
+    """Joined, offers collected, the socket open, the dashboard served (Rule 6; ``dashboard_port`` None: none,
+    0: any free port); on exit Rule 4, then the overlay is left."""
     path = home / AGENT_SOCKET
     listener = await listen_private(path)  # Rule 1, before joining: a second agent stops here
     try:
@@ -345,6 +354,9 @@ async def open_agent(key: NodeKey, home: Path, bootstrap: tuple[str, ...],
         async with open_host(config) as node, open_store(home / "buyer.db") as store:
             agent = Agent(node, key, home, overlay, store)
             async with trio.open_nursery() as nursery:
+                if dashboard_port is not None:
+                    agent.dashboard = await nursery.start(partial(serve_dashboard, home, dashboard_port, agent.status,
+                                                                  side="buyer"))
                 await nursery.start(agent.keep_offers)
                 nursery.start_soon(agent.serve, listener)
                 try:

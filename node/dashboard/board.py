@@ -99,18 +99,38 @@ class Board:
                     self._settled[agreement_id] = cosigned_total(points)
                     del self._open[agreement_id]
 
-    def refresh(self, status: dict[str, Any], now_ms: int | None = None) -> bool:
-        """Read what changed; True when the snapshot (and ``version``) moved on. ``status`` is the daemon's
-        (``ProviderRuntime.status()``), taken by the caller in the daemon's own thread."""
-        now_ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+    def read_changes(self) -> bool:
+        """Rule 2: read the receipts only when the database changed since the last read; True when it had."""
         sig = self.changed()
-        if sig != self._seen:
-            self._read_receipts()
-            self._seen = sig
+        if sig == self._seen:
+            return False
+        self._read_receipts()
+        self._seen = sig
+        return True
+
+    def money(self, now_ms: int) -> dict[str, object]:
+        """The co-signed amounts per hour and day, all time, and pending (node.dashboard.model Rule 1): the
+        provider's earnings, the buyer's spend (node.dashboard.buyer): the same receipts, seen from each side."""
         buckets = collections.Counter(self._buckets)
         for points in self._open.values():
             bucket(earned_deltas(points), buckets)
         total = sum(self._settled.values()) + sum(cosigned_total(p) for p in self._open.values())
+        return earnings(buckets, total, sum(pending(p) for p in self._open.values()), now_ms)
+
+    def publish(self, snapshot: dict[str, Any]) -> bool:
+        """The new snapshot, with a higher ``version``, when it differs from the one shown; True then."""
+        with self.lock:
+            if snapshot == self.snapshot:
+                return False
+            self.snapshot = snapshot
+            self.version += 1
+            return True
+
+    def refresh(self, status: dict[str, Any], now_ms: int | None = None) -> bool:
+        """Read what changed; True when the snapshot (and ``version``) moved on. ``status`` is the daemon's
+        (``ProviderRuntime.status()``), taken by the caller in the daemon's own thread."""
+        now_ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+        self.read_changes()
         jobs = []
         for job in status.get("jobs", []):  # type: ignore[union-attr]
             points = self._open.get(bytes.fromhex(job["agreement_id"]), [])
@@ -121,15 +141,10 @@ class Board:
                        "connected_peers": status.get("connected_peers"), "offer": status.get("offer"),
                        "owner": status.get("owner"), "dashboard": self.url},
             "jobs": jobs,
-            "earnings": earnings(buckets, total, sum(pending(p) for p in self._open.values()), now_ms),
+            "earnings": self.money(now_ms),
             "errors": list(status.get("last_errors", []))[-MAX_ERRORS:],  # type: ignore[call-overload]
         }
-        with self.lock:
-            if snapshot == self.snapshot:
-                return False
-            self.snapshot = snapshot
-            self.version += 1
-            return True
+        return self.publish(snapshot)
 
     def audits(self) -> dict[str, Any]:
         """Rule 3: {agreement id hex: audit document (node.commands.evidence.audit_json)}."""
@@ -144,6 +159,10 @@ class Board:
         docs = {r.report.agreement_id.hex(): audit_json(r) for r in results}
         self._audit = (sig, docs)
         return docs
+
+    def logs(self, agreement_id: bytes) -> list[dict[str, str]]:
+        """A job's output: the provider keeps none (the buyer's board does: node.dashboard.buyer)."""
+        return []
 
     def receipts(self, agreement_id: bytes) -> list[dict[str, Any]]:
         from settlement.store import Store

@@ -117,23 +117,27 @@ def _verdict(doc: dict[str, Any] | None) -> str:
     return f'<span class="fail verdict">FAILS its audit</span> {escape(findings[:500])}'
 
 
-def agreements(audits: dict[str, dict[str, Any]]) -> str:
+def agreements(audits: dict[str, dict[str, Any]], *, side: str = "provider") -> str:
+    """Every agreement with its audit verdict; ``side`` is whose dashboard it is (the other party is shown)."""
+    other = "provider" if side == "buyer" else "buyer"
     rows = "".join(
         f'<tr data-agreement="{escape(a)}"><td><a href="/agreements/{escape(a)}"><code>{escape(a[:16])}</code></a></td>'
-        f"<td><code>{escape(str(d.get('buyer')))}</code></td><td>{escape(str(d.get('state')))}</td>"
+        f"<td><code>{escape(str(d.get(other)))}</code></td><td>{escape(str(d.get('state')))}</td>"
         f"<td>{int(d.get('billed_ms', 0)) / 1000:.3f} s</td><td>{int(d.get('amount_micros', 0))}</td>"
         f"<td>{int(d.get('receipts', 0))}</td><td>{_verdict(d)}</td></tr>" for a, d in audits.items())
-    body = ("<table><tr><th>agreement</th><th>buyer</th><th>state</th><th>billed</th><th>co-signed µ</th>"
+    body = (f"<table><tr><th>agreement</th><th>{other}</th><th>state</th><th>billed</th><th>co-signed µ</th>"
             f"<th>receipts</th><th>audit</th></tr>{rows}</table>")
-    return _frame("Suanli provider: receipts", body, script=False)
+    return _frame(f"Suanli {side}: receipts", body, script=False)
 
 
-def agreement(agreement_hex: str, receipts: list[dict[str, Any]], doc: dict[str, Any] | None) -> str:
+def agreement(agreement_hex: str, receipts: list[dict[str, Any]], doc: dict[str, Any] | None, *,
+              side: str = "provider", extra: str = "") -> str:
+    """One agreement's receipts and audit findings; ``extra`` (already escaped HTML) follows them."""
     rows = "".join(
         f"<tr><td>{int(r['seq'])}</td><td>{_when(r['issued_at_ms'])}</td><td>{r['metered_ms'] / 1000:.3f} s</td>"
         f"<td>{int(r['amount_micros'])}</td><td>{escape(str(r['state']))}</td>"
         f"<td>{'yes' if r['cosigned'] else 'no'}</td><td>{escape(str(r['reason'] or ''))}</td></tr>" for r in receipts)
     body = (f"<p>agreement <code>{escape(agreement_hex)}</code>: <span id=\"audit\">{_verdict(doc)}</span></p>"
             "<table><tr><th>seq</th><th>issued</th><th>metered</th><th>amount µ</th><th>state</th>"
-            f"<th>co-signed</th><th>reason</th></tr>{rows}</table>")
-    return _frame("Suanli provider: agreement", body, script=False)
+            f"<th>co-signed</th><th>reason</th></tr>{rows}</table>{extra}")
+    return _frame(f"Suanli {side}: agreement", body, script=False)
