@@ -188,13 +188,13 @@ async def test_go_node_fetches_a_providers_signed_offer(direction):
                 payload = answer[start:]
                 assert payload == p.offer.to_bytes()
                 # verified twice: by the envelope code, and independently with libsodium over
-                # domain || body (docs/PROTOCOL.md: "suanli/offer/1/provider")
+                # domain || body (docs/PROTOCOL.md: "suanli/offer/2/provider")
                 signed = open_signed(payload, Offer)
                 assert signed.record.provider == public_from_peer_id(p.peer_id)
                 envelope = msgpack.unpackb(payload, raw=False)
                 VerifyKey(public_from_peer_id(p.peer_id)).verify(
-                    b"suanli/offer/1/provider" + envelope["body"], envelope["sigs"][0])
-                assert domain(Offer, "provider") == b"suanli/offer/1/provider"
+                    b"suanli/offer/2/provider" + envelope["body"], envelope["sigs"][0])
+                assert domain(Offer, "provider") == b"suanli/offer/2/provider"
             await assert_go_healthy(go, providers={CAPABILITY: {p.peer_id}}, peer=p.node)
 
 
