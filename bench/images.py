@@ -21,14 +21,16 @@ negotiates, and times ``node.buyer_job.run_job`` from its call to the buyer's st
    Against ``docker load -i B.tar`` + ``docker run -d`` with A already loaded (the engine then holds
    the base layer too).
 
-``docker run -d`` returns once the container is running, the same end point as the buyer's
-``running``. Every trial starts cold: the images are removed from the engine between cases. The median
-of ``--trials`` is printed. Targets (issue 19): a pull costs <= 10 % over docker pull + docker run; the
-layer-aware case sends only the missing layers' bytes plus <= 1 % (bytes from BuyerHooks.on_progress;
-"missing layers" are the tar members of B's layers that A lacks). Not timed on our side: the manifest
-check before the bid (the provider fetches the manifest while negotiating; ``docker pull`` counts its
-own). Everything created is removed at the end: images, containers, the registry and its storage, the
-temporary directory.
+``docker run -d`` returns once the container is running, the same end point as the buyer's ``running``
+(``docker run --rm IMAGE true`` would add the container's exit and removal to Docker's side). Beside
+the figures, where our time goes: when each status first reached the buyer, and when the image's last
+byte went ("image sent"). Every trial starts cold: the images are removed from the engine between
+cases. The median of ``--trials`` is printed. Targets (issue 19): a pull costs <= 10 % over docker pull
++ docker run; the layer-aware case sends only the missing layers' bytes plus <= 1 % (bytes from
+BuyerHooks.on_progress; "missing layers" are the tar members of B's layers that A lacks). Not timed on
+our side: the manifest check before the bid (the provider fetches the manifest while negotiating;
+``docker pull`` counts its own). Everything created is removed at the end: images, containers, the
+registry and its storage, the temporary directory.
 """
 
 from __future__ import annotations
