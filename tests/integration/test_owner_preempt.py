@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 from dataclasses import replace
 
@@ -331,3 +332,29 @@ async def test_on_preempt_retry_runs_the_job_again_on_another_provider(tmp_path,
     assert code == 0 and doc["reason"] == "completed" and doc["provider"] == other.setup.key.peer_id, doc
     assert any("running the job again on another provider" in line for line in console.notes), console.notes
     assert_audits_clean(home / "buyer.db", cheap.setup.data_dir / "node.db", other.setup.data_dir / "node.db")
+
+
+async def test_other_programs_using_the_cpu_pause_the_job_until_they_stop(tmp_path, demo_image, terminal):
+    """Real CPU-hungry programs (one busy loop per core, outside any job container) for 3 s: the owner's
+    ``cpu_busy_pct`` counts them as use (/proc/stat less our containers' cgroups), so the job is paused,
+    and resumed once they end."""
+    hog = "import time\nend = time.monotonic() + 3\nwhile time.monotonic() < end:\n    pass\n"
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start_hogs() -> float:
+        procs.extend(subprocess.Popen([sys.executable, "-c", hog]) for _ in range(os.cpu_count() or 1))
+        return time.time()
+
+    prefs = OwnerPrefs(idle_s=0, input=False, cpu_busy_pct=70, notice_s=60, poll_ms=100)
+    command = ["sh", "-c", "for i in $(seq 60); do sleep 0.1; done"]
+    try:
+        outcome, seen, receipts, result = await _run(tmp_path, demo_image, terminal, prefs, command, act=start_hogs)
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+    assert seen["typed"] <= seen["paused"] <= seen["typed"] + 2.5, seen
+    assert "CPU" in str(seen.get("paused_detail", "")) or "owner" in str(seen.get("paused_detail", "")), seen
+    assert seen["resumed"] - seen["typed"] >= 2.0, seen  # the programs ran 3 s
+    assert outcome.reason == "completed" and outcome.exit_code == 0
+    assert result.report.ok, result.report
