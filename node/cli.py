@@ -170,6 +170,8 @@ def _add_network(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     agent.add_argument("--data-dir", help="where the buyer keeps its key, database and agent.sock")
     agent.add_argument("--local", action="store_true", help="listen on 127.0.0.1 only")
     agent.add_argument("--json", action="store_true", help="print JSON event lines (ready, stopped)")
+    agent.add_argument("--dashboard-port", type=int, default=8743, metavar="PORT",
+                       help="the buyer's dashboard on 127.0.0.1 (default 8743; 0: any free port; -1: none)")
     agent.add_argument("-v", "--verbose", action="store_true")
     agent.set_defaults(run="node.commands.agent:cmd_agent")
 
@@ -284,6 +286,8 @@ def _add_dashboard(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
     dash.add_argument("--data-dir", help="the provider's data directory (default: the usual one)")
     dash.add_argument("--config", help="the provider's configuration (its data_dir is used)")
     dash.add_argument("--no-open", action="store_true", help="print the URL only, open no browser")
+    dash.add_argument("--agent", action="store_true",
+                      help="the buyer agent's dashboard (suanli agent) instead of the provider's")
     dash.set_defaults(run="node.commands.dashboard:cmd_dashboard")
 
 

@@ -34,7 +34,8 @@ async def _agent(args: argparse.Namespace, bootstrap: tuple[str, ...]) -> None:
         log.info("created key %s (peer id %s)", home / "node.key", key.peer_id)
     listen = client_listen(args.local)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with open_agent(key, home, bootstrap, listen) as agent:
+        port = None if args.dashboard_port < 0 else args.dashboard_port  # issue 20: the buyer's dashboard
+        async with open_agent(key, home, bootstrap, listen, dashboard_port=port) as agent:
             ready = {"event": "ready", "socket": str(home / AGENT_SOCKET), **agent.status()}
             if args.json:
                 print(json.dumps(ready), flush=True)
