@@ -79,7 +79,8 @@ async def buy(node: Any, key: NodeKey, home: Path, buy_request: BuyRequest, cons
               find: Callable[[JobRequest], Awaitable[list[Signed[Offer]]]], cancel: trio.Event,
               store: AsyncStore | None, *, dry_run: bool = False, interruptible: bool = False,
               t0: float | None = None, started: Callable[[], None] | None = None,
-              unanswered: Callable[[str], None] | None = None, exclude: frozenset[bytes] = frozenset()) -> int:
+              unanswered: Callable[[str], None] | None = None, exclude: frozenset[bytes] = frozenset(),
+              earlier: tuple[dict[str, Any], ...] = ()) -> int:
     """One job on a joined node: discover, rank, negotiate, run, countersign, write outputs; the exit code.
 
     ``find(request)`` returns the offers to rank. ``cancel`` set during the job sends ``cancel`` to the
@@ -88,7 +89,8 @@ async def buy(node: Any, key: NodeKey, home: Path, buy_request: BuyRequest, cons
     use, or None to open ``<home>/buyer.db`` for this run. ``started()`` is called when the agreement is
     made and the job phase begins. ``unanswered(peer_id)`` is called for each candidate that could not be
     reached, stayed silent or broke off (the agent sets its offer aside, p2p.gossip Rule 4). ``dry_run``:
-    print the candidates and the proposal, agree to nothing. ``exclude``: providers not to try (Rule 3).
+    print the candidates and the proposal, agree to nothing. ``exclude``: providers not to try, ``earlier``:
+    the attempts preempted before this one (Rule 3).
     """
     import trio
 
@@ -235,8 +237,12 @@ async def buy(node: Any, key: NodeKey, home: Path, buy_request: BuyRequest, cons
         if console.quiet:
             console.result({"ok": False, "error": message, "agreement_id": deal.agreement.record_id.hex(),
                             "provider": provider, "database": str(db_path), "exit_code": lost,
-                            "exit_source": SUANLI})
+                            "exit_source": SUANLI, "attempts": list(earlier)})
         return lost
+    last = outcome.last
+    attempt = {"agreement_id": deal.agreement.record_id.hex(), "provider": provider, "reason": outcome.reason,
+               "billed_ms": last.metered_ms if last else 0, "amount_micros": last.amount_micros if last else 0,
+               "receipts": len(outcome.receipts)}
     if outcome.reason == "owner_preempt" and buy_request.on_preempt == "retry" and buy_request.preempt_retries > 0:
         # Rule 3: billed to the second for what ran (its chain is closed and stored); the job runs again,
         # from the start, on another provider; its outputs are the retry's.
@@ -247,17 +253,16 @@ async def buy(node: Any, key: NodeKey, home: Path, buy_request: BuyRequest, cons
         return await buy(node, key, home, dataclasses.replace(buy_request, preempt_retries=left), console, find, cancel,
                          given_store,
                          interruptible=interruptible, t0=t0, started=None, unanswered=unanswered,
-                         exclude=exclude | {ag.provider})
+                         exclude=exclude | {ag.provider}, earlier=(*earlier, attempt))
     files = write_outputs(outcome.outputs, buy_request.outputs, say,
                           force=buy_request.force) if buy_request.outputs is not None else []
-    last = outcome.last
     code, source = final_exit_code(outcome.reason, outcome.exit_code)
     summary: dict[str, Any] = {
         "ok": True, "agreement_id": deal.agreement.record_id.hex(), "provider": provider,
         "exit_code": code, "reason": outcome.reason, "billed_ms": last.metered_ms if last else 0,
         "amount_micros": last.amount_micros if last else 0, "receipts": len(outcome.receipts),
         "database": str(db_path), "outputs": files, "oom_killed": outcome.oom_killed,
-        "exit_source": source,
+        "exit_source": source, "attempts": [*earlier, attempt],  # Rule 3: each with its own receipts
     }
     if console.quiet:
         console.result(summary)
@@ -268,6 +273,9 @@ async def buy(node: Any, key: NodeKey, home: Path, buy_request: BuyRequest, cons
                  else f"preempted: the provider's owner took the machine back (exit {code}, node.exitcodes)"
                  if outcome.reason == "owner_preempt"
                  else f"the job reported no exit code (exit {code}, node.exitcodes)")
+        for before in earlier:
+            say(f"suanli: attempt {before['agreement_id'][:16]} on {before['provider']}: {before['reason']}, billed "
+                f"{before['billed_ms'] / 1000:.3f} s, {before['amount_micros']} micro-credits")
         say(f"suanli: {ended} ({outcome.reason}); billed {summary['billed_ms'] / 1000:.3f} s, "
             f"{summary['amount_micros']} micro-credits over {summary['receipts']} co-signed receipts; "
             f"evidence in {db_path}")

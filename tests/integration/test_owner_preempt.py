@@ -331,6 +331,9 @@ async def test_on_preempt_retry_runs_the_job_again_on_another_provider(tmp_path,
     doc = console.document
     assert code == 0 and doc["reason"] == "completed" and doc["provider"] == other.setup.key.peer_id, doc
     assert any("running the job again on another provider" in line for line in console.notes), console.notes
+    first, second = doc["attempts"]  # every attempt, each with its own receipts
+    assert first["reason"] == "owner_preempt" and first["provider"] == cheap.setup.key.peer_id
+    assert first["receipts"] >= 1 and first["amount_micros"] > 0 and second["agreement_id"] == doc["agreement_id"]
     assert_audits_clean(home / "buyer.db", cheap.setup.data_dir / "node.db", other.setup.data_dir / "node.db")
 
 
