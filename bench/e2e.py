@@ -182,7 +182,7 @@ def floor_cpu_ms_per_receipt(root: Path, n: int = 2000, every_s: float = 0.0, gr
     (informative).
     """
     from p2p.envelope import countersign, open_signed, sign_record
-    from settlement.records import Receipt
+    from p2p.receipt_records import Receipt
     from settlement.store import Store
     from settlement.testing import key_from_label, make_agreement, next_receipt
 
@@ -246,10 +246,10 @@ async def cpu_levels(image: str, root: Path, levels: list[int], window_s: float,
 async def _one_level(node, buyer, store, peer: str, pid: int, image: str, jobs: int, window_s: float,  # type: ignore[no-untyped-def]
                      idle: float, profile: Path | None) -> dict[str, float]:
     """``jobs`` agreements at once, each countersigned by this process; the provider's CPU over a window."""
-    from market.records import Offer
     from market.service import NegotiationRefused, negotiate_with, now_ms
     from node.buyer_job import BuyerHooks, run_job
     from node.testing import make_proposal
+    from p2p.market_records import Offer
     from p2p.offer_query import fetch_offer
 
     latest: dict[int, int] = {}  # job -> metered_ms of its last countersigned receipt

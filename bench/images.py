@@ -59,7 +59,6 @@ import docker.errors  # noqa: E402
 import trio  # noqa: E402
 from registry_helpers import LocalRegistry  # noqa: E402
 
-from market.records import JobSpec  # noqa: E402
 from market.service import negotiate_with, now_ms  # noqa: E402
 from node.buyer_job import BuyerHooks, archive_layers, run_job  # noqa: E402
 from node.config import ImageSettings  # noqa: E402
@@ -67,6 +66,7 @@ from node.provider import open_provider  # noqa: E402
 from node.testing import local_setup, make_proposal  # noqa: E402
 from p2p.envelope import sign_record  # noqa: E402
 from p2p.identity import generate_key  # noqa: E402
+from p2p.market_records import JobSpec  # noqa: E402
 from p2p.testing import loopback_config, open_host  # noqa: E402
 from sandbox.archive import read_digests  # noqa: E402
 from sandbox.engine import connect  # noqa: E402

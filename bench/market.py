@@ -24,8 +24,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from market.matching import JobRequest, rank_offers  # noqa: E402
-from market.records import Capacity, GpuSpec, JobSpec, Prices, Proposal, ResourceRequest  # noqa: E402
 from p2p.envelope import sign_record  # noqa: E402
+from p2p.market_records import Capacity, GpuSpec, JobSpec, Prices, Proposal, ResourceRequest  # noqa: E402
 from settlement.testing import DEMO_IMAGE, TERMS, key_from_label, make_offer  # noqa: E402
 
 NOW = 1_800_000_000_000
@@ -62,7 +62,7 @@ SERVE = """
 import sys, trio
 from market.capacity import CapacityLedger
 from market.service import ProviderMarket, now_ms
-from market.wire import PROTOCOL_ID
+from p2p.negotiate_wire import PROTOCOL_ID
 from p2p.envelope import sign_record
 from p2p.framing import serve_framed
 from p2p.testing import loopback_config, open_host
@@ -95,9 +95,9 @@ trio.run(main)
 def bench_negotiation(rounds: int) -> None:
     import trio
 
-    from market.records import Offer
     from market.service import negotiate_with, now_ms
     from p2p.envelope import open_signed
+    from p2p.market_records import Offer
     from p2p.testing import loopback_config, open_host
 
     with tempfile.TemporaryDirectory() as tmp:

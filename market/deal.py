@@ -38,7 +38,7 @@ from market.negotiation import (
 )
 from market.offers import OfferedGpu
 from market.pricing import price_per_s
-from market.records import Agreement, Offer, Proposal
+from p2p.market_records import Agreement, Offer, Proposal
 
 MIN_CAP_INTERVALS = 3
 # Rule 5: one buyer cannot tie up capacity with bids it never countersigns (each lasts until

@@ -32,7 +32,7 @@ from datetime import datetime, tzinfo
 from market.negotiation import image_allowed
 from market.negotiation import image_digest as image_digest  # Rule 4; callers of matching use it from here
 from market.pricing import price_per_s
-from market.records import GpuSpec, Offer, ResourceRequest
+from p2p.market_records import GpuSpec, Offer, ResourceRequest
 
 
 @dataclass(frozen=True)

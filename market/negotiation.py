@@ -1,6 +1,6 @@
 """Negotiation (pure): the state machine of one deal, and the checks each side makes.
 
-One negotiation is one ``/suanli/negotiate/1.0.0`` stream. Messages (market.wire): the buyer sends
+One negotiation is one ``/suanli/negotiate/1.0.0`` stream. Messages (p2p.negotiate_wire): the buyer sends
 ``propose`` (a signed Proposal) and ``accept`` (the countersigned Agreement); the provider answers
 ``agree`` (an Agreement it signed: a firm bid until ``accept_by_ms``), ``counter`` (its terms, for
 example its price), ``reject`` (a machine-readable reason) and finally ``confirm``.
@@ -34,8 +34,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from market.records import Agreement, Offer, Proposal
 from p2p.errors import LocalProtocolError, RemoteProtocolError
+from p2p.market_records import Agreement, Offer, Proposal
 from p2p.moves import RECV as RECV  # re-exported: the roles' sessions and tests use them from here
 from p2p.moves import SEND as SEND
 from p2p.moves import next_phase

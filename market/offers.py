@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from market.records import MAX_OFFER_IMAGES, Capacity, GpuSpec, Limits, Offer, Prices, ReceiptTerms
+from p2p.market_records import MAX_OFFER_IMAGES, Capacity, GpuSpec, Limits, Offer, Prices, ReceiptTerms
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ number; receipts bill ``metered_ms * price // 1000`` (settlement.billing).
 
 from __future__ import annotations
 
-from market.records import GpuSpec, Prices, ResourceRequest
+from p2p.market_records import GpuSpec, Prices, ResourceRequest
 
 
 def _ceil_div(a: int, b: int) -> int:

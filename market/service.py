@@ -45,13 +45,13 @@ from market.negotiation import (
     is_registry_image,
 )
 from market.offers import OfferedGpu
-from market.records import Agreement, JobSpec, Offer, Proposal
-from market.wire import NAMES, PROTOCOL_ID, Accept, Agree, Confirm, Counter, Propose, Reject, decode_message
 from p2p.envelope import Signed, countersign, open_signed, sign_record
 from p2p.errors import RemoteProtocolError, SuanliError
 from p2p.framing import FramedStream
 from p2p.host import Node, PeerUnreachableError
 from p2p.identity import NodeKey, public_from_peer_id
+from p2p.market_records import Agreement, JobSpec, Offer, Proposal
+from p2p.negotiate_wire import NAMES, PROTOCOL_ID, Accept, Agree, Confirm, Counter, Propose, Reject, decode_message
 from p2p.records import Record
 from p2p.relay_dial import relay_refusal
 

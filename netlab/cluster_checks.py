@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from market.records import Agreement
-from settlement.records import Receipt
+from p2p.market_records import Agreement
+from p2p.receipt_records import Receipt
 from settlement.store import Store
 
 MAX_THREADS = 64

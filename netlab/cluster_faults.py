@@ -32,7 +32,7 @@ from netlab.cluster_scenarios import (
     run_jobs,
     running_agreements,
 )
-from settlement.records import PROVIDER_RESTART
+from p2p.receipt_records import PROVIDER_RESTART
 from settlement.store import Store
 
 CLOSE_TIMEOUT_S = 30.0
@@ -164,7 +164,7 @@ def _wait_closed(victims: list[Node], agreements: dict[str, set[str]], timeout_s
 
 
 def _closed(provider: Node, agreements: set[str]) -> bool:
-    from settlement.records import Receipt
+    from p2p.receipt_records import Receipt
 
     with Store(provider.db, readonly=True) as store:
         for ag in agreements:

@@ -40,7 +40,6 @@ from typing import Any
 import trio
 
 from market.matching import JobRequest, rank_offers
-from market.records import Offer
 from market.service import now_ms
 from node.agent_client import FIELDS, MAX_EVENT_BYTES, PATH_FIELDS
 from node.buyer import Console, buy
@@ -57,6 +56,7 @@ from p2p.errors import SuanliError
 from p2p.gossip import offer_feed
 from p2p.host import HostConfig, Node, open_host
 from p2p.identity import NodeKey, public_from_peer_id
+from p2p.market_records import Offer
 from p2p.offer_query import collect_offers
 from settlement.astore import AsyncStore, open_store
 

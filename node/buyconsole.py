@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from p2p.envelope import Signed
-    from settlement.records import Receipt
+    from p2p.receipt_records import Receipt
 
 
 class Console:

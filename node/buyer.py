@@ -45,9 +45,9 @@ if TYPE_CHECKING:
     import trio
 
     from market.matching import JobRequest
-    from market.records import Offer
     from p2p.envelope import Signed
     from p2p.identity import NodeKey
+    from p2p.market_records import Offer
     from settlement.astore import AsyncStore
 
 log = logging.getLogger("suanli.buyer")
@@ -95,7 +95,6 @@ async def buy(node: Any, key: NodeKey, home: Path, buy_request: BuyRequest, cons
     import trio
 
     from market.matching import JobRequest, explain, facts, notes, rank_offers
-    from market.records import JobSpec, Proposal
     from market.service import negotiate_first, now_ms
     from node.buyer_config import load_max_exposure
     from node.buyer_job import archive_layers, pack_dir, run_job
@@ -103,12 +102,13 @@ async def buy(node: Any, key: NodeKey, home: Path, buy_request: BuyRequest, cons
     from node.jobsession_buyer import JobFailed
     from p2p.envelope import sign_record
     from p2p.identity import peer_id_from_public
+    from p2p.market_records import JobSpec, Proposal
     from settlement.astore import open_store
 
     t0 = time.monotonic() if t0 is None else t0
     given_store = store  # rebound below to the one opened for this run
     image = choose_image(buy_request.image, buy_request.image_archive)
-    # node.jobwire Rule 3: the archive's layers, so a provider holding some is sent only the rest
+    # p2p.job_wire Rule 3: the archive's layers, so a provider holding some is sent only the rest
     layers = await trio.to_thread.run_sync(archive_layers, image.archive) if image.archive else ()
     if buy_request.outputs is not None:  # again: it may have been filled since the request was checked
         check_output_dir(buy_request.outputs, force=buy_request.force)

@@ -22,15 +22,15 @@ import trio
 from market.service import Deal
 from node.jobsession import Abort, Finish, Send, Store, Upload
 from node.jobsession_buyer import BuyerSession, JobFailed, JobOutcome  # noqa: F401  (JobOutcome: re-exported)
-from node.jobwire import CHUNK_BYTES, MAX_FRAME_BYTES, MAX_LAYERS, PROTOCOL_ID, Chunk, End, Log, Status, decode_message
 from p2p.clock import monotonic_ms, wall_ms  # module globals: tests set buyer_job.wall_ms
 from p2p.envelope import Signed
 from p2p.errors import RemoteProtocolError, SuanliError
 from p2p.framing import FramedStream
 from p2p.host import Node
 from p2p.identity import NodeKey, peer_id_from_public
+from p2p.job_wire import CHUNK_BYTES, MAX_FRAME_BYTES, MAX_LAYERS, PROTOCOL_ID, Chunk, End, Log, Status, decode_message
+from p2p.receipt_records import Receipt
 from settlement.astore import AsyncStore
-from settlement.records import Receipt
 
 log = logging.getLogger("suanli.node.buyer")
 
@@ -158,7 +158,7 @@ async def _follow(sender: _Sender, store: AsyncStore, session: BuyerSession, hoo
             if isinstance(action, Upload):
                 if action.kind == "image":
                     archive = image_archive or b""
-                    if action.omit:  # node.jobwire Rule 3: the provider holds these layers
+                    if action.omit:  # p2p.job_wire Rule 3: the provider holds these layers
                         archive = await trio.to_thread.run_sync(archive_without, archive, action.omit)
                     await sender.blob("image", archive, hooks.on_progress)
                 else:
@@ -183,7 +183,7 @@ async def _follow(sender: _Sender, store: AsyncStore, session: BuyerSession, hoo
 
 def archive_layers(archive: bytes) -> tuple[bytes, ...]:
     """The layers (diff ids) of a ``docker save`` or OCI archive, in order, named in ``job.start``
-    (node.jobwire Rule 3); () when the archive cannot be read (the provider's checks say why later)."""
+    (p2p.job_wire Rule 3); () when the archive cannot be read (the provider's checks say why later)."""
     from sandbox.archive_layers import layer_diff_ids
     from sandbox.errors import ImageError
 
@@ -195,7 +195,7 @@ def archive_layers(archive: bytes) -> tuple[bytes, ...]:
 
 
 def archive_without(archive: bytes, omit: tuple[bytes, ...]) -> bytes:
-    """The archive without the layers the provider holds (node.jobwire Rule 3): the clean copy of its one
+    """The archive without the layers the provider holds (p2p.job_wire Rule 3): the clean copy of its one
     image, those layers' contents left out (sandbox.archive)."""
     from sandbox.archive import inspect_archive
     from sandbox.archive_layers import write_partial_archive

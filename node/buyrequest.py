@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from market.records import ResourceRequest
 from node.config import check_run_numbers
 from node.outputs import check_output_dir
 from p2p.errors import SuanliError
+from p2p.market_records import ResourceRequest
 from sandbox.plan import MAX_DISK_MIB, MIN_DISK_MIB
 
 _SIZE = re.compile(r"^(\d+)(?:\.(\d+))?([kKmMgG]?)(i?[bB])?$")

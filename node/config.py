@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from market.offers import ProviderTerms
-from market.records import Limits, Prices, ReceiptTerms
 from node.owner_prefs import OwnerPrefs, parse_owner
 from node.paths import data_dir as default_data_dir
 from p2p.errors import ConfigError
 from p2p.listen import parse_listen_addr
+from p2p.market_records import Limits, Prices, ReceiptTerms
 from sandbox.plan import MAX_DISK_MIB
 
 EXAMPLE = '''\

@@ -17,18 +17,18 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from market import wire as market_wire
-from market.records import Agreement, Offer, Proposal
-from node import jobwire
 from p2p import codec
+from p2p import job_wire as jobwire
+from p2p import negotiate_wire as market_wire
 from p2p.envelope import Signed, open_countersigned, open_signed, sign_record
 from p2p.errors import RemoteProtocolError, UnusableInputError
 from p2p.fuzzing import Target
 from p2p.gossip import OfferLedger
+from p2p.market_records import Agreement, Offer, Proposal
+from p2p.receipt_records import Receipt, Statement, StatementEntry
 from p2p.records import Record
 from settlement.audit import audit, read_inputs
 from settlement.bundle import decode_bundle, encode_bundle
-from settlement.records import Receipt, Statement, StatementEntry
 from settlement.testing import key_from_label, make_chain
 
 NOW_MS = 1_800_000_000_000
@@ -114,7 +114,7 @@ def decoder_targets() -> Iterator[list[Target]]:
     negotiation = [market_wire.Propose(ev.proposal.to_bytes()), market_wire.Agree(ev.agreement.to_bytes()),
                    market_wire.Counter(120, "dearer"), market_wire.Reject("price", "too low"),
                    market_wire.Accept(ev.agreement.to_bytes()), market_wire.Confirm(ev.agreement.record_id)]
-    targets.append(Target("market.wire.decode_message", market_wire.decode_message,
+    targets.append(Target("p2p.negotiate_wire.decode_message", market_wire.decode_message,
                           [m.encode() for m in negotiation], REMOTE))
     plain = [codec.pack({}), ev.offer.to_bytes(), codec.pack({"a": [1, "b", b"c", None, True]})]
     targets.append(Target("codec.unpack (frames)", partial(_checked, codec.unpack, False), plain, REMOTE))

@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING
 import trio
 
 from node.jobsession import PAUSE_DETAIL, Kill, Pause, Resume, Stop, Store
-from node.jobwire import CHUNK_BYTES, Log
 from p2p.clock import monotonic_ms, wall_ms  # re-exported for node.provider_job and node.jobupload
 from p2p.errors import SuanliError
+from p2p.job_wire import CHUNK_BYTES, Log
 from sandbox.jobio import LogRateLimit
 from sandbox.meter import open_sampler
 from sandbox.metering import MeterSample

@@ -30,10 +30,10 @@ import trio
 
 from market.deal import ImageVerdict, Refuse
 from market.negotiation import BAD_PROPOSAL, IMAGE_TOO_LARGE, IMAGE_UNAVAILABLE, REGISTRY_NOT_ALLOWED
-from market.records import MAX_OFFER_IMAGES, Agreement, JobSpec
 from node.config import ImageSettings
 from node.jobcontainer import wall_ms
 from p2p.errors import SuanliError
+from p2p.market_records import MAX_OFFER_IMAGES, Agreement, JobSpec
 from sandbox.engine import Engine
 from sandbox.errors import ImageError
 from sandbox.image_gc import collect_buyer_images, held_digests, make_room, record_pulled, record_used

@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING
 import trio
 
 from market.capacity import Allocation
-from market.records import Agreement, Proposal
 from p2p.envelope import Signed
 from p2p.identity import NodeKey
+from p2p.market_records import Agreement, Proposal
+from p2p.receipt_records import Receipt
 from sandbox.engine import Engine
 from sandbox.spec import EngineFacts, GpuInfo, ProviderPolicy
 from settlement.astore import AsyncStore
-from settlement.records import Receipt
 
 if TYPE_CHECKING:
     from node.jobimages import ProviderImages

@@ -1,4 +1,4 @@
-"""The job protocol's state table (pure), shared by both roles of ``/suanli/job/1.0.0`` (node.jobwire).
+"""The job protocol's state table (pure), shared by both roles of ``/suanli/job/1.0.0`` (p2p.job_wire).
 
 The sessions (node.jobsession_provider, node.jobsession_buyer) hold the rules of one job; the trio
 shells (node.provider_job, node.buyer_job) only perform the actions they return against the runner,
@@ -26,14 +26,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from node.jobwire import Cancel, Chunk, Countersign, Done, End, Fail, HaveLayers, Log, ReceiptMsg, Start, Status
 from p2p.envelope import Signed
 from p2p.errors import SuanliError
+from p2p.job_wire import Cancel, Chunk, Countersign, Done, End, Fail, HaveLayers, Log, ReceiptMsg, Start, Status
 from p2p.moves import RECV as RECV  # re-exported: the roles' sessions and tests use them from here
 from p2p.moves import SEND as SEND
 from p2p.moves import next_phase
+from p2p.receipt_records import Receipt
 from p2p.records import Record
-from settlement.records import Receipt
 
 PROVIDER, BUYER = "provider", "buyer"
 
@@ -41,7 +41,7 @@ PROVIDER, BUYER = "provider", "buyer"
 START, IMAGE, INPUTS, OUTPUTS = "start", "image", "inputs", "outputs"
 STATUS, RUNNING, LOG, RECEIPT, FINAL = "status", "running", "log", "receipt", "final"
 COUNTERSIGN, CANCEL, DONE, FAIL = "countersign", "cancel", "done", "fail"
-HAVE_LAYERS = "have_layers"  # node.jobwire Rule 3: before need_image, the layers the provider holds
+HAVE_LAYERS = "have_layers"  # p2p.job_wire Rule 3: before need_image, the layers the provider holds
 KINDS = (START, IMAGE, INPUTS, OUTPUTS, STATUS, RUNNING, LOG, RECEIPT, FINAL, COUNTERSIGN, CANCEL, DONE, FAIL,
          HAVE_LAYERS)
 
@@ -181,7 +181,7 @@ class Kill:
 @dataclass(frozen=True)
 class Upload:
     """The buyer sends its ``kind`` blob (``image`` or ``inputs``), then reports ``transfer_done``; an image
-    archive goes without the layers in ``omit`` (the provider holds them: node.jobwire Rule 3)."""
+    archive goes without the layers in ``omit`` (the provider holds them: p2p.job_wire Rule 3)."""
 
     kind: str
     omit: tuple[bytes, ...] = ()

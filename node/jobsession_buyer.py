@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from market.records import Agreement
 from node.jobsession import (
     BUYER,
     CANCEL,
@@ -37,13 +36,14 @@ from node.jobsession import (
     Upload,
     kind_of,
 )
-from node.jobwire import Cancel, Chunk, Countersign, Done, End, Fail, HaveLayers, ReceiptMsg, Start, Status
 from p2p.envelope import Signed, countersign, open_signed
 from p2p.errors import CodecError, SignatureError, SuanliError
 from p2p.identity import NodeKey
+from p2p.job_wire import Cancel, Chunk, Countersign, Done, End, Fail, HaveLayers, ReceiptMsg, Start, Status
+from p2p.market_records import Agreement
+from p2p.receipt_records import FINAL, Receipt
 from p2p.records import Record
 from settlement.chain import Finding
-from settlement.records import FINAL, Receipt
 from settlement.session import ReceiptVerifier
 
 MAX_OUTPUT_BYTES = 1 << 30
@@ -121,7 +121,7 @@ class BuyerSession:
                 return [Upload(IMAGE, self.omit_layers)]
             elif msg.phase == "need_inputs":
                 return [Upload(INPUTS)]
-        elif isinstance(msg, HaveLayers):  # node.jobwire Rule 3: only layers the archive has may be left out
+        elif isinstance(msg, HaveLayers):  # p2p.job_wire Rule 3: only layers the archive has may be left out
             self.omit_layers = tuple(d for d in msg.layers if d in self.image_layers)
         elif isinstance(msg, Chunk):  # outputs: the table allows no other kind here
             self._out_buf += msg.data

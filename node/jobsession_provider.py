@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 
-from market.records import Agreement
 from node.jobsession import (
     CANCEL,
     COUNTERSIGN,
@@ -44,14 +43,12 @@ from node.jobsession import (
     Store,
     kind_of,
 )
-from node.jobwire import Cancel, Countersign, Done, Fail, HaveLayers, ReceiptMsg, Status
 from p2p.envelope import Signed, open_countersigned, open_signed, sign_record
 from p2p.errors import CodecError, RemoteProtocolError, SignatureError
 from p2p.identity import NodeKey
-from p2p.records import Record
-from sandbox.metering import MeterSample
-from settlement.billing import amount_due
-from settlement.records import (
+from p2p.job_wire import Cancel, Countersign, Done, Fail, HaveLayers, ReceiptMsg, Status
+from p2p.market_records import Agreement
+from p2p.receipt_records import (
     BUYER_CANCEL,
     BUYER_UNRESPONSIVE,
     COMPLETED,
@@ -62,6 +59,9 @@ from settlement.records import (
     Receipt,
     Usage,
 )
+from p2p.records import Record
+from sandbox.metering import MeterSample
+from settlement.billing import amount_due
 from settlement.session import PAUSE, RESUME, RUN, STOP, ExposureGuard, ReceiptIssuer, closing_receipt
 
 log = logging.getLogger("suanli.node.job")
@@ -212,7 +212,7 @@ class ProviderSession:
         return self.send(Status(phase, wall_ms, detail))
 
     def have_layers(self, layers: tuple[bytes, ...]) -> Send:
-        """node.jobwire Rule 3: the layers of the buyer's archive this provider holds, before ``need_image``."""
+        """p2p.job_wire Rule 3: the layers of the buyer's archive this provider holds, before ``need_image``."""
         return self.send(HaveLayers(layers))
 
     def cannot_start(self, reason: str, detail: str, wall_ms: int) -> list[Action]:

@@ -28,18 +28,18 @@ from typing import IO, TYPE_CHECKING, TypeVar
 import trio
 
 from market.negotiation import is_registry_image
-from market.records import JobSpec
 from node.jobcontainer import wall_ms
-from node.jobwire import CHUNK_BYTES, Chunk, End, Start, decode_message
 from p2p.errors import RemoteProtocolError, SuanliError, first_leaf
 from p2p.framing import FramedStream
+from p2p.job_wire import CHUNK_BYTES, Chunk, End, Start, decode_message
+from p2p.market_records import JobSpec
+from p2p.receipt_records import PROVIDER_FAULT
 from p2p.records import Record
 from sandbox.disk import check_room
 from sandbox.engine import Engine
 from sandbox.image_gc import record_loaded, record_used
 from sandbox.images import load_image_archive, local_image_id
 from sandbox.jobio import read_tar_files
-from settlement.records import PROVIDER_FAULT
 
 if TYPE_CHECKING:
     from sandbox.layerstore import LayerStore

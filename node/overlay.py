@@ -16,11 +16,11 @@ from typing import Any
 import trio
 
 from market.matching import JobRequest
-from market.records import Offer
 from p2p import dht
 from p2p.envelope import Signed
 from p2p.gossip import OFFERS_TOPIC, OfferLedger, offer_feed, offer_topics, publish_offer
 from p2p.host import Node
+from p2p.market_records import Offer
 from p2p.offer_query import OFFER_PROTOCOL, collect_offers, offer_handler
 
 

@@ -23,7 +23,7 @@ import trio
 
 from node.jobsession import OWNER_RETURNED, PAUSE_DETAIL, Pause, Resume
 from p2p.errors import SuanliError
-from settlement.records import OWNER_PREEMPT
+from p2p.receipt_records import OWNER_PREEMPT
 
 if TYPE_CHECKING:
     from node.provider_job import JobRun

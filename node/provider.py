@@ -38,22 +38,23 @@ import trio
 
 from market.capacity import Allocation, CapacityLedger
 from market.offers import OfferedGpu, ProviderTerms, build_offer, needs_refresh
-from market.records import Agreement, GpuSpec, Offer, Proposal
 from market.reputation import COMPLETED, NEVER_STARTED, STOPPED_COUNTERSIGNING
 from market.service import ProviderMarket
-from market.wire import PROTOCOL_ID as NEGOTIATE_PROTOCOL
-from node import jobwire
 from node.config import ImageSettings
 from node.daemonlock import lock_alive, take_daemon_lock, take_key_lock
 from node.jobimages import ProviderImages
 from node.owner_state import availability
 from node.owner_watch import AVAILABLE, DEVICE_GLOBS, OwnerPrefs, Verdict, owner_status, watch_owner
 from node.provider_job import IMAGE_DISK_BUDGET_BYTES, ActiveJob, JobServices, serve_job
+from p2p import job_wire as jobwire
 from p2p.envelope import Signed, sign_record, signed_from_wire
 from p2p.errors import ConfigError, SuanliError
 from p2p.framing import serve_framed
 from p2p.host import HostConfig, Node, open_host
 from p2p.identity import NodeKey, peer_id_from_public
+from p2p.market_records import Agreement, GpuSpec, Offer, Proposal
+from p2p.negotiate_wire import PROTOCOL_ID as NEGOTIATE_PROTOCOL
+from p2p.receipt_records import BUYER_UNRESPONSIVE, EXPIRED, PROVIDER_RESTART, PROVIDER_SHUTDOWN, Receipt
 from sandbox.disk import disk_room, disk_support_problem
 from sandbox.engine import Engine, connect, probe_engine
 from sandbox.gpus import gpu_inventory
@@ -61,7 +62,6 @@ from sandbox.plan import default_disk_mib
 from sandbox.reaper import reap_orphans
 from sandbox.spec import LABEL_NODE, LABEL_OWNER, LABEL_ROLE, GpuInfo, ProviderPolicy
 from settlement.astore import AsyncStore, open_store
-from settlement.records import BUYER_UNRESPONSIVE, EXPIRED, PROVIDER_RESTART, PROVIDER_SHUTDOWN, Receipt
 from settlement.session import closing_receipt
 
 log = logging.getLogger("suanli.node.provider")

@@ -37,17 +37,17 @@ from node.jobupload import (  # noqa: F401  (re-exported: node.provider, tests)
     send_blob,
     unless_stopped,
 )
-from node.jobwire import Countersign, Fail, Start, decode_message
 from node.outbox import Outbox
 from node.owner_job import OwnerSide
 from p2p.envelope import Signed, open_countersigned
 from p2p.errors import CodecError, RemoteProtocolError, SuanliError, first_leaf
 from p2p.framing import FramedStream
 from p2p.identity import public_from_peer_id
+from p2p.job_wire import Countersign, Fail, Start, decode_message
+from p2p.receipt_records import PROVIDER_FAULT, Receipt
 from sandbox.cgroups import find_cgroup
 from sandbox.metering import MeterSample
 from sandbox.runner import open_job
-from settlement.records import PROVIDER_FAULT, Receipt
 
 log = logging.getLogger("suanli.node.job")
 

@@ -7,11 +7,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from market.offers import ProviderTerms
-from market.records import JobSpec, Limits, Offer, Prices, Proposal, ReceiptTerms, ResourceRequest
 from market.service import now_ms
 from node.provider import ProviderSetup
 from p2p.envelope import Signed, sign_record
 from p2p.identity import NodeKey
+from p2p.market_records import JobSpec, Limits, Offer, Prices, Proposal, ReceiptTerms, ResourceRequest
 
 # Short intervals so that pausing and stopping happen within seconds in tests.
 FAST_TERMS = ProviderTerms(Prices({}, cpu_core_micros_per_s=100, memory_gib_micros_per_s=10), Limits(600, 4, ()),

@@ -1,5 +1,5 @@
 """Test vectors of the stream messages (issue 14, item 6): one instance of every message of
-``/suanli/negotiate/1.0.0`` (market.wire) and ``/suanli/job/1.0.0`` (node.jobwire), as the canonical bytes
+``/suanli/negotiate/1.0.0`` (p2p.negotiate_wire) and ``/suanli/job/1.0.0`` (p2p.job_wire), as the canonical bytes
 a frame carries. docs/PROTOCOL.md lists them ("Message vectors"); tests/p2p/test_message_vectors.py pins
 their hashes, so a change to a message's bytes is a visible protocol change (bump its version) or a bug.
 
@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import hashlib
 
-from market.wire import Accept, Agree, Confirm, Counter, Propose, Reject
-from node.jobwire import Cancel, Chunk, Countersign, Done, End, Fail, HaveLayers, Log, ReceiptMsg, Start, Status
 from p2p.envelope import Signed
+from p2p.job_wire import Cancel, Chunk, Countersign, Done, End, Fail, HaveLayers, Log, ReceiptMsg, Start, Status
+from p2p.negotiate_wire import Accept, Agree, Confirm, Counter, Propose, Reject
 from settlement.testing import key_from_label, make_chain
 
 

@@ -1,6 +1,6 @@
 """The offers topic: signed offers gossiped over GossipSub, checked by every node before delivery.
 
-p2p does not know what an offer contains (that is ``market.records.Offer``); it knows the four fields
+p2p does not know what an offer contains (that is ``p2p.market_records.Offer``); it knows the four fields
 every gossiped record must have: ``provider`` (32-byte Ed25519 public key, the signer), ``seq``,
 ``created_at_ms`` and ``expires_at_ms``. The record class is passed in.
 

@@ -2,7 +2,7 @@
 
 Rule 6 (sandbox.archive's numbering; issue 19): a *partial* archive is a clean archive whose manifests still
 list every layer but which lacks the contents of some, which the provider said it holds
-(``write_partial_archive``, the buyer's side; node.jobwire Rule 3). Only a layer whose bytes are its diff
+(``write_partial_archive``, the buyer's side; p2p.job_wire Rule 3). Only a layer whose bytes are its diff
 id (an uncompressed layer: under an OCI blob name, that name's digest is the diff id) may be left out,
 since the provider's store holds uncompressed layers by diff id (sandbox.layerstore). The provider reads
 a partial archive with ``inspect_archive(..., store=)``: a layer may be absent only when the store holds

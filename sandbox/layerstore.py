@@ -1,5 +1,5 @@
 """The provider's layer store (issue 19): uncompressed image layers kept by diff id, so that a buyer who
-ships an archive sends only the layers the provider lacks (layer-aware shipping, node.jobwire Rule 3).
+ships an archive sends only the layers the provider lacks (layer-aware shipping, p2p.job_wire Rule 3).
 
 Rule 1: content-addressed. A layer lives at ``<root>/sha256/<hex>``, where ``sha256:<hex>`` is its diff
 id: the sha256 of the uncompressed layer tar, as the image config's ``rootfs.diff_ids`` lists it. ``add``

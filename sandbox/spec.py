@@ -43,7 +43,7 @@ def pinned_image_id(value: str) -> ImageId:
 @dataclass(frozen=True)
 class SandboxJob:
     """One job as agreed: what to run and how much of the machine it may use. Not the wire's
-    ``market.records.JobSpec`` (image, archive digest, command, env): node.jobcontainer builds this from
+    ``p2p.market_records.JobSpec`` (image, archive digest, command, env): node.jobcontainer builds this from
     the agreement's JobSpec and resources (the two were both called JobSpec until issue 14)."""
 
     image_id: str

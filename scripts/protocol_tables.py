@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 
-from market.records import (
+from p2p.market_records import (
     Agreement,
     Capacity,
     GpuSpec,
@@ -20,8 +20,8 @@ from market.records import (
     ReceiptTerms,
     ResourceRequest,
 )
+from p2p.receipt_records import Receipt, Statement, StatementEntry, Usage
 from p2p.records import MaxLen, Range, Size
-from settlement.records import Receipt, Statement, StatementEntry, Usage
 from settlement.testing import protocol_vectors
 
 

@@ -26,13 +26,13 @@ from io import FileIO
 from pathlib import Path
 from typing import Any
 
-from market.records import Agreement, Offer, Proposal
 from p2p.envelope import Signed, signed_from_wire, signed_list_from_wire
 from p2p.errors import CodecError, SignatureError, UnusableInputError
+from p2p.market_records import Agreement, Offer, Proposal
+from p2p.receipt_records import Receipt
 from settlement.bundle import decode_bundle
 from settlement.chain import ChainReport, Finding, verify_chain
 from settlement.dbread import DatabaseChain, read_database
-from settlement.records import Receipt
 from settlement.store import SQLITE_MAGIC, Store
 
 MAX_BUNDLE_BYTES = 1 << 30  # docs/PROTOCOL.md section 1: a bundle is at most 1 GiB

@@ -51,11 +51,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from hashlib import sha256
 
-from market.records import Agreement
 from p2p.envelope import Signed, domain
 from p2p.identity import signature_checker
+from p2p.market_records import Agreement
+from p2p.receipt_records import BUYER_UNRESPONSIVE, FINAL, RUNNING, Receipt
 from settlement.billing import metered_within, unsigned_ceiling
-from settlement.records import BUYER_UNRESPONSIVE, FINAL, RUNNING, Receipt
 from settlement.rules import ChainChecker, ChainReport, Finding
 
 __all__ = ["ChainChecker", "ChainReport", "Finding", "verify_chain"]

@@ -20,9 +20,9 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from market.records import Agreement
 from p2p.errors import CodecError
-from settlement.records import Receipt
+from p2p.market_records import Agreement
+from p2p.receipt_records import Receipt
 from settlement.rules import Finding
 from settlement.store import Store, _envelope
 

@@ -26,7 +26,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from market.records import Agreement
+from p2p.market_records import Agreement
+from p2p.receipt_records import COMPLETED, FINAL, REASONS, RUNNING, Receipt
 from settlement.billing import (
     MAX_GPU_WATTS,
     TOLERANCE_PERCENT,
@@ -40,7 +41,6 @@ from settlement.billing import (
     unsigned_window_ms,
     usage_bound,
 )
-from settlement.records import COMPLETED, FINAL, REASONS, RUNNING, Receipt
 
 
 @dataclass(frozen=True)

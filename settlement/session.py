@@ -22,9 +22,10 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, replace
 
-from market.records import Agreement
 from p2p.envelope import Signed
 from p2p.identity import verify_signature
+from p2p.market_records import Agreement
+from p2p.receipt_records import FINAL, RUNNING, Receipt, Usage
 from settlement.billing import (
     amount_due,
     energy_bound_mj,
@@ -38,7 +39,6 @@ from settlement.billing import (
     usage_bound,
 )
 from settlement.chain import ChainChecker, Finding
-from settlement.records import FINAL, RUNNING, Receipt, Usage
 
 RUN, PAUSE, RESUME, STOP = "run", "pause", "resume", "stop"
 

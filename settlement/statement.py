@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from p2p.receipt_records import Statement, StatementEntry
 from settlement.chain import ChainReport
-from settlement.records import Statement, StatementEntry
 
 UNSIGNED = "unsigned:"
 

@@ -36,9 +36,9 @@ import sqlite_utils
 from p2p.clock import wall_ms
 from p2p.envelope import Signed
 from p2p.errors import UnusableInputError
+from p2p.receipt_records import FINAL, Receipt
 from settlement.errors import StoreError
 from settlement.private import make_private as make_private  # where callers have found it
-from settlement.records import FINAL, Receipt
 
 SCHEMA_VERSION = 1
 SQLITE_MAGIC = b"SQLite format 3\x00"

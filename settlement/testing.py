@@ -11,11 +11,21 @@ import hashlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from market.records import Agreement, Capacity, JobSpec, Limits, Offer, Prices, Proposal, ReceiptTerms, ResourceRequest
 from p2p.envelope import Signed, countersign, sign_record
 from p2p.identity import NodeKey
+from p2p.market_records import (
+    Agreement,
+    Capacity,
+    JobSpec,
+    Limits,
+    Offer,
+    Prices,
+    Proposal,
+    ReceiptTerms,
+    ResourceRequest,
+)
+from p2p.receipt_records import COMPLETED, FINAL, RUNNING, Receipt, Usage
 from settlement.billing import amount_due
-from settlement.records import COMPLETED, FINAL, RUNNING, Receipt, Usage
 from settlement.store import StoredChain
 
 DEMO_IMAGE = "sha256:" + "ab" * 32
@@ -123,7 +133,7 @@ __all__ = ["Evidence", "key_from_label", "make_agreement", "make_chain", "make_o
 def protocol_vectors() -> dict[str, bytes]:
     """The test vectors of docs/PROTOCOL.md: one instance of every record, as canonical bytes and as a
     signed envelope. Keys come from ``key_from_label``; Ed25519 signing is deterministic."""
-    from settlement.records import Statement, StatementEntry
+    from p2p.receipt_records import Statement, StatementEntry
 
     provider, buyer, auditor = key_from_label("provider"), key_from_label("buyer"), key_from_label("auditor")
     ev = make_chain(provider, buyer, 2)
@@ -199,7 +209,7 @@ def negative_vectors() -> dict[str, bytes]:
     Put into the vectors' bundle in place of the field named (a receipt replaces receipt 2; a statement
     is checked against the vectors' bundle), each gives exactly the one finding named."""
     from p2p.envelope import Signed
-    from settlement.records import Statement, StatementEntry
+    from p2p.receipt_records import Statement, StatementEntry
 
     provider, buyer, auditor = key_from_label("provider"), key_from_label("buyer"), key_from_label("auditor")
     ev = make_chain(provider, buyer, 2)

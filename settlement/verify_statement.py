@@ -21,7 +21,7 @@ from pathlib import Path
 from p2p.codec import unpack_canonical
 from p2p.envelope import Signed, signed_from_wire
 from p2p.errors import CodecError, SignatureError, UnusableInputError
-from settlement.records import Statement, StatementEntry
+from p2p.receipt_records import Statement, StatementEntry
 from settlement.rules import ChainReport
 from settlement.statement import build_statement
 

@@ -60,7 +60,7 @@ def resolve(store: Any, prefix: str) -> bytes:
 
 
 def receipt_rows(chain: Any) -> list[dict[str, Any]]:
-    from settlement.records import Receipt
+    from p2p.receipt_records import Receipt
 
     rows = []
     for env in chain.receipts:
@@ -75,7 +75,7 @@ def receipt_rows(chain: Any) -> list[dict[str, Any]]:
 
 def job_row(agreement_id: bytes, chain: Any) -> dict[str, Any]:
     """One agreement as ``suanli jobs`` shows it (Rule 1)."""
-    from market.records import Agreement
+    from p2p.market_records import Agreement
 
     ag = Agreement.decode(chain.agreement["body"])
     receipts = receipt_rows(chain)

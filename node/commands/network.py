@@ -50,7 +50,7 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
 
 async def _bootstrap(key, args: argparse.Namespace) -> None:  # type: ignore[no-untyped-def]
     from bootstrap.node import DEFAULT_LISTEN, run_bootstrap
-    from market.records import Offer
+    from p2p.market_records import Offer
 
     listen = tuple(args.listen or DEFAULT_LISTEN)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -89,11 +89,11 @@ def cmd_offers(args: argparse.Namespace) -> int:
 
 async def _offers(args: argparse.Namespace) -> int:
     from market.matching import JobRequest
-    from market.records import ResourceRequest
     from node.overlay import BuyerOverlay
     from node.paths import bootstrap_peers, client_listen
     from p2p.host import HostConfig, open_host
     from p2p.identity import generate_key
+    from p2p.market_records import ResourceRequest
 
     bootstrap = bootstrap_peers(args.bootstrap)
     overlay = BuyerOverlay()

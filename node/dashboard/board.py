@@ -36,7 +36,7 @@ MALFORMED = {"issued_at_ms": 0, "metered_ms": 0, "amount_micros": 0, "cpu_core_m
 def _point(seq: int, body: bytes, cosigned: bool) -> Point | None:
     """The receipt as a Point; None when its body does not decode (the audit names it: Rule 3)."""
     from p2p.errors import SuanliError
-    from settlement.records import Receipt
+    from p2p.receipt_records import Receipt
 
     try:
         r = Receipt.decode(bytes(body))

@@ -23,7 +23,7 @@ import cli_helpers as _h
 import pytest
 
 from node.commands.dashboard import dashboard_url
-from settlement.records import Receipt
+from p2p.receipt_records import Receipt
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 

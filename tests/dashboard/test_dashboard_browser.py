@@ -24,7 +24,7 @@ from pathlib import Path
 import cli_helpers as _h
 import pytest
 
-from settlement.records import Receipt
+from p2p.receipt_records import Receipt
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 

@@ -29,7 +29,7 @@ from node.overlay import provider_overlay
 from node.provider import ProviderRuntime, open_provider
 from node.testing import local_setup
 from p2p.identity import generate_key
-from settlement.records import Receipt
+from p2p.receipt_records import Receipt
 from settlement.store import Store
 
 PROVIDER_TOML = """\

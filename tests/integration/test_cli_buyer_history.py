@@ -12,7 +12,7 @@ from pathlib import Path
 import cli_helpers as _h
 import pytest
 
-from settlement.records import Receipt
+from p2p.receipt_records import Receipt
 from settlement.store import Store
 
 run_cli = _h.run_cli

@@ -23,19 +23,7 @@ import msgpack
 import pytest
 import trio
 
-from market.records import Offer
 from market.service import negotiate_with
-from node.jobwire import (
-    MAX_FRAME_BYTES,
-    PROTOCOL_ID,
-    Cancel,
-    Countersign,
-    Done,
-    ReceiptMsg,
-    Start,
-    Status,
-    decode_message,
-)
 from node.provider import open_provider
 from node.provider_job import send_blob
 from node.testing import local_setup, make_proposal
@@ -46,10 +34,22 @@ from p2p.framing import FramedStream, serve_framed
 from p2p.gossip import OFFERS_TOPIC
 from p2p.host import HostConfig, open_host
 from p2p.identity import generate_key
+from p2p.job_wire import (
+    MAX_FRAME_BYTES,
+    PROTOCOL_ID,
+    Cancel,
+    Countersign,
+    Done,
+    ReceiptMsg,
+    Start,
+    Status,
+    decode_message,
+)
+from p2p.market_records import Offer
 from p2p.offer_query import MAX_OFFER_FRAME_BYTES, OFFER_PROTOCOL
+from p2p.receipt_records import FINAL, Receipt
 from p2p.testing import loopback_config
 from settlement.audit import audit, read_inputs
-from settlement.records import FINAL, Receipt
 from settlement.testing import key_from_label, make_chain, make_offer
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,15 +13,15 @@ import pytest
 import trio
 from cli_helpers import images_removed_after
 
-from market.records import JobSpec
 from market.service import negotiate_with, now_ms
 from node.buyer_job import BuyerHooks, run_job
-from node.jobwire import CHUNK_BYTES, MAX_FRAME_BYTES, PROTOCOL_ID, Chunk, Fail, Start, Status, decode_message
 from node.provider import open_provider
 from node.testing import local_setup, make_proposal
 from p2p.envelope import sign_record
 from p2p.framing import FramedStream
 from p2p.identity import generate_key
+from p2p.job_wire import CHUNK_BYTES, MAX_FRAME_BYTES, PROTOCOL_ID, Chunk, Fail, Start, Status, decode_message
+from p2p.market_records import JobSpec
 from p2p.testing import loopback_config, open_host, wait_until
 from sandbox.archive import LayerEntry, image_archive, layer_tar
 from sandbox.image_gc import LEDGER_NAME

@@ -72,8 +72,8 @@ async def test_image_shipped_over_the_overlay_when_the_provider_lacks_it(tmp_pat
     import platform
     import uuid
 
-    from market.records import JobSpec
     from p2p.envelope import sign_record
+    from p2p.market_records import JobSpec
     from sandbox.archive import LayerEntry, image_archive, layer_tar
     from sandbox.images import read_busybox
 

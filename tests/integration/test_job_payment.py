@@ -12,7 +12,14 @@ import trio
 
 from market.service import negotiate_with, now_ms
 from node.buyer_job import BuyerHooks, run_job
-from node.jobwire import (
+from node.provider import open_provider
+from node.provider_job import send_blob
+from node.testing import FAST_TERMS as TERMS
+from node.testing import local_setup, make_proposal
+from p2p.envelope import countersign, open_signed
+from p2p.framing import FramedStream
+from p2p.identity import generate_key, peer_id_from_public
+from p2p.job_wire import (
     MAX_FRAME_BYTES,
     PROTOCOL_ID,
     Cancel,
@@ -25,13 +32,7 @@ from node.jobwire import (
     Status,
     decode_message,
 )
-from node.provider import open_provider
-from node.provider_job import send_blob
-from node.testing import FAST_TERMS as TERMS
-from node.testing import local_setup, make_proposal
-from p2p.envelope import countersign, open_signed
-from p2p.framing import FramedStream
-from p2p.identity import generate_key, peer_id_from_public
+from p2p.receipt_records import Receipt
 from p2p.testing import loopback_config, open_host
 from sandbox.engine import Engine
 from sandbox.prepare import prepare_job
@@ -40,7 +41,6 @@ from sandbox.spec import LABEL_AGREEMENT, ProviderPolicy, SandboxJob
 from settlement.astore import open_store
 from settlement.audit import audit, read_inputs
 from settlement.billing import amount_due, unsigned_window_ms
-from settlement.records import Receipt
 
 pytestmark = pytest.mark.docker
 

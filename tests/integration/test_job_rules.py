@@ -11,7 +11,6 @@ import trio
 
 from market.service import negotiate_with, now_ms
 from node.buyer_job import BuyerHooks, run_job
-from node.jobwire import MAX_FRAME_BYTES, PROTOCOL_ID, Countersign, Done, ReceiptMsg, Start, Status, decode_message
 from node.provider import open_provider
 from node.provider_job import send_blob
 from node.testing import FAST_TERMS as TERMS
@@ -20,11 +19,12 @@ from p2p.envelope import Signed, countersign, open_signed
 from p2p.errors import RemoteProtocolError
 from p2p.framing import FramedStream
 from p2p.identity import generate_key, peer_id_from_public
+from p2p.job_wire import MAX_FRAME_BYTES, PROTOCOL_ID, Countersign, Done, ReceiptMsg, Start, Status, decode_message
+from p2p.receipt_records import Receipt
 from p2p.testing import loopback_config, open_host, wait_until
 from sandbox.spec import LABEL_AGREEMENT
 from settlement.astore import open_store
 from settlement.audit import audit, read_inputs
-from settlement.records import Receipt
 
 pytestmark = pytest.mark.docker
 

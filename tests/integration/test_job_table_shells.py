@@ -15,7 +15,13 @@ import trio
 from market.service import Deal, negotiate_with, now_ms
 from node.buyer_job import BuyerHooks, JobFailed, run_job
 from node.jobsession_provider import MAX_BAD_FRAMES
-from node.jobwire import (
+from node.provider import open_provider
+from node.provider_job import send_blob
+from node.testing import local_setup, make_proposal
+from p2p.envelope import countersign, open_signed
+from p2p.framing import FramedStream, serve_framed
+from p2p.identity import generate_key, peer_id_from_public
+from p2p.job_wire import (
     MAX_FRAME_BYTES,
     PROTOCOL_ID,
     Chunk,
@@ -27,16 +33,10 @@ from node.jobwire import (
     Status,
     decode_message,
 )
-from node.provider import open_provider
-from node.provider_job import send_blob
-from node.testing import local_setup, make_proposal
-from p2p.envelope import countersign, open_signed
-from p2p.framing import FramedStream, serve_framed
-from p2p.identity import generate_key, peer_id_from_public
+from p2p.receipt_records import FINAL, Receipt
 from p2p.testing import loopback_config, open_host
 from settlement.astore import open_store
 from settlement.audit import audit, read_inputs
-from settlement.records import FINAL, Receipt
 from settlement.testing import make_agreement
 
 STRAY = [Start(b"\1" * 32, 0, 0).encode(), Chunk("inputs", b"late").encode(),

@@ -1,4 +1,4 @@
-"""Layer-aware shipping through a real provider and buyer (issue 19, node.jobwire Rule 3): two images
+"""Layer-aware shipping through a real provider and buyer (issue 19, p2p.job_wire Rule 3): two images
 that share the demo image's base layer; the second job's archive goes without it, and the bytes on the
 wire show it."""
 
@@ -14,13 +14,13 @@ import pytest
 import trio
 from image_helpers import build_from
 
-from market.records import JobSpec
 from market.service import negotiate_with, now_ms
 from node.buyer_job import BuyerHooks, archive_layers, run_job
 from node.provider import open_provider
 from node.testing import local_setup, make_proposal
 from p2p.envelope import sign_record
 from p2p.identity import generate_key
+from p2p.market_records import JobSpec
 from p2p.testing import loopback_config, open_host
 from sandbox.archive import read_digests
 from settlement.astore import open_store

@@ -10,19 +10,19 @@ import trio
 
 from market.capacity import CapacityLedger
 from market.negotiation import DUPLICATE_PROPOSAL, UNSTARTED_AGREEMENTS
-from market.records import Capacity, JobSpec, Prices, Proposal, ResourceRequest
 from market.reputation import NEVER_STARTED
 from market.service import NegotiationRefused, ProviderMarket, negotiate_with, now_ms
-from market.wire import PROTOCOL_ID, Agree, Propose, decode_message
 from node.provider import open_provider
 from node.testing import local_setup, make_proposal
 from p2p.envelope import sign_record, signed_from_wire
 from p2p.framing import FramedStream, serve_framed
 from p2p.identity import generate_key
+from p2p.market_records import Capacity, JobSpec, Prices, Proposal, ResourceRequest
+from p2p.negotiate_wire import PROTOCOL_ID, Agree, Propose, decode_message
+from p2p.receipt_records import EXPIRED, Receipt
 from p2p.testing import loopback_config, open_host, wait_until
 from settlement.astore import open_store
 from settlement.audit import audit, read_inputs
-from settlement.records import EXPIRED, Receipt
 from settlement.store import Store
 from settlement.testing import DEMO_IMAGE, TERMS, make_offer
 

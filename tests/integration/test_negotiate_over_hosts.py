@@ -9,12 +9,12 @@ import trio
 
 from market.capacity import CapacityLedger
 from market.offers import OfferedGpu
-from market.records import Capacity, GpuSpec, JobSpec, Prices, Proposal, ResourceRequest
 from market.service import ProviderMarket, negotiate_first, negotiate_with, now_ms
-from market.wire import PROTOCOL_ID
 from p2p.envelope import sign_record
 from p2p.framing import serve_framed
 from p2p.identity import generate_key
+from p2p.market_records import Capacity, GpuSpec, JobSpec, Prices, Proposal, ResourceRequest
+from p2p.negotiate_wire import PROTOCOL_ID
 from p2p.testing import loopback_config, open_host
 from settlement.testing import DEMO_IMAGE, TERMS, make_offer
 

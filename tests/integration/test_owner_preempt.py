@@ -310,10 +310,10 @@ async def test_on_preempt_retry_runs_the_job_again_on_another_provider(tmp_path,
     job again on the other provider, and the preempted run stays billed and audits clean."""
     from cli_helpers import assert_audits_clean, provider_on_overlay
 
-    from market.records import Prices
     from node.buyer import Collected, run_once
     from node.buyrequest import BuyRequest
     from node.testing import FAST_TERMS
+    from p2p.market_records import Prices
 
     home = tmp_path / "buyer"
     request = BuyRequest.build(["sh", "-c", "sleep 4; echo finished"], image=demo_image, cpus=0.5, memory="128m",

@@ -204,8 +204,8 @@ def small_disk(tmp_path):
 
 
 async def test_an_image_upload_that_would_eat_the_disk_reserve_is_refused_before_it_starts(small_disk, tmp_path):
-    from node.jobwire import MAX_FRAME_BYTES, PROTOCOL_ID, Fail, Start, Status, decode_message
     from p2p.framing import FramedStream
+    from p2p.job_wire import MAX_FRAME_BYTES, PROTOCOL_ID, Fail, Start, Status, decode_message
 
     provider_key, buyer = generate_key(), generate_key()
     setup = replace(local_setup(small_disk / "provider", provider_key), disk_mib=32, key_lock_dir=tmp_path)

@@ -16,7 +16,6 @@ import trio
 from cli_helpers import assert_audits_clean, images_removed_after, provider_on_overlay, run_cli_async
 
 from market.negotiation import IMAGE_TOO_LARGE, REGISTRY_NOT_ALLOWED
-from market.records import Prices
 from market.service import NegotiationRefused, negotiate_with, now_ms
 from node.buyer_job import BuyerHooks, run_job
 from node.config import ImageSettings
@@ -25,12 +24,13 @@ from node.provider import open_provider
 from node.testing import FAST_TERMS, local_setup, make_proposal
 from p2p.envelope import sign_record
 from p2p.identity import generate_key
+from p2p.market_records import Prices
+from p2p.receipt_records import Receipt
 from p2p.testing import loopback_config, open_host
 from sandbox.archive import LayerEntry, image_archive, layer_tar
 from sandbox.image_gc import held_digests
 from sandbox.images import read_busybox
 from settlement.astore import open_store
-from settlement.records import Receipt
 from settlement.store import Store
 
 pytestmark = pytest.mark.docker

@@ -21,12 +21,12 @@ from p2pd import ControlBroken, DaemonError, GoNode
 
 from bootstrap.node import Bootstrap, run_bootstrap
 from market.offers import ProviderTerms, build_offer
-from market.records import Limits, Offer, Prices, ReceiptTerms
 from p2p import dht
 from p2p.envelope import Signed, sign_record
 from p2p.gossip import OfferLedger, offer_topics
 from p2p.host import Node, key_pair_of, open_host
 from p2p.identity import NodeKey, b58decode, generate_key
+from p2p.market_records import Limits, Offer, Prices, ReceiptTerms
 from p2p.offer_query import OFFER_PROTOCOL, offer_handler
 from p2p.testing import LOOPBACK, loopback_config
 

@@ -30,13 +30,13 @@ from nacl.signing import VerifyKey
 from p2pd import GoNode, open_p2pd
 from p2pd_pb import decode_uvarint
 
-from market.records import Offer
 from p2p import dht, workarounds
 from p2p.codec import pack
 from p2p.envelope import Signed, domain, open_signed
 from p2p.framing import encode_frame
 from p2p.gossip import OFFERS_TOPIC, publish_offer
 from p2p.identity import generate_key, public_from_peer_id
+from p2p.market_records import Offer
 from p2p.offer_query import MAX_OFFER_FRAME_BYTES, OFFER_PROTOCOL, fetch_offer
 from p2p.testing import topic_peers, wait_until
 

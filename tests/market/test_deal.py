@@ -8,7 +8,7 @@ from market.capacity import CapacityLedger
 from market.deal import Bid, CounterPrice, Refuse, decide
 from market.negotiation import BUSY, EXPIRED_OFFER, IMAGE_NOT_ALLOWED, NO_CAPACITY
 from market.offers import OfferedGpu
-from market.records import Capacity, GpuSpec, Limits, Prices
+from p2p.market_records import Capacity, GpuSpec, Limits, Prices
 from settlement.testing import key_from_label, make_agreement
 
 P, B = key_from_label("provider"), key_from_label("buyer")

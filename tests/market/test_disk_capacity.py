@@ -9,8 +9,8 @@ from market.deal import Refuse, decide
 from market.matching import JobRequest, evaluate, rank_offers
 from market.negotiation import NO_CAPACITY
 from market.offers import build_offer
-from market.records import DEFAULT_DISK_MIB, Capacity, ResourceRequest
 from p2p.envelope import sign_record
+from p2p.market_records import DEFAULT_DISK_MIB, Capacity, ResourceRequest
 from settlement.testing import key_from_label, make_agreement, make_offer
 
 P, B = key_from_label("provider"), key_from_label("buyer")

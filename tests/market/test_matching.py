@@ -10,8 +10,8 @@ import pytest
 from market.capacity import CapacityLedger
 from market.matching import JobRequest, evaluate, explain, rank_offers
 from market.pricing import price_per_s
-from market.records import Capacity, GpuSpec, Limits, Prices, ResourceRequest
 from p2p.envelope import sign_record
+from p2p.market_records import Capacity, GpuSpec, Limits, Prices, ResourceRequest
 from settlement.testing import key_from_label, make_offer
 
 NOW = 1_800_000_000_000

@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from market.matching import JobRequest, evaluate, image_digest, rank_offers
-from market.records import Capacity, GpuSpec, Limits, Prices, ResourceRequest
+from p2p.market_records import Capacity, GpuSpec, Limits, Prices, ResourceRequest
 from settlement.testing import key_from_label, make_offer
 
 NOW = 1_800_000_000_000

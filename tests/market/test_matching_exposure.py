@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 from market.matching import JobRequest, evaluate, explain, rank_offers
-from market.records import ResourceRequest
 from p2p.envelope import sign_record
+from p2p.market_records import ResourceRequest
 from settlement.testing import TERMS, key_from_label, make_offer
 
 NOW = 1_800_000_000_000

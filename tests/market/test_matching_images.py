@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 from market.matching import JobRequest, evaluate, explain, facts, format_bytes, image_digest, notes, rank_offers
 from market.offers import ProviderTerms, build_offer, same_content
-from market.records import MAX_OFFER_IMAGES, Limits, Prices, ReceiptTerms, ResourceRequest
+from p2p.market_records import MAX_OFFER_IMAGES, Limits, Prices, ReceiptTerms, ResourceRequest
 from settlement.testing import key_from_label
 
 NOW = 1_800_000_000_000

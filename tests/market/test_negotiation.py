@@ -26,8 +26,8 @@ from market.negotiation import (
     check_agreement,
     check_proposal,
 )
-from market.records import Limits
 from p2p.errors import LocalProtocolError, RemoteProtocolError
+from p2p.market_records import Limits
 from settlement.testing import key_from_label, make_agreement, make_offer
 
 MESSAGES = ["propose", "agree", "counter", "reject", "accept", "confirm"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from market.offers import OfferedGpu, ProviderTerms, build_offer, needs_refresh
-from market.records import GpuSpec, Limits, Prices, ReceiptTerms
+from p2p.market_records import GpuSpec, Limits, Prices, ReceiptTerms
 from settlement.testing import key_from_label
 
 TERMS = ProviderTerms(Prices({"NVIDIA H200": 700}, 50, 10), Limits(3600, 2, ()), ReceiptTerms(1000, 3000, 5000, 10_000),

@@ -17,7 +17,7 @@ from market.negotiation import (
     image_digest,
     is_registry_image,
 )
-from market.records import Limits
+from p2p.market_records import Limits
 from settlement.testing import key_from_label, make_agreement
 
 P, B = key_from_label("provider"), key_from_label("buyer")

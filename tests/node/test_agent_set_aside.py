@@ -8,10 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from market.offers import ProviderTerms, build_offer
-from market.records import Limits, Prices, ReceiptTerms
 from node.agent import Agent
 from node.overlay import BuyerOverlay
 from p2p.envelope import sign_record
+from p2p.market_records import Limits, Prices, ReceiptTerms
 from settlement.testing import key_from_label
 
 TERMS = ProviderTerms(Prices({}, 50, 10), Limits(3600, 2, ()), ReceiptTerms(1000, 3000, 5000, 50_000))

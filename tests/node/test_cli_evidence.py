@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from market.records import Agreement
 from node.cli import main
 from p2p.envelope import Signed, countersign, open_signed, sign_record
+from p2p.market_records import Agreement
+from p2p.receipt_records import Statement
 from settlement.bundle import encode_bundle
-from settlement.records import Statement
 from settlement.store import Store
 from settlement.testing import key_from_label, make_chain, write_store
 
@@ -249,8 +249,8 @@ def test_an_invented_debt_at_cap_2_63_is_owed_at_most_the_unsigned_window(tmp_pa
     nothing left unsigned before it would also be unfounded, settlement.chain Rule U). The audit owes no
     co-signed debt, shows the claim apart, owed at most billing Rule 3's bound; the statement never merges
     the two."""
+    from p2p.receipt_records import FINAL, PROVIDER_FAULT, ZERO_USAGE, Receipt
     from settlement.billing import amount_due, unsigned_window_ms
-    from settlement.records import FINAL, PROVIDER_FAULT, ZERO_USAGE, Receipt
     from settlement.testing import TERMS, make_agreement
 
     terms = replace(TERMS, exposure_cap_micros=(1 << 63))

@@ -12,8 +12,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from p2p.envelope import open_signed, sign_record
+from p2p.receipt_records import Statement
 from settlement.bundle import encode_bundle
-from settlement.records import Statement
 from settlement.testing import key_from_label, make_chain, resign, write_store
 
 SUANLI = shutil.which("suanli", path=str(Path(sys.executable).parent)) or "suanli"

@@ -125,7 +125,7 @@ def test_ranges_keep_derived_values_inside_the_wire_and_the_database(tmp_path):
     """At every maximum at once: the offer encodes, and the most one job can cost stays below 2^63."""
     from market.offers import OfferedGpu, build_offer
     from market.pricing import price_per_s
-    from market.records import GpuSpec, ResourceRequest
+    from p2p.market_records import GpuSpec, ResourceRequest
 
     top = {k: hi for k, (_, hi) in _example_ranges(tmp_path).items()}
     doc = EXAMPLE.replace('# "NVIDIA GeForce RTX 4090" = 600', f'"Test GPU" = {top.pop("prices.gpu_micros_per_s.*")}')

@@ -9,9 +9,9 @@ import itertools
 import pytest
 
 from node.jobsession import BUYER, KINDS, MOVES, PROVIDER, RECV, SEND, TERMINAL, JobMachine, kind_of
-from node.jobwire import Cancel, Chunk, Countersign, Done, End, Fail, Log, ReceiptMsg, Start, Status
 from p2p.errors import LocalProtocolError, RemoteProtocolError
-from settlement.records import FINAL, RUNNING
+from p2p.job_wire import Cancel, Chunk, Countersign, Done, End, Fail, Log, ReceiptMsg, Start, Status
+from p2p.receipt_records import FINAL, RUNNING
 from settlement.testing import key_from_label, make_agreement, next_receipt
 
 ROLES = (PROVIDER, BUYER)

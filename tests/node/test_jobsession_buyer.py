@@ -9,9 +9,9 @@ import pytest
 
 from node.jobsession import Abort, Finish, Send, Store, Upload
 from node.jobsession_buyer import BuyerSession, JobFailed
-from node.jobwire import Cancel, Chunk, Countersign, Done, End, Fail, Log, ReceiptMsg, Start, Status
 from p2p.envelope import sign_record
 from p2p.errors import RemoteProtocolError
+from p2p.job_wire import Cancel, Chunk, Countersign, Done, End, Fail, Log, ReceiptMsg, Start, Status
 from settlement.testing import key_from_label, make_agreement, next_receipt
 
 P, B = key_from_label("bsession-provider"), key_from_label("bsession-buyer")

@@ -8,12 +8,10 @@ import pytest
 
 from node.jobsession import OWNER_RETURNED, Kill, Pause, Resume, Send, Stop, Store
 from node.jobsession_provider import MAX_BAD_FRAMES, ProviderSession
-from node.jobwire import Cancel, Done, Fail, ReceiptMsg, Start, Status
 from p2p.envelope import Signed, countersign
 from p2p.errors import LocalProtocolError, RemoteProtocolError
-from sandbox.metering import MeterSample
-from settlement.chain import verify_chain
-from settlement.records import (
+from p2p.job_wire import Cancel, Done, Fail, ReceiptMsg, Start, Status
+from p2p.receipt_records import (
     BUYER_CANCEL,
     BUYER_UNRESPONSIVE,
     COMPLETED,
@@ -22,6 +20,8 @@ from settlement.records import (
     PROVIDER_FAULT,
     PROVIDER_SHUTDOWN,
 )
+from sandbox.metering import MeterSample
+from settlement.chain import verify_chain
 from settlement.testing import key_from_label, make_agreement
 
 P, B = key_from_label("session-provider"), key_from_label("session-buyer")

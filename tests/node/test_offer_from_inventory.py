@@ -8,8 +8,8 @@ from pathlib import Path
 
 from market.matching import JobRequest, rank_offers
 from market.offers import ProviderTerms, build_offer
-from market.records import Limits, Prices, ReceiptTerms, ResourceRequest
 from node.provider import offered_gpus
+from p2p.market_records import Limits, Prices, ReceiptTerms, ResourceRequest
 from sandbox.nvml import inventory
 from settlement.testing import key_from_label
 

@@ -11,11 +11,11 @@ import sys
 import pytest
 
 from market.offers import ProviderTerms, build_offer
-from market.records import Limits, Prices, ReceiptTerms
 from node.commands.network import availability_note, offer_rows, wanted_image
 from p2p.envelope import sign_record
 from p2p.errors import SuanliError
 from p2p.identity import peer_id_from_public
+from p2p.market_records import Limits, Prices, ReceiptTerms
 from settlement.testing import key_from_label
 
 NOW = 1_800_000_000_000

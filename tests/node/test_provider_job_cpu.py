@@ -7,10 +7,10 @@ import trio.testing
 
 from node.provider_job import JobRun
 from p2p.envelope import Signed, countersign, open_signed, sign_record
+from p2p.receipt_records import Receipt
 from sandbox.cgroups import CgroupReading
 from sandbox.meter import Sampler, grid_start
 from sandbox.metering import Meter, MeterSample
-from settlement.records import Receipt
 from settlement.testing import key_from_label, make_agreement, next_receipt
 
 PROVIDER, BUYER, OTHER = key_from_label("cpu-provider"), key_from_label("cpu-buyer"), key_from_label("cpu-other")

@@ -7,11 +7,11 @@ from dataclasses import replace
 import msgpack
 import pytest
 
-from market.records import Agreement
 from p2p.codec import unpack
 from p2p.envelope import Signed, countersign, domain, open_signed, sign_record, signed_from_wire, signed_list_from_wire
 from p2p.errors import CodecError, LocalProtocolError, SignatureError
-from settlement.records import Receipt
+from p2p.market_records import Agreement
+from p2p.receipt_records import Receipt
 from settlement.testing import key_from_label
 
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from p2p.envelope import Signed, countersign, open_countersigned, open_signed, sign_record
 from p2p.errors import SuanliError
-from settlement.records import Receipt
+from p2p.receipt_records import Receipt
 from settlement.testing import key_from_label, make_chain
 
 PROVIDER, BUYER, OTHER = key_from_label("fast-p"), key_from_label("fast-b"), key_from_label("fast-o")

@@ -17,17 +17,17 @@ import random
 import msgpack
 import pytest
 
-from market.records import Offer
-from node import jobwire
 from node.fuzzing import decoder_targets, target_names
+from p2p import job_wire as jobwire
 from p2p.codec import unpack
 from p2p.envelope import domain, open_countersigned, open_signed, sign_record
 from p2p.errors import CodecError, UnusableInputError
 from p2p.fuzzing import Mutator, Target, encode, fuzz, seed_trees, to_tree
 from p2p.gossip import OfferLedger
+from p2p.market_records import Offer
+from p2p.receipt_records import Receipt
 from settlement.audit import audit, read_inputs
 from settlement.bundle import decode_bundle, encode_bundle
-from settlement.records import Receipt
 from settlement.testing import key_from_label, make_chain
 
 FRAMES_PER_DECODER = 10_000

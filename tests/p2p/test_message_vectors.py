@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from market.wire import decode_message as decode_negotiation
-from node.jobwire import decode_message as decode_job
 from node.wire_vectors import message_vectors
+from p2p.job_wire import decode_message as decode_job
+from p2p.negotiate_wire import decode_message as decode_negotiation
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "PROTOCOL.md"
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from market.records import Agreement, Offer, Proposal
 from p2p.codec import pack, unpack
 from p2p.errors import CodecError
+from p2p.market_records import Agreement, Offer, Proposal
+from p2p.receipt_records import Receipt, Statement
 from p2p.records import U64, Record, ShortText, record, struct
-from settlement.records import Receipt, Statement
 from settlement.testing import key_from_label, make_chain, protocol_vectors
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "PROTOCOL.md"
@@ -186,7 +186,7 @@ def test_a_version_that_only_equals_1_is_refused(version, evidence):
     # receipt would have a second byte form (and a second record id).
     import msgpack
 
-    from settlement.records import Receipt
+    from p2p.receipt_records import Receipt
 
     wire = msgpack.unpackb(evidence.receipts[0].body)
     wire["v"] = version

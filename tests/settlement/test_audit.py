@@ -11,9 +11,9 @@ import pytest
 
 import settlement.audit as audit_module
 from p2p.errors import UnusableInputError
+from p2p.receipt_records import Receipt
 from settlement.audit import ChainJob, _decode, audit, audit_chain, read_inputs
 from settlement.bundle import encode_bundle
-from settlement.records import Receipt
 from settlement.testing import key_from_label, make_chain
 
 P, B = key_from_label("provider"), key_from_label("buyer")

@@ -19,9 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from p2p.envelope import Signed, countersign, sign_record
+from p2p.receipt_records import BUYER_UNRESPONSIVE, COMPLETED, FINAL, RUNNING
 from settlement.audit import ChainJob, audit, audit_chain, read_inputs
 from settlement.billing import amount_due
-from settlement.records import BUYER_UNRESPONSIVE, COMPLETED, FINAL, RUNNING
 from settlement.statement import build_statement
 from settlement.testing import TERMS, key_from_label, make_agreement, make_chain, next_receipt, write_store
 from settlement.verify_statement import statement_problems

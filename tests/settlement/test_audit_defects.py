@@ -8,10 +8,10 @@ import sqlite3
 from dataclasses import replace
 
 from p2p.envelope import Signed, countersign, sign_record
+from p2p.receipt_records import FINAL
 from settlement.audit import audit, read_inputs
 from settlement.bundle import encode_bundle
 from settlement.chain import verify_chain
-from settlement.records import FINAL
 from settlement.statement import build_statement
 from settlement.testing import key_from_label, make_chain, next_receipt, resign, write_store
 

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from p2p.envelope import Signed, countersign, sign_record
+from p2p.receipt_records import BUYER_UNRESPONSIVE, COMPLETED, FINAL, PROVIDER_RESTART, Receipt, Usage
 from settlement.billing import (
     START_ALLOWANCE_MS,
     amount_due,
@@ -21,7 +22,6 @@ from settlement.billing import (
     usage_bound,
 )
 from settlement.chain import ChainChecker, verify_chain
-from settlement.records import BUYER_UNRESPONSIVE, COMPLETED, FINAL, PROVIDER_RESTART, Receipt, Usage
 from settlement.testing import TERMS, key_from_label, make_agreement, next_receipt
 
 P, B = key_from_label("provider"), key_from_label("buyer")

@@ -9,6 +9,7 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from p2p.receipt_records import BUYER_UNRESPONSIVE, COMPLETED, FINAL, RUNNING, Receipt, Usage
 from settlement.billing import (
     amount_due,
     energy_bound_mj,
@@ -19,7 +20,6 @@ from settlement.billing import (
     usage_bound,
 )
 from settlement.chain import ChainChecker
-from settlement.records import BUYER_UNRESPONSIVE, COMPLETED, FINAL, RUNNING, Receipt, Usage
 from settlement.testing import key_from_label, make_agreement
 
 AGREEMENT = make_agreement(key_from_label("provider"), key_from_label("buyer"))[2]

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from p2p.codec import unpack
 from p2p.envelope import signed_from_wire
+from p2p.receipt_records import Statement
 from settlement.audit import ChainJob, audit_chain
-from settlement.records import Statement
 from settlement.testing import NEGATIVE, key_from_label, make_chain, negative_vectors, vector_fields
 from settlement.verify_statement import statement_problems
 

@@ -8,9 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from p2p.envelope import Signed, countersign, sign_record
+from p2p.receipt_records import BUYER_UNRESPONSIVE, COMPLETED, Usage
 from settlement.billing import amount_due, metered_within, unsigned_window_ms
 from settlement.chain import verify_chain
-from settlement.records import BUYER_UNRESPONSIVE, COMPLETED, Usage
 from settlement.session import PAUSE, RESUME, RUN, STOP, ExposureGuard, ReceiptIssuer, ReceiptVerifier
 from settlement.testing import key_from_label, make_agreement
 

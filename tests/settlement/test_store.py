@@ -126,9 +126,9 @@ def test_acknowledged_receipts_survive_kill_9(tmp_path, acks_before_kill):
         (ag_id,) = store.agreement_ids()
         chain = store.load_chain(ag_id)
         assert len(chain.receipts) >= acked
-    from market.records import Agreement
     from p2p.envelope import signed_from_wire
-    from settlement.records import Receipt
+    from p2p.market_records import Agreement
+    from p2p.receipt_records import Receipt
 
     agreement = signed_from_wire(chain.agreement, Agreement)
     report = verify_chain(agreement, [signed_from_wire(r, Receipt) for r in chain.receipts])
