@@ -15,12 +15,11 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import cli_helpers as _h
 import pytest
+from dashboard_helpers import http_get, start_dashboard_provider
 
 from node.commands.dashboard import dashboard_url
 from p2p.receipt_records import Receipt
@@ -49,12 +48,7 @@ def net(tmp_path_factory, demo_image):
     procs = _h.Processes()
     try:
         boot = _h.start_bootstrap(procs, net.root)
-        config = net.root / "provider.toml"
-        config.write_text(_h.PROVIDER_TOML.format(
-            data_dir=net.root / "provider", bootstrap=boot, cpu_price=40, interval_ms=500,
-            countersign_timeout_ms=3000, grace_ms=3000, exposure_cap_micros=100_000) + "\n[dashboard]\nport = 0\n")
-        provider = procs.start("provider", [*_h.suanli(), "provide", "--config", str(config), "--json"])
-        provider.json_line("the provider ready", 90)
+        start_dashboard_provider(procs, net.root, boot)
         net.agent = procs.start("agent", [*_h.suanli(), "agent", "--bootstrap", boot, "--local", "--data-dir",
                                           str(net.home), "--json"])
         ready = net.agent.json_line("the agent ready", 90)
@@ -66,25 +60,17 @@ def net(tmp_path_factory, demo_image):
         procs.stop_all()
 
 
-def _get(url: str, **headers: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as reply:
-            return reply.status, reply.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-
-
 def test_without_the_token_every_route_is_401_and_shows_no_data(net):
     # what `suanli dashboard --agent` prints:
     assert dashboard_url(net.home, agent=True) == f"{net.url}?token={net.token}"
-    status = json.loads(_get(net.url + "api/status", Authorization=f"Bearer {net.token}")[1])
+    status = json.loads(http_get(net.url + "api/status", Authorization=f"Bearer {net.token}")[1])
     assert status["data_dir"] == str(net.home)
     for path in ("", "api/status", "api/jobs", "api/spend", "api/agreements", "agreements", "api/events",
                  "static/dashboard.js", "api/logs/00", f"?token={'x' * len(net.token)}"):
-        code, body = _get(net.url + path)
+        code, body = http_get(net.url + path)
         assert code == 401, path
         assert status["peer_id"] not in body
-    assert _get(net.url + "api/status", Host="attacker.example")[0] == 421
+    assert http_get(net.url + "api/status", Host="attacker.example")[0] == 421
 
 
 def _final_countersigned(db: Path) -> int | None:
@@ -166,6 +152,6 @@ def test_a_job_run_through_the_agent_appears_live_with_its_receipts_and_output(n
     listed = browser.find_element("css selector", f"tr[data-agreement='{job['agreement_id']}']")
     assert listed.find_element("css selector", ".verdict").text == "ok" and job["provider"] in listed.text
     _shot(browser, tmp_path, "buyer-receipts")
-    api = json.loads(_get(f"{net.url}api/logs/{job['agreement_id'][:12]}", Authorization=f"Bearer {net.token}")[1])
+    api = json.loads(http_get(f"{net.url}api/logs/{job['agreement_id'][:12]}", Authorization=f"Bearer {net.token}")[1])
     assert {"stream": "stdout", "text": MARK} in api["logs"]
     assert [e for e in browser.get_log("browser") if e.get("level") == "SEVERE"] == []

@@ -17,12 +17,11 @@ import socket
 import sqlite3
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import cli_helpers as _h
 import pytest
+from dashboard_helpers import http_get, start_dashboard_provider
 
 from p2p.receipt_records import Receipt
 
@@ -49,25 +48,12 @@ def net(tmp_path_factory, demo_image):
     procs = _h.Processes()
     try:
         net.boot = _h.start_bootstrap(procs, net.root)
-        config = net.root / "provider.toml"
-        config.write_text(_h.PROVIDER_TOML.format(
-            data_dir=net.root / "provider", bootstrap=net.boot, cpu_price=40, interval_ms=500,
-            countersign_timeout_ms=3000, grace_ms=3000, exposure_cap_micros=100_000) + "\n[dashboard]\nport = 0\n")
-        net.provider = procs.start("provider", [*_h.suanli(), "provide", "--config", str(config), "--json"])
-        ready = net.provider.json_line("the provider ready", 90)
+        net.provider, ready = start_dashboard_provider(procs, net.root, net.boot)
         net.url = ready["dashboard"]
         net.token = (net.root / "provider" / "dashboard.token").read_text().strip()
         yield net
     finally:
         procs.stop_all()
-
-
-def _get(url: str, **headers: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as reply:
-            return reply.status, reply.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
 
 
 def cosigned_sum(db: Path) -> int:
@@ -95,13 +81,13 @@ def _console_errors(browser) -> list[dict]:
 
 
 def test_without_the_token_every_route_is_401_and_shows_no_data(net):
-    status = json.loads(_get(net.url + "api/status", Authorization=f"Bearer {net.token}")[1])
+    status = json.loads(http_get(net.url + "api/status", Authorization=f"Bearer {net.token}")[1])
     for path in ("", "api/status", "api/jobs", "api/earnings", "api/errors", "api/agreements", "agreements",
                  "api/events", "static/dashboard.js", f"?token={'x' * len(net.token)}"):
-        code, body = _get(net.url + path)
+        code, body = http_get(net.url + path)
         assert code == 401, path
         assert status["peer_id"] not in body
-    assert _get(net.url + "api/status", Host="attacker.example")[0] == 421
+    assert http_get(net.url + "api/status", Host="attacker.example")[0] == 421
 
 
 def test_it_listens_on_loopback_only(net):
@@ -157,7 +143,7 @@ def test_a_running_job_draws_its_cpu_chart_and_earnings_match_the_cosigned_recei
     assert shown and time.monotonic() - stored <= 2.0  # issue 20: live within 2 s of the receipt
     assert browser.find_element("id", "job-count").text == "0"
     assert int(browser.find_element("id", "pending").get_attribute("data-micros")) == 0
-    earnings = json.loads(_get(net.url + "api/earnings", Authorization=f"Bearer {net.token}")[1])
+    earnings = json.loads(http_get(net.url + "api/earnings", Authorization=f"Bearer {net.token}")[1])
     assert earnings["cosigned_micros"] == expected == sum(b["micros"] for b in earnings["per_day"])
     assert sum(b["micros"] for b in earnings["per_hour"]) == expected
     assert browser.find_element("id", "earn-hour").find_elements("css selector", "rect.bar")
