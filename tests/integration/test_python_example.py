@@ -88,3 +88,20 @@ def test_wordstats_runs_in_the_sandbox_and_its_outputs_are_right(python_image_id
     assert rows[0] == ["word", "count"] and rows[1] == ["the", "7"]
     assert [r[0] for r in rows[1:]] == [w["word"] for w in report["top_words"]]
     _h.assert_audits_clean(tmp_path / "buyer" / "buyer.db", tmp_path / "provider" / "node.db")
+
+
+def test_the_python_demo_runs_the_example_and_audits_clean(python_image_id, tmp_path_factory):
+    """``suanli demo --image python`` (the README's workload): the example in the python image, on a local
+    network of real processes, its outputs written and the audit clean. It reads the image from this
+    session's cache, so nothing is built twice."""
+    import json
+    import os
+    import subprocess
+
+    env = {**os.environ, "SUANLI_IMAGE_CACHE": str(tmp_path_factory.getbasetemp() / SESSION_CACHE)}
+    done = subprocess.run([*_h.suanli(), "demo", "--image", "python", "--json", "--clean"], capture_output=True,
+                          text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    doc = json.loads(done.stdout)
+    assert doc["ok"] and doc["image"] == python_image_id and doc["audit"] == "ok" and doc["findings"] == 0, doc
+    assert doc["run"]["exit_code"] == 0 and sorted(doc["run"]["outputs"]) == ["report.json", "top_words.csv"]
