@@ -13,10 +13,14 @@ terminal and input devices (and /proc/stat where other programs' CPU is watched)
 globbed again when ``/dev/pts`` changes (a terminal opened) and every ``SLOW_EVERY_S`` otherwise, when
 the process table (exclusive applications) is scanned and the battery read too; NVML is asked only
 where a GPU is offered and ``foreign_gpu`` is on. Nothing is read for a signal the preferences switch off.
+Rule 4: other programs' CPU is /proc/stat less our job containers' cgroups and this daemon's own CPU,
+averaged over ``CPU_WINDOW_S``: a single busy poll (the engine starting a job's container) is not the
+owner, and the daemon's own work never counts as the owner's.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import time
@@ -41,6 +45,9 @@ __all__ = ["AVAILABLE", "DEVICE_GLOBS", "OwnerPrefs", "Verdict", "owner_status",
 log = logging.getLogger("suanli.node.owner")
 
 SLOW_EVERY_S = 2.0
+# Rule 4: other programs' CPU is averaged over this long, so that a burst (the engine starting a job's
+# container, one busy poll) is not taken for the owner, and this daemon's own CPU is never theirs.
+CPU_WINDOW_S = 1.0
 RUNNING_PHASES = frozenset({"running", "paused", "resumed"})  # the container runs (ActiveJob.phase)
 
 
@@ -61,8 +68,7 @@ class SignalReader:
         self.running: frozenset[str] = frozenset()
         self.gpu_temp_c: int | None = None
         self.slow_at = -1e18
-        self.stat: tuple[int, int] | None = None
-        self.ours_us = 0
+        self.cpu_window: collections.deque[tuple[float, tuple[int, int], int]] = collections.deque()
         self.cores = os.cpu_count() or 1
 
     def snapshot(self) -> None:
@@ -87,15 +93,22 @@ class SignalReader:
             now_s=now_s,
             last_input_s=sig.read_last_input(self.devices) if watch_input else None,
             foreign_gpu_pids=self._foreign_gpu() if p.foreign_gpu and self.gpu_uuids else None,
-            other_cpu_pct=self._other_cpu() if p.cpu_busy_pct > 0 else None,
+            other_cpu_pct=self._other_cpu(mono_s) if p.cpu_busy_pct > 0 else None,
             running=self.running, on_battery=self.on_battery, gpu_temp_c=self.gpu_temp_c)
 
-    def _other_cpu(self) -> float | None:
+    def _other_cpu(self, mono_s: float) -> float | None:
+        """Rule 4: other programs' share of all cores over the last CPU_WINDOW_S (None until the window is
+        full): /proc/stat less our job containers' cgroups and this daemon's own CPU."""
         cur = sig.read_proc_stat()
-        ours = sig.read_cgroup_usage_us(self.cpu_files_now)
-        prev, prev_ours = self.stat, self.ours_us
-        self.stat, self.ours_us = cur, ours
-        if prev is None or cur is None:
+        if cur is None:
+            return None
+        ours = sig.read_cgroup_usage_us(self.cpu_files_now) + int(time.process_time() * 1_000_000)
+        window = self.cpu_window
+        window.append((mono_s, cur, ours))
+        while len(window) > 2 and mono_s - window[1][0] >= CPU_WINDOW_S:
+            window.popleft()
+        then, prev, prev_ours = window[0]
+        if mono_s - then < CPU_WINDOW_S:
             return None
         return sig.other_cpu_pct(prev, cur, max(0, ours - prev_ours), self.cores, os.sysconf("SC_CLK_TCK"))
 

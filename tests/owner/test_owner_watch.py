@@ -10,7 +10,7 @@ import trio
 
 from node.owner_prefs import OwnerPrefs
 from node.owner_state import AVAILABLE, OUTSIDE_SCHEDULE, OWNER_ACTIVE, Verdict
-from node.owner_watch import SignalReader, apply_verdict, owner_status
+from node.owner_watch import CPU_WINDOW_S, SignalReader, apply_verdict, owner_status
 
 
 def test_the_reader_watches_only_what_the_preferences_ask_and_what_the_machine_has():
@@ -25,7 +25,9 @@ def test_the_reader_watches_only_what_the_preferences_ask_and_what_the_machine_h
         off = SignalReader(OwnerPrefs(input=False, cpu_busy_pct=50), (path,), [], list, set)
         r = off.read(time.time(), time.monotonic())
         assert off.devices == [] and r.last_input_s is None
-        time.sleep(0.1)  # a few jiffies between two /proc/stat reads
+        time.sleep(0.1)
+        assert off.read(time.time(), time.monotonic()).other_cpu_pct is None  # Rule 4: the window is not full yet
+        time.sleep(CPU_WINDOW_S)  # a window of /proc/stat reads
         assert off.read(time.time(), time.monotonic()).other_cpu_pct is not None
         reader.close()
     finally:
