@@ -53,9 +53,13 @@ from p2p.identity import NodeKey, public_from_peer_id
 from p2p.market_records import Agreement, JobSpec, Offer, Proposal
 from p2p.negotiate_wire import NAMES, PROTOCOL_ID, Accept, Agree, Confirm, Counter, Propose, Reject, decode_message
 from p2p.records import Record
-from p2p.relay_dial import relay_refusal
+from p2p.relay import is_circuit
+from p2p.relay_dial import DIRECT_FIRST_S, DIRECT_UPGRADE_S, relay_refusal
 
 log = logging.getLogger("suanli.market")
+
+# A provider reachable only through a relay: its direct dial, the circuit, and the hole punch (p2p.relay_dial).
+RELAYED_CONNECT_S = DIRECT_FIRST_S + DIRECT_UPGRADE_S
 
 OnAgreement = Callable[[Signed[Agreement], Signed[Proposal], Allocation], Awaitable[None]]
 Unstarted = Callable[[bytes], int]  # buyer public key -> its confirmed agreements whose job has not started
@@ -257,18 +261,22 @@ async def negotiate_first(node: Node, key: NodeKey, candidates: Sequence[tuple[s
                           per_candidate_s: float, before_accept: BeforeAccept | None = None,
                           addrs: Mapping[str, Sequence[str]] | None = None, bulk_bytes: int = 0,
                           ) -> tuple[Deal | None, list[Attempt]]:
-    """Try candidates in order; a refusal, an error or silence costs at most ``per_candidate_s``.
+    """Try candidates in order; a refusal, an error or silence costs at most ``per_candidate_s``, plus, for a
+    provider whose offer names a relayed address, the time to connect through the relay and try hole
+    punching (``RELAYED_CONNECT_S``), so that it can answer, or be refused with the relay's reason, instead
+    of running out of time while the connection is still being made.
 
     ``addrs``: each candidate's addresses as its offer states them (Rule 6).
     """
     attempts: list[Attempt] = []
     for provider, proposal in candidates:
+        its = (addrs or {}).get(provider, ())
+        budget_s = per_candidate_s + (RELAYED_CONNECT_S if any(is_circuit(a) for a in its) else 0.0)
         try:
-            with trio.fail_after(per_candidate_s):
-                deal = await negotiate_with(node, provider, key, proposal, before_accept,
-                                            (addrs or {}).get(provider, ()), bulk_bytes)
+            with trio.fail_after(budget_s):
+                deal = await negotiate_with(node, provider, key, proposal, before_accept, its, bulk_bytes)
         except trio.TooSlowError:
-            attempts.append(Attempt(provider, f"no answer within {per_candidate_s:g} s", answered=False))
+            attempts.append(Attempt(provider, f"no answer within {budget_s:g} s", answered=False))
         except NegotiationRefused as exc:
             attempts.append(Attempt(provider, str(exc)))
         except (RemoteProtocolError, PeerUnreachableError) as exc:
