@@ -97,7 +97,7 @@ async def buy(node: Any, key: NodeKey, home: Path, buy_request: BuyRequest, cons
     from market.matching import JobRequest, explain, facts, notes, rank_offers
     from market.service import negotiate_first, now_ms
     from node.buyer_config import load_max_exposure
-    from node.buyer_job import archive_layers, pack_dir, run_job
+    from node.buyer_job import pack_dir, run_job
     from node.joblog import keeper
     from node.jobsession_buyer import JobFailed
     from p2p.envelope import sign_record
@@ -108,8 +108,6 @@ async def buy(node: Any, key: NodeKey, home: Path, buy_request: BuyRequest, cons
     t0 = time.monotonic() if t0 is None else t0
     given_store = store  # rebound below to the one opened for this run
     image = choose_image(buy_request.image, buy_request.image_archive)
-    # p2p.job_wire Rule 3: the archive's layers, so a provider holding some is sent only the rest
-    layers = await trio.to_thread.run_sync(archive_layers, image.archive) if image.archive else ()
     if buy_request.outputs is not None:  # again: it may have been filled since the request was checked
         check_output_dir(buy_request.outputs, force=buy_request.force)
     inputs = pack_dir(buy_request.inputs) if buy_request.inputs is not None else b""
@@ -219,7 +217,7 @@ async def buy(node: Any, key: NodeKey, home: Path, buy_request: BuyRequest, cons
                     nursery.start_soon(on_interrupt, sigint)
                 try:
                     outcome = await run_job(node, key, store, deal, inputs, image.archive, hooks, cancel, now_ms(),
-                                            image_layers=layers)
+                                            image_layers=image.layers)
                 except JobFailed as exc:
                     failure = exc
                 nursery.cancel_scope.cancel()

@@ -28,7 +28,17 @@ from p2p.errors import RemoteProtocolError, SuanliError
 from p2p.framing import FramedStream
 from p2p.host import Node
 from p2p.identity import NodeKey, peer_id_from_public
-from p2p.job_wire import CHUNK_BYTES, MAX_FRAME_BYTES, MAX_LAYERS, PROTOCOL_ID, Chunk, End, Log, Status, decode_message
+from p2p.job_wire import (
+    CHUNK_BYTES,
+    MAX_FRAME_BYTES,
+    PROTOCOL_ID,
+    Chunk,
+    End,
+    Log,
+    Status,
+    decode_message,
+    start_layers,
+)
 from p2p.receipt_records import Receipt
 from settlement.astore import AsyncStore
 
@@ -182,16 +192,15 @@ async def _follow(sender: _Sender, store: AsyncStore, session: BuyerSession, hoo
 
 
 def archive_layers(archive: bytes) -> tuple[bytes, ...]:
-    """The layers (diff ids) of a ``docker save`` or OCI archive, in order, named in ``job.start``
-    (p2p.job_wire Rule 3); () when the archive cannot be read (the provider's checks say why later)."""
+    """The layers of a ``docker save`` or OCI archive as ``job.start`` names them (p2p.job_wire
+    ``start_layers``); () when the archive cannot be read (the provider's checks say why later)."""
     from sandbox.archive_layers import layer_diff_ids
     from sandbox.errors import ImageError
 
     try:
-        layers = tuple(bytes.fromhex(d.removeprefix("sha256:")) for d in layer_diff_ids(io.BytesIO(archive)))
+        return start_layers(layer_diff_ids(io.BytesIO(archive)))
     except ImageError:
         return ()
-    return layers if len(layers) <= MAX_LAYERS else ()  # more than job.start carries: sent whole
 
 
 def archive_without(archive: bytes, omit: tuple[bytes, ...]) -> bytes:

@@ -190,11 +190,16 @@ class ImageChoice:
     image_id: str
     archive: bytes | None
     archive_sha256: bytes | None
+    layers: tuple[bytes, ...] = ()  # the archive's layers (diff ids), named in job.start (p2p.job_wire Rule 3)
 
 
 def choose_image(image: str | None, archive_path: str | Path | None) -> ImageChoice:
-    """The image to propose, with the archive's bytes and digest when one is shipped (read here)."""
-    from sandbox.archive import read_digests
+    """The image to propose, with the archive's bytes, digest and layers when one is shipped (read here,
+    inspected once)."""
+    import io
+
+    from p2p.job_wire import start_layers
+    from sandbox.archive import inspect_archive
 
     if archive_path and image and "@" in image:
         raise SuanliError("--image-archive ships an image; a registry image (REGISTRY/REPO@sha256:...) is pulled "
@@ -204,10 +209,12 @@ def choose_image(image: str | None, archive_path: str | Path | None) -> ImageCho
             data = Path(archive_path).read_bytes()
         except OSError as exc:
             raise SuanliError(f"--image-archive {archive_path}: {exc.strerror}") from exc
-        digests = read_digests(data)
+        plan = inspect_archive(io.BytesIO(data))
+        digests = plan.digests
         ids = digests.image_ids()
         if image and image not in ids:
             raise SuanliError(f"--image {image} is not the image in {archive_path} ({', '.join(sorted(ids))})")
         chosen = image or digests.config_digest
-        return ImageChoice(chosen, data, bytes.fromhex(digests.archive_sha256.split(":", 1)[1]))
+        return ImageChoice(chosen, data, bytes.fromhex(digests.archive_sha256.split(":", 1)[1]),
+                           start_layers(plan.diff_ids))
     return ImageChoice(check_image_pin(image), None, None)

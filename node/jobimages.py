@@ -120,18 +120,16 @@ class ProviderImages:
             self._resolved.popitem(last=False)
         return resolved
 
-    def image_id_for(self, agreement: Agreement) -> str | None:
-        """The image id a registry image will have (its manifest's config digest), once resolved."""
-        known = self._resolved.get(agreement.job.image)
-        return known.config_digest if known is not None else None
-
     async def pull(self, agreement: Agreement, status: Callable[[str, str], None],
                    claim: Callable[[str], None]) -> str:
         """Rules 2-4: the agreed manifest, pulled and checked; the image id. ``claim`` marks the image id
         as in use before any room is made for it, so no collection removes it before the container starts."""
         ref = parse_ref(agreement.job.image)
-        with trio.fail_after(CHECK_TIMEOUT_S * 3):
-            resolved = await self._resolve_for_pull(ref)
+        try:
+            resolved = await self._resolve(ref)  # remembered from the bid, unless the daemon restarted since
+        except trio.TooSlowError:  # the registry's fault, never the buyer's upload (node.jobupload)
+            raise ImageError(f"{ref}: the registry did not answer within {CHECK_TIMEOUT_S:.0f} s",
+                             reason="registry_unreachable") from None
         wanted = agreement.image_manifest.hex() if agreement.image_manifest is not None else ""
         if resolved.manifest_digest != f"sha256:{wanted}":
             raise ImageError(f"{ref}: the registry now resolves to {resolved.manifest_digest}, not the agreed "
@@ -167,21 +165,13 @@ class ProviderImages:
                                    what="note a pulled image")
         return image_id
 
-    async def _resolve_for_pull(self, ref: ImageRef) -> ResolvedImage:
-        """The agreed image's manifest; the provider's own policy is the one it bid under (Rule 1)."""
-        known = self._resolved.get(str(ref))
-        if known is not None:
-            return known
-        policy = self.policy
-        return await trio.to_thread.run_sync(lambda: resolve(ref, policy), abandon_on_cancel=True)
-
     async def refresh_offered(self) -> bool:
         """Read the digests the offer advertises (sandbox.image_gc: most recently used first, at most
         MAX_OFFER_IMAGES); True when they changed (the caller re-issues the offer)."""
         if self.image_dir is None:
             return False
         names: tuple[str, ...] = await trio.to_thread.run_sync(held_digests, self.image_dir, MAX_OFFER_IMAGES)
-        offered = tuple(bytes.fromhex(n.removeprefix("sha256:")) for n in names[:MAX_OFFER_IMAGES])
+        offered = tuple(bytes.fromhex(n.removeprefix("sha256:")) for n in names)
         changed, self.offered = offered != self.offered, offered
         return changed
 
@@ -202,10 +192,9 @@ class ProviderImages:
             try:
                 await self.engine.call(collect_buyer_images, self.engine.client, self.image_dir, self.in_use(),
                                        self.settings.cache_mib * MIB, what="collect buyer images")
-                if await self.refresh_offered():
-                    changed()
             except (SuanliError, OSError) as exc:
                 log.warning("buyer images not collected: %s", exc)
+            await self.keep_offered(changed)
             await trio.sleep(interval_s)
 
 

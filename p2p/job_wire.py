@@ -28,6 +28,7 @@ provider rebuilds the whole image from what arrived and its layer store, and che
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -50,6 +51,14 @@ class Start(Record):
     input_bytes: U64  # size of the inputs tar that follows (0: none)
     image_archive_bytes: U64  # size of the image archive the buyer can send if asked (0: none)
     image_layers: Annotated[tuple[Digest, ...], MaxLen(MAX_LAYERS)] = ()
+
+
+def start_layers(diff_ids: Sequence[str]) -> tuple[bytes, ...]:
+    """An archive's layers (``sha256:<hex>`` diff ids) as ``start`` names them (Rule 3); none when there are
+    more than it carries (the archive then travels whole)."""
+    if len(diff_ids) > MAX_LAYERS:
+        return ()
+    return tuple(bytes.fromhex(d.removeprefix("sha256:")) for d in diff_ids)
 
 
 @record("job.have_layers", 1)

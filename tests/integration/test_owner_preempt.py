@@ -12,6 +12,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 
 import pytest
@@ -59,6 +61,24 @@ async def owner_comes_back(runtime, terminal: Terminal) -> None:
         await trio.sleep(0.1)
     await trio.sleep(1.5)
     terminal.type()
+
+
+@contextmanager
+def owner_programs(commands: list[list[str]]) -> Iterator[Callable[[], float]]:
+    """``start()`` launches the owner's programs (outside any container) and returns when it did; each is
+    killed on exit, whatever happened."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start() -> float:
+        procs.extend(subprocess.Popen(command) for command in commands)
+        return time.time()
+
+    try:
+        yield start
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
 
 
 @pytest.fixture
@@ -208,20 +228,10 @@ async def test_an_exclusive_application_pauses_the_job_until_it_exits(tmp_path, 
     """A process whose name is in ``exclusive_apps`` (here a link to sleep, as a game would be)."""
     game = tmp_path / "suanli-game"
     game.symlink_to("/bin/sleep")
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start_game() -> float:
-        procs.append(subprocess.Popen([str(game), "3"]))  # the owner plays for 3 s
-        return time.time()
-
     prefs = OwnerPrefs(idle_s=0, exclusive_apps=("suanli-game",), notice_s=60, poll_ms=100)
     command = ["sh", "-c", "for i in $(seq 40); do sleep 0.1; done"]
-    try:
+    with owner_programs([[str(game), "3"]]) as start_game:  # the owner plays for 3 s
         outcome, seen, receipts, result = await _run(tmp_path, demo_image, terminal, prefs, command, act=start_game)
-    finally:
-        for proc in procs:
-            proc.kill()
-            proc.wait()
     # The process table is read every 2 s (node.owner_watch Rule 3), so an application is seen within 2 s.
     assert seen["paused"] - seen["typed"] <= 2.5
     assert seen["resumed"] - seen["typed"] >= 3.0
@@ -342,20 +352,10 @@ async def test_other_programs_using_the_cpu_pause_the_job_until_they_stop(tmp_pa
     ``cpu_busy_pct`` counts them as use (/proc/stat less our containers' cgroups), so the job is paused,
     and resumed once they end."""
     hog = "import time\nend = time.monotonic() + 3\nwhile time.monotonic() < end:\n    pass\n"
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start_hogs() -> float:
-        procs.extend(subprocess.Popen([sys.executable, "-c", hog]) for _ in range(os.cpu_count() or 1))
-        return time.time()
-
     prefs = OwnerPrefs(idle_s=0, input=False, cpu_busy_pct=70, notice_s=60, poll_ms=100)
     command = ["sh", "-c", "for i in $(seq 60); do sleep 0.1; done"]
-    try:
+    with owner_programs([[sys.executable, "-c", hog]] * (os.cpu_count() or 1)) as start_hogs:
         outcome, seen, receipts, result = await _run(tmp_path, demo_image, terminal, prefs, command, act=start_hogs)
-    finally:
-        for proc in procs:
-            proc.kill()
-            proc.wait()
     assert seen["typed"] <= seen["paused"] <= seen["typed"] + 2.5, seen
     assert "CPU" in str(seen.get("paused_detail", "")) or "owner" in str(seen.get("paused_detail", "")), seen
     assert seen["resumed"] - seen["typed"] >= 2.0, seen  # the programs ran 3 s
